@@ -1,0 +1,234 @@
+"""The ``dicom_node`` command line.
+
+Subcommands: ``model init|verify|info``, ``infer`` and ``config check``; later parts of the
+product add ``serve``, ``worker``, ``status`` and the amend commands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import NodeError
+from .settings import Settings, load_settings
+
+app = typer.Typer(
+    name="dicom_node",
+    help="PACS-integrated DICOM node that drafts chest X-ray reports.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Build, check and describe model bundles.", no_args_is_help=True)
+config_app = typer.Typer(help="Validate configuration.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (default: $DICOM_NODE_CONFIG).", dir_okay=False),
+]
+
+
+def _quiet_libraries() -> None:
+    """Silence progress bars and exporter chatter that would drown the command's output."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _setup(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _quiet_libraries()
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    try:
+        settings = load_settings(config, **overrides)
+    except NodeError as exc:
+        raise _fail(str(exc)) from exc
+    _setup(settings)
+    return settings
+
+
+# --------------------------------------------------------------------------- model init
+@model_app.command("init")
+def model_init(
+    out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
+    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight bundle (tests, smoke runs).")] = False,
+    aligner: Annotated[str, typer.Option(help="qformer, linear or mlp.")] = "qformer",
+    backbone: Annotated[str, typer.Option(help="Tiny backbone: vit, dinov2, resnet or swin.")] = "vit",
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Create a model bundle (only --tiny here; trained bundles come from training)."""
+    _settings(config)
+    if not tiny:
+        raise _fail("only --tiny bundles are built by 'model init'; trained bundles come from training")
+    if aligner not in ("qformer", "linear", "mlp"):
+        raise _fail(f"--aligner must be qformer, linear or mlp, not {aligner!r}")
+    from inference import InferenceError, build_tiny_bundle
+
+    try:
+        path = build_tiny_bundle(out, aligner=aligner, backbone=backbone, seed=seed)  # type: ignore[arg-type]
+    except (InferenceError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"wrote tiny {backbone}/{aligner} bundle to {path}")
+
+
+# --------------------------------------------------------------------------- model verify
+@model_app.command("verify")
+def model_verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    atol: Annotated[float, typer.Option(help="Largest allowed absolute difference.")] = 1e-4,
+    batch: Annotated[int, typer.Option(min=1, help="Random images to compare.")] = 2,
+    config: ConfigOption = None,
+) -> None:
+    """Check checksums, then compare the torch and ONNX Runtime vision paths."""
+    settings = _settings(config)
+    from inference import InferenceError, verify_vision_parity
+
+    try:
+        result = verify_vision_parity(
+            bundle, batch_size=batch, ort_options=settings.inference.runtime_options().ort
+        )
+    except InferenceError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(
+        f"checksums ok; ONNX Runtime ({', '.join(result.providers)}) vs torch on {batch} random "
+        f"images: max |diff| probabilities {result.max_abs_diff_probabilities:.3e}, "
+        f"image embeddings {result.max_abs_diff_embeddings:.3e}"
+    )
+    console.print(f"max abs diff: {result.max_abs_diff:.3e} (tolerance {atol:.0e})")
+    if result.max_abs_diff > atol:
+        raise _fail(f"vision paths differ by {result.max_abs_diff:.3e} > {atol:.0e}", code=1)
+
+
+# --------------------------------------------------------------------------- model info
+@model_app.command("info")
+def model_info(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")]) -> None:
+    """Print a bundle's name, version, architecture, adapters and metrics as JSON."""
+    _quiet_libraries()
+    from inference import InferenceError, bundle_summary
+
+    try:
+        console.print_json(json.dumps(bundle_summary(bundle)))
+    except InferenceError as exc:
+        raise _fail(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- infer
+@app.command("infer")
+def infer(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="DICOM files or folders of ONE study (default: the embedded sample CR)."),
+    ] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Bundle directory.")] = None,
+    indication: Annotated[str | None, typer.Option(help="Clinical indication for the prompt.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    stream: Annotated[bool, typer.Option(help="Print the report as it is generated.")] = True,
+    device: Annotated[str | None, typer.Option(help="LLM device (auto, cpu, cuda).")] = None,
+    vision_backend: Annotated[str | None, typer.Option(help="onnx or torch.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print finding probabilities and a draft report for the DICOM files of one study."""
+    overrides = {"bundle": model, "device": device, "vision_backend": vision_backend}
+    settings = _settings(config, inference=overrides)
+    from inference import ChestXrayVLM, InferenceError
+
+    from .local_study import read_study, sample_study
+
+    bundle = settings.inference.bundle
+    if not bundle.exists():
+        raise _fail(
+            f"no model bundle at {bundle}; build one with "
+            f"'dicom_node model init --tiny --out {bundle}' or pass --model"
+        )
+    try:
+        datasets = read_study(list(paths) if paths else [sample_study()])
+        vlm = ChestXrayVLM.from_bundle(bundle, settings.inference.runtime_options())
+        streaming = stream and not as_json and sys.stdout.isatty()
+        if streaming:
+            console.print("[bold]Report[/] ", end="")
+        draft = vlm.generate_report(
+            datasets,
+            indication,
+            on_text=(lambda piece: console.print(piece, end="", highlight=False)) if streaming else None,
+        )
+    except (InferenceError, NodeError) as exc:
+        raise _fail(str(exc)) from exc
+    if streaming:
+        console.print()
+    if as_json:
+        payload = {
+            "model": {"name": draft.model_name, "version": draft.model_version},
+            "images": len(datasets),
+            "indication": draft.indication,
+            "findings": [
+                {"label": f.label, "probability": round(f.probability, 4),
+                 "threshold": f.threshold, "positive": f.positive}
+                for f in draft.findings
+            ],
+            "report": draft.text,
+        }
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    table = Table(title=f"Findings ({draft.model_name} {draft.model_version}, {len(datasets)} image(s))")
+    for column in ("finding", "probability", "threshold", "positive"):
+        table.add_column(column)
+    for f in draft.findings:
+        table.add_row(f.label, f"{f.probability:.3f}", f"{f.threshold:.2f}", "yes" if f.positive else "")
+    console.print(table)
+    if not streaming:
+        console.print("[bold]Report[/]")
+        console.print(draft.text or "(empty)", highlight=False)
+
+
+# --------------------------------------------------------------------------- config check
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path | None, typer.Argument(help="TOML file (default: $DICOM_NODE_CONFIG).")] = None,
+) -> None:
+    """Validate a configuration (file + environment) and print the effective settings."""
+    try:
+        settings = load_settings(file)
+    except NodeError as exc:
+        raise _fail(str(exc)) from exc
+    console.print_json(settings.model_dump_json())
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""RaDialog-style chest X-ray vision-language model.
+
+The vision side (encoder, CheXpert findings classifier, aligner) is exported to one ONNX file
+and run by ONNX Runtime; the LLM with its LoRA adapters runs in torch. Everything ships as a
+self-describing, checksummed model bundle. This package imports nothing from ``training``
+or ``dicom_node``.
+"""
+
+from .bundle import Manifest, load_manifest, verify_files
+from .config import (
+    AlignerConfig,
+    ClassifierConfig,
+    GenerationConfig,
+    ModelConfig,
+    PreprocessConfig,
+    PromptConfig,
+    VisionConfig,
+)
+from .errors import (
+    BundleError,
+    BundleIntegrityError,
+    ConfigError,
+    InferenceError,
+    PreprocessingError,
+    RuntimeUnavailableError,
+)
+from .labels import CHEXPERT_LABELS, NO_FINDING
+from .llm import LanguageModel
+from .model import (
+    ChestXrayVLM,
+    DraftReport,
+    FindingPrediction,
+    RuntimeOptions,
+    StudyAnalysis,
+    StudyRequest,
+    TorchVisionRunner,
+    bundle_summary,
+)
+from .multimodal import IGNORE_INDEX, MultimodalBatch, assemble_batch
+from .onnx_export import export_vision_onnx
+from .onnx_runtime import OnnxVisionRunner, OrtOptions
+from .packaging import load_vision_tower, package_bundle
+from .preprocessing import dataset_to_display, load_images, preprocess_dataset, read_dicom
+from .prompt import EncodedPrompt, PromptBuilder, Turn
+from .tiny import build_tiny_bundle
+from .verify import VerificationResult, verify_vision_parity
+from .vision import VisionTower
+
+__all__ = [
+    "AlignerConfig",
+    "BundleError",
+    "BundleIntegrityError",
+    "CHEXPERT_LABELS",
+    "ChestXrayVLM",
+    "ClassifierConfig",
+    "ConfigError",
+    "DraftReport",
+    "EncodedPrompt",
+    "FindingPrediction",
+    "GenerationConfig",
+    "IGNORE_INDEX",
+    "InferenceError",
+    "LanguageModel",
+    "Manifest",
+    "ModelConfig",
+    "MultimodalBatch",
+    "NO_FINDING",
+    "OnnxVisionRunner",
+    "OrtOptions",
+    "PreprocessConfig",
+    "PreprocessingError",
+    "PromptBuilder",
+    "PromptConfig",
+    "RuntimeOptions",
+    "RuntimeUnavailableError",
+    "StudyAnalysis",
+    "StudyRequest",
+    "TorchVisionRunner",
+    "Turn",
+    "VerificationResult",
+    "VisionConfig",
+    "VisionTower",
+    "assemble_batch",
+    "build_tiny_bundle",
+    "bundle_summary",
+    "dataset_to_display",
+    "export_vision_onnx",
+    "load_images",
+    "load_manifest",
+    "load_vision_tower",
+    "package_bundle",
+    "preprocess_dataset",
+    "read_dicom",
+    "verify_files",
+    "verify_vision_parity",
+]

@@ -1,0 +1,328 @@
+"""The self-describing model bundle: a directory with a manifest and checksummed files.
+
+Layout::
+
+    manifest.json          format version, model config, thresholds, library versions,
+                           creation time, git revision, sha256 of every file, metrics
+    vision.onnx            the exported vision tower (one file)
+    vision.safetensors     the same weights for the torch path (training, verification)
+    tokenizer/             the LLM tokenizer
+    llm/                   the base LLM (Hugging Face directory) -- or a reference to an
+                           external base model directory, checksummed the same way
+    adapters/<name>/       one peft LoRA adapter per trained stage (report, instruct, ...)
+
+Loading verifies the manifest and every checksum, and names the file on any mismatch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .errors import BundleError, BundleIntegrityError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "cxr-vlm-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+VISION_ONNX = "vision.onnx"
+VISION_WEIGHTS = "vision.safetensors"
+TOKENIZER_DIR = "tokenizer"
+LLM_DIR = "llm"
+ADAPTERS_DIR = "adapters"
+
+_VERSIONED_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tokenizers",
+    "pydicom",
+    "cxr-dicom-node",
+)
+
+
+@dataclass
+class Manifest:
+    """Parsed ``manifest.json`` of a bundle."""
+
+    root: Path
+    config: ModelConfig
+    thresholds: dict[str, float]
+    llm_base: Path
+    tokenizer: Path
+    adapters: dict[str, Path]
+    tasks: dict[str, str | None]
+    files: dict[str, str]
+    external_files: dict[str, str] = field(default_factory=dict)
+    name: str = "unnamed"
+    version: str = "0"
+    created: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    git_revision: str | None = None
+    exporter: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vision_onnx(self) -> Path:
+        """Path of the ONNX vision tower."""
+        return self.root / VISION_ONNX
+
+    @property
+    def vision_weights(self) -> Path:
+        """Path of the torch vision weights."""
+        return self.root / VISION_WEIGHTS
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a bundle's behaviour (installed ones only)."""
+    versions = {"python": platform.python_version()}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_revision() -> str | None:
+    """Git revision of this source tree, or ``None`` outside a checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def _checksums(root: Path, relative_to: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(relative_to)): sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def write_manifest(
+    root: str | PathLike[str],
+    *,
+    config: ModelConfig,
+    thresholds: Mapping[str, float],
+    adapters: Mapping[str, str],
+    tasks: Mapping[str, str | None],
+    llm_base: str | PathLike[str] = LLM_DIR,
+    name: str = "unnamed",
+    version: str = "0",
+    exporter: str = "",
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``manifest.json`` over the files already in ``root`` and return its path.
+
+    Parameters
+    ----------
+    root
+        Bundle directory holding ``vision.onnx``, ``vision.safetensors``, ``tokenizer/``,
+        ``adapters/`` and, unless ``llm_base`` points elsewhere, ``llm/``.
+    config, thresholds
+        Model config and one decision threshold per classifier label.
+    adapters
+        Adapter name -> directory relative to ``root``.
+    tasks
+        Task (``report``, ``chat``) -> adapter name used for it (``None`` = base model).
+    llm_base
+        ``llm`` (inside the bundle) or an absolute path to an external base model
+        directory, whose files are checksummed too.
+    name, version, exporter, metrics
+        Provenance recorded as given.
+    """
+    bundle = Path(root)
+    labels = config.classifier.labels
+    missing = [label for label in labels if label not in thresholds]
+    if missing:
+        raise ConfigError(f"thresholds missing for labels {missing}")
+    for task, adapter in tasks.items():
+        if adapter is not None and adapter not in adapters:
+            raise ConfigError(f"task {task!r} uses adapter {adapter!r}, which is not in the bundle")
+    base = Path(llm_base)
+    external = base.is_absolute()
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "git_revision": git_revision(),
+        "versions": library_versions(),
+        "config": config.to_dict(),
+        "thresholds": {label: float(thresholds[label]) for label in labels},
+        "vision": {"onnx": VISION_ONNX, "weights": VISION_WEIGHTS, "exporter": exporter},
+        "llm": {
+            "base": str(base),
+            "tokenizer": TOKENIZER_DIR,
+            "adapters": dict(adapters),
+            "tasks": dict(tasks),
+        },
+        "metrics": dict(metrics) if metrics is not None else None,
+        "files": {
+            path: digest
+            for path, digest in _checksums(bundle, bundle).items()
+            if path != MANIFEST_NAME
+        },
+        "external_files": (
+            {str(base / rel): digest for rel, digest in _checksums(base, base).items()}
+            if external
+            else {}
+        ),
+    }
+    path = bundle / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def load_manifest(root: str | PathLike[str], *, verify: bool = True) -> Manifest:
+    """Read and check a bundle's manifest; with ``verify`` also check every file's sha256.
+
+    Raises
+    ------
+    BundleError
+        For a missing bundle or manifest, an unknown format or version, a bad config, or a
+        file listed in the manifest that is missing.
+    BundleIntegrityError
+        For a file whose checksum differs from the manifest, or a file in the bundle that
+        the manifest does not list; the message names the file.
+    """
+    bundle = Path(root)
+    manifest_path = bundle / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: no manifest; is {bundle} a model bundle?")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{manifest_path}: not a {BUNDLE_FORMAT} manifest")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format version {raw.get('format_version')!r} is not supported "
+            f"(this software reads version {FORMAT_VERSION})"
+        )
+    try:
+        config = ModelConfig.from_dict(raw["config"])
+        llm = raw["llm"]
+        thresholds = {str(k): float(v) for k, v in raw["thresholds"].items()}
+        files = dict(raw["files"])
+        external_files = dict(raw.get("external_files") or {})
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise BundleError(f"{manifest_path}: invalid manifest ({exc})") from exc
+    missing_thresholds = [label for label in config.classifier.labels if label not in thresholds]
+    if missing_thresholds:
+        raise BundleError(f"{manifest_path}: thresholds missing for {missing_thresholds}")
+    base = Path(llm["base"])
+    manifest = Manifest(
+        root=bundle,
+        config=config,
+        thresholds=thresholds,
+        llm_base=base if base.is_absolute() else bundle / base,
+        tokenizer=bundle / llm["tokenizer"],
+        adapters={name: bundle / rel for name, rel in llm.get("adapters", {}).items()},
+        tasks=dict(llm.get("tasks", {})),
+        files=files,
+        external_files=external_files,
+        name=str(raw.get("name", "unnamed")),
+        version=str(raw.get("version", "0")),
+        created=str(raw.get("created", "")),
+        versions=dict(raw.get("versions", {})),
+        metrics=raw.get("metrics"),
+        git_revision=raw.get("git_revision"),
+        exporter=str(raw.get("vision", {}).get("exporter", "")),
+        raw=raw,
+    )
+    if verify:
+        verify_files(manifest)
+    return manifest
+
+
+def verify_files(manifest: Manifest) -> None:
+    """Check every file of the bundle (and of an external base model) against its sha256.
+
+    Raises
+    ------
+    BundleError, BundleIntegrityError
+        Naming the first missing, unlisted or modified file.
+    """
+    root = manifest.root
+    for rel, expected in sorted(manifest.files.items()):
+        _check_file(root / rel, expected)
+    for absolute, expected in sorted(manifest.external_files.items()):
+        _check_file(Path(absolute), expected)
+    listed = set(manifest.files) | {MANIFEST_NAME}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_file() and rel not in listed:
+            raise BundleIntegrityError(f"{path}: file is not listed in the bundle manifest")
+
+
+def _check_file(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise BundleError(f"{path}: file listed in the bundle manifest is missing")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise BundleIntegrityError(
+            f"{path}: checksum mismatch (manifest sha256 {expected[:12]}..., file {actual[:12]}...)"
+        )
+
+
+def copy_tree(source: str | PathLike[str], destination: Path) -> None:
+    """Copy a directory into the bundle (used for tokenizer, base model and adapters)."""
+    shutil.copytree(Path(source), destination, dirs_exist_ok=False)
+
+
+__all__ = [
+    "ADAPTERS_DIR",
+    "BUNDLE_FORMAT",
+    "FORMAT_VERSION",
+    "LLM_DIR",
+    "MANIFEST_NAME",
+    "Manifest",
+    "TOKENIZER_DIR",
+    "VISION_ONNX",
+    "VISION_WEIGHTS",
+    "copy_tree",
+    "git_revision",
+    "library_versions",
+    "load_manifest",
+    "sha256_file",
+    "verify_files",
+    "write_manifest",
+]

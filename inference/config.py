@@ -1,0 +1,281 @@
+"""Typed configuration of the chest X-ray vision-language model.
+
+One :class:`ModelConfig` describes everything needed to rebuild the model around its
+weights: preprocessing, vision backbone, findings classifier, aligner, prompt and generation
+defaults. It is saved as JSON in the model bundle's manifest; :meth:`ModelConfig.from_dict`
+refuses unknown or ill-typed keys with a :class:`~inference.errors.ConfigError` that names
+the key (``aligner.kind``, ``preprocess.image_size``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+from .labels import CHEXPERT_LABELS
+
+AlignerKind = Literal["qformer", "linear", "mlp"]
+ResizeMode = Literal["pad", "crop"]
+VoiMode = Literal["dicom", "percentile", "minmax"]
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class PreprocessConfig:
+    """How DICOM pixels become the encoder's input tensor."""
+
+    image_size: int = field(default=224, metadata={"help": "Square encoder input size in pixels."})
+    resize_mode: ResizeMode = field(
+        default="pad",
+        metadata={"help": "'pad': keep the whole image, pad the short side; 'crop': centre crop."},
+    )
+    voi: VoiMode = field(
+        default="dicom",
+        metadata={
+            "help": "'dicom': the file's VOI LUT or window (percentile window when it has none); "
+            "'percentile': always a percentile window; 'minmax': full stored range."
+        },
+    )
+    percentile_low: float = field(default=0.5, metadata={"help": "Lower percentile window bound."})
+    percentile_high: float = field(default=99.5, metadata={"help": "Upper percentile window bound."})
+    channels: int = field(default=3, metadata={"help": "Channels the encoder expects (1 or 3)."})
+    mean: tuple[float, ...] = field(
+        default=(0.5, 0.5, 0.5), metadata={"help": "Per-channel mean subtracted after [0, 1] scaling."}
+    )
+    std: tuple[float, ...] = field(
+        default=(0.5, 0.5, 0.5), metadata={"help": "Per-channel standard deviation."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ConfigError(f"preprocess.image_size must be >= 16, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"preprocess.channels must be 1 or 3, got {self.channels}")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if len(value) != self.channels:
+                raise ConfigError(
+                    f"preprocess.{key} needs {self.channels} values (one per channel), got {len(value)}"
+                )
+        if any(s <= 0 for s in self.std):
+            raise ConfigError("preprocess.std values must be > 0")
+        if not 0.0 <= self.percentile_low < self.percentile_high <= 100.0:
+            raise ConfigError(
+                "preprocess.percentile_low/percentile_high must satisfy 0 <= low < high <= 100"
+            )
+
+
+@dataclass
+class VisionConfig:
+    """The vision backbone: any transformers vision model, described by its HF config."""
+
+    backbone: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Hugging Face config dict of the backbone (must contain 'model_type')."},
+    )
+
+    def __post_init__(self) -> None:
+        if "model_type" not in self.backbone:
+            raise ConfigError("vision.backbone must contain 'model_type' (e.g. 'vit', 'resnet')")
+
+
+@dataclass
+class ClassifierConfig:
+    """The CheXpert findings head on mean-pooled patch features."""
+
+    labels: tuple[str, ...] = field(
+        default=CHEXPERT_LABELS, metadata={"help": "Output labels, in output order."}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Dropout before the linear head."})
+
+    def __post_init__(self) -> None:
+        if len(set(self.labels)) != len(self.labels) or not self.labels:
+            raise ConfigError("classifier.labels must be a non-empty list of distinct names")
+
+
+@dataclass
+class AlignerConfig:
+    """Maps patch features into the LLM's embedding space as image tokens."""
+
+    kind: AlignerKind = field(
+        default="qformer",
+        metadata={
+            "help": "'qformer': learned queries cross-attending to patches (RaDialog); "
+            "'linear': a linear projection of patch tokens (XrayGPT); "
+            "'mlp': a 2-layer MLP over patch tokens (RaDialog v2 / LLaVA)."
+        },
+    )
+    num_query_tokens: int = field(default=32, metadata={"help": "Q-Former queries = image tokens."})
+    qformer: dict[str, Any] = field(
+        default_factory=lambda: {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "cross_attention_frequency": 2,
+        },
+        metadata={"help": "Blip2QFormerConfig keyword arguments (encoder size is filled in)."},
+    )
+    mlp_hidden_size: int | None = field(
+        default=None, metadata={"help": "MLP hidden width; defaults to the LLM hidden size."}
+    )
+    max_image_tokens: int | None = field(
+        default=None,
+        metadata={"help": "For 'linear'/'mlp': average-pool the patch tokens down to this many."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(AlignerKind):
+            raise ConfigError(f"aligner.kind must be one of {get_args(AlignerKind)}, got {self.kind!r}")
+        if self.num_query_tokens < 1:
+            raise ConfigError("aligner.num_query_tokens must be >= 1")
+        if self.max_image_tokens is not None and self.max_image_tokens < 1:
+            raise ConfigError("aligner.max_image_tokens must be >= 1 when set")
+
+
+@dataclass
+class PromptConfig:
+    """Wording of the prompts; shared by training and inference through one builder."""
+
+    system_prompt: str | None = field(
+        default="You are an experienced radiologist reading chest radiographs.",
+        metadata={"help": "System message when the chat template supports one."},
+    )
+    image_placeholder: str = field(
+        default="<ImageHere>", metadata={"help": "Marker replaced by the image tokens."}
+    )
+    report_instruction: str = field(
+        default=(
+            "You are to act as a radiologist and write the findings section of a chest X-ray "
+            "report for this image and the given predicted findings. Write one fluent text "
+            "without enumeration, be concise and give no explanations."
+        ),
+        metadata={"help": "Instruction used by generate_report (RaDialog's wording)."},
+    )
+    no_findings_text: str = field(
+        default="no abnormal findings", metadata={"help": "Shown when no finding is positive."}
+    )
+
+
+@dataclass
+class GenerationConfig:
+    """Default decoding options; callers may override them per call."""
+
+    max_new_tokens: int = field(default=256, metadata={"help": "Upper bound on generated tokens."})
+    num_beams: int = field(default=1, metadata={"help": "1 = greedy; > 1 = beam search."})
+    use_cache: bool = field(default=True, metadata={"help": "Reuse the KV cache across steps."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 disables it."})
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError("generation.max_new_tokens must be >= 1")
+        if self.num_beams < 1:
+            raise ConfigError("generation.num_beams must be >= 1")
+        if self.repetition_penalty <= 0:
+            raise ConfigError("generation.repetition_penalty must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    """Complete description of the model around its weights (saved in the bundle)."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    vision: VisionConfig = field(default_factory=lambda: VisionConfig({"model_type": "vit"}))
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    aligner: AlignerConfig = field(default_factory=AlignerConfig)
+    llm_hidden_size: int = field(default=576, metadata={"help": "Embedding size of the LLM."})
+    max_images: int = field(
+        default=1,
+        metadata={"help": "Images of a study whose tokens enter the prompt (the first ones given)."},
+    )
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        if self.llm_hidden_size < 1:
+            raise ConfigError("llm_hidden_size must be >= 1")
+        if self.max_images < 1:
+            raise ConfigError("max_images must be >= 1")
+        channels = self.vision.backbone.get("num_channels")
+        if channels is not None and channels != self.preprocess.channels:
+            raise ConfigError(
+                f"preprocess.channels ({self.preprocess.channels}) differs from the backbone's "
+                f"num_channels ({channels})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild a config from :meth:`to_dict` output, naming any bad key.
+
+        Raises
+        ------
+        ConfigError
+            For an unknown key, a value of the wrong type or a rule violation.
+        """
+        return _build(cls, data, "")
+
+
+def _build(cls: type[_T], data: Any, path: str) -> _T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key {path + unknown[0]!r}")
+    kwargs = {name: _coerce(hints[name], value, path + name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # missing required field
+        raise ConfigError(f"{path or 'config'}: {exc}") from exc
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value, key + ".")
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, key)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{key} must be one of {get_args(hint)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        (item_type, _ellipsis) = get_args(hint)
+        return tuple(_coerce(item_type, v, key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not (type(value) is hint):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+__all__ = [
+    "AlignerConfig",
+    "AlignerKind",
+    "ClassifierConfig",
+    "GenerationConfig",
+    "ModelConfig",
+    "PreprocessConfig",
+    "PromptConfig",
+    "ResizeMode",
+    "VisionConfig",
+    "VoiMode",
+]

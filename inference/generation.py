@@ -1,0 +1,129 @@
+"""Decoding with transformers' ``generate`` on spliced multimodal embeddings.
+
+Greedy or beam search, a bound on new tokens, the KV cache (on by default), batches padded on
+the left, stop at EOS, and token streaming to a callback or an iterator.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from transformers import TextIteratorStreamer, TextStreamer
+
+from .config import GenerationConfig
+from .llm import LanguageModel
+from .multimodal import MultimodalBatch
+
+TextCallback = Callable[[str], None]
+
+
+class CallbackStreamer(TextStreamer):
+    """Sends each finalised piece of decoded text to ``callback`` as it is generated."""
+
+    def __init__(self, tokenizer: Any, callback: TextCallback) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.callback = callback
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.callback(text)
+
+
+def generate_ids(
+    llm: LanguageModel,
+    batch: MultimodalBatch,
+    options: GenerationConfig,
+    *,
+    adapter: str | None,
+    streamer: TextStreamer | None = None,
+) -> torch.Tensor:
+    """Generate new token ids ``(B, <= max_new_tokens)`` for a left-padded batch.
+
+    Parameters
+    ----------
+    llm
+        The language model.
+    batch
+        Left-padded inputs from :func:`~inference.multimodal.assemble_batch`.
+    options
+        Decoding options.
+    adapter
+        LoRA adapter to use (``None`` = base model).
+    streamer
+        Optional transformers streamer (batch size 1, greedy only).
+    """
+    if streamer is not None and (batch.inputs_embeds.shape[0] != 1 or options.num_beams != 1):
+        raise ValueError("streaming needs a single sequence and greedy decoding (num_beams=1)")
+    with llm.adapter(adapter), torch.inference_mode():
+        output = llm.model.generate(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=options.max_new_tokens,
+            num_beams=options.num_beams,
+            do_sample=False,
+            use_cache=options.use_cache,
+            repetition_penalty=options.repetition_penalty,
+            eos_token_id=llm.stop_token_ids(),
+            pad_token_id=llm.pad_token_id(),
+            streamer=streamer,
+        )
+    return output
+
+
+def decode(llm: LanguageModel, ids: torch.Tensor) -> list[str]:
+    """Decode generated ids to text, dropping special tokens and surrounding space."""
+    texts = llm.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def generate_texts(
+    llm: LanguageModel,
+    batch: MultimodalBatch,
+    options: GenerationConfig,
+    *,
+    adapter: str | None,
+    on_text: TextCallback | None = None,
+) -> list[str]:
+    """Generate and decode; ``on_text`` receives text pieces as they appear."""
+    streamer = CallbackStreamer(llm.tokenizer, on_text) if on_text is not None else None
+    return decode(llm, generate_ids(llm, batch, options, adapter=adapter, streamer=streamer))
+
+
+def stream_text(
+    llm: LanguageModel,
+    batch: MultimodalBatch,
+    options: GenerationConfig,
+    *,
+    adapter: str | None,
+    timeout: float | None = 600.0,
+) -> Iterator[str]:
+    """Yield text pieces of one sequence as they are generated (generation runs in a thread).
+
+    An exception raised by generation is re-raised in the consumer after the stream ends.
+    """
+    streamer = TextIteratorStreamer(
+        llm.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout
+    )
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            generate_ids(llm, batch, options, adapter=adapter, streamer=streamer)
+        except BaseException as exc:  # handed to the consumer below
+            failure.append(exc)
+            streamer.end()
+
+    worker = threading.Thread(target=run, name="generate-stream", daemon=True)
+    worker.start()
+    for piece in streamer:
+        if piece:
+            yield piece
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+__all__ = ["CallbackStreamer", "TextCallback", "decode", "generate_ids", "generate_texts", "stream_text"]

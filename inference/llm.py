@@ -1,0 +1,204 @@
+"""The language side: a transformers causal LM with named peft LoRA adapters.
+
+One adapter per trained stage (``report``, ``instruct``, ...) is loaded on the same frozen
+base model; :meth:`LanguageModel.use_adapter` switches between them (or to the bare base
+model) without reloading anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from os import PathLike
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import InferenceError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``"auto"`` to CUDA when available, else CPU; pass others through.
+
+    Raises
+    ------
+    InferenceError
+        When CUDA is requested but not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Map ``"auto"`` to bfloat16 on CUDA (when supported) and float32 on CPU."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise InferenceError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'")
+    return _DTYPES[dtype]
+
+
+class LanguageModel:
+    """A causal LM, its tokenizer and its named LoRA adapters.
+
+    Parameters
+    ----------
+    model
+        The base model, or a :class:`peft.PeftModel` wrapping it.
+    tokenizer
+        The matching tokenizer.
+    """
+
+    def __init__(self, model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self._active: str | None = None
+        self.lock = threading.RLock()
+        if isinstance(model, PeftModel):
+            self._active = model.active_adapter
+
+    @classmethod
+    def load(
+        cls,
+        base_dir: str | PathLike[str],
+        tokenizer_dir: str | PathLike[str],
+        adapters: Mapping[str, str | PathLike[str]] | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> LanguageModel:
+        """Load a base model from a local directory and attach the given adapters.
+
+        Parameters
+        ----------
+        base_dir
+            Hugging Face model directory (config + safetensors).
+        tokenizer_dir
+            Tokenizer directory.
+        adapters
+            Adapter name -> peft adapter directory, loaded in order; the first is active.
+        device, dtype
+            Placement; ``"auto"`` picks CUDA + bfloat16 when present.
+        """
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+            base = AutoModelForCausalLM.from_pretrained(
+                str(base_dir), dtype=torch_dtype, local_files_only=True
+            )
+        except (OSError, ValueError) as exc:
+            raise InferenceError(f"cannot load the language model from {base_dir}: {exc}") from exc
+        base.to(torch_device).eval()
+        model: PreTrainedModel | PeftModel = base
+        for index, (name, path) in enumerate((adapters or {}).items()):
+            try:
+                if index == 0:
+                    model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
+                else:
+                    assert isinstance(model, PeftModel)
+                    model.load_adapter(str(path), adapter_name=name)
+            except (OSError, ValueError) as exc:
+                raise InferenceError(f"cannot load adapter {name!r} from {path}: {exc}") from exc
+        model.eval()
+        return cls(model, tokenizer)
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the loaded adapters."""
+        if isinstance(self.model, PeftModel):
+            return list(self.model.peft_config)
+        return []
+
+    @property
+    def active_adapter(self) -> str | None:
+        """Adapter in use, or ``None`` for the bare base model."""
+        return self._active
+
+    def use_adapter(self, name: str | None) -> None:
+        """Switch to adapter ``name``, or to the bare base model with ``None``.
+
+        Raises
+        ------
+        InferenceError
+            For an adapter that is not loaded.
+        """
+        if name is not None:
+            if name not in self.adapters:
+                raise InferenceError(f"adapter {name!r} not loaded; loaded: {self.adapters}")
+            assert isinstance(self.model, PeftModel)
+            self.model.set_adapter(name)
+        self._active = name
+
+    @contextlib.contextmanager
+    def adapter(self, name: str | None) -> Iterator[None]:
+        """Hold the model lock with adapter ``name`` active for the duration of the block."""
+        with self.lock:
+            previous = self._active
+            self.use_adapter(name)
+            try:
+                if name is None and isinstance(self.model, PeftModel):
+                    with self.model.disable_adapter():
+                        yield
+                else:
+                    yield
+            finally:
+                self.use_adapter(previous)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the input embeddings."""
+        return self.input_embeddings.weight.dtype
+
+    @property
+    def input_embeddings(self) -> torch.nn.Embedding:
+        """The token embedding layer (shared with the image-token splice)."""
+        embeddings = self.model.get_input_embeddings()
+        assert isinstance(embeddings, torch.nn.Embedding)
+        return embeddings
+
+    @property
+    def hidden_size(self) -> int:
+        """Embedding width."""
+        return int(self.input_embeddings.embedding_dim)
+
+    def stop_token_ids(self) -> list[int]:
+        """Token ids that end generation (tokenizer EOS and the model's configured EOS)."""
+        ids: list[int] = []
+        candidates: list[Any] = [self.tokenizer.eos_token_id]
+        generation_config = getattr(self.model, "generation_config", None)
+        if generation_config is not None:
+            candidates.append(generation_config.eos_token_id)
+        for candidate in candidates:
+            values = candidate if isinstance(candidate, list) else [candidate]
+            ids.extend(v for v in values if isinstance(v, int) and v not in ids)
+        if not ids:
+            raise InferenceError("the tokenizer defines no EOS token; generation could not stop")
+        return ids
+
+    def pad_token_id(self) -> int:
+        """Padding id (the EOS token when the tokenizer has no pad token)."""
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else self.stop_token_ids()[0]
+
+
+__all__ = ["LanguageModel", "resolve_device", "resolve_dtype"]

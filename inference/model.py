@@ -1,0 +1,416 @@
+"""The chest X-ray vision-language model as used by the worker and the amend dialog.
+
+:class:`ChestXrayVLM` ties the vision side (ONNX Runtime, or torch for verification) to the
+language side (torch + LoRA adapters) through one :class:`~inference.prompt.PromptBuilder`:
+
+* :meth:`ChestXrayVLM.generate_report` drafts a findings section for one study, and
+  :meth:`~ChestXrayVLM.generate_reports` does so for several studies in one batch;
+* :meth:`ChestXrayVLM.chat` answers a question or rewrites the report in the amend dialog,
+  with the current report in context.
+
+Both stream text through a callback, and ``stream_*`` variants yield it as an iterator.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from pydicom.dataset import Dataset
+
+from .bundle import Manifest, load_manifest
+from .config import GenerationConfig, ModelConfig
+from .errors import InferenceError
+from .generation import TextCallback, generate_texts, stream_text
+from .labels import NO_FINDING
+from .llm import LanguageModel, resolve_device
+from .multimodal import MultimodalBatch, assemble_batch
+from .onnx_runtime import OnnxVisionRunner, OrtOptions
+from .packaging import load_vision_tower
+from .preprocessing import load_images
+from .prompt import PromptBuilder, Turn
+from .vision import VisionTower
+
+logger = logging.getLogger(__name__)
+
+ImageSource = Dataset | str | PathLike[str] | np.ndarray
+
+
+class VisionRunner(Protocol):
+    """Preprocessed pixels ``(B, C, S, S)`` -> ``(probabilities, image_embeddings)``."""
+
+    def __call__(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class TorchVisionRunner:
+    """Runs the torch :class:`VisionTower` (training, verification, GPU without ORT)."""
+
+    def __init__(self, tower: VisionTower, device: str = "cpu") -> None:
+        self.device = resolve_device(device)
+        self.tower = tower.to(self.device).eval()
+
+    def __call__(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            probabilities, embeddings = self.tower(torch.from_numpy(pixel_values).to(self.device))
+        return probabilities.float().cpu().numpy(), embeddings.float().cpu().numpy()
+
+
+@dataclass
+class RuntimeOptions:
+    """Where and how a bundle runs (filled from the node's settings)."""
+
+    vision_backend: Literal["onnx", "torch"] = field(
+        default="onnx", metadata={"help": "'onnx' in production; 'torch' to verify or train."}
+    )
+    ort: OrtOptions = field(default_factory=OrtOptions)
+    device: str = field(default="auto", metadata={"help": "LLM device: auto, cpu, cuda, cuda:N."})
+    dtype: str = field(default="auto", metadata={"help": "LLM dtype: auto, float32, bfloat16."})
+    verify_checksums: bool = field(default=True, metadata={"help": "Check sha256 on load."})
+
+
+@dataclass(frozen=True)
+class FindingPrediction:
+    """One CheXpert label's probability and the bundle's decision threshold for it."""
+
+    label: str
+    probability: float
+    threshold: float
+
+    @property
+    def positive(self) -> bool:
+        """Whether the probability reaches the label's threshold."""
+        return self.probability >= self.threshold
+
+
+@dataclass
+class StudyAnalysis:
+    """Vision-side result for one study."""
+
+    findings: list[FindingPrediction]
+    image_tokens: torch.Tensor
+
+    @property
+    def positive_labels(self) -> list[str]:
+        """Positive findings other than "No Finding", most probable first."""
+        positives = [f for f in self.findings if f.positive and f.label != NO_FINDING]
+        return [f.label for f in sorted(positives, key=lambda f: -f.probability)]
+
+
+@dataclass
+class DraftReport:
+    """A drafted report with the findings it was conditioned on."""
+
+    text: str
+    findings: list[FindingPrediction]
+    indication: str | None
+    model_name: str
+    model_version: str
+
+
+@dataclass
+class StudyRequest:
+    """One study of a batched :meth:`ChestXrayVLM.generate_reports` call."""
+
+    images: Sequence[ImageSource]
+    indication: str | None = None
+
+
+class ChestXrayVLM:
+    """RaDialog-style chest X-ray report model.
+
+    Parameters
+    ----------
+    config
+        The model config.
+    vision
+        Vision runner (ONNX Runtime or torch).
+    llm
+        Language model with its adapters.
+    thresholds
+        Decision threshold per label.
+    tasks
+        Task (``report``, ``chat``) -> adapter name (``None`` = base model).
+    name, version
+        Identification of the model, recorded in every draft.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        vision: VisionRunner,
+        llm: LanguageModel,
+        thresholds: Mapping[str, float],
+        *,
+        tasks: Mapping[str, str | None] | None = None,
+        name: str = "unnamed",
+        version: str = "0",
+    ) -> None:
+        if llm.hidden_size != config.llm_hidden_size:
+            raise InferenceError(
+                f"LLM hidden size {llm.hidden_size} differs from the config's llm_hidden_size "
+                f"{config.llm_hidden_size}"
+            )
+        self.config = config
+        self.vision = vision
+        self.llm = llm
+        self.thresholds = {label: float(thresholds[label]) for label in config.classifier.labels}
+        self.tasks = dict(tasks or {})
+        self.prompts = PromptBuilder(llm.tokenizer, config.prompt)
+        self.name = name
+        self.version = version
+
+    @classmethod
+    def from_bundle(
+        cls, path: str | PathLike[str], options: RuntimeOptions | None = None
+    ) -> ChestXrayVLM:
+        """Load a model bundle (checking its manifest and checksums).
+
+        Raises
+        ------
+        BundleError
+            For a missing, malformed or tampered bundle (the message names the file).
+        """
+        options = options or RuntimeOptions()
+        manifest = load_manifest(path, verify=options.verify_checksums)
+        return cls.from_manifest(manifest, options)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, options: RuntimeOptions) -> ChestXrayVLM:
+        """Build the model from an already loaded manifest."""
+        vision: VisionRunner
+        if options.vision_backend == "onnx":
+            vision = OnnxVisionRunner(manifest.vision_onnx, options.ort)
+        else:
+            tower = load_vision_tower(manifest.config, manifest.vision_weights)
+            vision = TorchVisionRunner(tower, options.device)
+        llm = LanguageModel.load(
+            manifest.llm_base,
+            manifest.tokenizer,
+            manifest.adapters,
+            device=options.device,
+            dtype=options.dtype,
+        )
+        return cls(
+            manifest.config,
+            vision,
+            llm,
+            manifest.thresholds,
+            tasks=manifest.tasks,
+            name=manifest.name,
+            version=manifest.version,
+        )
+
+    # ----------------------------------------------------------------------------- vision
+    def analyse(self, images: Sequence[ImageSource]) -> StudyAnalysis:
+        """Preprocess a study's images and run the vision side.
+
+        A study's probability for a label is its maximum over the images (a finding seen in
+        any view is present); the image tokens are those of the first ``max_images`` images.
+
+        Raises
+        ------
+        PreprocessingError
+            When an image cannot be used (not an image, empty pixels, bad photometry).
+        """
+        pixels = load_images(list(images), self.config.preprocess)
+        probabilities, embeddings = self.vision(pixels)
+        study_probs = probabilities.max(axis=0)
+        findings = [
+            FindingPrediction(label, float(p), self.thresholds[label])
+            for label, p in zip(self.config.classifier.labels, study_probs, strict=True)
+        ]
+        tokens = torch.from_numpy(np.asarray(embeddings[: self.config.max_images]))
+        return StudyAnalysis(findings, tokens.reshape(-1, tokens.shape[-1]))
+
+    # ----------------------------------------------------------------------------- prompts
+    def _options(self, generation: GenerationConfig | None, **overrides: Any) -> GenerationConfig:
+        options = generation or self.config.generation
+        return replace(options, **overrides) if overrides else options
+
+    def _batch(self, prompts: list[Any], analyses: list[StudyAnalysis]) -> MultimodalBatch:
+        return assemble_batch(
+            self.llm.input_embeddings,
+            prompts,
+            [a.image_tokens for a in analyses],
+            pad_token_id=self.llm.pad_token_id(),
+            padding_side="left",
+        )
+
+    def _report_prompt(self, analysis: StudyAnalysis, indication: str | None) -> Any:
+        return self.prompts.encode(
+            findings=analysis.positive_labels,
+            indication=indication,
+            instruction=self.config.prompt.report_instruction,
+        )
+
+    def _chat_prompt(
+        self,
+        analysis: StudyAnalysis,
+        report: str,
+        history: Sequence[Turn],
+        instruction: str,
+        indication: str | None,
+    ) -> Any:
+        return self.prompts.encode(
+            findings=analysis.positive_labels,
+            indication=indication,
+            report=report,
+            history=history,
+            instruction=instruction,
+        )
+
+    # ----------------------------------------------------------------------------- reports
+    def generate_report(
+        self,
+        images: Sequence[ImageSource],
+        indication: str | None = None,
+        *,
+        generation: GenerationConfig | None = None,
+        on_text: TextCallback | None = None,
+    ) -> DraftReport:
+        """Draft the findings section of one study.
+
+        Parameters
+        ----------
+        images
+            The study's frontal images (datasets, DICOM paths or display arrays); the first
+            ``max_images`` provide image tokens.
+        indication
+            Clinical indication from the worklist, when known.
+        generation
+            Decoding options (defaults from the bundle config).
+        on_text
+            Called with each piece of text as it is generated (greedy decoding only).
+        """
+        analysis = self.analyse(images)
+        batch = self._batch([self._report_prompt(analysis, indication)], [analysis])
+        (text,) = generate_texts(
+            self.llm, batch, self._options(generation), adapter=self.tasks.get("report"), on_text=on_text
+        )
+        return self._draft(text, analysis, indication)
+
+    def generate_reports(
+        self, studies: Sequence[StudyRequest], *, generation: GenerationConfig | None = None
+    ) -> list[DraftReport]:
+        """Draft several studies in one left-padded batch (same results as one by one)."""
+        if not studies:
+            return []
+        analyses = [self.analyse(study.images) for study in studies]
+        prompts = [self._report_prompt(a, s.indication) for a, s in zip(analyses, studies, strict=True)]
+        texts = generate_texts(
+            self.llm, self._batch(prompts, analyses), self._options(generation), adapter=self.tasks.get("report")
+        )
+        return [
+            self._draft(text, analysis, study.indication)
+            for text, analysis, study in zip(texts, analyses, studies, strict=True)
+        ]
+
+    def stream_report(
+        self,
+        images: Sequence[ImageSource],
+        indication: str | None = None,
+        *,
+        generation: GenerationConfig | None = None,
+    ) -> tuple[StudyAnalysis, Iterator[str]]:
+        """Return the vision analysis and an iterator over the report text as it appears."""
+        analysis = self.analyse(images)
+        batch = self._batch([self._report_prompt(analysis, indication)], [analysis])
+        stream = stream_text(self.llm, batch, self._options(generation), adapter=self.tasks.get("report"))
+        return analysis, stream
+
+    def _draft(self, text: str, analysis: StudyAnalysis, indication: str | None) -> DraftReport:
+        return DraftReport(text, analysis.findings, indication, self.name, self.version)
+
+    # ----------------------------------------------------------------------------- dialog
+    def chat(
+        self,
+        images: Sequence[ImageSource],
+        report: str,
+        history: Sequence[Turn],
+        instruction: str,
+        *,
+        indication: str | None = None,
+        generation: GenerationConfig | None = None,
+        on_text: TextCallback | None = None,
+    ) -> str:
+        """One amend-dialog turn: answer a question or return a revised report.
+
+        Parameters
+        ----------
+        images
+            The study's images.
+        report
+            The current report text (kept in context).
+        history
+            Earlier turns of this study's dialog.
+        instruction
+            The radiologist's message ("there is no effusion", "is the heart enlarged?",
+            "make it easier to read", "summarise").
+        indication, generation, on_text
+            As for :meth:`generate_report`.
+        """
+        analysis = self.analyse(images)
+        prompt = self._chat_prompt(analysis, report, history, instruction, indication)
+        (text,) = generate_texts(
+            self.llm,
+            self._batch([prompt], [analysis]),
+            self._options(generation),
+            adapter=self.tasks.get("chat"),
+            on_text=on_text,
+        )
+        return text
+
+    def stream_chat(
+        self,
+        images: Sequence[ImageSource],
+        report: str,
+        history: Sequence[Turn],
+        instruction: str,
+        *,
+        indication: str | None = None,
+        generation: GenerationConfig | None = None,
+    ) -> Iterator[str]:
+        """Like :meth:`chat`, yielding the answer's text as it is generated."""
+        analysis = self.analyse(images)
+        prompt = self._chat_prompt(analysis, report, history, instruction, indication)
+        return stream_text(
+            self.llm,
+            self._batch([prompt], [analysis]),
+            self._options(generation),
+            adapter=self.tasks.get("chat"),
+        )
+
+
+def bundle_summary(path: str | Path) -> dict[str, Any]:
+    """Manifest facts for display (name, version, created, metrics, adapters, exporter)."""
+    manifest = load_manifest(path, verify=False)
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "created": manifest.created,
+        "aligner": manifest.config.aligner.kind,
+        "backbone": manifest.config.vision.backbone.get("model_type"),
+        "adapters": sorted(manifest.adapters),
+        "exporter": manifest.exporter,
+        "metrics": manifest.metrics,
+    }
+
+
+__all__ = [
+    "ChestXrayVLM",
+    "DraftReport",
+    "FindingPrediction",
+    "ImageSource",
+    "RuntimeOptions",
+    "StudyAnalysis",
+    "StudyRequest",
+    "TorchVisionRunner",
+    "VisionRunner",
+    "bundle_summary",
+]

@@ -1,0 +1,88 @@
+"""Export of the torch :class:`~inference.vision.VisionTower` to one ONNX file.
+
+The dynamo exporter (``torch.onnx.export(..., dynamo=True)``) is tried first; a few
+transformers backbones (Swin in transformers 5) trip its decomposition with a dynamic batch
+axis, and for those the TorchScript exporter is used instead. Either way the result is a
+single self-contained file with a dynamic batch axis, inputs ``pixel_values`` and outputs
+``probabilities`` and ``image_embeddings``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from os import PathLike
+from pathlib import Path
+
+import torch
+
+from .errors import InferenceError
+from .vision import VisionTower
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAMES = ("probabilities", "image_embeddings")
+OPSET = 18
+
+
+def export_vision_onnx(
+    tower: VisionTower, path: str | PathLike[str], image_size: int, channels: int
+) -> str:
+    """Export ``tower`` to ``path`` and return the exporter used (``dynamo``/``torchscript``).
+
+    Parameters
+    ----------
+    tower
+        The vision tower; it is put in eval mode and moved to CPU float32 for export.
+    path
+        Output ``.onnx`` file (written in one piece, no external data).
+    image_size, channels
+        Input geometry from the preprocessing config.
+
+    Raises
+    ------
+    InferenceError
+        When both exporters fail.
+    """
+    out = Path(path)
+    tower = tower.to("cpu", torch.float32).eval()
+    example = (torch.randn(2, channels, image_size, image_size),)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                tower,
+                example,
+                str(out),
+                dynamo=True,
+                external_data=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}},
+                verbose=False,
+            )
+        return "dynamo"
+    except Exception as exc:  # the dynamo exporter raises many internal error types
+        logger.info("dynamo ONNX export failed (%s); using the TorchScript exporter", type(exc).__name__)
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                tower,
+                example,
+                str(out),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes=axes,
+            )
+    except Exception as exc:
+        raise InferenceError(f"ONNX export of the vision tower failed: {exc}") from exc
+    return "torchscript"
+
+
+__all__ = ["INPUT_NAME", "OPSET", "OUTPUT_NAMES", "export_vision_onnx"]

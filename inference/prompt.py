@@ -1,0 +1,202 @@
+"""One prompt builder for training and inference.
+
+A prompt holds, in its first user turn, the image tokens (a placeholder later replaced by
+the aligner's embeddings), the predicted positive findings (as RaDialog does), the clinical
+indication when known and, in the amend dialog, the current report; then the conversation so
+far and the instruction. It goes through the tokenizer's chat template when it has one, and
+a plain ``### User: / ### Assistant:`` layout otherwise (MiniGPT-4 / XrayGPT style).
+
+Training and inference both call :meth:`PromptBuilder.encode`, so the token sequence a model
+was trained on is exactly the one it sees at inference time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import PreTrainedTokenizerBase
+
+from .config import PromptConfig
+from .errors import InferenceError
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a dialog."""
+
+    role: Role
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ("user", "assistant"):
+            raise ValueError(f"role must be 'user' or 'assistant', got {self.role!r}")
+
+
+@dataclass
+class EncodedPrompt:
+    """Token ids around the image placeholder, and the answer for training.
+
+    The model input is ``prefix_ids + <image tokens> + suffix_ids`` (+ ``target_ids`` when
+    training, where only the target is scored).
+    """
+
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    target_ids: list[int] = field(default_factory=list)
+    text: str = ""
+
+
+class PromptBuilder:
+    """Builds the multimodal prompt for reports and dialog turns.
+
+    Parameters
+    ----------
+    tokenizer
+        The LLM's tokenizer; its chat template is used when it has one.
+    config
+        Prompt wording.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: PromptConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.uses_chat_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def context(
+        self,
+        findings: Sequence[str],
+        indication: str | None = None,
+        report: str | None = None,
+    ) -> str:
+        """Text of the study context that opens the first user turn."""
+        listed = ", ".join(f.lower() for f in findings) if findings else self.config.no_findings_text
+        lines = [
+            f"Image information: {self.config.image_placeholder}.",
+            f"Predicted findings: {listed}.",
+        ]
+        if indication and indication.strip():
+            lines.append(f"Clinical indication: {indication.strip()}")
+        if report is not None:
+            lines.append(f"Current report: {report.strip()}")
+        return "\n".join(lines)
+
+    def messages(
+        self,
+        *,
+        findings: Sequence[str],
+        instruction: str,
+        indication: str | None = None,
+        report: str | None = None,
+        history: Sequence[Turn] = (),
+    ) -> list[dict[str, str]]:
+        """Chat messages (``role``/``content`` dicts) for this prompt.
+
+        Raises
+        ------
+        ValueError
+            For an empty instruction or a history that does not alternate user/assistant
+            starting with the user.
+        """
+        if not instruction.strip():
+            raise ValueError("instruction must not be empty")
+        turns = [*history, Turn("user", instruction.strip())]
+        for index, turn in enumerate(turns):
+            expected = "user" if index % 2 == 0 else "assistant"
+            if turn.role != expected:
+                raise ValueError(
+                    f"history turn {index} has role {turn.role!r}; turns must alternate "
+                    "user/assistant starting with the user"
+                )
+        messages: list[dict[str, str]] = []
+        if self.config.system_prompt:
+            messages.append({"role": "system", "content": self.config.system_prompt})
+        first = self.context(findings, indication, report) + "\n" + turns[0].content
+        messages.append({"role": "user", "content": first})
+        messages.extend({"role": t.role, "content": t.content} for t in turns[1:])
+        return messages
+
+    def render(self, messages: list[dict[str, str]], answer: str | None = None) -> tuple[str, str]:
+        """Return ``(prompt_text, target_text)``; the target is empty without an answer."""
+        if self.uses_chat_template:
+            prompt = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            assert isinstance(prompt, str)
+            if answer is None:
+                return prompt, ""
+            full = self.tokenizer.apply_chat_template(
+                [*messages, {"role": "assistant", "content": answer}], tokenize=False
+            )
+            assert isinstance(full, str)
+            if not full.startswith(prompt):
+                raise InferenceError(
+                    "the chat template renders the generation prompt differently from a "
+                    "conversation with an answer; cannot split prompt and target"
+                )
+            return prompt, full[len(prompt) :]
+        parts = [self.tokenizer.bos_token or ""]
+        for message in messages:
+            label = {"system": "", "user": "### User: ", "assistant": "### Assistant: "}[message["role"]]
+            end = (self.tokenizer.eos_token or "") if message["role"] == "assistant" else ""
+            parts.append(f"{label}{message['content']}{end}\n")
+        parts.append("### Assistant:")
+        prompt = "".join(parts)
+        target = "" if answer is None else f" {answer}{self.tokenizer.eos_token or ''}"
+        return prompt, target
+
+    def encode(
+        self,
+        *,
+        findings: Sequence[str],
+        instruction: str,
+        indication: str | None = None,
+        report: str | None = None,
+        history: Sequence[Turn] = (),
+        answer: str | None = None,
+    ) -> EncodedPrompt:
+        """Tokenise a prompt (and, for training, its answer) around the image placeholder.
+
+        Parameters
+        ----------
+        findings
+            Predicted positive findings (labels), in the order to list them.
+        instruction
+            The request of this turn (report instruction, correction, question, ...).
+        indication
+            Clinical indication from the worklist, when known.
+        report
+            The current report, for amend-dialog turns.
+        history
+            Earlier turns of the dialog (user first, alternating).
+        answer
+            Target text for training; ``None`` at inference.
+        """
+        messages = self.messages(
+            findings=findings,
+            instruction=instruction,
+            indication=indication,
+            report=report,
+            history=history,
+        )
+        prompt, target = self.render(messages, answer)
+        placeholder = self.config.image_placeholder
+        if prompt.count(placeholder) != 1:
+            raise InferenceError(
+                f"the image placeholder {placeholder!r} must occur exactly once in the prompt; "
+                "remove it from instructions, reports and history"
+            )
+        before, after = prompt.split(placeholder)
+        encode = self.tokenizer.encode
+        return EncodedPrompt(
+            prefix_ids=encode(before, add_special_tokens=False),
+            suffix_ids=encode(after, add_special_tokens=False),
+            target_ids=encode(target, add_special_tokens=False) if target else [],
+            text=prompt + target,
+        )
+
+
+__all__ = ["EncodedPrompt", "PromptBuilder", "Role", "Turn"]

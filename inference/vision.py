@@ -1,0 +1,244 @@
+"""Torch vision side: backbone, findings classifier and aligner.
+
+:class:`VisionTower` maps preprocessed pixels to ``(probabilities, image_embeddings)``. It is
+the module exported to ONNX (:mod:`inference.onnx_export`) and stays in torch for training
+and for verifying the exported graph. This module imports no training or I/O code.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, Blip2QFormerConfig, Blip2QFormerModel
+
+from .config import AlignerConfig, ClassifierConfig, ModelConfig
+from .errors import ConfigError
+
+
+class VisionEncoder(nn.Module):
+    """Any transformers vision backbone, returning patch features ``(B, N, D)``.
+
+    Transformer backbones (ViT, Swin, Dinov2, ...) return their token sequence; CNNs
+    (ResNet, ConvNeXt, ...) return their last feature map flattened to tokens.
+
+    Parameters
+    ----------
+    backbone
+        A transformers vision model whose output has ``last_hidden_state``.
+    image_size
+        Input side length, used once to probe the feature shape.
+    channels
+        Input channels.
+    """
+
+    def __init__(self, backbone: nn.Module, image_size: int, channels: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        was_training = backbone.training
+        backbone.eval()
+        with torch.no_grad():
+            probe = self.forward(torch.zeros(1, channels, image_size, image_size))
+        backbone.train(was_training)
+        self.num_tokens = int(probe.shape[1])
+        self.hidden_size = int(probe.shape[2])
+
+    @classmethod
+    def from_config_dict(cls, backbone: dict, image_size: int, channels: int) -> VisionEncoder:
+        """Build a randomly initialised backbone from a Hugging Face config dict."""
+        config_kwargs = dict(backbone)
+        model_type = config_kwargs.pop("model_type")
+        try:
+            hf_config = AutoConfig.for_model(model_type, **config_kwargs)
+            model = AutoModel.from_config(hf_config)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"vision.backbone: cannot build {model_type!r}: {exc}") from exc
+        return cls(model, image_size, channels)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | PathLike[str], image_size: int, channels: int
+    ) -> VisionEncoder:
+        """Load a pretrained backbone from a local Hugging Face directory."""
+        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        return cls(model, image_size, channels)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Return patch features ``(B, N, D)``."""
+        hidden = self.backbone(pixel_values=pixel_values).last_hidden_state
+        if hidden.dim() == 4:  # CNN feature map (B, C, H, W) -> tokens (B, H*W, C)
+            hidden = hidden.flatten(2).transpose(1, 2)
+        return hidden
+
+
+class FindingsClassifier(nn.Module):
+    """Multi-label head: mean-pooled patch features -> one logit per CheXpert label."""
+
+    def __init__(self, hidden_size: int, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(hidden_size, len(config.labels))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Return logits ``(B, num_labels)``."""
+        return self.head(self.dropout(self.norm(features.mean(dim=1))))
+
+
+class QFormerAligner(nn.Module):
+    """RaDialog/BLIP-2 Q-Former: learned queries cross-attend to the patch features.
+
+    Uses transformers' bidirectional ``Blip2QFormerModel`` (self-attention over queries,
+    cross-attention to the image every ``cross_attention_frequency`` layers), followed by a
+    linear projection into the LLM embedding space.
+    """
+
+    def __init__(
+        self, vision_size: int, num_tokens: int, llm_size: int, config: AlignerConfig
+    ) -> None:
+        super().__init__()
+        del num_tokens  # the number of queries, not of patches, sets the output length
+        qconfig = Blip2QFormerConfig(**{**config.qformer, "encoder_hidden_size": vision_size})
+        self.query_tokens = nn.Parameter(
+            torch.randn(1, config.num_query_tokens, qconfig.hidden_size) * qconfig.initializer_range
+        )
+        self.qformer = Blip2QFormerModel(qconfig)
+        self.projection = nn.Linear(qconfig.hidden_size, llm_size)
+
+    def query_outputs(self, features: torch.Tensor) -> torch.Tensor:
+        """Q-Former outputs ``(B, Q, H_q)`` before projection (used by alignment losses)."""
+        queries = self.query_tokens.expand(features.shape[0], -1, -1)
+        mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
+        return self.qformer(
+            query_embeds=queries, encoder_hidden_states=features, encoder_attention_mask=mask
+        ).last_hidden_state
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Return image tokens ``(B, Q, llm_size)``."""
+        return self.projection(self.query_outputs(features))
+
+
+class _PatchPool(nn.Module):
+    """Average-pools ``num_tokens`` tokens down to ``max_tokens`` (identity when unset).
+
+    The pooling is a fixed ``(max_tokens, num_tokens)`` averaging matrix, equal to adaptive
+    average pooling but exported to ONNX as one MatMul by every exporter.
+    """
+
+    def __init__(self, num_tokens: int, max_tokens: int | None) -> None:
+        super().__init__()
+        self.out_tokens = num_tokens if max_tokens is None else min(num_tokens, max_tokens)
+        self.enabled = self.out_tokens < num_tokens
+        weights = F.adaptive_avg_pool1d(torch.eye(num_tokens)[None], self.out_tokens)[0].T
+        self.register_buffer("weights", weights.contiguous(), persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return tokens
+        return torch.matmul(self.weights, tokens)
+
+
+class LinearAligner(nn.Module):
+    """XrayGPT-style linear projection of the patch tokens."""
+
+    def __init__(
+        self, vision_size: int, num_tokens: int, llm_size: int, config: AlignerConfig
+    ) -> None:
+        super().__init__()
+        self.pool = _PatchPool(num_tokens, config.max_image_tokens)
+        self.projection = nn.Linear(vision_size, llm_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Return image tokens ``(B, N, llm_size)``."""
+        return self.projection(self.pool(features))
+
+
+class MLPAligner(nn.Module):
+    """LLaVA / RaDialog v2 two-layer MLP projector over the patch tokens."""
+
+    def __init__(
+        self, vision_size: int, num_tokens: int, llm_size: int, config: AlignerConfig
+    ) -> None:
+        super().__init__()
+        hidden = config.mlp_hidden_size or llm_size
+        self.pool = _PatchPool(num_tokens, config.max_image_tokens)
+        self.mlp = nn.Sequential(nn.Linear(vision_size, hidden), nn.GELU(), nn.Linear(hidden, llm_size))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Return image tokens ``(B, N, llm_size)``."""
+        return self.mlp(self.pool(features))
+
+
+def build_aligner(
+    vision_size: int, num_tokens: int, llm_size: int, config: AlignerConfig
+) -> nn.Module:
+    """Instantiate the aligner chosen by ``config.kind``.
+
+    Parameters
+    ----------
+    vision_size
+        Width ``D`` of the patch features.
+    num_tokens
+        Number ``N`` of patch tokens per image.
+    llm_size
+        Embedding width of the LLM.
+    config
+        Aligner options.
+    """
+    kinds: dict[str, type[nn.Module]] = {
+        "qformer": QFormerAligner,
+        "linear": LinearAligner,
+        "mlp": MLPAligner,
+    }
+    return kinds[config.kind](vision_size, num_tokens, llm_size, config)
+
+
+class VisionTower(nn.Module):
+    """Pixels -> ``(finding probabilities, image-token embeddings)``.
+
+    Parameters
+    ----------
+    config
+        The model config; ``vision.backbone`` builds the encoder unless ``encoder`` is given.
+    encoder
+        An already built (e.g. pretrained) :class:`VisionEncoder`.
+    """
+
+    def __init__(self, config: ModelConfig, encoder: VisionEncoder | None = None) -> None:
+        super().__init__()
+        pre = config.preprocess
+        self.encoder = encoder or VisionEncoder.from_config_dict(
+            config.vision.backbone, pre.image_size, pre.channels
+        )
+        self.classifier = FindingsClassifier(self.encoder.hidden_size, config.classifier)
+        self.aligner = build_aligner(
+            self.encoder.hidden_size, self.encoder.num_tokens, config.llm_hidden_size, config.aligner
+        )
+        self.labels = config.classifier.labels
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens produced per image."""
+        if isinstance(self.aligner, QFormerAligner):
+            return self.aligner.query_tokens.shape[1]
+        pool: _PatchPool = self.aligner.pool  # type: ignore[assignment]
+        return pool.out_tokens
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(probabilities (B, L), image_embeddings (B, T, llm_size))``."""
+        features = self.encoder(pixel_values)
+        probabilities = torch.sigmoid(self.classifier(features))
+        return probabilities, self.aligner(features)
+
+
+__all__ = [
+    "FindingsClassifier",
+    "LinearAligner",
+    "MLPAligner",
+    "QFormerAligner",
+    "VisionEncoder",
+    "VisionTower",
+    "build_aligner",
+]
