@@ -1,0 +1,47 @@
+"""Shared fixtures: one tiny random-weight bundle per test session, the sample chest CR."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="torch.onnx")
+
+
+@pytest.fixture(scope="session")
+def chest_cr_path() -> Path:
+    """RG1_UNCR.dcm: a real PA chest CR, 15-bit MONOCHROME1 (pydicom-data)."""
+    from pydicom.data import get_testdata_file
+
+    return Path(str(get_testdata_file("RG1_UNCR.dcm")))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViT + Q-Former + Llama bundle with 'report' and 'instruct' adapters."""
+    from inference import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_bundle: Path):  # type: ignore[no-untyped-def]
+    """The tiny bundle loaded with the ONNX Runtime vision path on CPU."""
+    from inference import ChestXrayVLM, RuntimeOptions
+
+    return ChestXrayVLM.from_bundle(tiny_bundle, RuntimeOptions(device="cpu"))

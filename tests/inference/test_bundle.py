@@ -1,0 +1,104 @@
+"""Model bundle: manifest contents, integrity checks, runtime choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from inference import (
+    CHEXPERT_LABELS,
+    BundleError,
+    BundleIntegrityError,
+    ChestXrayVLM,
+    RuntimeOptions,
+    load_manifest,
+    verify_vision_parity,
+)
+from inference.model import TorchVisionRunner
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
+
+
+def test_manifest_describes_the_bundle(tiny_bundle: Path) -> None:
+    raw = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert raw["format_version"] == 1
+    assert set(raw["thresholds"]) == set(CHEXPERT_LABELS)
+    assert {"torch", "transformers", "peft", "onnxruntime"} <= set(raw["versions"])
+    assert raw["created"] and raw["config"]["aligner"]["kind"] == "qformer"
+    files = raw["files"]
+    assert "vision.onnx" in files and "vision.safetensors" in files
+    assert any(f.startswith("tokenizer/") for f in files)
+    assert any(f.startswith("llm/") for f in files)
+    assert {"adapters/report/adapter_model.safetensors", "adapters/instruct/adapter_model.safetensors"} <= set(files)
+    assert all(len(digest) == 64 for digest in files.values())
+
+
+@pytest.mark.parametrize(
+    "victim", ["vision.onnx", "vision.safetensors", "llm/model.safetensors", "adapters/report/adapter_config.json"]
+)
+def test_tampered_file_is_detected_and_named(bundle_copy: Path, victim: str) -> None:
+    path = bundle_copy / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match=victim.replace("/", ".")):
+        load_manifest(bundle_copy)
+    with pytest.raises(BundleIntegrityError, match="checksum mismatch"):
+        ChestXrayVLM.from_bundle(bundle_copy)
+
+
+def test_missing_and_unlisted_files_are_detected(bundle_copy: Path) -> None:
+    (bundle_copy / "tokenizer" / "extra_tokens.json").write_text("{}")
+    with pytest.raises(BundleIntegrityError, match="extra_tokens.json.*not listed"):
+        load_manifest(bundle_copy)
+    (bundle_copy / "tokenizer" / "extra_tokens.json").unlink()
+    (bundle_copy / "vision.onnx").unlink()
+    with pytest.raises(BundleError, match="vision.onnx.*missing"):
+        load_manifest(bundle_copy)
+
+
+def test_unsupported_format_version_is_refused(bundle_copy: Path) -> None:
+    manifest = bundle_copy / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["format_version"] = 99
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="format version 99"):
+        load_manifest(bundle_copy)
+
+
+def test_bad_config_in_manifest_names_the_key(bundle_copy: Path) -> None:
+    manifest = bundle_copy / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["config"]["aligner"]["kind"] = "perceiver"
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="aligner.kind"):
+        load_manifest(bundle_copy)
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="no manifest"):
+        load_manifest(tmp_path)
+
+
+def test_torch_and_onnx_paths_agree_on_the_bundle(tiny_bundle: Path) -> None:
+    result = verify_vision_parity(tiny_bundle, batch_size=2)
+    assert result.max_abs_diff < 1e-4
+    assert "CPUExecutionProvider" in result.providers
+
+
+def test_torch_vision_backend_gives_the_same_report(
+    tiny_bundle: Path, tiny_model: ChestXrayVLM, chest_cr_path: Path
+) -> None:
+    torch_model = ChestXrayVLM.from_bundle(tiny_bundle, RuntimeOptions(vision_backend="torch", device="cpu"))
+    assert isinstance(torch_model.vision, TorchVisionRunner)
+    onnx_draft = tiny_model.generate_report([chest_cr_path], "Cough.")
+    torch_draft = torch_model.generate_report([chest_cr_path], "Cough.")
+    assert onnx_draft.text == torch_draft.text
+    for a, b in zip(onnx_draft.findings, torch_draft.findings, strict=True):
+        assert a.label == b.label and abs(a.probability - b.probability) < 1e-4

@@ -1,0 +1,106 @@
+"""Generation: KV cache, batching, beams, EOS, streaming, adapters (tiny model)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference import ChestXrayVLM, GenerationConfig, StudyRequest
+from inference.generation import generate_ids
+
+
+@pytest.fixture(scope="module")
+def batch_and_model(tiny_model: ChestXrayVLM, chest_cr_path: Path):  # type: ignore[no-untyped-def]
+    analysis = tiny_model.analyse([chest_cr_path])
+    prompt = tiny_model._report_prompt(analysis, "Cough and fever for three days.")
+    return tiny_model._batch([prompt], [analysis]), tiny_model
+
+
+def test_kv_cache_does_not_change_the_tokens(batch_and_model) -> None:  # type: ignore[no-untyped-def]
+    batch, model = batch_and_model
+    options = GenerationConfig(max_new_tokens=16)
+    with_cache = generate_ids(model.llm, batch, options, adapter="report")
+    without = generate_ids(model.llm, batch, replace(options, use_cache=False), adapter="report")
+    assert with_cache.shape[1] > 0
+    assert torch.equal(with_cache, without)
+
+
+def test_batched_and_one_by_one_greedy_give_the_same_text(
+    tiny_model: ChestXrayVLM, chest_cr_path: Path
+) -> None:
+    # different indications give prompts of different lengths, so left padding is exercised
+    studies = [
+        StudyRequest([chest_cr_path], None),
+        StudyRequest([chest_cr_path], "Follow-up of known right lower lobe pneumonia, now afebrile."),
+        StudyRequest([chest_cr_path], "Chest pain."),
+    ]
+    options = GenerationConfig(max_new_tokens=12)
+    batched = tiny_model.generate_reports(studies, generation=options)
+    single = [tiny_model.generate_report(s.images, s.indication, generation=options) for s in studies]
+    assert [d.text for d in batched] == [d.text for d in single]
+    assert len({d.text for d in single}) > 1  # the indication reaches the model
+
+
+def test_beam_search_respects_max_new_tokens(batch_and_model) -> None:  # type: ignore[no-untyped-def]
+    batch, model = batch_and_model
+    ids = generate_ids(model.llm, batch, GenerationConfig(max_new_tokens=7, num_beams=3), adapter="report")
+    assert 0 < ids.shape[1] <= 7
+
+
+def test_generation_stops_at_eos(batch_and_model) -> None:  # type: ignore[no-untyped-def]
+    batch, model = batch_and_model
+    options = GenerationConfig(max_new_tokens=12)
+    free = generate_ids(model.llm, batch, options, adapter="report")[0].tolist()
+    stop_at = next(i for i, t in enumerate(free) if i >= 2 and t not in free[:i])
+    generation_config = model.llm.model.generation_config
+    original = generation_config.eos_token_id
+    generation_config.eos_token_id = free[stop_at]  # pretend that token is EOS
+    try:
+        stopped = generate_ids(model.llm, batch, options, adapter="report")[0].tolist()
+    finally:
+        generation_config.eos_token_id = original
+    assert stopped == free[: stop_at + 1]
+
+
+def test_streaming_callback_and_iterator_give_the_final_text(
+    tiny_model: ChestXrayVLM, chest_cr_path: Path
+) -> None:
+    pieces: list[str] = []
+    draft = tiny_model.generate_report([chest_cr_path], "Dyspnoea.", on_text=pieces.append)
+    assert pieces and "".join(pieces).strip() == draft.text
+    _, stream = tiny_model.stream_report([chest_cr_path], "Dyspnoea.")
+    assert "".join(stream).strip() == draft.text
+
+
+def test_adapters_are_switchable_and_change_the_output(batch_and_model) -> None:  # type: ignore[no-untyped-def]
+    batch, model = batch_and_model
+    llm = model.llm
+    assert set(llm.adapters) == {"report", "instruct"}
+
+    def logits(adapter: str | None) -> torch.Tensor:
+        with llm.adapter(adapter), torch.no_grad():
+            return llm.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+
+    report, instruct, base = logits("report"), logits("instruct"), logits(None)
+    assert not torch.allclose(report, instruct)
+    assert not torch.allclose(report, base) and not torch.allclose(instruct, base)
+    assert torch.equal(logits("report"), report)  # switching back restores the adapter
+    with pytest.raises(Exception, match="not loaded"):
+        llm.use_adapter("nonexistent")
+
+
+def test_chat_uses_the_report_as_context(tiny_model: ChestXrayVLM, chest_cr_path: Path) -> None:
+    options = GenerationConfig(max_new_tokens=10)
+    answer_a = tiny_model.chat([chest_cr_path], "The heart is enlarged.", [], "Is the heart enlarged?",
+                               generation=options)
+    answer_b = tiny_model.chat([chest_cr_path], "Lungs are clear.", [], "Is the heart enlarged?",
+                               generation=options)
+    assert isinstance(answer_a, str) and isinstance(answer_b, str)
+    streamed = "".join(
+        tiny_model.stream_chat([chest_cr_path], "The heart is enlarged.", [], "Is the heart enlarged?",
+                               generation=options)
+    ).strip()
+    assert streamed == answer_a
