@@ -7,4 +7,11 @@ for retraining, :mod:`training`.
 from .errors import NodeError, SettingsError, StudyInputError
 from .settings import InferenceSettings, Settings, load_settings
 
-__all__ = ["InferenceSettings", "NodeError", "Settings", "SettingsError", "StudyInputError", "load_settings"]
+__all__ = [
+    "InferenceSettings",
+    "NodeError",
+    "Settings",
+    "SettingsError",
+    "StudyInputError",
+    "load_settings",
+]

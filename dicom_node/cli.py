@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -37,7 +37,9 @@ err_console = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML config file (default: $DICOM_NODE_CONFIG).", dir_okay=False),
+    typer.Option(
+        "--config", "-c", help="TOML config file (default: $DICOM_NODE_CONFIG).", dir_okay=False
+    ),
 ]
 
 
@@ -81,16 +83,22 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
 @model_app.command("init")
 def model_init(
     out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
-    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight bundle (tests, smoke runs).")] = False,
+    tiny: Annotated[
+        bool, typer.Option("--tiny", help="Tiny random-weight bundle (tests, smoke runs).")
+    ] = False,
     aligner: Annotated[str, typer.Option(help="qformer, linear or mlp.")] = "qformer",
-    backbone: Annotated[str, typer.Option(help="Tiny backbone: vit, dinov2, resnet or swin.")] = "vit",
+    backbone: Annotated[
+        str, typer.Option(help="Tiny backbone: vit, dinov2, resnet or swin.")
+    ] = "vit",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     config: ConfigOption = None,
 ) -> None:
     """Create a model bundle (only --tiny here; trained bundles come from training)."""
     _settings(config)
     if not tiny:
-        raise _fail("only --tiny bundles are built by 'model init'; trained bundles come from training")
+        raise _fail(
+            "only --tiny bundles are built by 'model init'; trained bundles come from training"
+        )
     if aligner not in ("qformer", "linear", "mlp"):
         raise _fail(f"--aligner must be qformer, linear or mlp, not {aligner!r}")
     from inference import InferenceError, build_tiny_bundle
@@ -148,10 +156,14 @@ def model_info(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")]
 def infer(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="DICOM files or folders of ONE study (default: the embedded sample CR)."),
+        typer.Argument(
+            help="DICOM files or folders of ONE study (default: the embedded sample CR)."
+        ),
     ] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Bundle directory.")] = None,
-    indication: Annotated[str | None, typer.Option(help="Clinical indication for the prompt.")] = None,
+    indication: Annotated[
+        str | None, typer.Option(help="Clinical indication for the prompt.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     stream: Annotated[bool, typer.Option(help="Print the report as it is generated.")] = True,
     device: Annotated[str | None, typer.Option(help="LLM device (auto, cpu, cuda).")] = None,
@@ -180,7 +192,9 @@ def infer(
         draft = vlm.generate_report(
             datasets,
             indication,
-            on_text=(lambda piece: console.print(piece, end="", highlight=False)) if streaming else None,
+            on_text=(lambda piece: console.print(piece, end="", highlight=False))
+            if streaming
+            else None,
         )
     except (InferenceError, NodeError) as exc:
         raise _fail(str(exc)) from exc
@@ -192,19 +206,27 @@ def infer(
             "images": len(datasets),
             "indication": draft.indication,
             "findings": [
-                {"label": f.label, "probability": round(f.probability, 4),
-                 "threshold": f.threshold, "positive": f.positive}
+                {
+                    "label": f.label,
+                    "probability": round(f.probability, 4),
+                    "threshold": f.threshold,
+                    "positive": f.positive,
+                }
                 for f in draft.findings
             ],
             "report": draft.text,
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    table = Table(title=f"Findings ({draft.model_name} {draft.model_version}, {len(datasets)} image(s))")
+    table = Table(
+        title=f"Findings ({draft.model_name} {draft.model_version}, {len(datasets)} image(s))"
+    )
     for column in ("finding", "probability", "threshold", "positive"):
         table.add_column(column)
     for f in draft.findings:
-        table.add_row(f.label, f"{f.probability:.3f}", f"{f.threshold:.2f}", "yes" if f.positive else "")
+        table.add_row(
+            f.label, f"{f.probability:.3f}", f"{f.threshold:.2f}", "yes" if f.positive else ""
+        )
     console.print(table)
     if not streaming:
         console.print("[bold]Report[/]")
@@ -214,7 +236,9 @@ def infer(
 # --------------------------------------------------------------------------- config check
 @config_app.command("check")
 def config_check(
-    file: Annotated[Path | None, typer.Argument(help="TOML file (default: $DICOM_NODE_CONFIG).")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="TOML file (default: $DICOM_NODE_CONFIG).")
+    ] = None,
 ) -> None:
     """Validate a configuration (file + environment) and print the effective settings."""
     try:
@@ -227,7 +251,6 @@ def config_check(
 def main() -> None:
     """Console entry point."""
     app()
-
 
 
 if __name__ == "__main__":

@@ -53,15 +53,21 @@ def read_study(paths: Iterable[Path]) -> list[Dataset]:
             logger.info("skipping non-DICOM file %s", file.name)
             continue
         if "PixelData" not in ds:
-            logger.info("skipping %s: no pixel data (modality %s)", file.name, ds.get("Modality", "?"))
+            logger.info(
+                "skipping %s: no pixel data (modality %s)", file.name, ds.get("Modality", "?")
+            )
             continue
         images.append(ds)
     if not images:
         raise StudyInputError("no DICOM image found in the given paths")
     studies = {str(ds.get("StudyInstanceUID", "")) for ds in images}
     if len(studies) > 1:
-        raise StudyInputError(f"the files belong to {len(studies)} different studies; give one study")
-    return sorted(images, key=lambda ds: str(ds.get("ViewPosition", "")).upper() not in FRONTAL_VIEWS)
+        raise StudyInputError(
+            f"the files belong to {len(studies)} different studies; give one study"
+        )
+    return sorted(
+        images, key=lambda ds: str(ds.get("ViewPosition", "")).upper() not in FRONTAL_VIEWS
+    )
 
 
 def sample_study() -> Path:
@@ -70,7 +76,9 @@ def sample_study() -> Path:
 
     path = get_testdata_file("RG1_UNCR.dcm")
     if path is None:
-        raise StudyInputError("the sample study RG1_UNCR.dcm (package pydicom-data) is not installed")
+        raise StudyInputError(
+            "the sample study RG1_UNCR.dcm (package pydicom-data) is not installed"
+        )
     return Path(str(path))
 
 

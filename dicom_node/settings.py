@@ -34,7 +34,8 @@ class InferenceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bundle: Path = Field(
-        default=Path("models/tiny"), description="Model bundle directory used by infer and the worker."
+        default=Path("models/tiny"),
+        description="Model bundle directory used by infer and the worker.",
     )
     vision_backend: Literal["onnx", "torch"] = Field(
         default="onnx", description="Vision runtime: ONNX Runtime (production) or torch."
@@ -47,8 +48,12 @@ class InferenceSettings(BaseModel):
         default_factory=list,
         description="ONNX Runtime providers; empty = CUDAExecutionProvider when present, else CPU.",
     )
-    ort_intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads (0 = auto).")
-    ort_inter_op_threads: int = Field(default=0, ge=0, description="ORT inter-op threads (0 = auto).")
+    ort_intra_op_threads: int = Field(
+        default=0, ge=0, description="ORT intra-op threads (0 = auto)."
+    )
+    ort_inter_op_threads: int = Field(
+        default=0, ge=0, description="ORT inter-op threads (0 = auto)."
+    )
     verify_checksums: bool = Field(default=True, description="Check bundle sha256 sums on load.")
 
     def runtime_options(self) -> RuntimeOptions:
@@ -131,7 +136,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         loaded = _Sourced(**clean)
     except ValidationError as exc:
-        raise SettingsError(_format_errors(exc, str(path) if path else "environment/flags")) from exc
+        raise SettingsError(
+            _format_errors(exc, str(path) if path else "environment/flags")
+        ) from exc
     return Settings.model_validate(loaded.model_dump())
 
 

@@ -41,10 +41,13 @@ class PreprocessConfig:
         },
     )
     percentile_low: float = field(default=0.5, metadata={"help": "Lower percentile window bound."})
-    percentile_high: float = field(default=99.5, metadata={"help": "Upper percentile window bound."})
+    percentile_high: float = field(
+        default=99.5, metadata={"help": "Upper percentile window bound."}
+    )
     channels: int = field(default=3, metadata={"help": "Channels the encoder expects (1 or 3)."})
     mean: tuple[float, ...] = field(
-        default=(0.5, 0.5, 0.5), metadata={"help": "Per-channel mean subtracted after [0, 1] scaling."}
+        default=(0.5, 0.5, 0.5),
+        metadata={"help": "Per-channel mean subtracted after [0, 1] scaling."},
     )
     std: tuple[float, ...] = field(
         default=(0.5, 0.5, 0.5), metadata={"help": "Per-channel standard deviation."}
@@ -59,7 +62,8 @@ class PreprocessConfig:
             value = getattr(self, key)
             if len(value) != self.channels:
                 raise ConfigError(
-                    f"preprocess.{key} needs {self.channels} values (one per channel), got {len(value)}"
+                    f"preprocess.{key} needs one value per channel ({self.channels}), "
+                    f"got {len(value)}"
                 )
         if any(s <= 0 for s in self.std):
             raise ConfigError("preprocess.std values must be > 0")
@@ -130,7 +134,9 @@ class AlignerConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(AlignerKind):
-            raise ConfigError(f"aligner.kind must be one of {get_args(AlignerKind)}, got {self.kind!r}")
+            raise ConfigError(
+                f"aligner.kind must be one of {get_args(AlignerKind)}, got {self.kind!r}"
+            )
         if self.num_query_tokens < 1:
             raise ConfigError("aligner.num_query_tokens must be >= 1")
         if self.max_image_tokens is not None and self.max_image_tokens < 1:
@@ -190,7 +196,9 @@ class ModelConfig:
     llm_hidden_size: int = field(default=576, metadata={"help": "Embedding size of the LLM."})
     max_images: int = field(
         default=1,
-        metadata={"help": "Images of a study whose tokens enter the prompt (the first ones given)."},
+        metadata={
+            "help": "Images of a study whose tokens enter the prompt (the first ones given)."
+        },
     )
     prompt: PromptConfig = field(default_factory=PromptConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -262,7 +270,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return dict(value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, str, bool) and not (type(value) is hint):
+    if hint in (int, str, bool) and type(value) is not hint:
         raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
     return value
 

@@ -58,7 +58,7 @@ def generate_ids(
     if streamer is not None and (batch.inputs_embeds.shape[0] != 1 or options.num_beams != 1):
         raise ValueError("streaming needs a single sequence and greedy decoding (num_beams=1)")
     with llm.adapter(adapter), torch.inference_mode():
-        output = llm.model.generate(
+        output = llm.model.generate(  # type: ignore[operator]  # peft's stub types it as Tensor
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
             max_new_tokens=options.max_new_tokens,
@@ -126,4 +126,11 @@ def stream_text(
         raise failure[0]
 
 
-__all__ = ["CallbackStreamer", "TextCallback", "decode", "generate_ids", "generate_texts", "stream_text"]
+__all__ = [
+    "CallbackStreamer",
+    "TextCallback",
+    "decode",
+    "generate_ids",
+    "generate_texts",
+    "stream_text",
+]

@@ -16,7 +16,12 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .errors import InferenceError
 
@@ -63,7 +68,9 @@ class LanguageModel:
         The matching tokenizer.
     """
 
-    def __init__(self, model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self._active: str | None = None
@@ -103,7 +110,8 @@ class LanguageModel:
             )
         except (OSError, ValueError) as exc:
             raise InferenceError(f"cannot load the language model from {base_dir}: {exc}") from exc
-        base.to(torch_device).eval()
+        base = base.to(torch_device)  # type: ignore[arg-type]  # transformers' stub
+        base.eval()
         model: PreTrainedModel | PeftModel = base
         for index, (name, path) in enumerate((adapters or {}).items()):
             try:

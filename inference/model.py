@@ -291,7 +291,11 @@ class ChestXrayVLM:
         analysis = self.analyse(images)
         batch = self._batch([self._report_prompt(analysis, indication)], [analysis])
         (text,) = generate_texts(
-            self.llm, batch, self._options(generation), adapter=self.tasks.get("report"), on_text=on_text
+            self.llm,
+            batch,
+            self._options(generation),
+            adapter=self.tasks.get("report"),
+            on_text=on_text,
         )
         return self._draft(text, analysis, indication)
 
@@ -302,9 +306,14 @@ class ChestXrayVLM:
         if not studies:
             return []
         analyses = [self.analyse(study.images) for study in studies]
-        prompts = [self._report_prompt(a, s.indication) for a, s in zip(analyses, studies, strict=True)]
+        prompts = [
+            self._report_prompt(a, s.indication) for a, s in zip(analyses, studies, strict=True)
+        ]
         texts = generate_texts(
-            self.llm, self._batch(prompts, analyses), self._options(generation), adapter=self.tasks.get("report")
+            self.llm,
+            self._batch(prompts, analyses),
+            self._options(generation),
+            adapter=self.tasks.get("report"),
         )
         return [
             self._draft(text, analysis, study.indication)
@@ -321,7 +330,9 @@ class ChestXrayVLM:
         """Return the vision analysis and an iterator over the report text as it appears."""
         analysis = self.analyse(images)
         batch = self._batch([self._report_prompt(analysis, indication)], [analysis])
-        stream = stream_text(self.llm, batch, self._options(generation), adapter=self.tasks.get("report"))
+        stream = stream_text(
+            self.llm, batch, self._options(generation), adapter=self.tasks.get("report")
+        )
         return analysis, stream
 
     def _draft(self, text: str, analysis: StudyAnalysis, indication: str | None) -> DraftReport:

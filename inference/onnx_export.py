@@ -65,7 +65,9 @@ def export_vision_onnx(
             )
         return "dynamo"
     except Exception as exc:  # the dynamo exporter raises many internal error types
-        logger.info("dynamo ONNX export failed (%s); using the TorchScript exporter", type(exc).__name__)
+        logger.info(
+            "dynamo ONNX export failed (%s); using the TorchScript exporter", type(exc).__name__
+        )
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
     try:
         with warnings.catch_warnings():

@@ -33,7 +33,9 @@ logger = logging.getLogger(__name__)
 
 def save_vision_weights(tower: VisionTower, path: Path) -> None:
     """Save the vision tower's state dict as safetensors (contiguous CPU float32 copies)."""
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tower.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tower.state_dict().items()
+    }
     save_file(state, str(path))
 
 

@@ -133,7 +133,10 @@ def _voi_output_range(ds: Dataset) -> tuple[float, float]:
         y_min, y_max = float(-(2 ** (bits_stored - 1))), float(2 ** (bits_stored - 1) - 1)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is not None and intercept is not None:
-        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
+        y_min, y_max = (
+            y_min * float(slope) + float(intercept),
+            y_max * float(slope) + float(intercept),
+        )
     return y_min, y_max
 
 
@@ -247,7 +250,11 @@ def load_images(sources: list[Any], config: PreprocessConfig) -> np.ndarray:
         if isinstance(source, Dataset):
             batch.append(preprocess_dataset(source, config))
         elif isinstance(source, np.ndarray):
-            if source.ndim == 3 and source.shape[0] == config.channels and source.shape[1] == source.shape[2] == config.image_size:
+            if (
+                source.ndim == 3
+                and source.shape[0] == config.channels
+                and source.shape[1] == source.shape[2] == config.image_size
+            ):
                 batch.append(source.astype(np.float32))  # already preprocessed
             else:
                 batch.append(preprocess_display_image(source, config))

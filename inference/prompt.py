@@ -73,7 +73,9 @@ class PromptBuilder:
         report: str | None = None,
     ) -> str:
         """Text of the study context that opens the first user turn."""
-        listed = ", ".join(f.lower() for f in findings) if findings else self.config.no_findings_text
+        listed = (
+            ", ".join(f.lower() for f in findings) if findings else self.config.no_findings_text
+        )
         lines = [
             f"Image information: {self.config.image_placeholder}.",
             f"Predicted findings: {listed}.",
@@ -140,7 +142,9 @@ class PromptBuilder:
             return prompt, full[len(prompt) :]
         parts = [self.tokenizer.bos_token or ""]
         for message in messages:
-            label = {"system": "", "user": "### User: ", "assistant": "### Assistant: "}[message["role"]]
+            label = {"system": "", "user": "### User: ", "assistant": "### Assistant: "}[
+                message["role"]
+            ]
             end = (self.tokenizer.eos_token or "") if message["role"] == "assistant" else ""
             parts.append(f"{label}{message['content']}{end}\n")
         parts.append("### Assistant:")

@@ -19,7 +19,14 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .config import AlignerConfig, AlignerKind, GenerationConfig, ModelConfig, PreprocessConfig, VisionConfig
+from .config import (
+    AlignerConfig,
+    AlignerKind,
+    GenerationConfig,
+    ModelConfig,
+    PreprocessConfig,
+    VisionConfig,
+)
 from .labels import CHEXPERT_LABELS
 from .packaging import package_bundle
 from .vision import VisionTower
@@ -85,14 +92,42 @@ def train_tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
 def tiny_backbone(kind: str) -> dict[str, Any]:
     """HF config dicts of tiny vision backbones (64 x 64 input)."""
     backbones: dict[str, dict[str, Any]] = {
-        "vit": dict(model_type="vit", image_size=64, patch_size=16, hidden_size=32,
-                    num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_channels=3),
-        "dinov2": dict(model_type="dinov2", image_size=64, patch_size=16, hidden_size=32,
-                       num_hidden_layers=2, num_attention_heads=2, num_channels=3),
-        "resnet": dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
-                       num_channels=3),
-        "swin": dict(model_type="swin", image_size=64, patch_size=4, embed_dim=16, depths=[1, 1],
-                     num_heads=[2, 2], window_size=4, num_channels=3),
+        "vit": dict(
+            model_type="vit",
+            image_size=64,
+            patch_size=16,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_channels=3,
+        ),
+        "dinov2": dict(
+            model_type="dinov2",
+            image_size=64,
+            patch_size=16,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_channels=3,
+        ),
+        "resnet": dict(
+            model_type="resnet",
+            embedding_size=16,
+            hidden_sizes=[16, 32],
+            depths=[1, 1],
+            num_channels=3,
+        ),
+        "swin": dict(
+            model_type="swin",
+            image_size=64,
+            patch_size=4,
+            embed_dim=16,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=4,
+            num_channels=3,
+        ),
     }
     if kind not in backbones:
         raise ValueError(f"unknown tiny backbone {kind!r}; choose from {sorted(backbones)}")
@@ -107,8 +142,13 @@ def tiny_config(aligner: AlignerKind = "qformer", backbone: str = "vit") -> Mode
         aligner=AlignerConfig(
             kind=aligner,
             num_query_tokens=32,
-            qformer=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, cross_attention_frequency=1),
+            qformer=dict(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                cross_attention_frequency=1,
+            ),
             max_image_tokens=16,
         ),
         llm_hidden_size=64,
@@ -140,6 +180,17 @@ def tiny_llm(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     return model.eval()
 
 
+def _random_lora() -> LoraConfig:
+    # Random (non-zero) B matrices: an untrained adapter must still change the output.
+    return LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
+        init_lora_weights=False,
+    )
+
+
 def build_tiny_bundle(
     out_dir: str | PathLike[str],
     *,
@@ -168,10 +219,8 @@ def build_tiny_bundle(
     with tempfile.TemporaryDirectory() as tmp:
         base_dir = Path(tmp) / "base"
         base.save_pretrained(str(base_dir))
-        lora = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-        # Random (non-zero) B matrices: an untrained adapter must still be distinguishable.
-        peft_model = get_peft_model(base, LoraConfig(**lora, init_lora_weights=False), adapter_name="report")
-        peft_model.add_adapter("instruct", LoraConfig(**lora, init_lora_weights=False))
+        peft_model = get_peft_model(base, _random_lora(), adapter_name="report")
+        peft_model.add_adapter("instruct", _random_lora())
         adapters_dir = Path(tmp) / "adapters"
         peft_model.save_pretrained(str(adapters_dir))
         return package_bundle(

@@ -53,7 +53,9 @@ def verify_vision_parity(
     rng = np.random.default_rng(seed)
     pixels = rng.standard_normal((batch_size, pre.channels, pre.image_size, pre.image_size))
     pixels = pixels.astype(np.float32)
-    torch_runner = TorchVisionRunner(load_vision_tower(manifest.config, manifest.vision_weights), "cpu")
+    torch_runner = TorchVisionRunner(
+        load_vision_tower(manifest.config, manifest.vision_weights), "cpu"
+    )
     onnx_runner = OnnxVisionRunner(manifest.vision_onnx, ort_options)
     torch_probs, torch_embeds = torch_runner(pixels)
     onnx_probs, onnx_embeds = onnx_runner(pixels)

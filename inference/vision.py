@@ -132,6 +132,7 @@ class _PatchPool(nn.Module):
         self.out_tokens = num_tokens if max_tokens is None else min(num_tokens, max_tokens)
         self.enabled = self.out_tokens < num_tokens
         weights = F.adaptive_avg_pool1d(torch.eye(num_tokens)[None], self.out_tokens)[0].T
+        self.weights: torch.Tensor
         self.register_buffer("weights", weights.contiguous(), persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -164,7 +165,9 @@ class MLPAligner(nn.Module):
         super().__init__()
         hidden = config.mlp_hidden_size or llm_size
         self.pool = _PatchPool(num_tokens, config.max_image_tokens)
-        self.mlp = nn.Sequential(nn.Linear(vision_size, hidden), nn.GELU(), nn.Linear(hidden, llm_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(vision_size, hidden), nn.GELU(), nn.Linear(hidden, llm_size)
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return image tokens ``(B, N, llm_size)``."""
@@ -214,7 +217,10 @@ class VisionTower(nn.Module):
         )
         self.classifier = FindingsClassifier(self.encoder.hidden_size, config.classifier)
         self.aligner = build_aligner(
-            self.encoder.hidden_size, self.encoder.num_tokens, config.llm_hidden_size, config.aligner
+            self.encoder.hidden_size,
+            self.encoder.num_tokens,
+            config.llm_hidden_size,
+            config.aligner,
         )
         self.labels = config.classifier.labels
 

@@ -35,12 +35,21 @@ def test_manifest_describes_the_bundle(tiny_bundle: Path) -> None:
     assert "vision.onnx" in files and "vision.safetensors" in files
     assert any(f.startswith("tokenizer/") for f in files)
     assert any(f.startswith("llm/") for f in files)
-    assert {"adapters/report/adapter_model.safetensors", "adapters/instruct/adapter_model.safetensors"} <= set(files)
+    assert {
+        "adapters/report/adapter_model.safetensors",
+        "adapters/instruct/adapter_model.safetensors",
+    } <= set(files)
     assert all(len(digest) == 64 for digest in files.values())
 
 
 @pytest.mark.parametrize(
-    "victim", ["vision.onnx", "vision.safetensors", "llm/model.safetensors", "adapters/report/adapter_config.json"]
+    "victim",
+    [
+        "vision.onnx",
+        "vision.safetensors",
+        "llm/model.safetensors",
+        "adapters/report/adapter_config.json",
+    ],
 )
 def test_tampered_file_is_detected_and_named(bundle_copy: Path, victim: str) -> None:
     path = bundle_copy / victim
@@ -95,7 +104,9 @@ def test_torch_and_onnx_paths_agree_on_the_bundle(tiny_bundle: Path) -> None:
 def test_torch_vision_backend_gives_the_same_report(
     tiny_bundle: Path, tiny_model: ChestXrayVLM, chest_cr_path: Path
 ) -> None:
-    torch_model = ChestXrayVLM.from_bundle(tiny_bundle, RuntimeOptions(vision_backend="torch", device="cpu"))
+    torch_model = ChestXrayVLM.from_bundle(
+        tiny_bundle, RuntimeOptions(vision_backend="torch", device="cpu")
+    )
     assert isinstance(torch_model.vision, TorchVisionRunner)
     onnx_draft = tiny_model.generate_report([chest_cr_path], "Cough.")
     torch_draft = torch_model.generate_report([chest_cr_path], "Cough.")

@@ -34,19 +34,25 @@ def test_batched_and_one_by_one_greedy_give_the_same_text(
     # different indications give prompts of different lengths, so left padding is exercised
     studies = [
         StudyRequest([chest_cr_path], None),
-        StudyRequest([chest_cr_path], "Follow-up of known right lower lobe pneumonia, now afebrile."),
+        StudyRequest(
+            [chest_cr_path], "Follow-up of known right lower lobe pneumonia, now afebrile."
+        ),
         StudyRequest([chest_cr_path], "Chest pain."),
     ]
     options = GenerationConfig(max_new_tokens=12)
     batched = tiny_model.generate_reports(studies, generation=options)
-    single = [tiny_model.generate_report(s.images, s.indication, generation=options) for s in studies]
+    single = [
+        tiny_model.generate_report(s.images, s.indication, generation=options) for s in studies
+    ]
     assert [d.text for d in batched] == [d.text for d in single]
     assert len({d.text for d in single}) > 1  # the indication reaches the model
 
 
 def test_beam_search_respects_max_new_tokens(batch_and_model) -> None:  # type: ignore[no-untyped-def]
     batch, model = batch_and_model
-    ids = generate_ids(model.llm, batch, GenerationConfig(max_new_tokens=7, num_beams=3), adapter="report")
+    ids = generate_ids(
+        model.llm, batch, GenerationConfig(max_new_tokens=7, num_beams=3), adapter="report"
+    )
     assert 0 < ids.shape[1] <= 7
 
 
@@ -82,7 +88,9 @@ def test_adapters_are_switchable_and_change_the_output(batch_and_model) -> None:
 
     def logits(adapter: str | None) -> torch.Tensor:
         with llm.adapter(adapter), torch.no_grad():
-            return llm.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+            return llm.model(
+                inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask
+            ).logits
 
     report, instruct, base = logits("report"), logits("instruct"), logits(None)
     assert not torch.allclose(report, instruct)
@@ -94,13 +102,20 @@ def test_adapters_are_switchable_and_change_the_output(batch_and_model) -> None:
 
 def test_chat_uses_the_report_as_context(tiny_model: ChestXrayVLM, chest_cr_path: Path) -> None:
     options = GenerationConfig(max_new_tokens=10)
-    answer_a = tiny_model.chat([chest_cr_path], "The heart is enlarged.", [], "Is the heart enlarged?",
-                               generation=options)
-    answer_b = tiny_model.chat([chest_cr_path], "Lungs are clear.", [], "Is the heart enlarged?",
-                               generation=options)
+    answer_a = tiny_model.chat(
+        [chest_cr_path], "The heart is enlarged.", [], "Is the heart enlarged?", generation=options
+    )
+    answer_b = tiny_model.chat(
+        [chest_cr_path], "Lungs are clear.", [], "Is the heart enlarged?", generation=options
+    )
     assert isinstance(answer_a, str) and isinstance(answer_b, str)
     streamed = "".join(
-        tiny_model.stream_chat([chest_cr_path], "The heart is enlarged.", [], "Is the heart enlarged?",
-                               generation=options)
+        tiny_model.stream_chat(
+            [chest_cr_path],
+            "The heart is enlarged.",
+            [],
+            "Is the heart enlarged?",
+            generation=options,
+        )
     ).strip()
     assert streamed == answer_a

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from inference import CHEXPERT_LABELS, ChestXrayVLM, PreprocessingError
-from pydicom.data import get_testdata_file
 
 
 def test_draft_has_fourteen_findings_with_bundle_thresholds(

@@ -28,9 +28,17 @@ def test_left_padding_puts_every_sequence_end_at_the_right() -> None:
 
 def test_right_padded_training_batch_scores_only_the_answer() -> None:
     emb = _embedding()
-    prompts = [EncodedPrompt([1, 2], [3], target_ids=[7, 8, 9]), EncodedPrompt([1], [3], target_ids=[7])]
+    prompts = [
+        EncodedPrompt([1, 2], [3], target_ids=[7, 8, 9]),
+        EncodedPrompt([1], [3], target_ids=[7]),
+    ]
     batch = assemble_batch(
-        emb, prompts, [torch.randn(1, 8)] * 2, pad_token_id=0, padding_side="right", with_targets=True
+        emb,
+        prompts,
+        [torch.randn(1, 8)] * 2,
+        pad_token_id=0,
+        padding_side="right",
+        with_targets=True,
     )
     assert batch.labels.tolist() == [
         [IGNORE_INDEX] * 4 + [7, 8, 9],

@@ -22,7 +22,9 @@ def _regions(display: np.ndarray) -> tuple[float, float]:
     right_lung = display[rows, int(0.20 * w) : int(0.35 * w)]
     left_lung = display[rows, int(0.65 * w) : int(0.80 * w)]
     spine = display[rows, int(0.46 * w) : int(0.54 * w)]
-    return float(np.concatenate([right_lung.ravel(), left_lung.ravel()]).mean()), float(spine.mean())
+    return float(np.concatenate([right_lung.ravel(), left_lung.ravel()]).mean()), float(
+        spine.mean()
+    )
 
 
 def _as_monochrome2(ds: pydicom.Dataset) -> pydicom.Dataset:

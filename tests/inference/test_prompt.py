@@ -24,7 +24,11 @@ def test_prompt_holds_image_findings_indication_and_instruction(builder: PromptB
     assert text.count("<ImageHere>") == 1
     assert "Predicted findings: cardiomegaly, pleural effusion." in text
     assert "Clinical indication: Shortness of breath." in text
-    assert text.index("<ImageHere>") < text.index("Predicted findings") < text.index("Write the findings.")
+    assert (
+        text.index("<ImageHere>")
+        < text.index("Predicted findings")
+        < text.index("Write the findings.")
+    )
     assert text.startswith("<|im_start|>system\n")  # the chat template was used
     assert text.endswith("<|im_start|>assistant\n")
     tok = builder.tokenizer
@@ -44,7 +48,9 @@ def test_training_target_is_the_answer_and_end_of_turn(builder: PromptBuilder) -
     # identical prompt tokens in training and inference; only the target is added
     assert training_prompt.prefix_ids == inference_prompt.prefix_ids
     assert training_prompt.suffix_ids == inference_prompt.suffix_ids
-    assert builder.tokenizer.decode(training_prompt.target_ids) == "Mild pulmonary edema.<|im_end|>\n"
+    assert (
+        builder.tokenizer.decode(training_prompt.target_ids) == "Mild pulmonary edema.<|im_end|>\n"
+    )
 
 
 def test_dialog_keeps_report_and_history_in_order(builder: PromptBuilder) -> None:
@@ -55,8 +61,12 @@ def test_dialog_keeps_report_and_history_in_order(builder: PromptBuilder) -> Non
         history=history,
         instruction="There is no effusion.",
     ).text
-    order = ["Current report: Small left pleural effusion.", "Is there an effusion?",
-             "Yes, a small left one.", "There is no effusion."]
+    order = [
+        "Current report: Small left pleural effusion.",
+        "Is there an effusion?",
+        "Yes, a small left one.",
+        "There is no effusion.",
+    ]
     positions = [text.index(part) for part in order]
     assert positions == sorted(positions)
 

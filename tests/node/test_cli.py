@@ -18,7 +18,10 @@ runner = CliRunner()
 
 def test_console_script_is_installed() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "dicom_node.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0
     for command in ("model", "infer", "config"):
@@ -62,7 +65,16 @@ def test_model_verify_names_a_tampered_file(tiny_bundle: Path, tmp_path: Path) -
 
 def test_infer_json_on_a_real_chest_cr(tiny_bundle: Path, chest_cr_path: Path) -> None:
     result = runner.invoke(
-        app, ["infer", "--model", str(tiny_bundle), str(chest_cr_path), "--indication", "Cough.", "--json"]
+        app,
+        [
+            "infer",
+            "--model",
+            str(tiny_bundle),
+            str(chest_cr_path),
+            "--indication",
+            "Cough.",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -105,11 +117,15 @@ def test_config_check_names_a_bad_key(tmp_path: Path, monkeypatch: pytest.Monkey
     assert result.exit_code == 2 and "inference.bundel" in result.output
 
 
-def test_settings_precedence_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_precedence_file_env_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dicom_node import load_settings
 
     config = tmp_path / "node.toml"
-    config.write_text("[inference]\ndevice = 'cuda'\nbundle = 'from-file'\nort_intra_op_threads = 3\n")
+    config.write_text(
+        "[inference]\ndevice = 'cuda'\nbundle = 'from-file'\nort_intra_op_threads = 3\n"
+    )
     monkeypatch.setenv("DICOM_NODE_INFERENCE__DEVICE", "cpu")
     settings = load_settings(config, inference={"bundle": Path("from-flag"), "dtype": None})
     assert settings.inference.device == "cpu"  # env beats file
