@@ -1,0 +1,152 @@
+"""Benchmark: the vision side on ONNX Runtime vs torch eager, same inputs, one run.
+
+Builds a vision tower of the demo architecture (ViT-S/16 at 224 px with a 6-layer Q-Former of
+32 queries projecting to SmolLM2's 576-wide embeddings; random weights, which do not change
+the speed), exports it to ONNX, checks that both paths agree, then times both at batch 1 and
+8 with the same thread count and prints the median latencies and the speed-up ratio.
+
+Usage::
+
+    python bench/vision_runtime.py [--threads N] [--repeats R] [--aligner qformer|linear|mlp]
+        [--device cpu|cuda] [--json FILE]
+
+Goal on CPU: ONNX Runtime at least 1.3x faster than torch eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference import ModelConfig, OnnxVisionRunner, OrtOptions, VisionTower, export_vision_onnx
+from inference.config import AlignerConfig, PreprocessConfig, VisionConfig
+
+VIT_SMALL = dict(
+    model_type="vit",
+    image_size=224,
+    patch_size=16,
+    hidden_size=384,
+    num_hidden_layers=12,
+    num_attention_heads=6,
+    intermediate_size=1536,
+    num_channels=3,
+)
+QFORMER_SMALL = dict(
+    hidden_size=384,
+    num_hidden_layers=6,
+    num_attention_heads=6,
+    intermediate_size=1536,
+    cross_attention_frequency=2,
+)
+
+
+def demo_like_config(aligner: str) -> ModelConfig:
+    """The benchmark architecture (see module docstring)."""
+    return ModelConfig(
+        preprocess=PreprocessConfig(image_size=224),
+        vision=VisionConfig(dict(VIT_SMALL)),
+        aligner=AlignerConfig(kind=aligner, num_query_tokens=32, qformer=dict(QFORMER_SMALL)),  # type: ignore[arg-type]
+        llm_hidden_size=576,
+    )
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both runtimes")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per case (median)")
+    parser.add_argument("--aligner", choices=("qformer", "linear", "mlp"), default="qformer")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args(argv)
+
+    warnings.filterwarnings("ignore")
+    for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    config = demo_like_config(args.aligner)
+    tower = VisionTower(config).eval()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "vision.onnx"
+        start = time.perf_counter()
+        exporter = export_vision_onnx(tower, onnx_path, 224, 3)
+        export_s = time.perf_counter() - start
+        providers = ("CUDAExecutionProvider",) if args.device == "cuda" else ("CPUExecutionProvider",)
+        runner = OnnxVisionRunner(
+            onnx_path, OrtOptions(providers=providers, intra_op_threads=args.threads, inter_op_threads=1)
+        )
+        device = torch.device(args.device)
+        tower = tower.to(device)
+        rows = []
+        for batch in (int(b) for b in args.batches.split(",")):
+            pixels = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            tensor = torch.from_numpy(pixels).to(device)
+
+            def run_torch(tensor: torch.Tensor = tensor) -> object:
+                with torch.inference_mode():
+                    out = tower(tensor)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                return out
+
+            def run_onnx(pixels: np.ndarray = pixels) -> object:
+                return runner(pixels)
+
+            with torch.inference_mode():
+                torch_probs, torch_embeds = tower(tensor)
+            onnx_probs, onnx_embeds = runner(pixels)
+            max_diff = max(
+                float(np.abs(onnx_probs - torch_probs.cpu().numpy()).max()),
+                float(np.abs(onnx_embeds - torch_embeds.cpu().numpy()).max()),
+            )
+            torch_s = median_seconds(run_torch, args.repeats)
+            onnx_s = median_seconds(run_onnx, args.repeats)
+            rows.append(
+                {"batch": batch, "torch_ms": torch_s * 1e3, "onnx_ms": onnx_s * 1e3,
+                 "ratio": torch_s / onnx_s, "max_abs_diff": max_diff}
+            )
+
+    header = (
+        f"vision tower: ViT-S/16 224px + {args.aligner} -> 576, {sum(p.numel() for p in tower.parameters()) / 1e6:.1f} M "
+        f"params; device {args.device}; threads {args.threads}; repeats {args.repeats} (median); "
+        f"ONNX export {export_s:.1f} s ({exporter}); torch {torch.__version__}; {platform.processor() or platform.machine()}"
+    )
+    print(header)
+    print(f"{'batch':>5} {'torch eager ms':>15} {'onnxruntime ms':>15} {'speed-up':>9} {'max|diff|':>10}")
+    for row in rows:
+        print(f"{row['batch']:>5} {row['torch_ms']:>15.1f} {row['onnx_ms']:>15.1f} "
+              f"{row['ratio']:>8.2f}x {row['max_abs_diff']:>10.1e}")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
