@@ -8,7 +8,7 @@ the speed), exports it to ONNX, checks that both paths agree, then times both at
 Usage::
 
     python bench/vision_runtime.py [--threads N] [--repeats R] [--aligner qformer|linear|mlp]
-        [--device cpu|cuda] [--json FILE]
+        [--device cpu|cuda] [--exporter dynamo|torchscript|both] [--json FILE]
 
 Goal on CPU: ONNX Runtime at least 1.3x faster than torch eager.
 """
@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -63,6 +62,13 @@ def demo_like_config(aligner: str) -> ModelConfig:
     )
 
 
+def ort_version() -> str:
+    """Installed ONNX Runtime version."""
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
@@ -76,12 +82,22 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both runtimes")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="threads for both runtimes"
+    )
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per case (median)")
     parser.add_argument("--aligner", choices=("qformer", "linear", "mlp"), default="qformer")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument(
+        "--exporter",
+        choices=("dynamo", "torchscript", "both"),
+        default="both",
+        help="which ONNX exporter(s) to time",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
 
@@ -93,56 +109,69 @@ def main(argv: list[str] | None = None) -> int:
     config = demo_like_config(args.aligner)
     tower = VisionTower(config).eval()
 
+    exporters = ["dynamo", "torchscript"] if args.exporter == "both" else [args.exporter]
+    providers = ("CUDAExecutionProvider",) if args.device == "cuda" else ("CPUExecutionProvider",)
+    options = OrtOptions(providers=providers, intra_op_threads=args.threads, inter_op_threads=1)
+    runners: dict[str, OnnxVisionRunner] = {}
+    export_s: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "vision.onnx"
-        start = time.perf_counter()
-        exporter = export_vision_onnx(tower, onnx_path, 224, 3)
-        export_s = time.perf_counter() - start
-        providers = ("CUDAExecutionProvider",) if args.device == "cuda" else ("CPUExecutionProvider",)
-        runner = OnnxVisionRunner(
-            onnx_path, OrtOptions(providers=providers, intra_op_threads=args.threads, inter_op_threads=1)
+        for exporter in exporters:
+            path = Path(tmp) / f"vision-{exporter}.onnx"
+            start = time.perf_counter()
+            export_vision_onnx(tower, path, 224, 3, exporter=exporter)  # type: ignore[arg-type]
+            export_s[exporter] = time.perf_counter() - start
+            runners[exporter] = OnnxVisionRunner(path, options)
+    device = torch.device(args.device)
+    tower = tower.to(device)
+    rows = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        pixels = (
+            np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
         )
-        device = torch.device(args.device)
-        tower = tower.to(device)
-        rows = []
-        for batch in (int(b) for b in args.batches.split(",")):
-            pixels = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-            tensor = torch.from_numpy(pixels).to(device)
+        tensor = torch.from_numpy(pixels).to(device)
 
-            def run_torch(tensor: torch.Tensor = tensor) -> object:
-                with torch.inference_mode():
-                    out = tower(tensor)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                return out
-
-            def run_onnx(pixels: np.ndarray = pixels) -> object:
-                return runner(pixels)
-
+        def run_torch(tensor: torch.Tensor = tensor) -> object:
             with torch.inference_mode():
-                torch_probs, torch_embeds = tower(tensor)
-            onnx_probs, onnx_embeds = runner(pixels)
-            max_diff = max(
-                float(np.abs(onnx_probs - torch_probs.cpu().numpy()).max()),
-                float(np.abs(onnx_embeds - torch_embeds.cpu().numpy()).max()),
-            )
-            torch_s = median_seconds(run_torch, args.repeats)
-            onnx_s = median_seconds(run_onnx, args.repeats)
-            rows.append(
-                {"batch": batch, "torch_ms": torch_s * 1e3, "onnx_ms": onnx_s * 1e3,
-                 "ratio": torch_s / onnx_s, "max_abs_diff": max_diff}
-            )
+                out = tower(tensor)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
 
+        with torch.inference_mode():
+            reference = [t.float().cpu().numpy() for t in tower(tensor)]
+        row: dict[str, float] = {
+            "batch": batch,
+            "torch_ms": median_seconds(run_torch, args.repeats) * 1e3,
+        }
+        for exporter, runner in runners.items():
+            outputs = runner(pixels)
+            row[f"{exporter}_diff"] = max(
+                float(np.abs(o - r).max()) for o, r in zip(outputs, reference, strict=True)
+            )
+            row[f"{exporter}_ms"] = (
+                median_seconds(lambda r=runner, p=pixels: r(p), args.repeats) * 1e3
+            )
+            row[f"{exporter}_ratio"] = row["torch_ms"] / row[f"{exporter}_ms"]
+        rows.append(row)
+
+    params = sum(p.numel() for p in tower.parameters()) / 1e6
     header = (
-        f"vision tower: ViT-S/16 224px + {args.aligner} -> 576, {sum(p.numel() for p in tower.parameters()) / 1e6:.1f} M "
-        f"params; device {args.device}; threads {args.threads}; repeats {args.repeats} (median); "
-        f"ONNX export {export_s:.1f} s ({exporter}); torch {torch.__version__}; {platform.processor() or platform.machine()}"
+        f"vision tower: ViT-S/16 224px + {args.aligner} -> 576 ({params:.1f} M params); device "
+        f"{args.device}; {args.threads} threads for both runtimes; median of {args.repeats}; "
+        f"torch {torch.__version__}; onnxruntime {ort_version()}; "
+        + ", ".join(f"{e} export {s:.1f} s" for e, s in export_s.items())
     )
     print(header)
-    print(f"{'batch':>5} {'torch eager ms':>15} {'onnxruntime ms':>15} {'speed-up':>9} {'max|diff|':>10}")
+    columns = "".join(
+        f" {'ORT ' + e + ' ms':>20} {'speed-up':>9} {'max|diff|':>9}" for e in runners
+    )
+    print(f"{'batch':>5} {'torch eager ms':>15}" + columns)
     for row in rows:
-        print(f"{row['batch']:>5} {row['torch_ms']:>15.1f} {row['onnx_ms']:>15.1f} "
-              f"{row['ratio']:>8.2f}x {row['max_abs_diff']:>10.1e}")
+        cells = "".join(
+            f" {row[e + '_ms']:>20.1f} {row[e + '_ratio']:>8.2f}x {row[e + '_diff']:>9.1e}"
+            for e in runners
+        )
+        print(f"{row['batch']:>5} {row['torch_ms']:>15.1f}" + cells)
     if args.json:
         args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
     return 0

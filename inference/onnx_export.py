@@ -13,6 +13,7 @@ import logging
 import warnings
 from os import PathLike
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -25,9 +26,16 @@ INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("probabilities", "image_embeddings")
 OPSET = 18
 
+Exporter = Literal["auto", "dynamo", "torchscript"]
+
 
 def export_vision_onnx(
-    tower: VisionTower, path: str | PathLike[str], image_size: int, channels: int
+    tower: VisionTower,
+    path: str | PathLike[str],
+    image_size: int,
+    channels: int,
+    *,
+    exporter: Exporter = "auto",
 ) -> str:
     """Export ``tower`` to ``path`` and return the exporter used (``dynamo``/``torchscript``).
 
@@ -39,6 +47,9 @@ def export_vision_onnx(
         Output ``.onnx`` file (written in one piece, no external data).
     image_size, channels
         Input geometry from the preprocessing config.
+    exporter
+        ``"dynamo"``, ``"torchscript"``, or ``"auto"``: dynamo, falling back to TorchScript
+        when dynamo cannot export the backbone.
 
     Raises
     ------
@@ -48,6 +59,10 @@ def export_vision_onnx(
     out = Path(path)
     tower = tower.to("cpu", torch.float32).eval()
     example = (torch.randn(2, channels, image_size, image_size),)
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise ValueError(f"exporter must be auto, dynamo or torchscript, not {exporter!r}")
+    if exporter == "torchscript":
+        return _export_torchscript(tower, example, out)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -65,9 +80,13 @@ def export_vision_onnx(
             )
         return "dynamo"
     except Exception as exc:  # the dynamo exporter raises many internal error types
-        logger.info(
-            "dynamo ONNX export failed (%s); using the TorchScript exporter", type(exc).__name__
-        )
+        if exporter == "dynamo":
+            raise InferenceError(f"dynamo ONNX export of the vision tower failed: {exc}") from exc
+        logger.info("dynamo export failed (%s); using the TorchScript exporter", type(exc).__name__)
+    return _export_torchscript(tower, example, out)
+
+
+def _export_torchscript(tower: VisionTower, example: tuple[torch.Tensor], out: Path) -> str:
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
     try:
         with warnings.catch_warnings():
@@ -87,4 +106,4 @@ def export_vision_onnx(
     return "torchscript"
 
 
-__all__ = ["INPUT_NAME", "OPSET", "OUTPUT_NAMES", "export_vision_onnx"]
+__all__ = ["Exporter", "INPUT_NAME", "OPSET", "OUTPUT_NAMES", "export_vision_onnx"]

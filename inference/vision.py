@@ -8,13 +8,14 @@ and for verifying the exported graph. This module imports no training or I/O cod
 from __future__ import annotations
 
 from os import PathLike
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, Blip2QFormerConfig, Blip2QFormerModel
 
-from .config import AlignerConfig, ClassifierConfig, ModelConfig
+from .config import AlignerConfig, ClassifierConfig, ModelConfig, VisionConfig
 from .errors import ConfigError
 
 
@@ -61,9 +62,23 @@ class VisionEncoder(nn.Module):
     def from_pretrained(
         cls, path: str | PathLike[str], image_size: int, channels: int
     ) -> VisionEncoder:
-        """Load a pretrained backbone from a local Hugging Face directory."""
-        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        """Load a pretrained backbone from a local Hugging Face directory.
+
+        Raises
+        ------
+        ConfigError
+            When the directory holds no loadable vision model.
+        """
+        try:
+            model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load a vision backbone from {path}: {exc}") from exc
         return cls(model, image_size, channels)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The backbone's HF config as the dict ``VisionConfig.backbone`` stores."""
+        hf_config = self.backbone.config
+        return {"model_type": hf_config.model_type, **hf_config.to_diff_dict()}
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Return patch features ``(B, N, D)``."""
@@ -223,6 +238,20 @@ class VisionTower(nn.Module):
             config.aligner,
         )
         self.labels = config.classifier.labels
+
+    @classmethod
+    def from_pretrained_backbone(
+        cls, config: ModelConfig, backbone_dir: str | PathLike[str]
+    ) -> VisionTower:
+        """Build a tower around a pretrained backbone from a local Hugging Face directory.
+
+        ``config.vision.backbone`` is replaced by the backbone's own config so that the
+        bundle can rebuild the same architecture around the saved weights.
+        """
+        pre = config.preprocess
+        encoder = VisionEncoder.from_pretrained(backbone_dir, pre.image_size, pre.channels)
+        config.vision = VisionConfig(encoder.config_dict())
+        return cls(config, encoder)
 
     @property
     def num_image_tokens(self) -> int:

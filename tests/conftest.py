@@ -45,3 +45,15 @@ def tiny_model(tiny_bundle: Path):  # type: ignore[no-untyped-def]
     from inference import ChestXrayVLM, RuntimeOptions
 
     return ChestXrayVLM.from_bundle(tiny_bundle, RuntimeOptions(device="cpu"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` on machines without CUDA (CI has none)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

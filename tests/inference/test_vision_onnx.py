@@ -76,3 +76,28 @@ def test_probabilities_are_probabilities() -> None:
         probs, _ = tower(torch.randn(4, 3, 64, 64) * 10)
     assert probs.shape == (4, 14)
     assert float(probs.min()) >= 0.0 and float(probs.max()) <= 1.0
+
+
+def test_pretrained_backbone_from_a_local_directory_round_trips(tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoModel
+
+    from inference import load_vision_tower
+    from inference.packaging import save_vision_weights
+
+    backbone = dict(tiny_config().vision.backbone)
+    model_type = backbone.pop("model_type")
+    pretrained = AutoModel.from_config(AutoConfig.for_model(model_type, **backbone))
+    pretrained.save_pretrained(tmp_path / "vit")
+    config = tiny_config()
+    config.vision.backbone = {"model_type": "vit"}  # replaced by the directory's config
+    tower = VisionTower.from_pretrained_backbone(config, tmp_path / "vit").eval()
+    assert config.vision.backbone["hidden_size"] == 32
+    for name, value in pretrained.state_dict().items():
+        assert torch.equal(tower.encoder.backbone.state_dict()[name], value)
+    save_vision_weights(tower, tmp_path / "vision.safetensors")
+    rebuilt = load_vision_tower(
+        ModelConfig.from_dict(config.to_dict()), tmp_path / "vision.safetensors"
+    )
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(pixels)[1], tower(pixels)[1])
