@@ -13,7 +13,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, Blip2QFormerConfig, Blip2QFormerModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    Blip2QFormerConfig,
+    Blip2QFormerModel,
+    PretrainedConfig,
+)
 
 from .config import AlignerConfig, ClassifierConfig, ModelConfig, VisionConfig
 from .errors import ConfigError
@@ -77,7 +83,7 @@ class VisionEncoder(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         """The backbone's HF config as the dict ``VisionConfig.backbone`` stores."""
-        hf_config = self.backbone.config
+        hf_config: PretrainedConfig = self.backbone.config  # type: ignore[assignment]
         return {"model_type": hf_config.model_type, **hf_config.to_diff_dict()}
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
