@@ -34,7 +34,7 @@ from .multimodal import MultimodalBatch, assemble_batch
 from .onnx_runtime import OnnxVisionRunner, OrtOptions
 from .packaging import load_vision_tower
 from .preprocessing import load_images
-from .prompt import PromptBuilder, Turn
+from .prompt import EncodedPrompt, PromptBuilder, Turn
 from .vision import VisionTower
 
 logger = logging.getLogger(__name__)
@@ -233,7 +233,9 @@ class ChestXrayVLM:
         options = generation or self.config.generation
         return replace(options, **overrides) if overrides else options
 
-    def _batch(self, prompts: list[Any], analyses: list[StudyAnalysis]) -> MultimodalBatch:
+    def _batch(
+        self, prompts: list[EncodedPrompt], analyses: list[StudyAnalysis]
+    ) -> MultimodalBatch:
         return assemble_batch(
             self.llm.input_embeddings,
             prompts,
@@ -242,28 +244,30 @@ class ChestXrayVLM:
             padding_side="left",
         )
 
-    def _report_prompt(self, analysis: StudyAnalysis, indication: str | None) -> Any:
+    def _report_prompt(self, analysis: StudyAnalysis, indication: str | None) -> EncodedPrompt:
         return self.prompts.encode(
             findings=analysis.positive_labels,
             indication=indication,
             instruction=self.config.prompt.report_instruction,
         )
 
-    def _chat_prompt(
+    def _chat_batch(
         self,
-        analysis: StudyAnalysis,
+        images: Sequence[ImageSource] | StudyAnalysis,
         report: str,
         history: Sequence[Turn],
         instruction: str,
         indication: str | None,
-    ) -> Any:
-        return self.prompts.encode(
+    ) -> MultimodalBatch:
+        analysis = images if isinstance(images, StudyAnalysis) else self.analyse(images)
+        prompt = self.prompts.encode(
             findings=analysis.positive_labels,
             indication=indication,
             report=report,
             history=history,
             instruction=instruction,
         )
+        return self._batch([prompt], [analysis])
 
     # ----------------------------------------------------------------------------- reports
     def generate_report(
@@ -341,7 +345,7 @@ class ChestXrayVLM:
     # ----------------------------------------------------------------------------- dialog
     def chat(
         self,
-        images: Sequence[ImageSource],
+        images: Sequence[ImageSource] | StudyAnalysis,
         report: str,
         history: Sequence[Turn],
         instruction: str,
@@ -355,7 +359,8 @@ class ChestXrayVLM:
         Parameters
         ----------
         images
-            The study's images.
+            The study's images, or their :meth:`analyse` result (saves re-running the
+            vision side on every turn of a dialog).
         report
             The current report text (kept in context).
         history
@@ -366,11 +371,9 @@ class ChestXrayVLM:
         indication, generation, on_text
             As for :meth:`generate_report`.
         """
-        analysis = self.analyse(images)
-        prompt = self._chat_prompt(analysis, report, history, instruction, indication)
         (text,) = generate_texts(
             self.llm,
-            self._batch([prompt], [analysis]),
+            self._chat_batch(images, report, history, instruction, indication),
             self._options(generation),
             adapter=self.tasks.get("chat"),
             on_text=on_text,
@@ -379,7 +382,7 @@ class ChestXrayVLM:
 
     def stream_chat(
         self,
-        images: Sequence[ImageSource],
+        images: Sequence[ImageSource] | StudyAnalysis,
         report: str,
         history: Sequence[Turn],
         instruction: str,
@@ -388,11 +391,9 @@ class ChestXrayVLM:
         generation: GenerationConfig | None = None,
     ) -> Iterator[str]:
         """Like :meth:`chat`, yielding the answer's text as it is generated."""
-        analysis = self.analyse(images)
-        prompt = self._chat_prompt(analysis, report, history, instruction, indication)
         return stream_text(
             self.llm,
-            self._batch([prompt], [analysis]),
+            self._chat_batch(images, report, history, instruction, indication),
             self._options(generation),
             adapter=self.tasks.get("chat"),
         )

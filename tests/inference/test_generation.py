@@ -119,3 +119,10 @@ def test_chat_uses_the_report_as_context(tiny_model: ChestXrayVLM, chest_cr_path
         )
     ).strip()
     assert streamed == answer_a
+    analysis = tiny_model.analyse([chest_cr_path])  # reused across dialog turns
+    assert (
+        tiny_model.chat(
+            analysis, "The heart is enlarged.", [], "Is the heart enlarged?", generation=options
+        )
+        == answer_a
+    )
