@@ -14,7 +14,7 @@ import logging
 import warnings
 from os import PathLike
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -72,28 +72,21 @@ def export_vision_onnx(
             if exporter == "torchscript":
                 raise
             logger.info("TorchScript export failed; trying the dynamo exporter")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                tower,
-                example,
-                str(out),
-                dynamo=True,
-                external_data=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}},
-                verbose=False,
-            )
-        return "dynamo"
-    except Exception as exc:  # the dynamo exporter raises many internal error types
-        raise InferenceError(f"dynamo ONNX export of the vision tower failed: {exc}") from exc
+    dynamic = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}}
+    return _run_exporter(
+        "dynamo", tower, example, out, dynamo=True, external_data=False, dynamic_shapes=dynamic
+    )
 
 
 def _export_torchscript(tower: VisionTower, example: tuple[torch.Tensor], out: Path) -> str:
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    return _run_exporter("torchscript", tower, example, out, dynamo=False, dynamic_axes=axes)
+
+
+def _run_exporter(
+    name: str, tower: VisionTower, example: tuple[torch.Tensor], out: Path, **options: Any
+) -> str:
+    """Call ``torch.onnx.export`` with the settings both exporters share; return ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -101,15 +94,14 @@ def _export_torchscript(tower: VisionTower, example: tuple[torch.Tensor], out: P
                 tower,
                 example,
                 str(out),
-                dynamo=False,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
                 output_names=list(OUTPUT_NAMES),
-                dynamic_axes=axes,
+                **options,
             )
-    except Exception as exc:
-        raise InferenceError(f"ONNX export of the vision tower failed: {exc}") from exc
-    return "torchscript"
+    except Exception as exc:  # the exporters raise many internal error types
+        raise InferenceError(f"{name} ONNX export of the vision tower failed: {exc}") from exc
+    return name
 
 
 __all__ = ["Exporter", "INPUT_NAME", "OPSET", "OUTPUT_NAMES", "export_vision_onnx"]
