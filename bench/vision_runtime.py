@@ -3,12 +3,15 @@
 Builds a vision tower of the demo architecture (ViT-S/16 at 224 px with a 6-layer Q-Former of
 32 queries projecting to SmolLM2's 576-wide embeddings; random weights, which do not change
 the speed), exports it to ONNX, checks that both paths agree, then times both at batch 1 and
-8 with the same thread count and prints the median latencies and the speed-up ratio.
+8 with the same thread count and prints the median latencies and the speed-up ratio. On CPU
+it also times the int8 model that bundles ship (``vision.int8.onnx``: dynamic quantisation of
+the MatMuls, run one image at a time as the product runs it, so that an image's result never
+depends on the other images of its batch).
 
 Usage::
 
     python bench/vision_runtime.py [--threads N] [--repeats R] [--aligner qformer|linear|mlp]
-        [--device cpu|cuda] [--exporter dynamo|torchscript|both] [--json FILE]
+        [--device cpu|cuda] [--exporter dynamo|torchscript|both] [--no-int8] [--json FILE]
 
 Goal on CPU: ONNX Runtime at least 1.3x faster than torch eager.
 """
@@ -32,6 +35,7 @@ import torch
 
 from inference import ModelConfig, OnnxVisionRunner, OrtOptions, VisionTower, export_vision_onnx
 from inference.config import AlignerConfig, PreprocessConfig, VisionConfig
+from inference.quantize import quantize_vision_onnx
 
 VIT_SMALL = dict(
     model_type="vit",
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="which ONNX exporter(s) to time",
     )
+    parser.add_argument(
+        "--no-int8", dest="int8", action="store_false", help="skip the int8 model (CPU only)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
 
@@ -121,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             export_vision_onnx(tower, path, 224, 3, exporter=exporter)  # type: ignore[arg-type]
             export_s[exporter] = time.perf_counter() - start
             runners[exporter] = OnnxVisionRunner(path, options)
+        if args.int8 and args.device == "cpu":
+            source = exporters[-1]
+            int8_path = quantize_vision_onnx(
+                Path(tmp) / f"vision-{source}.onnx", Path(tmp) / "vision-int8.onnx"
+            )
+            runners[f"{source}-int8"] = OnnxVisionRunner(int8_path, options, per_image=True)
     device = torch.device(args.device)
     tower = tower.to(device)
     rows = []

@@ -115,16 +115,32 @@ def model_init(
 def model_verify(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
     atol: Annotated[float, typer.Option(help="Largest allowed absolute difference.")] = 1e-4,
+    int8_atol: Annotated[
+        float,
+        typer.Option(help="Largest allowed difference of the int8 model's probabilities."),
+    ] = 0.02,
     batch: Annotated[int, typer.Option(min=1, help="Random images to compare.")] = 2,
     config: ConfigOption = None,
 ) -> None:
-    """Check checksums, then compare the torch and ONNX Runtime vision paths."""
-    settings = _settings(config)
-    from inference import InferenceError, verify_vision_parity
+    """Check checksums, then compare the torch and ONNX Runtime vision paths.
 
+    The float32 ONNX model must match torch within ``--atol``. When the bundle also has an
+    int8 model, its finding probabilities must stay within ``--int8-atol`` of torch (its
+    image embeddings drift by quantisation error and are reported, not gated).
+    """
+    settings = _settings(config)
+    from inference import InferenceError, load_manifest, verify_vision_parity
+
+    ort_options = settings.inference.runtime_options().ort
     try:
-        result = verify_vision_parity(
-            bundle, batch_size=batch, ort_options=settings.inference.runtime_options().ort
+        result = verify_vision_parity(bundle, batch_size=batch, ort_options=ort_options)
+        has_int8 = load_manifest(bundle, verify=False).vision_onnx_int8 is not None
+        int8 = (
+            verify_vision_parity(
+                bundle, batch_size=batch, ort_options=ort_options, precision="int8"
+            )
+            if has_int8
+            else None
         )
     except InferenceError as exc:
         raise _fail(str(exc)) from exc
@@ -134,8 +150,20 @@ def model_verify(
         f"image embeddings {result.max_abs_diff_embeddings:.3e}"
     )
     console.print(f"max abs diff: {result.max_abs_diff:.3e} (tolerance {atol:.0e})")
+    if int8 is not None:
+        console.print(
+            f"int8 model vs torch: max |diff| probabilities "
+            f"{int8.max_abs_diff_probabilities:.3e} (tolerance {int8_atol:.0e}), "
+            f"image embeddings {int8.max_abs_diff_embeddings:.3e}"
+        )
     if result.max_abs_diff > atol:
         raise _fail(f"vision paths differ by {result.max_abs_diff:.3e} > {atol:.0e}", code=1)
+    if int8 is not None and int8.max_abs_diff_probabilities > int8_atol:
+        raise _fail(
+            f"int8 probabilities differ by {int8.max_abs_diff_probabilities:.3e} > "
+            f"{int8_atol:.0e}",
+            code=1,
+        )
 
 
 # --------------------------------------------------------------------------- model info

@@ -40,6 +40,11 @@ class InferenceSettings(BaseModel):
     vision_backend: Literal["onnx", "torch"] = Field(
         default="onnx", description="Vision runtime: ONNX Runtime (production) or torch."
     )
+    vision_precision: Literal["auto", "fp32", "int8"] = Field(
+        default="auto",
+        description="ONNX vision model: int8, fp32, or auto (int8 on CPU when the bundle "
+        "has it, fp32 on CUDA).",
+    )
     device: str = Field(default="auto", description="LLM device: auto, cpu, cuda, cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="LLM dtype; auto = bfloat16 on CUDA, float32 on CPU."
@@ -60,6 +65,7 @@ class InferenceSettings(BaseModel):
         """The :class:`inference.RuntimeOptions` these settings describe."""
         return RuntimeOptions(
             vision_backend=self.vision_backend,
+            vision_precision=self.vision_precision,
             ort=OrtOptions(
                 providers=tuple(self.ort_providers),
                 intra_op_threads=self.ort_intra_op_threads,

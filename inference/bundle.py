@@ -5,6 +5,7 @@ Layout::
     manifest.json          format version, model config, thresholds, library versions,
                            creation time, git revision, sha256 of every file, metrics
     vision.onnx            the exported vision tower (one file)
+    vision.int8.onnx       optional: the same, dynamically int8-quantised for CPU hosts
     vision.safetensors     the same weights for the torch path (training, verification)
     tokenizer/             the LLM tokenizer
     llm/                   the base LLM (Hugging Face directory) -- or a reference to an
@@ -39,6 +40,7 @@ BUNDLE_FORMAT = "cxr-vlm-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 VISION_ONNX = "vision.onnx"
+VISION_ONNX_INT8 = "vision.int8.onnx"
 VISION_WEIGHTS = "vision.safetensors"
 TOKENIZER_DIR = "tokenizer"
 LLM_DIR = "llm"
@@ -83,6 +85,12 @@ class Manifest:
     def vision_onnx(self) -> Path:
         """Path of the ONNX vision tower."""
         return self.root / VISION_ONNX
+
+    @property
+    def vision_onnx_int8(self) -> Path | None:
+        """Path of the int8 ONNX vision tower, or ``None`` when the bundle has none."""
+        name = self.raw.get("vision", {}).get("onnx_int8")
+        return self.root / name if name else None
 
     @property
     def vision_weights(self) -> Path:
@@ -152,7 +160,8 @@ def write_manifest(
     Parameters
     ----------
     root
-        Bundle directory holding ``vision.onnx``, ``vision.safetensors``, ``tokenizer/``,
+        Bundle directory holding ``vision.onnx`` (and optionally ``vision.int8.onnx``),
+        ``vision.safetensors``, ``tokenizer/``,
         ``adapters/`` and, unless ``llm_base`` points elsewhere, ``llm/``.
     config, thresholds
         Model config and one decision threshold per classifier label.
@@ -186,7 +195,12 @@ def write_manifest(
         "versions": library_versions(),
         "config": config.to_dict(),
         "thresholds": {label: float(thresholds[label]) for label in labels},
-        "vision": {"onnx": VISION_ONNX, "weights": VISION_WEIGHTS, "exporter": exporter},
+        "vision": {
+            "onnx": VISION_ONNX,
+            "onnx_int8": VISION_ONNX_INT8 if (bundle / VISION_ONNX_INT8).is_file() else None,
+            "weights": VISION_WEIGHTS,
+            "exporter": exporter,
+        },
         "llm": {
             "base": str(base),
             "tokenizer": TOKENIZER_DIR,
@@ -317,6 +331,7 @@ __all__ = [
     "Manifest",
     "TOKENIZER_DIR",
     "VISION_ONNX",
+    "VISION_ONNX_INT8",
     "VISION_WEIGHTS",
     "copy_tree",
     "git_revision",

@@ -26,12 +26,12 @@ from pydicom.dataset import Dataset
 
 from .bundle import Manifest, load_manifest
 from .config import GenerationConfig, ModelConfig
-from .errors import InferenceError
+from .errors import BundleError, InferenceError
 from .generation import TextCallback, generate_texts, stream_text
 from .labels import NO_FINDING
 from .llm import LanguageModel, resolve_device
 from .multimodal import MultimodalBatch, assemble_batch
-from .onnx_runtime import OnnxVisionRunner, OrtOptions
+from .onnx_runtime import OnnxVisionRunner, OrtOptions, choose_providers
 from .packaging import load_vision_tower
 from .preprocessing import load_images
 from .prompt import EncodedPrompt, PromptBuilder, Turn
@@ -67,6 +67,13 @@ class RuntimeOptions:
 
     vision_backend: Literal["onnx", "torch"] = field(
         default="onnx", metadata={"help": "'onnx' in production; 'torch' to verify or train."}
+    )
+    vision_precision: Literal["auto", "fp32", "int8"] = field(
+        default="auto",
+        metadata={
+            "help": "ONNX vision model: 'int8' (vision.int8.onnx), 'fp32' (vision.onnx), or "
+            "'auto' = int8 on CPU when the bundle has it, fp32 on CUDA."
+        },
     )
     ort: OrtOptions = field(default_factory=OrtOptions)
     device: str = field(default="auto", metadata={"help": "LLM device: auto, cpu, cuda, cuda:N."})
@@ -185,7 +192,10 @@ class ChestXrayVLM:
         """Build the model from an already loaded manifest."""
         vision: VisionRunner
         if options.vision_backend == "onnx":
-            vision = OnnxVisionRunner(manifest.vision_onnx, options.ort)
+            onnx_file = select_vision_onnx(manifest, options.vision_precision, options.ort)
+            vision = OnnxVisionRunner(
+                onnx_file, options.ort, per_image=onnx_file == manifest.vision_onnx_int8
+            )
         else:
             tower = load_vision_tower(manifest.config, manifest.vision_weights)
             vision = TorchVisionRunner(tower, options.device)
@@ -399,6 +409,33 @@ class ChestXrayVLM:
         )
 
 
+def select_vision_onnx(
+    manifest: Manifest, precision: Literal["auto", "fp32", "int8"], ort: OrtOptions
+) -> Path:
+    """Choose the ONNX vision file of a bundle for a precision setting.
+
+    ``auto`` takes the int8 model when the bundle has one and ONNX Runtime will run on the
+    CPU (dynamic int8 MatMuls are a CPU optimisation; on CUDA the float32 model is faster).
+
+    Raises
+    ------
+    BundleError
+        When ``int8`` is asked for and the bundle has no int8 model.
+    """
+    int8 = manifest.vision_onnx_int8
+    if precision == "fp32":
+        return manifest.vision_onnx
+    if precision == "int8":
+        if int8 is None:
+            raise BundleError(
+                f"{manifest.root}: the bundle has no int8 vision model; set vision_precision "
+                "to 'fp32' or 'auto', or rebuild the bundle"
+            )
+        return int8
+    on_cpu = choose_providers(ort.providers)[0] == "CPUExecutionProvider"
+    return int8 if int8 is not None and on_cpu else manifest.vision_onnx
+
+
 def bundle_summary(path: str | Path) -> dict[str, Any]:
     """Manifest facts for display (name, version, created, metrics, adapters, exporter)."""
     manifest = load_manifest(path, verify=False)
@@ -410,6 +447,7 @@ def bundle_summary(path: str | Path) -> dict[str, Any]:
         "backbone": manifest.config.vision.backbone.get("model_type"),
         "adapters": sorted(manifest.adapters),
         "exporter": manifest.exporter,
+        "int8_vision": manifest.vision_onnx_int8 is not None,
         "metrics": manifest.metrics,
     }
 
@@ -425,4 +463,5 @@ __all__ = [
     "TorchVisionRunner",
     "VisionRunner",
     "bundle_summary",
+    "select_vision_onnx",
 ]

@@ -70,9 +70,19 @@ class OnnxVisionRunner:
         The ONNX file of a bundle.
     options
         Providers and thread counts.
+    per_image
+        Run a batch one image at a time. Needed for dynamically quantised (int8) models:
+        their activation scales are computed over the whole input, so batching images
+        together would make one image's probabilities depend on the others.
     """
 
-    def __init__(self, path: str | PathLike[str], options: OrtOptions | None = None) -> None:
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        options: OrtOptions | None = None,
+        *,
+        per_image: bool = False,
+    ) -> None:
         ort = _import_ort()
         options = options or OrtOptions()
         session_options = ort.SessionOptions()
@@ -85,13 +95,23 @@ class OnnxVisionRunner:
         except Exception as exc:  # onnxruntime raises its own pybind error types
             raise InferenceError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
         self.providers = self.session.get_providers()
+        self.per_image = per_image
         logger.info("vision runtime: ONNX Runtime with %s", ",".join(self.providers))
 
     def __call__(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(probabilities (B, L), image_embeddings (B, T, H))`` as float32 arrays."""
         batch = np.ascontiguousarray(pixel_values, dtype=np.float32)
-        probabilities, embeddings = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-        return probabilities, embeddings
+        if not self.per_image:
+            probabilities, embeddings = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+            return probabilities, embeddings
+        outputs = [
+            self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch[i : i + 1]})
+            for i in range(batch.shape[0])
+        ]
+        return (
+            np.concatenate([probs for probs, _ in outputs]),
+            np.concatenate([embeds for _, embeds in outputs]),
+        )
 
 
 __all__ = ["OnnxVisionRunner", "OrtOptions", "choose_providers"]

@@ -19,6 +19,7 @@ from .bundle import (
     LLM_DIR,
     TOKENIZER_DIR,
     VISION_ONNX,
+    VISION_ONNX_INT8,
     VISION_WEIGHTS,
     copy_tree,
     write_manifest,
@@ -26,6 +27,7 @@ from .bundle import (
 from .config import ModelConfig
 from .errors import BundleError
 from .onnx_export import export_vision_onnx
+from .quantize import quantize_vision_onnx
 from .vision import VisionTower
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ def package_bundle(
     name: str = "unnamed",
     version: str = "0",
     metrics: Mapping[str, Any] | None = None,
+    int8: bool = True,
 ) -> Path:
     """Write a bundle directory: ONNX + safetensors vision, tokenizer, LLM, adapters.
 
@@ -95,6 +98,9 @@ def package_bundle(
         instead of copying it (saves disk when many bundles share one base model).
     name, version, metrics
         Provenance written to the manifest.
+    int8
+        Also write ``vision.int8.onnx``, the dynamically quantised vision tower that CPU
+        hosts run by default (see :class:`~inference.model.RuntimeOptions`).
 
     Returns
     -------
@@ -116,6 +122,8 @@ def package_bundle(
         exporter = export_vision_onnx(
             tower, staging / VISION_ONNX, config.preprocess.image_size, config.preprocess.channels
         )
+        if int8:
+            quantize_vision_onnx(staging / VISION_ONNX, staging / VISION_ONNX_INT8)
         save_vision_weights(tower, staging / VISION_WEIGHTS)
         tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
         llm_base: str | Path = LLM_DIR

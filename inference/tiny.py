@@ -197,6 +197,7 @@ def build_tiny_bundle(
     aligner: AlignerKind = "qformer",
     backbone: str = "vit",
     seed: int = 0,
+    int8: bool = True,
 ) -> Path:
     """Write a tiny random-weight bundle to ``out_dir`` and return its path.
 
@@ -210,6 +211,8 @@ def build_tiny_bundle(
         Tiny vision backbone: ``vit``, ``dinov2``, ``resnet`` or ``swin``.
     seed
         Seed for every random weight.
+    int8
+        Also write the int8-quantised vision model.
     """
     torch.manual_seed(seed)
     config = tiny_config(aligner, backbone)
@@ -233,6 +236,7 @@ def build_tiny_bundle(
             adapters={name: adapters_dir / name for name in ("report", "instruct")},
             name=f"tiny-{backbone}-{aligner}",
             version=f"0.0.{seed}",
+            int8=int8,
         )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from os import PathLike
+from typing import Literal
 
 import numpy as np
 
 from .bundle import load_manifest
+from .errors import BundleError
 from .model import TorchVisionRunner
 from .onnx_runtime import OnnxVisionRunner, OrtOptions
 from .packaging import load_vision_tower
@@ -21,6 +23,7 @@ class VerificationResult:
     max_abs_diff_embeddings: float
     batch_size: int
     providers: list[str]
+    precision: Literal["fp32", "int8"] = "fp32"
 
     @property
     def max_abs_diff(self) -> float:
@@ -34,6 +37,7 @@ def verify_vision_parity(
     batch_size: int = 2,
     seed: int = 0,
     ort_options: OrtOptions | None = None,
+    precision: Literal["fp32", "int8"] = "fp32",
 ) -> VerificationResult:
     """Run the same random inputs through torch and ONNX Runtime and compare the outputs.
 
@@ -47,6 +51,14 @@ def verify_vision_parity(
         Seed of the random inputs.
     ort_options
         ONNX Runtime options (providers, threads).
+    precision
+        Which ONNX file to compare: ``vision.onnx`` (``fp32``, should match torch to float
+        rounding) or ``vision.int8.onnx`` (``int8``, drifts by quantisation error).
+
+    Raises
+    ------
+    BundleError
+        When ``precision`` is ``int8`` and the bundle has no int8 model.
     """
     manifest = load_manifest(bundle, verify=True)
     pre = manifest.config.preprocess
@@ -56,7 +68,10 @@ def verify_vision_parity(
     torch_runner = TorchVisionRunner(
         load_vision_tower(manifest.config, manifest.vision_weights), "cpu"
     )
-    onnx_runner = OnnxVisionRunner(manifest.vision_onnx, ort_options)
+    onnx_file = manifest.vision_onnx if precision == "fp32" else manifest.vision_onnx_int8
+    if onnx_file is None:
+        raise BundleError(f"{manifest.root}: the bundle has no int8 vision model")
+    onnx_runner = OnnxVisionRunner(onnx_file, ort_options, per_image=precision == "int8")
     torch_probs, torch_embeds = torch_runner(pixels)
     onnx_probs, onnx_embeds = onnx_runner(pixels)
     return VerificationResult(
@@ -64,6 +79,7 @@ def verify_vision_parity(
         max_abs_diff_embeddings=float(np.abs(torch_embeds - onnx_embeds).max()),
         batch_size=batch_size,
         providers=list(onnx_runner.providers),
+        precision=precision,
     )
 
 

@@ -13,11 +13,13 @@ from inference import (
     BundleError,
     BundleIntegrityError,
     ChestXrayVLM,
+    OrtOptions,
     RuntimeOptions,
+    build_tiny_bundle,
     load_manifest,
     verify_vision_parity,
 )
-from inference.model import TorchVisionRunner
+from inference.model import TorchVisionRunner, select_vision_onnx
 
 
 @pytest.fixture
@@ -102,14 +104,46 @@ def test_torch_and_onnx_paths_agree_on_the_bundle(tiny_bundle: Path) -> None:
 
 
 def test_torch_vision_backend_gives_the_same_report(
-    tiny_bundle: Path, tiny_model: ChestXrayVLM, chest_cr_path: Path
+    tiny_bundle: Path, chest_cr_path: Path
 ) -> None:
     torch_model = ChestXrayVLM.from_bundle(
         tiny_bundle, RuntimeOptions(vision_backend="torch", device="cpu")
     )
     assert isinstance(torch_model.vision, TorchVisionRunner)
-    onnx_draft = tiny_model.generate_report([chest_cr_path], "Cough.")
+    fp32_model = ChestXrayVLM.from_bundle(
+        tiny_bundle, RuntimeOptions(vision_precision="fp32", device="cpu")
+    )
+    onnx_draft = fp32_model.generate_report([chest_cr_path], "Cough.")
     torch_draft = torch_model.generate_report([chest_cr_path], "Cough.")
     assert onnx_draft.text == torch_draft.text
     for a, b in zip(onnx_draft.findings, torch_draft.findings, strict=True):
         assert a.label == b.label and abs(a.probability - b.probability) < 1e-4
+
+
+def test_bundle_ships_an_int8_vision_model_close_to_torch(tiny_bundle: Path) -> None:
+    manifest = load_manifest(tiny_bundle)
+    assert manifest.vision_onnx_int8 == tiny_bundle / "vision.int8.onnx"
+    assert "vision.int8.onnx" in manifest.files
+    # The int8 file is smaller and really quantised: it differs from torch, but little.
+    assert manifest.vision_onnx_int8.stat().st_size < manifest.vision_onnx.stat().st_size
+    result = verify_vision_parity(tiny_bundle, batch_size=2, precision="int8")
+    assert 0 < result.max_abs_diff_probabilities < 0.02
+    assert result.precision == "int8"
+
+
+def test_precision_setting_chooses_the_onnx_file(tiny_bundle: Path) -> None:
+    manifest = load_manifest(tiny_bundle)
+    cpu = OrtOptions(providers=("CPUExecutionProvider",))
+    assert select_vision_onnx(manifest, "auto", cpu) == manifest.vision_onnx_int8
+    assert select_vision_onnx(manifest, "fp32", cpu) == manifest.vision_onnx
+    assert select_vision_onnx(manifest, "int8", cpu) == manifest.vision_onnx_int8
+
+
+def test_int8_precision_without_an_int8_model_is_refused(tmp_path: Path) -> None:
+    bundle = build_tiny_bundle(tmp_path / "b", int8=False)
+    manifest = load_manifest(bundle)
+    assert manifest.vision_onnx_int8 is None
+    cpu = OrtOptions(providers=("CPUExecutionProvider",))
+    assert select_vision_onnx(manifest, "auto", cpu) == manifest.vision_onnx
+    with pytest.raises(BundleError, match="no int8 vision model"):
+        ChestXrayVLM.from_bundle(bundle, RuntimeOptions(vision_precision="int8", device="cpu"))

@@ -47,6 +47,12 @@ def test_model_verify_prints_the_difference_and_passes(tiny_bundle: Path) -> Non
     result = runner.invoke(app, ["model", "verify", str(tiny_bundle)])
     assert result.exit_code == 0, result.output
     assert "max abs diff:" in result.output
+    assert "int8 model vs torch" in result.output
+
+
+def test_model_verify_gates_the_int8_drift(tiny_bundle: Path) -> None:
+    result = runner.invoke(app, ["model", "verify", str(tiny_bundle), "--int8-atol", "1e-9"])
+    assert result.exit_code == 1 and "int8 probabilities differ" in result.output
 
 
 def test_model_verify_fails_above_tolerance(tiny_bundle: Path) -> None:
