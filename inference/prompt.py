@@ -68,18 +68,23 @@ class PromptBuilder:
 
     def context(
         self,
-        findings: Sequence[str],
+        findings: Sequence[str] | None,
         indication: str | None = None,
         report: str | None = None,
     ) -> str:
-        """Text of the study context that opens the first user turn."""
-        listed = (
-            ", ".join(f.lower() for f in findings) if findings else self.config.no_findings_text
-        )
-        lines = [
-            f"Image information: {self.config.image_placeholder}.",
-            f"Predicted findings: {listed}.",
-        ]
+        """Text of the study context that opens the first user turn.
+
+        ``findings=None`` leaves the findings line out (image-only prompts, used to train
+        linear/MLP projectors on the image tokens alone).
+        """
+        lines = [f"Image information: {self.config.image_placeholder}."]
+        if findings is not None:
+            listed = (
+                ", ".join(f.lower() for f in findings)
+                if findings
+                else self.config.no_findings_text
+            )
+            lines.append(f"Predicted findings: {listed}.")
         if indication and indication.strip():
             lines.append(f"Clinical indication: {indication.strip()}")
         if report is not None:
@@ -89,7 +94,7 @@ class PromptBuilder:
     def messages(
         self,
         *,
-        findings: Sequence[str],
+        findings: Sequence[str] | None,
         instruction: str,
         indication: str | None = None,
         report: str | None = None,
@@ -155,7 +160,7 @@ class PromptBuilder:
     def encode(
         self,
         *,
-        findings: Sequence[str],
+        findings: Sequence[str] | None,
         instruction: str,
         indication: str | None = None,
         report: str | None = None,
@@ -167,7 +172,8 @@ class PromptBuilder:
         Parameters
         ----------
         findings
-            Predicted positive findings (labels), in the order to list them.
+            Predicted positive findings (labels), in the order to list them; ``None`` leaves
+            the findings line out.
         instruction
             The request of this turn (report instruction, correction, question, ...).
         indication

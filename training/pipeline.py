@@ -1,0 +1,120 @@
+"""A complete training run: the configured stages in order, then the model bundle.
+
+Each stage writes ``<output_dir>/<stage>/`` (checkpoint, ``loss.csv``, ``loss.png``) and
+its metrics to ``<output_dir>/metrics.json``; with ``resume`` a finished stage is reloaded
+from its checkpoint instead of being trained again, and an interrupted one continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from inference import package_bundle
+
+from .config import TrainingConfig
+from .context import RunContext, build_context
+from .errors import CheckpointError
+from .stages import (
+    run_alignment_stage,
+    run_classifier_stage,
+    run_instruct_stage,
+    run_report_stage,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+THRESHOLDS_FILE = "thresholds.json"
+
+STAGE_RUNNERS: dict[str, Callable[[RunContext], dict[str, float]]] = {
+    "classifier": run_classifier_stage,
+    "alignment": run_alignment_stage,
+    "report": run_report_stage,
+    "instruct": run_instruct_stage,
+}
+
+
+def run_stages(ctx: RunContext) -> dict[str, dict[str, float]]:
+    """Run the configured stages in order; returns each stage's validation metrics."""
+    metrics_path = ctx.run_dir / METRICS_FILE
+    metrics: dict[str, dict[str, float]] = {}
+    thresholds_path = ctx.run_dir / THRESHOLDS_FILE
+    if thresholds_path.is_file() and "classifier" not in ctx.config.run_stages:
+        ctx.thresholds = json.loads(thresholds_path.read_text(encoding="utf-8"))
+    for stage in ctx.config.run_stages:
+        logger.info("stage %s", stage)
+        metrics[stage] = STAGE_RUNNERS[stage](ctx)
+        if stage == "classifier":
+            thresholds_path.write_text(json.dumps(ctx.thresholds, indent=2), encoding="utf-8")
+        metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    return metrics
+
+
+def _adapter_dir(stage_dir: Path, name: str) -> Path:
+    """Where peft saved adapter ``name`` (peft nests non-default adapters in a sub-folder)."""
+    for candidate in (stage_dir / "adapter" / name, stage_dir / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise CheckpointError(f"{stage_dir}: no saved adapter {name!r}; run the stage first")
+
+
+def package_run(ctx: RunContext, out_dir: Path, metrics: dict[str, Any] | None = None) -> Path:
+    """Write the run's model as a bundle (vision ONNX + int8, weights, LLM, adapters)."""
+    adapters = {
+        name: _adapter_dir(ctx.stage_dir(name), name)
+        for name in ("report", "instruct")
+        if (ctx.stage_dir(name) / "adapter").is_dir()
+    }
+    ctx.tower.eval()
+    return package_bundle(
+        out_dir,
+        config=ctx.model_config,
+        tower=ctx.tower.cpu(),
+        thresholds=ctx.thresholds,
+        tokenizer=ctx.tokenizer,
+        llm=ctx.config.model.llm_dir,
+        adapters=adapters,
+        name=ctx.config.model.name,
+        version=ctx.config.model.version,
+        metrics=metrics,
+    )
+
+
+def train(
+    config: TrainingConfig,
+    bundle_dir: Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[RunContext, dict[str, dict[str, float]], Path | None]:
+    """Run a training configuration and optionally package the result.
+
+    Parameters
+    ----------
+    config
+        The run.
+    bundle_dir
+        Write the trained model as a bundle here (must not exist); ``None`` skips it.
+    resume
+        Continue from the run's checkpoints.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    tuple
+        The run context (with the trained parts), the metrics per stage, the bundle path.
+    """
+    ctx = build_context(config, resume=resume, progress=progress)
+    metrics = run_stages(ctx)
+    bundle = None
+    if bundle_dir is not None:
+        bundle = package_run(ctx, bundle_dir, {"validation": metrics})
+    return ctx, metrics, bundle
+
+
+__all__ = ["METRICS_FILE", "STAGE_RUNNERS", "package_run", "run_stages", "train"]
