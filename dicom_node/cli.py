@@ -276,6 +276,10 @@ def config_check(
     console.print_json(settings.model_dump_json())
 
 
+# Training commands (train, evaluate, model build-demo) register themselves on ``app``.
+from . import training_cli  # noqa: E402,F401
+
+
 def main() -> None:
     """Console entry point."""
     app()

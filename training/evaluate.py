@@ -1,0 +1,276 @@
+"""Evaluating a model bundle on a dataset, through the product's own inference path.
+
+Reports are drafted by :class:`inference.ChestXrayVLM` exactly as the node drafts them
+(ONNX Runtime vision side, report adapter), labelled by the rule-based labeler, and compared
+with the reference labels (CE) and texts (BLEU, METEOR, ROUGE-L, BERTScore), with bootstrap
+95 % intervals. Correction success comes from the instruct task builder's correction
+examples answered by the dialog adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from rich.table import Table
+from tqdm.auto import tqdm
+
+from inference import CHEXPERT_LABELS, ChestXrayVLM, RuntimeOptions, StudyRequest
+
+from .data import (
+    load_dicom_folder,
+    load_mimic_cxr,
+    load_mimic_split,
+    load_phantom_csv,
+    split_records,
+)
+from .errors import DatasetError
+from .evaluation import (
+    bert_score,
+    bleu_scores,
+    bootstrap_ci,
+    ce_metrics,
+    correction_success,
+    label_report,
+    meteor_scores,
+    rouge_l_scores,
+)
+from .images import preprocess_file
+from .instruct import build_instruct_examples
+from .records import StudyRecord
+
+logger = logging.getLogger(__name__)
+
+
+def load_eval_records(
+    data: Path,
+    kind: Literal["phantoms", "mimic", "dicom"],
+    reports: Path | None = None,
+    *,
+    split: Literal["all", "test"] = "all",
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[StudyRecord]:
+    """Read the studies to evaluate; ``split="test"`` keeps the patient-level test split."""
+    if kind == "phantoms":
+        records = load_phantom_csv(data / "phantoms.csv" if data.is_dir() else data)
+    elif kind == "mimic":
+        records = load_mimic_cxr(data, reports)
+    else:
+        if reports is None:
+            raise DatasetError("a DICOM folder needs its reports CSV (--reports)")
+        records = load_dicom_folder(data, reports)
+    if split == "test":
+        official = load_mimic_split(data) if kind == "mimic" else None
+        records = split_records(records, seed=seed, official=official).test
+    if limit is not None:
+        records = records[:limit]
+    if not records:
+        raise DatasetError(f"{data}: no studies to evaluate")
+    return records
+
+
+def _pixels(model: ChestXrayVLM, path: Path) -> np.ndarray:
+    """Preprocessed pixels of a DICOM, PNG or JPEG file (the model takes arrays as-is)."""
+    return preprocess_file(path, model.config.preprocess)
+
+
+def _mean_ci(scores: Sequence[float], seed: int) -> dict[str, float]:
+    low, high = bootstrap_ci(statistics.fmean, list(scores), seed=seed)
+    return {"mean": statistics.fmean(scores), "ci95_low": low, "ci95_high": high}
+
+
+def evaluate_bundle(
+    bundle: Path,
+    records: Sequence[StudyRecord],
+    *,
+    options: RuntimeOptions | None = None,
+    batch_size: int = 8,
+    corrections: int = 50,
+    bertscore_model: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Draft reports for ``records`` with a bundle and compute every metric.
+
+    Parameters
+    ----------
+    bundle
+        Model bundle directory.
+    records
+        Studies with reference reports and labels.
+    options
+        Runtime options (default: the product defaults, ONNX vision side).
+    batch_size
+        Studies per batched generation.
+    corrections
+        Correction examples to answer for correction success (0 skips it).
+    bertscore_model
+        Local BERT directory for BERTScore; ``None`` skips BERTScore.
+    seed
+        Seed of bootstrap resampling and of the correction examples.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``ce`` (micro/macro P/R/F1, per label, 95 % interval of macro F1), ``nlg`` (BLEU-1..4,
+        METEOR, ROUGE-L, BERTScore when asked, intervals), ``correction`` and ``n_studies``.
+    """
+    model = ChestXrayVLM.from_bundle(bundle, options or RuntimeOptions())
+    generated: list[str] = []
+    for start in tqdm(
+        range(0, len(records), batch_size), desc="drafting reports", disable=not progress
+    ):
+        chunk = records[start : start + batch_size]
+        drafts = model.generate_reports(
+            [StudyRequest([_pixels(model, r.images[0])], r.indication) for r in chunk]
+        )
+        generated.extend(d.text for d in drafts)
+    references = [r.report for r in records]
+    predicted = [label_report(text) for text in generated]
+    reference_labels = [dict(r.labels) for r in records]
+    ce = ce_metrics(predicted, reference_labels)
+    low, high = bootstrap_ci(
+        lambda p, r: float(ce_metrics(p, r)["f1_macro"]), predicted, reference_labels, seed=seed
+    )
+    ce["f1_macro_ci95"] = [low, high]
+    nlg: dict[str, Any] = dict(bleu_scores(generated, references))
+    nlg["rouge_l"] = _mean_ci(rouge_l_scores(generated, references), seed)
+    try:
+        nlg["meteor"] = _mean_ci(meteor_scores(generated, references), seed)
+    except Exception as exc:  # WordNet missing: report why instead of failing the run
+        nlg["meteor"] = {"skipped": str(exc)}
+    if bertscore_model is not None:
+        nlg["bertscore"] = bert_score(generated, references, bertscore_model)
+    result: dict[str, Any] = {
+        "n_studies": len(records),
+        "ce": ce,
+        "nlg": nlg,
+        "samples": [
+            {"study_id": r.study_id, "generated": g, "reference": r.report}
+            for r, g in list(zip(records, generated, strict=True))[:3]
+        ],
+    }
+    if corrections:
+        result["correction"] = _correction_success(model, records, corrections, seed, progress)
+    return result
+
+
+def _correction_success(
+    model: ChestXrayVLM,
+    records: Sequence[StudyRecord],
+    count: int,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    examples = build_instruct_examples(records, {"correction": 1.0}, seed=seed)[:count]
+    by_study = {r.study_id: r for r in records}
+    corrected = []
+    for example in tqdm(examples, desc="corrections", disable=not progress):
+        analysis = model.analyse([_pixels(model, example.images[0])])
+        corrected.append(
+            model.chat(
+                analysis,
+                example.report or "",
+                list(example.history),
+                example.instruction,
+                indication=example.indication,
+            )
+        )
+    originals = [dict(by_study[e.study_id].labels) for e in examples]
+    errors = [dict(e.injected_errors) for e in examples]
+    success = correction_success(originals, errors, corrected) if examples else 0.0
+    return {
+        "success": success,
+        "preservation": _preservation(originals, errors, corrected),
+        "n_examples": len(examples),
+        "n_errors": sum(len(e) for e in errors),
+        "samples": [
+            {"instruction": e.instruction, "corrected": c}
+            for e, c in list(zip(examples, corrected, strict=True))[:2]
+        ],
+    }
+
+
+def _preservation(
+    originals: Sequence[dict[str, float | None]],
+    errors: Sequence[dict[str, float]],
+    corrected: Sequence[str],
+) -> float:
+    """Share of the labels *not* injected whose positive/negative state the correction kept.
+
+    Correction success alone rewards deleting text (a removed false positive counts as fixed
+    even when the rest of the report is lost); this is its counterweight.
+    """
+    kept = total = 0
+    for original, injected, text in zip(originals, errors, corrected, strict=True):
+        labels = label_report(text)
+        for name in CHEXPERT_LABELS:
+            if name in injected or name == "No Finding":
+                continue
+            total += 1
+            kept += (original.get(name) == 1.0) == (labels.get(name) == 1.0)
+    return kept / total if total else 0.0
+
+
+def summary(result: dict[str, Any]) -> dict[str, float]:
+    """The headline figures of an evaluation (what goes into a bundle's manifest)."""
+    out = {
+        "n_studies": float(result["n_studies"]),
+        "ce_f1_macro": float(result["ce"]["f1_macro"]),
+        "ce_f1_micro": float(result["ce"]["f1_micro"]),
+        "bleu_4": float(result["nlg"]["bleu4"]),
+        "rouge_l": float(result["nlg"]["rouge_l"]["mean"]),
+    }
+    meteor = result["nlg"].get("meteor", {})
+    if "mean" in meteor:
+        out["meteor"] = float(meteor["mean"])
+    if "correction" in result:
+        out["correction_success"] = float(result["correction"]["success"])
+        out["correction_preservation"] = float(result["correction"]["preservation"])
+    return out
+
+
+def render_table(result: dict[str, Any]) -> Table:
+    """A rich table of an evaluation for the terminal."""
+    table = Table(title=f"evaluation on {result['n_studies']} studies")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    ce = result["ce"]
+    low, high = ce["f1_macro_ci95"]
+    table.add_row("CE F1 macro (95% CI)", f"{ce['f1_macro']:.3f} ({low:.3f}-{high:.3f})")
+    for key in ("precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro"):
+        table.add_row(f"CE {key.replace('_', ' ')}", f"{ce[key]:.3f}")
+    for label in CHEXPERT_LABELS:
+        table.add_row(f"  F1 {label}", f"{ce['per_label'][label]['f1']:.3f}")
+    nlg = result["nlg"]
+    for n in range(1, 5):
+        table.add_row(f"BLEU-{n}", f"{nlg['bleu' + str(n)]:.3f}")
+    for key in ("rouge_l", "meteor"):
+        value = nlg.get(key, {})
+        if "mean" in value:
+            table.add_row(
+                key.upper().replace("_", "-"),
+                f"{value['mean']:.3f} ({value['ci95_low']:.3f}-{value['ci95_high']:.3f})",
+            )
+        elif value:
+            table.add_row(key.upper(), f"skipped: {value.get('skipped')}")
+    if "bertscore" in nlg:
+        table.add_row("BERTScore F1", f"{nlg['bertscore']['f1']:.3f}")
+    if "correction" in result:
+        corr = result["correction"]
+        table.add_row(
+            "correction success",
+            f"{corr['success']:.3f} ({corr['n_errors']} errors, {corr['n_examples']} reports)",
+        )
+        table.add_row("correction: other labels kept", f"{corr['preservation']:.3f}")
+    return table
+
+
+__all__ = ["evaluate_bundle", "load_eval_records", "render_table", "summary"]
