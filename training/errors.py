@@ -17,3 +17,8 @@ class TrainingConfigError(TrainingError):
 
 class CheckpointError(TrainingError):
     """A checkpoint cannot be read or does not match the run it should resume."""
+
+
+class EvaluationError(TrainingError):
+    """An evaluation resource (nltk, WordNet, a BERTScore model) is missing; the message says
+    which and how to install it."""
