@@ -1,0 +1,68 @@
+"""Instruction-tuning data for the dialog ("instruct") adapter, RaDialog's task families.
+
+RaDialog had a larger LLM write the targets of its instruct data. Here every target is derived
+from the study's report, its CheXpert labels and the report templates of
+:mod:`training.report_text`, so each target agrees with the labels; ``docs/instruct_data.md``
+describes how each task is built.
+"""
+
+from __future__ import annotations
+
+from .builder import (
+    DEFAULT_MIX,
+    FindingsSource,
+    InstructConfig,
+    build_instruct_examples,
+    example_rng,
+    task_counts,
+)
+from .correction import build_correction, choose_errors, edit_reports, render_reports
+from .easy import build_easy_language
+from .examples import TASKS, InstructExample, TaskName
+from .tasks import (
+    CorrectionStyle,
+    Labeler,
+    TaskContext,
+    binary_answer,
+    build_explanation,
+    build_findings_qa_binary,
+    build_findings_qa_list,
+    build_report,
+    build_summary,
+    format_report,
+    label_summary,
+    list_answer,
+)
+from .wording import GLOSSARY, LABEL_WORDING, LabelWording
+
+__all__ = [
+    "CorrectionStyle",
+    "DEFAULT_MIX",
+    "FindingsSource",
+    "GLOSSARY",
+    "InstructConfig",
+    "InstructExample",
+    "LABEL_WORDING",
+    "LabelWording",
+    "Labeler",
+    "TASKS",
+    "TaskContext",
+    "TaskName",
+    "binary_answer",
+    "build_correction",
+    "build_easy_language",
+    "build_explanation",
+    "build_findings_qa_binary",
+    "build_findings_qa_list",
+    "build_instruct_examples",
+    "build_report",
+    "build_summary",
+    "choose_errors",
+    "edit_reports",
+    "example_rng",
+    "format_report",
+    "label_summary",
+    "list_answer",
+    "render_reports",
+    "task_counts",
+]
