@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,9 @@ from .evaluate import evaluate_bundle, summary
 from .pipeline import train
 
 logger = logging.getLogger(__name__)
+
+#: Side of the generated phantoms (the model sees 224 px; 320 keeps fine detail for resizing).
+PHANTOM_SIZE = 320
 
 #: The demo architecture and schedule (paths are filled in by :func:`demo_run_config`).
 DEMO_RUN: dict[str, Any] = {
@@ -176,7 +180,7 @@ def build_demo(
     """
     from inference import RuntimeOptions
 
-    from .phantoms import generate_phantoms
+    from .phantoms import PhantomConfig, write_phantoms
 
     work = work_dir or out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -189,7 +193,10 @@ def build_demo(
     mark = time.perf_counter()
     phantoms = work / "phantoms"
     if not (phantoms / "phantoms.csv").is_file():
-        generate_phantoms(phantoms, n=n_studies, seed=0, fmt="png", progress=progress)
+        write_phantoms(
+            phantoms, n_studies, seed=0, fmt="png", config=PhantomConfig(size=PHANTOM_SIZE),
+            workers=max(1, os.cpu_count() or 1), overwrite=True,
+        )
     timings["phantoms_s"] = time.perf_counter() - mark
 
     run = demo_run_config(work, llm_dir, bert_dir, phantoms, device)
