@@ -95,10 +95,19 @@ class ClassifierConfig:
         default=CHEXPERT_LABELS, metadata={"help": "Output labels, in output order."}
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout before the linear head."})
+    pooling: str = field(
+        default="mean",
+        metadata={
+            "help": "How patch features are pooled: 'mean', or 'meanmax' (mean and max "
+            "concatenated; small findings such as nodules and fractures survive max pooling)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if len(set(self.labels)) != len(self.labels) or not self.labels:
             raise ConfigError("classifier.labels must be a non-empty list of distinct names")
+        if self.pooling not in ("mean", "meanmax"):
+            raise ConfigError(f"classifier.pooling must be 'mean' or 'meanmax', not {self.pooling!r}")
 
 
 @dataclass

@@ -95,17 +95,22 @@ class VisionEncoder(nn.Module):
 
 
 class FindingsClassifier(nn.Module):
-    """Multi-label head: mean-pooled patch features -> one logit per CheXpert label."""
+    """Multi-label head: pooled patch features -> one logit per CheXpert label."""
 
     def __init__(self, hidden_size: int, config: ClassifierConfig) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(hidden_size)
+        self.pooling = config.pooling
+        pooled = hidden_size * (2 if config.pooling == "meanmax" else 1)
+        self.norm = nn.LayerNorm(pooled)
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(hidden_size, len(config.labels))
+        self.head = nn.Linear(pooled, len(config.labels))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return logits ``(B, num_labels)``."""
-        return self.head(self.dropout(self.norm(features.mean(dim=1))))
+        pooled = features.mean(dim=1)
+        if self.pooling == "meanmax":
+            pooled = torch.cat([pooled, features.amax(dim=1)], dim=-1)
+        return self.head(self.dropout(self.norm(pooled)))
 
 
 class QFormerAligner(nn.Module):

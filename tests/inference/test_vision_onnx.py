@@ -101,3 +101,23 @@ def test_pretrained_backbone_from_a_local_directory_round_trips(tmp_path: Path) 
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(rebuilt(pixels)[1], tower(pixels)[1])
+
+
+def test_meanmax_pooling_sees_a_single_hot_patch_and_exports(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = tiny_config("linear", "resnet")
+    config.classifier.pooling = "meanmax"
+    tower = VisionTower(ModelConfig.from_dict(config.to_dict())).eval()
+    features = torch.zeros(1, 16, tower.encoder.hidden_size)
+    hot = features.clone()
+    hot[0, 3, 0] = 16.0  # one patch lights up: the mean moves by 1, the max by 16
+    pooled = tower.classifier.norm.normalized_shape[0]
+    assert pooled == 2 * tower.encoder.hidden_size
+    assert not torch.equal(tower.classifier(features), tower.classifier(hot))
+    path = tmp_path / "vision.onnx"
+    export_vision_onnx(tower, path, config.preprocess.image_size, config.preprocess.channels)
+    pixels = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        probs, _ = tower(torch.from_numpy(pixels))
+    onnx_probs, _ = OnnxVisionRunner(path)(pixels)
+    assert np.abs(onnx_probs - probs.numpy()).max() < PARITY_TOLERANCE
