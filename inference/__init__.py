@@ -27,6 +27,7 @@ from .errors import (
 from .labels import CHEXPERT_LABELS, NO_FINDING
 from .llm import LanguageModel
 from .model import (
+    ChatRequest,
     ChestXrayVLM,
     DraftReport,
     FindingPrediction,
@@ -51,6 +52,7 @@ __all__ = [
     "BundleError",
     "BundleIntegrityError",
     "CHEXPERT_LABELS",
+    "ChatRequest",
     "ChestXrayVLM",
     "ClassifierConfig",
     "ConfigError",

@@ -128,6 +128,17 @@ class StudyRequest:
     indication: str | None = None
 
 
+@dataclass
+class ChatRequest:
+    """One dialog turn of a batched :meth:`ChestXrayVLM.chat_many` call."""
+
+    images: Sequence[ImageSource] | StudyAnalysis
+    report: str
+    instruction: str
+    history: Sequence[Turn] = ()
+    indication: str | None = None
+
+
 class ChestXrayVLM:
     """RaDialog-style chest X-ray report model.
 
@@ -269,15 +280,26 @@ class ChestXrayVLM:
         instruction: str,
         indication: str | None,
     ) -> MultimodalBatch:
-        analysis = images if isinstance(images, StudyAnalysis) else self.analyse(images)
-        prompt = self.prompts.encode(
-            findings=analysis.positive_labels,
-            indication=indication,
-            report=report,
-            history=history,
-            instruction=instruction,
+        return self._chat_requests_batch(
+            [ChatRequest(images, report, instruction, history, indication)]
         )
-        return self._batch([prompt], [analysis])
+
+    def _chat_requests_batch(self, requests: Sequence[ChatRequest]) -> MultimodalBatch:
+        analyses = [
+            r.images if isinstance(r.images, StudyAnalysis) else self.analyse(r.images)
+            for r in requests
+        ]
+        prompts = [
+            self.prompts.encode(
+                findings=analysis.positive_labels,
+                indication=r.indication,
+                report=r.report,
+                history=r.history,
+                instruction=r.instruction,
+            )
+            for r, analysis in zip(requests, analyses, strict=True)
+        ]
+        return self._batch(prompts, analyses)
 
     # ----------------------------------------------------------------------------- reports
     def generate_report(
@@ -390,6 +412,22 @@ class ChestXrayVLM:
         )
         return text
 
+    def chat_many(
+        self, requests: Sequence[ChatRequest], *, generation: GenerationConfig | None = None
+    ) -> list[str]:
+        """Several dialog turns (of different studies) in one left-padded batch.
+
+        Gives the same texts as calling :meth:`chat` on each request (greedy decoding).
+        """
+        if not requests:
+            return []
+        return generate_texts(
+            self.llm,
+            self._chat_requests_batch(requests),
+            self._options(generation),
+            adapter=self.tasks.get("chat"),
+        )
+
     def stream_chat(
         self,
         images: Sequence[ImageSource] | StudyAnalysis,
@@ -453,6 +491,7 @@ def bundle_summary(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
+    "ChatRequest",
     "ChestXrayVLM",
     "DraftReport",
     "FindingPrediction",

@@ -19,7 +19,7 @@ import numpy as np
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from inference import CHEXPERT_LABELS, ChestXrayVLM, RuntimeOptions, StudyRequest
+from inference import CHEXPERT_LABELS, ChatRequest, ChestXrayVLM, RuntimeOptions, StudyRequest
 
 from .data import (
     load_dicom_folder,
@@ -158,7 +158,9 @@ def evaluate_bundle(
         ],
     }
     if corrections:
-        result["correction"] = _correction_success(model, records, corrections, seed, progress)
+        result["correction"] = _correction_success(
+            model, records, corrections, seed, progress, batch_size
+        )
     return result
 
 
@@ -168,19 +170,27 @@ def _correction_success(
     count: int,
     seed: int,
     progress: bool,
+    batch_size: int,
 ) -> dict[str, Any]:
     examples = build_instruct_examples(records, {"correction": 1.0}, seed=seed)[:count]
     by_study = {r.study_id: r for r in records}
-    corrected = []
-    for example in tqdm(examples, desc="corrections", disable=not progress):
-        analysis = model.analyse([_pixels(model, example.images[0])])
-        corrected.append(
-            model.chat(
-                analysis,
-                example.report or "",
-                list(example.history),
-                example.instruction,
-                indication=example.indication,
+    corrected: list[str] = []
+    for start in tqdm(
+        range(0, len(examples), batch_size), desc="corrections", disable=not progress
+    ):
+        chunk = examples[start : start + batch_size]
+        corrected.extend(
+            model.chat_many(
+                [
+                    ChatRequest(
+                        [_pixels(model, e.images[0])],
+                        e.report or "",
+                        e.instruction,
+                        tuple(e.history),
+                        e.indication,
+                    )
+                    for e in chunk
+                ]
             )
         )
     originals = [dict(by_study[e.study_id].labels) for e in examples]

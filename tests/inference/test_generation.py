@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference import ChestXrayVLM, GenerationConfig, StudyRequest
+from inference import ChatRequest, ChestXrayVLM, GenerationConfig, StudyRequest
 from inference.generation import generate_ids
 
 
@@ -46,6 +46,26 @@ def test_batched_and_one_by_one_greedy_give_the_same_text(
     ]
     assert [d.text for d in batched] == [d.text for d in single]
     assert len({d.text for d in single}) > 1  # the indication reaches the model
+
+
+def test_batched_and_single_chat_turns_give_the_same_text(
+    tiny_model: ChestXrayVLM, chest_cr_path: Path
+) -> None:
+    analysis = tiny_model.analyse([chest_cr_path])
+    requests = [
+        ChatRequest(analysis, "FINDINGS: Small right effusion.", "There is no effusion."),
+        ChatRequest(analysis, "FINDINGS: Lungs are clear.", "Is the heart enlarged?",
+                    indication="Dyspnoea on exertion for two weeks."),
+    ]
+    options = GenerationConfig(max_new_tokens=10)
+    batched = tiny_model.chat_many(requests, generation=options)
+    single = [
+        tiny_model.chat(r.images, r.report, list(r.history), r.instruction,
+                        indication=r.indication, generation=options)
+        for r in requests
+    ]
+    assert batched == single
+    assert batched[0] != batched[1]
 
 
 def test_beam_search_respects_max_new_tokens(batch_and_model) -> None:  # type: ignore[no-untyped-def]
