@@ -89,15 +89,22 @@ def report_examples(ctx: RunContext, split: str, source: str) -> list[TextExampl
 
 
 def instruct_examples(
-    ctx: RunContext, split: str, config: InstructStage, seed: int
+    ctx: RunContext, split: str, config: InstructStage, seed: int, limit: int | None = None
 ) -> list[TextExample]:
-    """The instruct task mix for a split, plus report-generation replay."""
-    records = ctx.splits[split]
-    index = {r.study_id: i for i, r in enumerate(records)}
+    """The instruct task mix for a split, plus report-generation replay.
+
+    With ``limit``, examples are built from a seeded sample of just enough studies (building
+    correction examples runs the labeler several times per report).
+    """
+    all_records = ctx.splits[split]
+    index = {r.study_id: i for i, r in enumerate(all_records)}
+    records = list(all_records)
+    if limit is not None and limit < len(records):
+        records = random.Random(seed).sample(records, limit)
     source: object = "labels"
     if config.findings_source == "predicted":
         predicted = predicted_findings(ctx, split)
-        source = {r.study_id: list(predicted[i]) for i, r in enumerate(records)}
+        source = {r.study_id: list(predicted[index[r.study_id]]) for r in records}
     examples = build_instruct_examples(
         records,
         config.mix,
@@ -250,8 +257,11 @@ def run_instruct_stage(ctx: RunContext) -> dict[str, float]:
         peft_model = get_peft_model(llm, lora_config(config), adapter_name="instruct")
     ctx.llm = peft_model
     peft_model.set_adapter("instruct")
-    train = instruct_examples(ctx, "train", config, ctx.config.seed)
-    val = instruct_examples(ctx, "val", config, ctx.config.seed + 1)
+    steps_examples = (
+        config.max_steps * config.batch_size * config.grad_accum if config.max_steps else None
+    )
+    train = instruct_examples(ctx, "train", config, ctx.config.seed, steps_examples)
+    val = instruct_examples(ctx, "val", config, ctx.config.seed + 1, config.max_val_examples)
     metrics = _fit_adapter(ctx, "instruct", config, peft_model, train, val, train_vision=False)
     peft_model.save_pretrained(
         str(ctx.stage_dir("instruct") / "adapter"), selected_adapters=["instruct"]
