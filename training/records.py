@@ -56,8 +56,9 @@ class StudyRecord:
         if not self.images:
             raise ValueError(f"study {self.study_id!r} has no images")
         if len(self.views) != len(self.images):
-            raise ValueError(f"study {self.study_id!r}: {len(self.images)} images but "
-                             f"{len(self.views)} views")
+            raise ValueError(
+                f"study {self.study_id!r}: {len(self.images)} images but {len(self.views)} views"
+            )
         unknown = set(self.labels) - set(CHEXPERT_LABELS)
         if unknown:
             raise ValueError(f"study {self.study_id!r}: unknown labels {sorted(unknown)}")
@@ -81,5 +82,8 @@ class StudyRecord:
 
     def positive_findings(self) -> list[str]:
         """Names of the positive observations, excluding No Finding."""
-        return [name for name in CHEXPERT_LABELS
-                if name != "No Finding" and self.labels.get(name) == POSITIVE]
+        return [
+            name
+            for name in CHEXPERT_LABELS
+            if name != "No Finding" and self.labels.get(name) == POSITIVE
+        ]
