@@ -1,17 +1,55 @@
 """The DICOM node: receives chest radiographs from the PACS, drafts reports, returns SRs.
 
 It composes :mod:`inference` (the model), :mod:`sr_templates` (the structured reports) and,
-for retraining, :mod:`training`.
+for retraining, :mod:`training`. The receiving side lives in submodules, imported on demand so
+that importing the package stays cheap: :mod:`dicom_node.scp` (C-STORE/C-ECHO SCP),
+:mod:`dicom_node.spool`, :mod:`dicom_node.store` (database), :mod:`dicom_node.assembly`
+(study completion and routing), :mod:`dicom_node.service` (``dicom_node serve``) and
+:mod:`dicom_node.status`.
 """
 
-from .errors import NodeError, SettingsError, StudyInputError
-from .settings import InferenceSettings, Settings, load_settings
+from .errors import (
+    DatabaseError,
+    DiskFullError,
+    NodeError,
+    ServiceError,
+    SettingsError,
+    SpoolError,
+    StudyInputError,
+)
+from .settings import (
+    BrokerSettings,
+    CallingAESettings,
+    DatabaseSettings,
+    InferenceSettings,
+    NodeSettings,
+    PacsDestination,
+    RisSettings,
+    Settings,
+    StorageSettings,
+    TlsSettings,
+    WorkerSettings,
+    load_settings,
+)
 
 __all__ = [
+    "BrokerSettings",
+    "CallingAESettings",
+    "DatabaseError",
+    "DatabaseSettings",
+    "DiskFullError",
     "InferenceSettings",
     "NodeError",
+    "NodeSettings",
+    "PacsDestination",
+    "RisSettings",
+    "ServiceError",
     "Settings",
     "SettingsError",
+    "SpoolError",
+    "StorageSettings",
     "StudyInputError",
+    "TlsSettings",
+    "WorkerSettings",
     "load_settings",
 ]

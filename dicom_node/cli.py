@@ -1,7 +1,9 @@
 """The ``dicom_node`` command line.
 
-Subcommands: ``model init|verify|info``, ``infer`` and ``config check``; later parts of the
-product add ``serve``, ``worker``, ``status`` and the amend commands.
+Subcommands: ``model init|verify|info``, ``infer`` and ``config check`` here; ``serve`` and
+``status`` in :mod:`dicom_node.node_cli`; the training commands in
+:mod:`dicom_node.training_cli`. Later parts of the product add ``worker`` and the amend
+commands.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ err_console = Console(stderr=True)
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="TOML config file (default: $DICOM_NODE_CONFIG).", dir_okay=False
+        "--config",
+        "-c",
+        help="TOML or YAML config file (default: $DICOM_NODE_CONFIG).",
+        dir_okay=False,
     ),
 ]
 
@@ -261,11 +266,62 @@ def infer(
         console.print(draft.text or "(empty)", highlight=False)
 
 
+# --------------------------------------------------------------------------- phantoms
+@app.command("phantoms")
+def phantoms(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
+    seed: Annotated[int, typer.Option(help="Dataset seed (same seed, same files).")] = 0,
+    image_format: Annotated[
+        str, typer.Option("--format", help="png (8-bit) or dicom (CR/DX, 12-16 bits).")
+    ] = "png",
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 512,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: all CPU cores).")
+    ] = None,
+    masks: Annotated[bool, typer.Option("--masks", help="Also write masks (.npz).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing phantoms.csv.")
+    ] = False,
+) -> None:
+    """Draw synthetic chest radiographs with labels and reports (phantoms.csv)."""
+    logging.basicConfig(level=logging.WARNING)
+    if n <= 0:
+        raise _fail(f"--n must be a positive number of images, got {n}")
+    if seed < 0:
+        raise _fail(f"--seed must be >= 0, got {seed}")
+    if image_format not in ("png", "dicom"):
+        raise _fail(f"--format must be png or dicom, not {image_format!r}")
+    if workers is not None and workers < 1:
+        raise _fail(f"--workers must be >= 1, got {workers}")
+    from rich.progress import Progress
+
+    from training.phantoms import PhantomConfig, write_phantoms
+
+    try:
+        config = PhantomConfig(size=size)
+        with Progress(console=err_console, transient=True,
+                      disable=not err_console.is_terminal) as progress:
+            task = progress.add_task("drawing phantoms", total=n)
+            result = write_phantoms(
+                out, n, seed, fmt=image_format, config=config,
+                workers=workers or min(n, os.cpu_count() or 1), masks=masks,
+                overwrite=overwrite,
+                progress=lambda done: progress.update(task, completed=done),
+            )
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(
+        f"wrote {result.images} {image_format} phantoms of {result.subjects} subjects and "
+        f"{result.csv_path} in {result.seconds:.1f} s"
+    )
+
+
 # --------------------------------------------------------------------------- config check
 @config_app.command("check")
 def config_check(
     file: Annotated[
-        Path | None, typer.Argument(help="TOML file (default: $DICOM_NODE_CONFIG).")
+        Path | None, typer.Argument(help="TOML or YAML file (default: $DICOM_NODE_CONFIG).")
     ] = None,
 ) -> None:
     """Validate a configuration (file + environment) and print the effective settings."""
@@ -276,8 +332,9 @@ def config_check(
     console.print_json(settings.model_dump_json())
 
 
-# Training commands (train, evaluate, model build-demo) register themselves on ``app``.
-from . import training_cli  # noqa: E402,F401
+# Training commands (train, evaluate, model build-demo) and node commands (serve, status)
+# register themselves on ``app``.
+from . import node_cli, training_cli  # noqa: E402,F401
 
 
 def main() -> None:

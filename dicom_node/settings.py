@@ -1,31 +1,58 @@
 """Typed settings of the DICOM node.
 
-Sources, later ones winning: defaults, a TOML config file (``--config FILE`` or
-``DICOM_NODE_CONFIG``), ``DICOM_NODE_*`` environment variables (sections joined with ``__``,
-e.g. ``DICOM_NODE_INFERENCE__DEVICE=cuda``), then command-line flags. Unknown keys are
-refused, and every error names the offending key.
+Sources, later ones winning: defaults, a config file (``--config FILE`` or
+``DICOM_NODE_CONFIG``; TOML, or YAML when it ends in ``.yaml``/``.yml``), ``DICOM_NODE_*``
+environment variables (sections joined with ``__``, e.g. ``DICOM_NODE_INFERENCE__DEVICE=cuda``,
+``DICOM_NODE_NODE__PORT=104``), then command-line flags. Unknown keys are refused, and every
+error names the offending key.
+
+Sections keyed by names (``calling_aes``, ``pacs``) are best set in the file: environment
+variable names are case-insensitive, so give such a section as one JSON value, e.g.
+``DICOM_NODE_CALLING_AES='{"ORTHANC": {"destinations": ["main"]}}'``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
 )
-
-from inference import OrtOptions, RuntimeOptions
 
 from .errors import SettingsError
 
+if TYPE_CHECKING:
+    from inference import RuntimeOptions
+
+#: Environment variable naming the config file when ``--config`` is not given.
 CONFIG_ENV = "DICOM_NODE_CONFIG"
+#: Config file suffixes read as YAML; any other suffix is read as TOML.
+YAML_SUFFIXES = (".yaml", ".yml")
+#: The longest AE title DICOM allows.
+AE_TITLE_MAX_CHARS = 16
+#: Smallest maximum PDU length accepted in settings (DCMTK's lower bound too).
+MIN_PDU_BYTES = 4096
+#: Database URL schemes the node supports (SQLAlchemy dialect names).
+DATABASE_DIALECTS = ("sqlite", "postgresql")
+#: Broker URL schemes accepted for the Celery queue.
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "memory")
 
 
 class InferenceSettings(BaseModel):
@@ -63,6 +90,10 @@ class InferenceSettings(BaseModel):
 
     def runtime_options(self) -> RuntimeOptions:
         """The :class:`inference.RuntimeOptions` these settings describe."""
+        # Imported here: the inference stack (torch, transformers) is heavy, and the SCP,
+        # the status command and config check must not pay for it.
+        from inference import OrtOptions, RuntimeOptions
+
         return RuntimeOptions(
             vision_backend=self.vision_backend,
             vision_precision=self.vision_precision,
@@ -77,6 +108,258 @@ class InferenceSettings(BaseModel):
         )
 
 
+def _check_ae_title(value: str) -> str:
+    """Refuse an AE title DICOM does not allow (PS3.5 AE: 1-16 characters, no backslash)."""
+    if not value.strip():
+        raise ValueError("an AE title must not be empty")
+    if len(value) > AE_TITLE_MAX_CHARS:
+        raise ValueError(f"AE title {value!r} is longer than {AE_TITLE_MAX_CHARS} characters")
+    if value != value.strip():
+        raise ValueError(f"AE title {value!r} must not start or end with spaces")
+    if "\\" in value or any(ord(ch) < 0x20 or ord(ch) > 0x7E for ch in value):
+        raise ValueError(
+            f"AE title {value!r} may hold printable ASCII characters other than a backslash only"
+        )
+    return value
+
+
+def _check_ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from exc
+    return value
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class NodeSettings(BaseModel):
+    """The node's own DICOM identity, network limits and study completion rule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: AETitle = Field(default="CXRNODE", description="The node's AE title.")
+    port: int = Field(
+        default=11112, ge=0, le=65535, description="TCP port of the SCP (0 = any free port)."
+    )
+    bind_address: Annotated[str, AfterValidator(_check_ip_address)] = Field(
+        default="127.0.0.1",
+        description="Address the SCP listens on; 0.0.0.0 for every interface.",
+    )
+    max_pdu: int = Field(
+        default=65536,
+        ge=0,
+        description="Largest PDU the node accepts, in bytes (0 = no limit).",
+    )
+    acse_timeout: Seconds = Field(
+        default=30.0, description="Seconds to wait for association messages."
+    )
+    dimse_timeout: Seconds = Field(default=60.0, description="Seconds to wait for DIMSE messages.")
+    network_timeout: Seconds = Field(
+        default=60.0, description="Seconds an idle association is kept open."
+    )
+    max_associations: int = Field(
+        default=10, ge=1, description="Associations served at the same time."
+    )
+    require_called_ae: bool = Field(
+        default=False, description="Reject associations not addressed to ae_title."
+    )
+    stable_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="A study is complete when no instance arrived for this many seconds "
+        "(Orthanc's StableAge).",
+    )
+    assembly_interval_s: Seconds = Field(
+        default=0.5, description="How often the node looks for complete studies."
+    )
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _pdu_size(cls, value: int) -> int:
+        if 0 < value < MIN_PDU_BYTES:
+            raise ValueError(f"must be 0 (no limit) or at least {MIN_PDU_BYTES} bytes")
+        return value
+
+
+
+class CallingAESettings(BaseModel):
+    """One peer allowed to send studies, and where the reports of its studies go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    destinations: list[str] = Field(
+        default_factory=list,
+        description="Names of [pacs] destinations that receive the SRs of studies from this "
+        "AE; empty = every destination.",
+    )
+
+
+class PacsDestination(BaseModel):
+    """A PACS (C-STORE SCP) that receives the node's SRs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: AETitle = Field(description="Called AE title of the PACS.")
+    host: str = Field(min_length=1, description="Host name or address of the PACS.")
+    port: Port = Field(description="DICOM port of the PACS.")
+    tls: bool = Field(default=False, description="Send over TLS (the [tls] files are used).")
+
+
+class RisSettings(BaseModel):
+    """The RIS (modality worklist C-FIND SCP) that provides accession and indication."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: AETitle = Field(description="Called AE title of the worklist SCP.")
+    host: str = Field(min_length=1, description="Host name or address of the worklist SCP.")
+    port: Port = Field(description="DICOM port of the worklist SCP.")
+    poll_interval_s: Seconds = Field(
+        default=60.0, description="Seconds between two worklist queries."
+    )
+    modalities: list[str] = Field(
+        default_factory=lambda: ["CR", "DX"],
+        description="Scheduled modalities queried (one C-FIND each); empty = any modality.",
+    )
+    station_ae_title: AETitle | None = Field(
+        default=None, description="Scheduled Station AE Title to match; none = any station."
+    )
+    lookback_days: int = Field(
+        default=1, ge=0, description="Query procedure steps scheduled this many days back."
+    )
+    tls: bool = Field(default=False, description="Query over TLS (the [tls] files are used).")
+
+
+class StorageSettings(BaseModel):
+    """Where received instances and outgoing SRs live on disk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folder: Path = Field(
+        default=Path("var/dicom_node"),
+        description="Base folder of the node's files (and of the default SQLite database).",
+    )
+    spool: Path | None = Field(
+        default=None, description="Received instances; default <folder>/spool."
+    )
+    outbox: Path | None = Field(
+        default=None, description="SRs waiting for delivery; default <folder>/outbox."
+    )
+    min_free_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="Refuse instances (status A700) when less space than this would remain.",
+    )
+
+    @model_validator(mode="after")
+    def _default_folders(self) -> StorageSettings:
+        if self.spool is None:
+            self.spool = self.folder / "spool"
+        if self.outbox is None:
+            self.outbox = self.folder / "outbox"
+        return self
+
+    @property
+    def spool_dir(self) -> Path:
+        """The spool folder (``spool`` or ``<folder>/spool``)."""
+        return self.spool if self.spool is not None else self.folder / "spool"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """The outbox folder (``outbox`` or ``<folder>/outbox``)."""
+        return self.outbox if self.outbox is not None else self.folder / "outbox"
+
+
+
+class DatabaseSettings(BaseModel):
+    """The node's database (studies, instances, jobs, outbox)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default a "
+        "SQLite file <storage.folder>/node.db.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_dialect(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme.split("+", 1)[0] not in DATABASE_DIALECTS:
+            raise ValueError(
+                f"must be a SQLAlchemy URL of one of {', '.join(DATABASE_DIALECTS)} "
+                "(e.g. sqlite:///node.db, postgresql+psycopg://user@host/db)"
+            )
+        return value
+
+
+
+class BrokerSettings(BaseModel):
+    """The message broker of the job queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None,
+        description="Celery broker URL (redis://host:6379/0); none = the embedded worker.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(f"must be a URL with one of the schemes {', '.join(BROKER_SCHEMES)}")
+        return value
+
+
+class WorkerSettings(BaseModel):
+    """The report-drafting worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(default=1, ge=1, description="Jobs one worker runs at a time.")
+
+
+class TlsSettings(BaseModel):
+    """TLS for DICOM associations (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="Serve the SCP over TLS.")
+    cert: Path | None = Field(default=None, description="PEM certificate (chain) of the node.")
+    key: Path | None = Field(default=None, description="PEM private key of the node.")
+    ca: Path | None = Field(
+        default=None, description="PEM CA bundle that peers' certificates are checked against."
+    )
+    require_client_cert: bool = Field(
+        default=False, description="Require peers to present a certificate signed by ca."
+    )
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> TlsSettings:
+        if not self.enabled:
+            return self
+        for name in ("cert", "key"):
+            if getattr(self, name) is None:
+                raise ValueError(f"tls.{name} is required when tls.enabled is true")
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("tls.ca is required when tls.require_client_cert is true")
+        for name in ("cert", "key", "ca"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"tls.{name}: file {path} does not exist")
+        return self
+
+
 class Settings(BaseSettings):
     """All settings of the node, one section per concern."""
 
@@ -88,23 +371,114 @@ class Settings(BaseSettings):
         default="WARNING", description="Log level of the command line and services."
     )
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    calling_aes: dict[AETitle, CallingAESettings] = Field(
+        default_factory=dict,
+        description="Allowed calling AE titles and their routing; empty = accept any AE.",
+    )
+    pacs: dict[str, PacsDestination] = Field(
+        default_factory=dict, description="PACS destinations of the SRs, by name."
+    )
+    ris: RisSettings | None = Field(default=None, description="The RIS worklist (optional).")
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @model_validator(mode="after")
+    def _cross_section_rules(self) -> Settings:
+        # Default database: a SQLite file next to the spool.
+        if self.database.url is None:
+            self.database.url = f"sqlite:///{self.storage.folder / 'node.db'}"
+        for ae_title, calling in self.calling_aes.items():
+            unknown = [name for name in calling.destinations if name not in self.pacs]
+            if unknown:
+                known = ", ".join(sorted(self.pacs)) or "none configured"
+                raise ValueError(
+                    f"calling_aes.{ae_title}.destinations: unknown PACS destination(s) "
+                    f"{', '.join(map(repr, unknown))} (known: {known})"
+                )
+        needs_tls = [f"pacs.{name}" for name, dest in self.pacs.items() if dest.tls]
+        if self.ris is not None and self.ris.tls:
+            needs_tls.append("ris")
+        if needs_tls and (self.tls.cert is None or self.tls.key is None):
+            raise ValueError(
+                f"{', '.join(needs_tls)} use TLS: set tls.cert and tls.key (and tls.ca)"
+            )
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The database URL (``database.url``, or the default SQLite file)."""
+        return self.database.url or f"sqlite:///{self.storage.folder / 'node.db'}"
+
+    def destinations_for(self, calling_ae: str) -> list[str]:
+        """Names of the PACS destinations that receive the SRs of a calling AE's studies.
+
+        Parameters
+        ----------
+        calling_ae
+            AE title of the peer that sent the study.
+
+        Returns
+        -------
+        list of str
+            The AE's configured destinations, or every destination when it names none or
+            is not in ``calling_aes``.
+        """
+        calling = self.calling_aes.get(calling_ae.strip())
+        if calling is not None and calling.destinations:
+            return list(calling.destinations)
+        return sorted(self.pacs)
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(root)"
-        lines.append(f"{key}: {item['msg']}")
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        # Cross-field rules name their keys themselves ("tls.cert: ...").
+        lines.append(message if not key or message.startswith(key) else f"{key}: {message}")
     return f"invalid settings ({source}): " + "; ".join(lines)
 
 
+def _check_config_file(path: Path) -> None:
+    """Fail early, naming the file, when it is missing or not valid TOML/YAML."""
+    if not path.is_file():
+        raise SettingsError(f"config file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc}") from exc
+    if path.suffix.lower() in YAML_SUFFIXES:
+        try:
+            import yaml
+        except ImportError as exc:
+            raise SettingsError(
+                f"config file {path}: YAML needs the PyYAML package (pip install pyyaml)"
+            ) from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
+        if data is not None and not isinstance(data, dict):
+            raise SettingsError(f"config file {path} must hold a mapping of settings")
+        return
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Load settings from defaults, a TOML file, the environment and explicit overrides.
+    """Load settings from defaults, a config file, the environment and explicit overrides.
 
     Parameters
     ----------
     config_file
-        TOML file; defaults to ``$DICOM_NODE_CONFIG`` when set.
+        TOML file, or YAML when it ends in ``.yaml``/``.yml``; defaults to
+        ``$DICOM_NODE_CONFIG`` when set.
     **overrides
         Values from command-line flags (nested sections as dicts); ``None`` values are
         ignored so that unset flags do not mask other sources.
@@ -116,12 +490,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """
     path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     if path is not None:
-        if not path.is_file():
-            raise SettingsError(f"config file {path} does not exist")
-        try:
-            tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+        _check_config_file(path)
 
     class _Sourced(Settings):
         @classmethod
@@ -134,7 +503,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-            if path is not None:
+            if path is not None and path.suffix.lower() in YAML_SUFFIXES:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+            elif path is not None:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
             return tuple(sources)
 
@@ -153,11 +524,30 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         if isinstance(value, dict):
             nested = _drop_none(value)
-            if nested:
+            # A section left empty by unset flags is dropped; one given empty on purpose
+            # (an allowed AE with default routing: {"ORTHANC": {}}) is kept.
+            if nested or not value:
                 cleaned[key] = nested
         elif value is not None:
             cleaned[key] = value
     return cleaned
 
 
-__all__ = ["CONFIG_ENV", "InferenceSettings", "Settings", "load_settings"]
+__all__ = [
+    "AE_TITLE_MAX_CHARS",
+    "BROKER_SCHEMES",
+    "CONFIG_ENV",
+    "DATABASE_DIALECTS",
+    "BrokerSettings",
+    "CallingAESettings",
+    "DatabaseSettings",
+    "InferenceSettings",
+    "NodeSettings",
+    "PacsDestination",
+    "RisSettings",
+    "Settings",
+    "StorageSettings",
+    "TlsSettings",
+    "WorkerSettings",
+    "load_settings",
+]

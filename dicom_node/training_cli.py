@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import typer
 
@@ -79,10 +79,10 @@ def evaluate_command(
     try:
         records = load_eval_records(
             data,
-            kind,
+            cast(Literal["phantoms", "mimic", "dicom"], kind),
             reports,
-            split=split,
-            limit=limit,  # type: ignore[arg-type]
+            split=cast(Literal["all", "test"], split),
+            limit=limit,
         )
         result = evaluate_bundle(
             model,
@@ -115,9 +115,8 @@ def build_demo_command(
 ) -> None:
     """Build the demo model: SmolLM2-135M + MiniLM, trained on phantoms, evaluated."""
     _settings(config)
-    from training.demo import build_demo
-
     from training import TrainingError
+    from training.demo import build_demo
 
     precision: Literal["auto"] = "auto"
     try:

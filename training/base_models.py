@@ -90,7 +90,7 @@ def prepare_smollm2(cache_dir: Path, wheel_dir: Path | None = None) -> Path:
             str(gguf.parent), gguf_file=gguf.name, dtype="float32"
         )
         # The weights are de-quantised already; drop the GGUF marker so it saves normally.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         partial = target.with_name(target.name + ".partial")

@@ -1,0 +1,481 @@
+"""The node's C-STORE / C-ECHO SCP: receives instances into the spool and the database.
+
+:func:`handle_store` is a plain pynetdicom handler bound with its dependencies
+(``evt_handlers=[(evt.EVT_C_STORE, handle_store, [spool, db])]``); it never raises and
+answers with a named :class:`~dicom_node.dimse.StoreStatus`. On receipt it
+
+1. refuses SOP classes the node does not store, and refuses when the disk is (nearly) full;
+2. decodes the data set and checks its identifying UIDs;
+3. acknowledges, without storing, SRs the node wrote itself (a PACS that auto-forwards
+   everything sends them back) and instances it already holds;
+4. writes the instance atomically to the spool, records it in the database, and only then
+   answers success.
+
+:class:`StoreSCP` owns the pynetdicom application entity and its server thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+from collections.abc import Collection
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    BasicTextSRStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedSRStorage,
+    SecondaryCaptureImageStorage,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+
+from sr_templates import (
+    AMENDED_SERIES_DESCRIPTION,
+    DEFAULT_MANUFACTURER,
+    DRAFT_SERIES_DESCRIPTION,
+    VERIFIED_SERIES_DESCRIPTION,
+)
+
+from ._privacy import patient_key, uid_digest
+from .dimse import ERROR_COMMENT_MAX_CHARS, StoreStatus
+from .errors import DiskFullError, ServiceError, SpoolError
+from .settings import NodeSettings
+from .spool import Spool
+from .store import Database, InstanceRecord
+
+logger = logging.getLogger(__name__)
+
+#: Image storage SOP classes the node accepts: CR, DX for presentation and for processing,
+#: Secondary Capture.
+IMAGE_STORAGE_CLASSES: tuple[str, ...] = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+)
+#: SR storage SOP classes the node accepts (its own SRs among them are ignored).
+SR_STORAGE_CLASSES: tuple[str, ...] = (
+    BasicTextSRStorage,
+    EnhancedSRStorage,
+    ComprehensiveSRStorage,
+    Comprehensive3DSRStorage,
+)
+#: Every storage SOP class of the SCP.
+STORAGE_SOP_CLASSES: tuple[str, ...] = IMAGE_STORAGE_CLASSES + SR_STORAGE_CLASSES
+#: Transfer syntaxes accepted for storage: uncompressed, deflated, JPEG baseline, JPEG
+#: lossless (SV1 and any predictor), JPEG 2000 (lossless and lossy) and RLE.
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+#: Transfer syntaxes of the Verification service.
+VERIFICATION_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: Series Descriptions of the SR series the node writes (drafts, amendments, sign-offs).
+OWN_SR_SERIES_DESCRIPTIONS = frozenset(
+    {DRAFT_SERIES_DESCRIPTION, AMENDED_SERIES_DESCRIPTION, VERIFIED_SERIES_DESCRIPTION}
+)
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_UID_MAX_CHARS = 64
+_IDENTIFYING_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_PATIENT_IDENTIFIERS = ("AccessionNumber", "PatientID", "IssuerOfPatientID")
+
+
+class _Refusal(Exception):
+    """Internal: stop handling an instance with this status (never leaves the handler)."""
+
+    def __init__(self, status: StoreStatus, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+
+
+def _status(status: StoreStatus, comment: str | None = None) -> Dataset:
+    reply = Dataset()
+    reply.Status = int(status)
+    if comment:
+        reply.ErrorComment = comment[:ERROR_COMMENT_MAX_CHARS]
+    return reply
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """An attribute as stripped text, or ``None`` when absent or empty."""
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _code(ds: Dataset, keyword: str) -> str | None:
+    text = _text(ds, keyword)
+    return text.upper() if text else None
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str | None:
+    """An identifier's text straight from its bytes, without pydicom's value conversion.
+
+    pydicom validates values as it converts them and may put an invalid value into a
+    warning; identifiers of the patient must never reach a log, so they are read raw.
+    """
+    item = ds.get_item(keyword)
+    if item is None or item.value is None:
+        return None
+    value = item.value
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    text = text.strip(" \x00")
+    return text or None
+
+
+def is_own_sr(ds: Dataset) -> bool:
+    """Whether a data set is an SR this product wrote (draft, amendment or signed report).
+
+    Recognised by an SR storage SOP class together with the SR writer's Manufacturer or one
+    of its Series Descriptions (constants of :mod:`sr_templates`).
+    """
+    if str(ds.get("SOPClassUID", "")) not in SR_STORAGE_CLASSES:
+        return False
+    return (
+        _text(ds, "Manufacturer") == DEFAULT_MANUFACTURER
+        or _text(ds, "SeriesDescription") in OWN_SR_SERIES_DESCRIPTIONS
+    )
+
+
+def _check_identity(ds: Dataset, request: Any) -> None:
+    """Refuse a data set whose identifying UIDs are missing, invalid or not the request's."""
+    for keyword in _IDENTIFYING_UIDS:
+        value = _text(ds, keyword)
+        if value is None:
+            raise _Refusal(StoreStatus.INVALID_IDENTIFIER, f"missing {keyword}")
+        if len(value) > _UID_MAX_CHARS or not _UID.match(value):
+            raise _Refusal(StoreStatus.INVALID_IDENTIFIER, f"invalid {keyword}")
+    if _text(ds, "SOPClassUID") != str(request.AffectedSOPClassUID):
+        raise _Refusal(
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOPClassUID differs from the request",
+        )
+    if _text(ds, "SOPInstanceUID") != str(request.AffectedSOPInstanceUID):
+        raise _Refusal(StoreStatus.INVALID_IDENTIFIER, "SOPInstanceUID differs from the request")
+
+
+def _decode(event: Event) -> Dataset:
+    """Decode the data set and read every attribute the node uses.
+
+    pydicom converts element values lazily, so a corrupt element can fail on first access:
+    everything needed is read here, where failures become ``CANNOT_DECODE``.
+    """
+    try:
+        ds = event.dataset
+        for keyword in (
+            *_IDENTIFYING_UIDS,
+            "Modality",
+            "BodyPartExamined",
+            "ViewPosition",
+            "Manufacturer",
+            "SeriesDescription",
+        ):
+            _text(ds, keyword)
+        for keyword in _PATIENT_IDENTIFIERS:
+            _raw_text(ds, keyword)
+    # Decoding untrusted bytes: pydicom raises many exception types (struct.error,
+    # ValueError, EOFError, KeyError, NotImplementedError, ...) for corrupt input.
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("cannot decode a data set: %s", type(exc).__name__)
+        raise _Refusal(StoreStatus.CANNOT_DECODE, "the data set cannot be decoded") from exc
+    return ds
+
+
+def _store(event: Event, spool: Spool, db: Database) -> Dataset:
+    request = event.request
+    sop_class = str(request.AffectedSOPClassUID)
+    calling_ae = str(event.assoc.requestor.ae_title).strip()
+    if sop_class not in STORAGE_SOP_CLASSES:
+        # pynetdicom already rejects the presentation context; this guards the handler
+        # if the contexts and the list above ever disagree.
+        return _status(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "SOP class not stored here")
+
+    data = event.encoded_dataset(include_meta=True)
+    if not spool.has_room(len(data)):
+        logger.error("refusing an instance from %s: the spool disk is full", calling_ae)
+        return _status(StoreStatus.OUT_OF_RESOURCES, "disk full")
+
+    ds = _decode(event)
+    _check_identity(ds, request)
+    sop_uid = str(ds.SOPInstanceUID)
+    study_uid = str(ds.StudyInstanceUID)
+    series_uid = str(ds.SeriesInstanceUID)
+    if is_own_sr(ds):
+        logger.info(
+            "ignoring our own SR %s of study %s from %s",
+            uid_digest(sop_uid),
+            uid_digest(study_uid),
+            calling_ae,
+        )
+        return _status(StoreStatus.SUCCESS)
+    try:
+        duplicate = db.has_instance(sop_uid)
+    except SQLAlchemyError as exc:
+        logger.error("cannot read the database: %s", type(exc).__name__)
+        return _status(StoreStatus.PROCESSING_FAILURE, "database unavailable")
+    if duplicate:
+        logger.info(
+            "instance %s of study %s from %s already stored",
+            uid_digest(sop_uid),
+            uid_digest(study_uid),
+            calling_ae,
+        )
+        return _status(StoreStatus.SUCCESS)
+
+    relative = spool.relative_path(study_uid, series_uid, sop_uid)
+    try:
+        spool.write(relative, data)
+    except DiskFullError:
+        logger.error("refusing an instance from %s: the spool disk is full", calling_ae)
+        return _status(StoreStatus.OUT_OF_RESOURCES, "disk full")
+    except SpoolError as exc:
+        logger.error("cannot spool instance %s: %s", uid_digest(sop_uid), exc)
+        return _status(StoreStatus.PROCESSING_FAILURE, "cannot write the instance")
+
+    record = InstanceRecord(
+        sop_instance_uid=sop_uid,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        sop_class_uid=sop_class,
+        modality=_code(ds, "Modality"),
+        body_part=_code(ds, "BodyPartExamined"),
+        view_position=_code(ds, "ViewPosition"),
+        accession_number=_raw_text(ds, "AccessionNumber"),
+        patient_key=patient_key(_raw_text(ds, "PatientID"), _raw_text(ds, "IssuerOfPatientID")),
+        path=relative.as_posix(),
+        size_bytes=len(data),
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        calling_ae=calling_ae,
+        received_at=datetime.now(UTC),
+    )
+    try:
+        is_new = db.record_instance(record)
+    except SQLAlchemyError as exc:
+        logger.error(
+            "cannot record instance %s: %s", uid_digest(sop_uid), type(exc).__name__
+        )
+        _remove_unrecorded(spool, db, relative, sop_uid)
+        return _status(StoreStatus.PROCESSING_FAILURE, "cannot record the instance")
+    if is_new:
+        logger.info(
+            "stored instance %s of study %s from %s (%d bytes)",
+            uid_digest(sop_uid),
+            uid_digest(study_uid),
+            calling_ae,
+            len(data),
+        )
+    return _status(StoreStatus.SUCCESS)
+
+
+def _remove_unrecorded(spool: Spool, db: Database, relative: Path, sop_uid: str) -> None:
+    """Delete a file whose row could not be written, unless a concurrent copy recorded it."""
+    try:
+        recorded = db.has_instance(sop_uid)
+    except SQLAlchemyError:
+        recorded = False
+    if not recorded:
+        spool.remove(relative)
+
+
+def handle_store(event: Event, spool: Spool, db: Database) -> Dataset:
+    """Handle ``EVT_C_STORE``: spool the instance, record it, then answer.
+
+    Parameters
+    ----------
+    event
+        The pynetdicom C-STORE event.
+    spool
+        Where instances are written.
+    db
+        Where instances are recorded.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The response status (a :class:`~dicom_node.dimse.StoreStatus`), with an Error
+        Comment on failures. The handler never raises.
+    """
+    try:
+        return _store(event, spool, db)
+    except _Refusal as refusal:
+        logger.warning(
+            "refused an instance (0x%04X): %s", int(refusal.status), refusal.comment
+        )
+        return _status(refusal.status, refusal.comment)
+    # Last resort, so that no bug turns into pynetdicom's anonymous 0xC211.
+    except Exception:  # noqa: BLE001
+        logger.exception("unexpected error while storing an instance")
+        return _status(StoreStatus.PROCESSING_FAILURE, "internal error")
+
+
+def _log_rejection(event: Event) -> None:
+    logger.warning(
+        "rejected an association from AE %r at %s",
+        str(event.assoc.requestor.ae_title).strip(),
+        event.assoc.requestor.address,
+    )
+
+
+def build_ae(node: NodeSettings, calling_aes: Collection[str] = ()) -> AE:
+    """The application entity of the SCP: contexts, limits, timeouts and the allow-list.
+
+    Parameters
+    ----------
+    node
+        The ``[node]`` settings.
+    calling_aes
+        Calling AE titles allowed to associate; empty = any.
+    """
+    ae = AE(ae_title=node.ae_title)
+    ae.maximum_pdu_size = node.max_pdu
+    ae.acse_timeout = node.acse_timeout
+    ae.dimse_timeout = node.dimse_timeout
+    ae.network_timeout = node.network_timeout
+    ae.maximum_associations = node.max_associations
+    ae.require_called_aet = node.require_called_ae
+    ae.require_calling_aet = sorted(calling_aes)
+    ae.add_supported_context(Verification, list(VERIFICATION_TRANSFER_SYNTAXES))
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+    return ae
+
+
+class StoreSCP:
+    """The node's C-STORE/C-ECHO server, run in a background thread.
+
+    Parameters
+    ----------
+    node
+        The ``[node]`` settings (AE title, address, port, limits).
+    spool
+        Where received instances are written.
+    db
+        Where received instances are recorded.
+    calling_aes
+        Allowed calling AE titles; empty = any (``calling_aes`` keys of the settings).
+    ssl_context
+        Serve over TLS with this context (see :func:`dicom_node.tls.server_context`).
+    """
+
+    def __init__(
+        self,
+        node: NodeSettings,
+        spool: Spool,
+        db: Database,
+        *,
+        calling_aes: Collection[str] = (),
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._node = node
+        self._spool = spool
+        self._db = db
+        self._ssl_context = ssl_context
+        self._ae = build_ae(node, calling_aes)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address and port the server listens on (the real port when 0 was asked)."""
+        if self._server is None:
+            raise RuntimeError("the SCP is not running")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> tuple[str, int]:
+        """Start listening; returns the bound address and port.
+
+        Raises
+        ------
+        ServiceError
+            When the address cannot be bound (port in use, no such address, ...).
+        """
+        if self._server is not None:
+            raise RuntimeError("the SCP is already running")
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, handle_store, [self._spool, self._db]),
+            (evt.EVT_REJECTED, _log_rejection),
+        ]
+        try:
+            self._server = self._ae.start_server(
+                (self._node.bind_address, self._node.port),
+                block=False,
+                ssl_context=self._ssl_context,
+                evt_handlers=handlers,
+            )
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot listen on {self._node.bind_address}:{self._node.port}: {exc}"
+            ) from exc
+        host, port = self.address
+        logger.info(
+            "SCP %s listening on %s:%d%s",
+            self._node.ae_title,
+            host,
+            port,
+            " (TLS)" if self._ssl_context else "",
+        )
+        return host, port
+
+    def stop(self) -> None:
+        """Stop accepting associations, end the open ones and close the socket."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server = None
+        self._ae.shutdown()
+        logger.info("SCP %s stopped", self._node.ae_title)
+
+    def __enter__(self) -> StoreSCP:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+__all__ = [
+    "IMAGE_STORAGE_CLASSES",
+    "OWN_SR_SERIES_DESCRIPTIONS",
+    "SR_STORAGE_CLASSES",
+    "STORAGE_SOP_CLASSES",
+    "TRANSFER_SYNTAXES",
+    "VERIFICATION_TRANSFER_SYNTAXES",
+    "StoreSCP",
+    "build_ae",
+    "handle_store",
+    "is_own_sr",
+]

@@ -1,0 +1,310 @@
+"""The node's database: one engine per process, sessions, and recording received instances.
+
+:class:`Database` wraps a SQLAlchemy engine created once (the SCP's handlers, the assembly loop
+and the status command share it; nothing creates an engine per request). SQLite files run in
+WAL mode with foreign keys on and a busy timeout, so the SCP's association threads can write
+while readers read; PostgreSQL is used through psycopg 3.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import (
+    Engine,
+    Table,
+    case,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from .._privacy import uid_digest
+from ..errors import DatabaseError
+from .models import Base, Instance, Study
+
+logger = logging.getLogger(__name__)
+
+_STUDIES = cast(Table, Study.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+
+#: SQLAlchemy backends the node supports.
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+#: Milliseconds a SQLite connection waits for another writer before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the database keeps of one received instance.
+
+    Parameters
+    ----------
+    sop_instance_uid, study_instance_uid, series_instance_uid, sop_class_uid
+        The instance's identifying UIDs.
+    modality, body_part, view_position
+        Modality (0008,0060), Body Part Examined (0018,0015) and View Position (0018,5101),
+        upper-cased, or ``None`` when absent or empty.
+    accession_number
+        Accession Number (0008,0050), or ``None``.
+    patient_key
+        Pseudonymous patient key (see ``dicom_node._privacy.patient_key``), or ``None``.
+    path
+        File path relative to the spool folder.
+    size_bytes
+        Size of the stored file.
+    transfer_syntax_uid
+        Transfer syntax the instance was received (and stored) in.
+    calling_ae
+        AE title of the peer that sent it.
+    received_at
+        Timezone-aware arrival time.
+    """
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    modality: str | None
+    body_part: str | None
+    view_position: str | None
+    accession_number: str | None
+    patient_key: str | None
+    path: str
+    size_bytes: int
+    transfer_syntax_uid: str
+    calling_ae: str
+    received_at: datetime
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # FULL: a row committed before C-STORE success survives a power cut, like the
+        # fsynced spool file it points at.
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseError(f"database.url is not a valid SQLAlchemy URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
+        raise DatabaseError(
+            f"database.url: backend {backend!r} is not supported "
+            f"(use one of {', '.join(SUPPORTED_BACKENDS)})"
+        )
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        # The node depends on psycopg 3, not on SQLAlchemy's default psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class Database:
+    """The node's database: an engine, a session factory and the instance ledger.
+
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL: ``sqlite:///path/node.db`` (the folder is created), ``sqlite://``
+        (in memory, one shared connection; tests only) or
+        ``postgresql+psycopg://user@host/db`` (plain ``postgresql://`` uses psycopg 3 too).
+    echo
+        Log every SQL statement (debugging).
+
+    Raises
+    ------
+    DatabaseError
+        For a URL that is not SQLite or PostgreSQL, or a SQLite folder that cannot be made.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        parsed = _parse_url(url)
+        self._url = parsed
+        kwargs: dict[str, Any] = {"echo": echo}
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database or ""
+            if database in ("", ":memory:"):
+                kwargs.update(
+                    poolclass=StaticPool, connect_args={"check_same_thread": False}
+                )
+            else:
+                try:
+                    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise DatabaseError(
+                        f"cannot create the folder of the SQLite database {database}: {exc}"
+                    ) from exc
+        else:
+            kwargs.update(pool_pre_ping=True)
+        self._engine: Engine = create_engine(parsed, **kwargs)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (one per :class:`Database`)."""
+        return self._engine
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._url.get_backend_name()
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password masked, for messages and logs."""
+        return self._url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"Database({self.safe_url!r})"
+
+    def create_all(self) -> None:
+        """Create the tables that do not exist yet (existing tables are left as they are).
+
+        Raises
+        ------
+        DatabaseError
+            When the database cannot be reached or written.
+        """
+        try:
+            Base.metadata.create_all(self._engine)
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot create the tables in {self.safe_url}: {exc}") from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: committed on normal exit, rolled back on an error."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def dispose(self) -> None:
+        """Close every pooled connection (at shutdown)."""
+        self._engine.dispose()
+
+    def _insert(self) -> Any:
+        return sqlite.insert if self.backend == "sqlite" else postgresql.insert
+
+    # ------------------------------------------------------------------ instances
+    # These two run once per C-STORE, so they use Core statements on a connection: the ORM
+    # session's bookkeeping would cost more than the statements themselves.
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """Whether an instance with this SOP Instance UID is recorded."""
+        with self._engine.connect() as connection:
+            found = connection.execute(
+                select(_INSTANCES.c.id).where(_INSTANCES.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return found is not None
+
+    def record_instance(self, record: InstanceRecord) -> bool:
+        """Record a received instance and its study, in one transaction.
+
+        Safe against concurrent associations: the study and the instance are inserted with
+        ``ON CONFLICT DO NOTHING``, so two peers sending the same instance at once record it
+        once. The study's ``last_received_at`` and ``instance_count`` change only for a new
+        instance, so re-sent instances neither delay nor re-open a study.
+
+        Parameters
+        ----------
+        record
+            The instance.
+
+        Returns
+        -------
+        bool
+            ``True`` if the instance was new, ``False`` if it was already recorded.
+
+        Raises
+        ------
+        sqlalchemy.exc.SQLAlchemyError
+            When the database cannot be written (the caller turns it into a DIMSE status).
+        """
+        insert = self._insert()
+        find_study = select(_STUDIES.c.id).where(
+            _STUDIES.c.study_instance_uid == record.study_instance_uid
+        )
+        with self._engine.begin() as connection:
+            study_id = connection.execute(find_study).scalar()
+            if study_id is None:
+                connection.execute(
+                    insert(_STUDIES)
+                    .values(
+                        study_instance_uid=record.study_instance_uid,
+                        accession_number=record.accession_number,
+                        patient_key=record.patient_key,
+                        first_received_at=record.received_at,
+                        last_received_at=record.received_at,
+                        instance_count=0,
+                    )
+                    .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+                )
+                study_id = connection.execute(find_study).scalar_one()
+            # RETURNING tells a new row from a conflict on every backend.
+            instance_id = connection.execute(
+                insert(_INSTANCES)
+                .values(
+                    sop_instance_uid=record.sop_instance_uid,
+                    study_id=study_id,
+                    series_instance_uid=record.series_instance_uid,
+                    sop_class_uid=record.sop_class_uid,
+                    modality=record.modality,
+                    body_part=record.body_part,
+                    view_position=record.view_position,
+                    path=record.path,
+                    size_bytes=record.size_bytes,
+                    transfer_syntax_uid=record.transfer_syntax_uid,
+                    calling_ae=record.calling_ae,
+                    received_at=record.received_at,
+                )
+                .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+                .returning(_INSTANCES.c.id)
+            ).scalar_one_or_none()
+            if instance_id is None:
+                logger.info(
+                    "instance %s of study %s already recorded",
+                    uid_digest(record.sop_instance_uid),
+                    uid_digest(record.study_instance_uid),
+                )
+                return False
+            # Counted in this transaction, so assembly sees every committed instance even
+            # when concurrent associations commit out of arrival order.
+            connection.execute(
+                update(_STUDIES)
+                .where(_STUDIES.c.id == study_id)
+                .values(
+                    instance_count=_STUDIES.c.instance_count + 1,
+                    last_received_at=case(
+                        (_STUDIES.c.last_received_at < record.received_at, record.received_at),
+                        else_=_STUDIES.c.last_received_at,
+                    ),
+                    accession_number=func.coalesce(
+                        _STUDIES.c.accession_number, record.accession_number
+                    ),
+                )
+            )
+        return True
+
+
+__all__ = ["SUPPORTED_BACKENDS", "Database", "InstanceRecord"]
