@@ -631,7 +631,10 @@ def render_impression(mentions: Sequence[FindingMention], rng: random.Random) ->
         "No acute cardiopulmonary process.".
     """
     pathologic = [m for m in mentions if m.label != "Support Devices"]
-    devices = [m for m in mentions if m.label == "Support Devices"]
+    # "Support devices as described" reads as a positive mention: only for certain devices.
+    devices = [
+        m for m in mentions if m.label == "Support Devices" and m.certainty == "positive"
+    ]
     if not pathologic:
         normal = _pick(rng, ["No acute cardiopulmonary process.",
                              "No acute cardiopulmonary abnormality.",

@@ -255,9 +255,6 @@ def test_template_reports_are_labelled_exactly() -> None:
         assert label_report(report) == expected, report
 
 
-@pytest.mark.xfail(strict=True, reason="render_impression writes 'Support devices as described'"
-                   " / 'Lines and tubes as above' for an uncertain device, which reads as a "
-                   "positive mention; remove this mark once report_text is fixed")
 def test_template_impression_keeps_uncertain_device_uncertain() -> None:
     report_text = pytest.importorskip("training.report_text")
     mentions = [report_text.FindingMention("Support Devices", "uncertain", location="left PICC"),
