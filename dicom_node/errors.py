@@ -29,3 +29,25 @@ class DiskFullError(SpoolError):
 
 class ServiceError(NodeError):
     """A network service of the node cannot start (port in use, bad TLS files, ...)."""
+
+
+class WorklistError(NodeError):
+    """The RIS worklist could not be queried; the message names no patient."""
+
+
+class RisUnavailableError(WorklistError):
+    """The RIS cannot be reached: connection refused or timed out, association rejected or
+    aborted, or no response in time. Worth trying again later."""
+
+
+class WorklistQueryError(WorklistError):
+    """The RIS answered the C-FIND with a failure status (``status`` holds the code), or does
+    not offer the Modality Worklist service (``status`` is ``None``)."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OutboxError(NodeError):
+    """An SR cannot be put into the outbox (no such study, file not writable, ...)."""

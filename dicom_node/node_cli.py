@@ -27,6 +27,9 @@ from .settings import Settings, load_settings
 LISTENING_PREFIX = "dicom_node listening on"
 #: Log line format of the node's commands.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Level of pynetdicom's loggers: its INFO and DEBUG messages show full UIDs, and C-FIND
+#: identifiers (patient names and IDs) unless those are turned off.
+PYNETDICOM_LOG_LEVEL = logging.WARNING
 
 
 def _node_settings(config: Path | None, **overrides: object) -> Settings:
@@ -36,6 +39,7 @@ def _node_settings(config: Path | None, **overrides: object) -> Settings:
     except NodeError as exc:
         raise _fail(str(exc)) from exc
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    logging.getLogger("pynetdicom").setLevel(PYNETDICOM_LOG_LEVEL)
     return settings
 
 
@@ -104,6 +108,7 @@ def status(
     settings = _node_settings(config)
     from sqlalchemy.exc import SQLAlchemyError
 
+    from .delivery import delivery_state
     from .status import collect_status
     from .store import Database
 
@@ -111,9 +116,9 @@ def status(
         db = Database(settings.database_url)
         db.create_all()
         try:
-            report = collect_status(
-                db, settings.node.stable_seconds, datetime.now(UTC), limit=limit
-            )
+            now = datetime.now(UTC)
+            report = collect_status(db, settings.node.stable_seconds, now, limit=limit)
+            delivery = delivery_state(db, now)
         finally:
             db.dispose()
     except NodeError as exc:
@@ -121,7 +126,9 @@ def status(
     except SQLAlchemyError as exc:
         raise _fail(f"cannot read the database: {type(exc).__name__}: {exc}") from exc
     if as_json:
-        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+        data = report.to_json()
+        data["delivery"] = delivery.to_json()
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     counts = report.counts
     console.print(
@@ -173,3 +180,12 @@ def status(
             item.last_error or "",
         )
     console.print(outbox)
+    if delivery.oldest_undelivered_at is not None:
+        next_at = delivery.next_attempt_at
+        console.print(
+            f"delivery: {delivery.due} due now; next attempt "
+            f"{next_at.isoformat(timespec='seconds') if next_at else '-'}; oldest undelivered "
+            f"SR queued {delivery.oldest_undelivered_at.isoformat(timespec='seconds')}, "
+            f"up to {delivery.max_attempts} attempt(s)",
+            highlight=False,
+        )

@@ -231,6 +231,53 @@ class RisSettings(BaseModel):
         default=1, ge=0, description="Query procedure steps scheduled this many days back."
     )
     tls: bool = Field(default=False, description="Query over TLS (the [tls] files are used).")
+    timeout_s: Seconds = Field(
+        default=30.0,
+        description="Seconds to wait for the connection, the association and each C-FIND "
+        "response.",
+    )
+    retention_days: int = Field(
+        default=7,
+        ge=1,
+        description="Worklist entries not returned by the RIS for this many days are deleted.",
+    )
+
+
+class DeliverySettings(BaseModel):
+    """Sending SRs from the outbox to the PACS destinations (C-STORE SCU)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retry_base_s: Seconds = Field(
+        default=5.0,
+        description="Wait before the first retry of a failed send; doubled on each further "
+        "failure.",
+    )
+    retry_max_s: Seconds = Field(
+        default=600.0, description="Longest wait between two attempts to send an SR."
+    )
+    timeout_s: Seconds = Field(
+        default=30.0,
+        description="Seconds to wait for the connection, the association and each C-STORE "
+        "response.",
+    )
+    claim_timeout_s: Seconds = Field(
+        default=600.0,
+        description="An SR marked 'sending' for longer than this (its sender died) is "
+        "pending again.",
+    )
+    batch_size: int = Field(
+        default=100, ge=1, description="Most outbox entries sent in one delivery pass."
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> DeliverySettings:
+        if self.retry_max_s < self.retry_base_s:
+            raise ValueError(
+                "delivery.retry_max_s must be at least delivery.retry_base_s "
+                f"({self.retry_max_s} < {self.retry_base_s})"
+            )
+        return self
 
 
 class StorageSettings(BaseModel):
@@ -380,6 +427,7 @@ class Settings(BaseSettings):
         default_factory=dict, description="PACS destinations of the SRs, by name."
     )
     ris: RisSettings | None = Field(default=None, description="The RIS worklist (optional).")
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
@@ -541,6 +589,7 @@ __all__ = [
     "BrokerSettings",
     "CallingAESettings",
     "DatabaseSettings",
+    "DeliverySettings",
     "InferenceSettings",
     "NodeSettings",
     "PacsDestination",

@@ -55,12 +55,14 @@ DEMO_RUN: dict[str, Any] = {
                     "model_type": "resnet",
                     "num_channels": 1,
                     "embedding_size": 32,
-                    "hidden_sizes": [32, 64, 128, 256],
-                    "depths": [1, 1, 2, 1],
+                    # three stages: 14 x 14 patch features at 224 px, fine enough for a
+                    # nodule or a rib step-off
+                    "hidden_sizes": [32, 64, 160],
+                    "depths": [1, 2, 2],
                     "layer_type": "basic",
                 }
             },
-            "classifier": {"dropout": 0.1},
+            "classifier": {"dropout": 0.1, "pooling": "meanmax"},
             "aligner": {
                 "kind": "qformer",
                 "num_query_tokens": 32,
@@ -88,7 +90,7 @@ DEMO_RUN: dict[str, Any] = {
     "stages": {
         "classifier": {
             "batch_size": 32,
-            "epochs": 8,
+            "epochs": 7,
             "learning_rate": 2e-3,
             "warmup_steps": 20,
             "eval_every": 60,
@@ -103,7 +105,7 @@ DEMO_RUN: dict[str, Any] = {
         },
         "report": {
             "batch_size": 8,
-            "max_steps": 90,
+            "max_steps": 45,
             "learning_rate": 1e-3,
             "warmup_steps": 5,
             "lora_r": 16,
@@ -112,7 +114,7 @@ DEMO_RUN: dict[str, Any] = {
         },
         "instruct": {
             "batch_size": 8,
-            "max_steps": 110,
+            "max_steps": 65,
             "learning_rate": 1e-3,
             "warmup_steps": 5,
             "lora_r": 16,
@@ -154,8 +156,8 @@ def build_demo(
     resume: bool = False,
     device: str = "auto",
     precision: Literal["auto", "fp32", "int8"] = "auto",
-    eval_limit: int | None = None,
-    corrections: int = 60,
+    eval_limit: int | None = 120,
+    corrections: int = 48,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build, train, package and evaluate the demo model; returns timings and metrics.

@@ -1,16 +1,27 @@
 """Persistence of the node: the database engine and the ORM models.
 
 :class:`Database` owns the one SQLAlchemy engine of a process; the models describe the tables
-``studies``, ``instances``, ``jobs`` and ``outbox``.
+``studies``, ``instances``, ``jobs``, ``outbox`` and ``worklist_entries``.
 """
 
 from .database import SUPPORTED_BACKENDS, Database, InstanceRecord
-from .models import Base, Instance, Job, JobState, OutboxItem, OutboxState, Study
+from .models import (
+    Base,
+    IndicationSource,
+    Instance,
+    Job,
+    JobState,
+    OutboxItem,
+    OutboxState,
+    Study,
+    WorklistEntry,
+)
 
 __all__ = [
     "SUPPORTED_BACKENDS",
     "Base",
     "Database",
+    "IndicationSource",
     "Instance",
     "InstanceRecord",
     "Job",
@@ -18,4 +29,5 @@ __all__ = [
     "OutboxItem",
     "OutboxState",
     "Study",
+    "WorklistEntry",
 ]

@@ -1,4 +1,4 @@
-"""ORM models of the node's database: studies, instances, jobs and the SR outbox.
+"""ORM models of the node's database: studies, instances, jobs, the SR outbox, the worklist.
 
 The tables hold what the node must not lose across a restart: which instances are in the
 spool, which studies have been assembled into report jobs, and which SRs still wait for
@@ -39,6 +39,17 @@ class JobState(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+class IndicationSource(enum.StrEnum):
+    """The worklist attribute a clinical indication was taken from."""
+
+    #: Reason for the Requested Procedure (0040,1002).
+    REASON_FOR_REQUESTED_PROCEDURE = "reason"
+    #: Requested Procedure Description (0032,1060).
+    REQUESTED_PROCEDURE_DESCRIPTION = "procedure"
+    #: Admitting Diagnoses Description (0008,1080).
+    ADMITTING_DIAGNOSES_DESCRIPTION = "admitting"
 
 
 class OutboxState(enum.StrEnum):
@@ -171,8 +182,43 @@ class OutboxItem(Base):
     )
 
 
+class WorklistEntry(Base):
+    """An order of the RIS modality worklist, as last returned by a C-FIND.
+
+    Entries are kept after the RIS drops them (a procedure step usually leaves the worklist
+    once the images are taken, before they reach the node) until ``ris.retention_days``
+    after they were last returned. Patient names and IDs are not stored, only the
+    pseudonymous patient key.
+    """
+
+    __tablename__ = "worklist_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: SHA-256 of accession number and Study Instance UID: one row per order.
+    entry_key: Mapped[str] = mapped_column(String(64), unique=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), index=True)
+    #: SHA-256 of Issuer of Patient ID and Patient ID; never the ID itself.
+    patient_key: Mapped[str | None] = mapped_column(String(64))
+    requested_procedure_id: Mapped[str | None] = mapped_column(String(64))
+    requested_procedure_description: Mapped[str | None] = mapped_column(Text)
+    #: The clinical indication (see :mod:`dicom_node.worklist` for the rule).
+    indication: Mapped[str | None] = mapped_column(Text)
+    indication_source: Mapped[IndicationSource | None] = mapped_column(
+        _state_column(IndicationSource)
+    )
+    #: Modality of the (first) scheduled procedure step.
+    modality: Mapped[str | None] = mapped_column(String(16))
+    #: Scheduled Procedure Step Start Date (YYYYMMDD) of the (first) step.
+    scheduled_date: Mapped[str | None] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: When the RIS last returned the entry.
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 __all__ = [
     "UID_LENGTH",
+    "IndicationSource",
     "Base",
     "Instance",
     "Job",
@@ -180,4 +226,5 @@ __all__ = [
     "OutboxItem",
     "OutboxState",
     "Study",
+    "WorklistEntry",
 ]

@@ -7,11 +7,14 @@
 * ``database``: an empty node database on SQLite and, in a second run, on the local
   PostgreSQL, in a throwaway database created for the test session and dropped after it.
 * ``scu_store``: sends a data set or file with pynetdicom's SCU and returns the status.
+* ``loopback_preload``: environment of DCMTK servers (which listen on 0.0.0.0) that keeps
+  them on 127.0.0.1: ``LD_PRELOAD`` of a bind() shim built from ``bind_loopback.c``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,12 +40,20 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 # --------------------------------------------------------------------------- DCMTK
+def _is_script(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == b"#!"
+
+
 def _find_dcmtk(name: str) -> str | None:
     folders = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]
-    for folder in folders:
-        candidate = Path(folder) / name
-        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
-            continue
+    candidates = [
+        Path(folder) / name
+        for folder in folders
+        if (Path(folder) / name).is_file() and os.access(Path(folder) / name, os.X_OK)
+    ]
+    # Binaries first: probing a pynetdicom or pyenv script starts a Python (about 1 s each).
+    for candidate in sorted(candidates, key=_is_script):
         probe = subprocess.run(
             [str(candidate), "--version"], capture_output=True, text=True, timeout=10
         )
@@ -53,9 +64,10 @@ def _find_dcmtk(name: str) -> str | None:
 
 @pytest.fixture(scope="session")
 def dcmtk() -> dict[str, str]:
-    """Paths of DCMTK's echoscu and storescu (fails, naming the package, when missing)."""
+    """Paths of DCMTK's echoscu, storescu, storescp, wlmscpfs and dump2dcm (fails, naming the
+    package, when missing)."""
     tools = {}
-    for name in ("echoscu", "storescu"):
+    for name in ("echoscu", "storescu", "storescp", "wlmscpfs", "dump2dcm"):
         path = _find_dcmtk(name)
         if path is None:
             pytest.fail(
@@ -69,6 +81,34 @@ def dcmtk() -> dict[str, str]:
 def dcmtk_env() -> dict[str, str]:
     """Environment of DCMTK processes: Nagle off (40 ms per message otherwise)."""
     return dict(os.environ, TCP_NODELAY="1")
+
+
+@pytest.fixture(scope="session")
+def loopback_preload(
+    tmp_path_factory: pytest.TempPathFactory, dcmtk_env: dict[str, str]
+) -> dict[str, str]:
+    """Environment of a DCMTK server that must listen on 127.0.0.1 only.
+
+    DCMTK 3.6.7 servers bind 0.0.0.0 and have no option to change it (PEERS.md); the shim
+    ``bind_loopback.c``, compiled here once per session and preloaded, turns a wildcard
+    bind() into a loopback one. Nagle is off as in ``dcmtk_env``.
+    """
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.fail(
+            "a C compiler is needed to build the loopback bind() shim for the DCMTK "
+            "servers; apt-get install gcc",
+            pytrace=False,
+        )
+    library = tmp_path_factory.mktemp("shim") / "bind_loopback.so"
+    source = Path(__file__).with_name("bind_loopback.c")
+    built = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
+        capture_output=True, text=True, timeout=60,
+    )
+    if built.returncode != 0:
+        pytest.fail(f"cannot build the bind() shim: {built.stderr}", pytrace=False)
+    return dict(dcmtk_env, LD_PRELOAD=str(library))
 
 
 # --------------------------------------------------------------------------- test data

@@ -1,0 +1,741 @@
+"""SR delivery: the outbox (a folder and the ``outbox`` table) and C-STORE to the PACS.
+
+1. :func:`enqueue_sr` writes an SR atomically into the outbox folder (temp file, fsync,
+   rename; the spool's writer) as ``<sha256 of the SOP Instance UID>.dcm``, then inserts one
+   ``outbox`` row per PACS destination (state ``pending``, due now). Enqueueing the same SR
+   again adds only destinations it does not have yet.
+2. :func:`deliver_due` claims the due rows (``pending`` with ``next_attempt_at`` passed)
+   by setting them ``sending`` in one statement, so concurrent delivery workers never send a
+   row twice, and sends them by C-STORE: one association per destination, proposing each
+   SR's SOP class with explicit and implicit VR little endian, over TLS when the
+   destination has ``tls = true``. :func:`deliver_items` does the same for given row ids
+   (a Celery task takes identifiers).
+3. Each row ends the attempt as
+
+   * ``sent``: the PACS answered success or a warning (``0000``, ``0001``, ``Bxxx``);
+   * ``pending`` again, ``attempts`` + 1, ``next_attempt_at`` = now + backoff: a transient
+     failure, i.e. connection refused or timed out, association rejected or aborted, no
+     response, or status out of resources (``A7xx``/``A8xx``) or processing failure
+     (``0110``). The wait doubles from ``delivery.retry_base_s`` up to
+     ``delivery.retry_max_s``; transient failures are retried until the SR is delivered;
+   * ``failed``: a permanent failure, i.e. the PACS refused the data (``A9xx``, ``Cxxx``),
+     the SOP class (``0122``, or no accepted presentation context) or the sender
+     (``0124``); or the destination is no longer configured, or the file is gone. These are
+     not retried; ``last_error`` says why.
+
+   Errors record status codes, AE titles and addresses only, never patient data, and not the
+   peer's Error Comment (free text).
+4. The SR file stays in the outbox until every row of it is ``sent``; then it is deleted
+   (the PACS holds the SR from then on). A row marked ``sending`` by a worker that died is
+   ``pending`` again after ``delivery.claim_timeout_s``.
+
+:func:`delivery_state` summarises the outbox for ``dicom_node status``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ._privacy import uid_digest
+from .dimse import StatusCategory, StoreResponseStatus, classify_store_status
+from .errors import NodeError, OutboxError, SpoolError
+from .settings import DeliverySettings, PacsDestination, Settings
+from .spool import PATH_DIGEST_CHARS, Spool
+from .store import Database, OutboxItem, OutboxState, Study
+from .tls import client_context
+
+logger = logging.getLogger(__name__)
+
+#: Transfer syntaxes proposed for each SR SOP class.
+DELIVERY_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: Suffix of outbox files.
+OUTBOX_SUFFIX = ".dcm"
+
+
+class DeliveryOutcome(StrEnum):
+    """How one delivery attempt of one outbox row ended."""
+
+    #: The PACS stored the SR.
+    SENT = "sent"
+    #: A transient failure: the row is pending again, due at ``next_attempt_at``.
+    RETRY = "retry"
+    #: A permanent failure: the row is failed and not retried.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The outcome of one attempt to send one outbox row."""
+
+    outbox_id: int
+    destination: str
+    outcome: DeliveryOutcome
+    attempts: int
+    error: str | None
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What one :func:`deliver_due` / :func:`deliver_items` pass did."""
+
+    results: tuple[DeliveryResult, ...] = ()
+
+    def count(self, outcome: DeliveryOutcome) -> int:
+        """How many rows ended the pass with `outcome`."""
+        return sum(1 for result in self.results if result.outcome is outcome)
+
+    @property
+    def next_attempt_at(self) -> datetime | None:
+        """The earliest retry scheduled by this pass (a Celery task's countdown)."""
+        times = [r.next_attempt_at for r in self.results if r.next_attempt_at is not None]
+        return min(times) if times else None
+
+
+@dataclass
+class DeliveryState:
+    """Summary of the outbox for ``dicom_node status``."""
+
+    #: Rows per state (every :class:`OutboxState`).
+    counts: dict[str, int] = field(default_factory=dict)
+    #: Pending rows whose next attempt is due.
+    due: int = 0
+    #: The earliest scheduled attempt of a pending row.
+    next_attempt_at: datetime | None = None
+    #: When the oldest undelivered (pending or sending) row was queued.
+    oldest_undelivered_at: datetime | None = None
+    #: The highest attempt count of an undelivered row.
+    max_attempts: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (timestamps as ISO 8601)."""
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = value.isoformat()
+        return data
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    destination: str
+    sr_path: str
+    sr_uid: str
+    attempts: int
+
+
+@dataclass
+class _Attempt:
+    outcome: DeliveryOutcome
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+def outbox_path(sop_instance_uid: str) -> Path:
+    """File name of an SR in the outbox: the SHA-256 of its SOP Instance UID (no UID shown)."""
+    digest = hashlib.sha256(sop_instance_uid.encode("ascii", "replace")).hexdigest()
+    return Path(digest[:PATH_DIGEST_CHARS] + OUTBOX_SUFFIX)
+
+
+def retry_delay(attempts: int, delivery: DeliverySettings) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt: base * 2**(attempts-1), capped.
+
+    Parameters
+    ----------
+    attempts
+        Failed attempts so far (at least 1).
+    delivery
+        The ``[delivery]`` settings (``retry_base_s``, ``retry_max_s``).
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    # Capped before the power, so a long outage cannot overflow the float.
+    exponent = min(attempts - 1, 62)
+    return float(min(delivery.retry_max_s, delivery.retry_base_s * 2.0**exponent))
+
+
+def _insert(db: Database) -> Any:
+    return sqlite.insert if db.backend == "sqlite" else postgresql.insert
+
+
+def _encode(dataset: Dataset) -> bytes:
+    """The dataset as a DICOM file (preamble, file meta, data set)."""
+    meta = FileMetaDataset()
+    existing = getattr(dataset, "file_meta", None)
+    if existing is not None:
+        meta.update(existing)
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    buffer = BytesIO()
+    original = getattr(dataset, "file_meta", None)
+    dataset.file_meta = meta
+    try:
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    finally:
+        if original is None:
+            del dataset.file_meta
+        else:
+            dataset.file_meta = original
+    return buffer.getvalue()
+
+
+def _required_uid(dataset: Dataset, keyword: str) -> str:
+    value = str(dataset.get(keyword, "") or "").strip()
+    if not value:
+        raise ValueError(f"the dataset has no {keyword}")
+    return value
+
+
+# --------------------------------------------------------------------------- enqueue
+def enqueue_sr(
+    db: Database,
+    outbox_dir: Path,
+    dataset: Dataset,
+    destinations: Sequence[str],
+    *,
+    job_id: int | None = None,
+    now: datetime | None = None,
+) -> list[int]:
+    """Put an SR into the outbox for delivery to PACS destinations.
+
+    The file is written atomically before the rows are inserted, so a row never points to a
+    missing or half-written file.
+
+    Parameters
+    ----------
+    db
+        The node's database; the SR's study must be recorded there.
+    outbox_dir
+        The outbox folder (``settings.storage.outbox_dir``); created when missing.
+    dataset
+        The SR (e.g. a :class:`highdicom.sr.ComprehensiveSR`); any storage SOP instance with
+        SOP Class, SOP Instance and Study Instance UIDs works.
+    destinations
+        Names of ``[pacs]`` destinations (``Settings.destinations_for(calling_ae)``).
+    job_id
+        The report job that produced the SR, if any.
+    now
+        The current time (timezone-aware); defaults to now.
+
+    Returns
+    -------
+    list of int
+        The ``outbox`` row ids of the SR, one per destination (existing rows included).
+        Empty, and nothing written, when `destinations` is empty.
+
+    Raises
+    ------
+    ValueError
+        When the dataset lacks one of the UIDs.
+    OutboxError
+        When the study is not recorded or the file cannot be written.
+    sqlalchemy.exc.SQLAlchemyError
+        When the database cannot be written (the file then stays for a retry).
+    """
+    sr_uid = _required_uid(dataset, "SOPInstanceUID")
+    _required_uid(dataset, "SOPClassUID")
+    study_uid = _required_uid(dataset, "StudyInstanceUID")
+    now = now or datetime.now(UTC)
+    wanted = list(dict.fromkeys(name.strip() for name in destinations if name.strip()))
+    if not wanted:
+        logger.warning("SR %s has no PACS destination; not queued", uid_digest(sr_uid))
+        return []
+    with db.session() as session:
+        study_id = session.scalar(
+            select(Study.id).where(Study.study_instance_uid == study_uid)
+        )
+        existing = set(
+            session.scalars(
+                select(OutboxItem.destination).where(OutboxItem.sr_sop_instance_uid == sr_uid)
+            )
+        )
+    if study_id is None:
+        raise OutboxError(f"the study {uid_digest(study_uid)} of the SR is not recorded")
+    new = [name for name in wanted if name not in existing]
+    relative = outbox_path(sr_uid)
+    if new:
+        try:
+            Spool(outbox_dir).write(relative, _encode(dataset))
+        except SpoolError as exc:
+            raise OutboxError(f"cannot write the SR to the outbox: {exc}") from exc
+        insert = _insert(db)
+        with db.session() as session:
+            for name in new:
+                session.execute(
+                    insert(OutboxItem)
+                    .values(
+                        job_id=job_id,
+                        study_id=study_id,
+                        sr_sop_instance_uid=sr_uid,
+                        sr_path=relative.as_posix(),
+                        destination=name,
+                        state=OutboxState.PENDING,
+                        attempts=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=["sr_sop_instance_uid", "destination"]
+                    )
+                )
+        logger.info(
+            "SR %s of study %s queued for %s",
+            uid_digest(sr_uid),
+            uid_digest(study_uid),
+            ", ".join(new),
+        )
+    with db.session() as session:
+        rows = session.execute(
+            select(OutboxItem.id, OutboxItem.destination).where(
+                OutboxItem.sr_sop_instance_uid == sr_uid, OutboxItem.destination.in_(wanted)
+            )
+        ).all()
+    ids = {destination: row_id for row_id, destination in rows}
+    return [ids[name] for name in wanted if name in ids]
+
+
+# --------------------------------------------------------------------------- claiming
+def _claim(
+    settings: Settings, db: Database, now: datetime, ids: Iterable[int] | None
+) -> list[_Claimed]:
+    """Recover stale claims, then mark due pending rows ``sending`` and return them."""
+    delivery = settings.delivery
+    stale = now - timedelta(seconds=delivery.claim_timeout_s)
+    with db.session() as session:
+        recovered = session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.state == OutboxState.SENDING, OutboxItem.updated_at < stale)
+            .values(state=OutboxState.PENDING, updated_at=now)
+        )
+        count = int(getattr(recovered, "rowcount", 0) or 0)
+        if count:
+            logger.warning("%d outbox entr(ies) left 'sending' by a stopped sender", count)
+        due = and_(
+            OutboxItem.state == OutboxState.PENDING,
+            or_(OutboxItem.next_attempt_at.is_(None), OutboxItem.next_attempt_at <= now),
+        )
+        candidates = select(OutboxItem.id).where(due)
+        if ids is not None:
+            candidates = candidates.where(OutboxItem.id.in_(list(ids)))
+        chosen = list(
+            session.scalars(
+                candidates.order_by(OutboxItem.next_attempt_at, OutboxItem.id).limit(
+                    delivery.batch_size
+                )
+            )
+        )
+        if not chosen:
+            return []
+        # One UPDATE with the state in its WHERE: a row another sender claimed meanwhile
+        # is not returned here.
+        claimed = session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id.in_(chosen), due)
+            .values(state=OutboxState.SENDING, updated_at=now)
+            .returning(
+                OutboxItem.id,
+                OutboxItem.destination,
+                OutboxItem.sr_path,
+                OutboxItem.sr_sop_instance_uid,
+                OutboxItem.attempts,
+            )
+        ).all()
+    return sorted(
+        (_Claimed(row[0], row[1], row[2], row[3], row[4]) for row in claimed),
+        key=lambda item: item.id,
+    )
+
+
+# --------------------------------------------------------------------------- sending
+def _status_text(code: int) -> str:
+    try:
+        name = StoreResponseStatus(code).name.lower().replace("_", " ")
+    except ValueError:
+        name = classify_store_status(code).value + " failure"
+    return f"status 0x{code:04X} ({name})"
+
+
+def _load(outbox_dir: Path, claimed: _Claimed) -> Dataset | _Attempt:
+    path = outbox_dir / claimed.sr_path
+    try:
+        return pydicom.dcmread(path)
+    except FileNotFoundError:
+        return _Attempt(DeliveryOutcome.FAILED, "the SR file is missing from the outbox")
+    # An unreadable file will not become readable: a permanent failure.
+    except Exception as exc:  # noqa: BLE001
+        return _Attempt(
+            DeliveryOutcome.FAILED, f"the SR file cannot be read ({type(exc).__name__})"
+        )
+
+
+def _associate(
+    settings: Settings, name: str, dest: PacsDestination, sop_classes: Iterable[str],
+    tls: ssl.SSLContext | None,
+) -> Association | _Attempt:
+    timeout = settings.delivery.timeout_s
+    ae = AE(ae_title=settings.node.ae_title)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    for sop_class in sorted(set(sop_classes)):
+        ae.add_requested_context(sop_class, list(DELIVERY_TRANSFER_SYNTAXES))
+    tls_args = (tls, dest.host) if tls is not None else None
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
+    where = f"PACS {name} ({dest.ae_title} at {dest.host}:{dest.port})"
+    if assoc.is_rejected:
+        return _Attempt(DeliveryOutcome.RETRY, f"{where} rejected the association")
+    if not assoc.is_established:
+        return _Attempt(
+            DeliveryOutcome.RETRY,
+            f"{where} cannot be reached (connection refused or timed out, or aborted)",
+        )
+    return assoc
+
+
+def _send_one(assoc: Association, dataset: Dataset, name: str, timeout: float) -> _Attempt:
+    sop_class = str(dataset.SOPClassUID)
+    if not any(context.abstract_syntax == sop_class for context in assoc.accepted_contexts):
+        return _Attempt(
+            DeliveryOutcome.FAILED, f"PACS {name} does not accept the SOP class {sop_class}"
+        )
+    try:
+        status = assoc.send_c_store(dataset)
+    except (ValueError, AttributeError) as exc:
+        # pynetdicom refuses to encode or send the data set: it will not get better.
+        return _Attempt(
+            DeliveryOutcome.FAILED, f"the SR cannot be sent ({type(exc).__name__})"
+        )
+    except (OSError, RuntimeError) as exc:
+        return _Attempt(DeliveryOutcome.RETRY, f"sending failed ({type(exc).__name__})")
+    if "Status" not in status:
+        return _Attempt(
+            DeliveryOutcome.RETRY,
+            f"PACS {name} did not answer within {timeout:g} s (or aborted the association)",
+        )
+    code = int(status.Status)
+    category = classify_store_status(code)
+    if category is StatusCategory.SUCCESS:
+        if code != StoreResponseStatus.SUCCESS:
+            logger.info("PACS %s stored an SR with warning %s", name, _status_text(code))
+        return _Attempt(DeliveryOutcome.SENT)
+    outcome = (
+        DeliveryOutcome.RETRY if category is StatusCategory.TRANSIENT else DeliveryOutcome.FAILED
+    )
+    return _Attempt(outcome, f"PACS {name} answered {_status_text(code)}")
+
+
+def _send_to(
+    settings: Settings,
+    name: str,
+    items: list[_Claimed],
+    tls_cache: dict[str, ssl.SSLContext],
+) -> dict[int, _Attempt]:
+    """Send the claimed rows of one destination over one association."""
+    attempts: dict[int, _Attempt] = {}
+    dest = settings.pacs.get(name)
+    if dest is None:
+        return {
+            item.id: _Attempt(DeliveryOutcome.FAILED, f"unknown PACS destination {name!r}")
+            for item in items
+        }
+    outbox_dir = settings.storage.outbox_dir
+    loaded: list[tuple[_Claimed, Dataset]] = []
+    for item in items:
+        result = _load(outbox_dir, item)
+        if isinstance(result, _Attempt):
+            attempts[item.id] = result
+        else:
+            loaded.append((item, result))
+    if not loaded:
+        return attempts
+    tls = None
+    if dest.tls:
+        try:
+            tls = tls_cache.get("client") or client_context(settings.tls)
+            tls_cache["client"] = tls
+        except NodeError as exc:
+            for item, _ in loaded:
+                attempts[item.id] = _Attempt(DeliveryOutcome.RETRY, f"TLS: {exc}")
+            return attempts
+    connected = _associate(settings, name, dest, (str(ds.SOPClassUID) for _, ds in loaded), tls)
+    if isinstance(connected, _Attempt):
+        for item, _ in loaded:
+            attempts[item.id] = connected
+        return attempts
+    assoc = connected
+    try:
+        for item, dataset in loaded:
+            if not assoc.is_established:
+                attempts[item.id] = _Attempt(
+                    DeliveryOutcome.RETRY, f"PACS {name} ended the association"
+                )
+                continue
+            attempts[item.id] = _send_one(assoc, dataset, name, settings.delivery.timeout_s)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return attempts
+
+
+def _record(
+    settings: Settings,
+    db: Database,
+    claimed: list[_Claimed],
+    attempts: dict[int, _Attempt],
+    now: datetime,
+) -> list[DeliveryResult]:
+    results = []
+    with db.session() as session:
+        for item in claimed:
+            attempt = attempts[item.id]
+            count = item.attempts + 1
+            values: dict[str, Any] = {"attempts": count, "updated_at": now}
+            next_at = None
+            if attempt.outcome is DeliveryOutcome.SENT:
+                values.update(
+                    state=OutboxState.SENT, sent_at=now, next_attempt_at=None, last_error=None
+                )
+            elif attempt.outcome is DeliveryOutcome.RETRY:
+                next_at = now + timedelta(seconds=retry_delay(count, settings.delivery))
+                values.update(
+                    state=OutboxState.PENDING, next_attempt_at=next_at, last_error=attempt.error
+                )
+            else:
+                values.update(
+                    state=OutboxState.FAILED, next_attempt_at=None, last_error=attempt.error
+                )
+            session.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id == item.id, OutboxItem.state == OutboxState.SENDING)
+                .values(**values)
+            )
+            results.append(
+                DeliveryResult(
+                    outbox_id=item.id,
+                    destination=item.destination,
+                    outcome=attempt.outcome,
+                    attempts=count,
+                    error=attempt.error,
+                    next_attempt_at=next_at,
+                )
+            )
+            _log_result(item, attempt, count, next_at, now)
+    return results
+
+
+def _log_result(
+    item: _Claimed, attempt: _Attempt, count: int, next_at: datetime | None, now: datetime
+) -> None:
+    sr = uid_digest(item.sr_uid)
+    if attempt.outcome is DeliveryOutcome.SENT:
+        logger.info("SR %s delivered to %s (attempt %d)", sr, item.destination, count)
+    elif attempt.outcome is DeliveryOutcome.RETRY and next_at is not None:
+        logger.warning(
+            "SR %s not delivered to %s (attempt %d): %s; next attempt in %.0f s",
+            sr,
+            item.destination,
+            count,
+            attempt.error,
+            (next_at - now).total_seconds(),
+        )
+    else:
+        logger.error(
+            "SR %s cannot be delivered to %s: %s; not retried",
+            sr,
+            item.destination,
+            attempt.error,
+        )
+
+
+def _remove_delivered_files(
+    settings: Settings, db: Database, claimed: list[_Claimed]
+) -> None:
+    """Delete the files whose every outbox row is sent."""
+    paths = sorted({item.sr_path for item in claimed})
+    with db.session() as session:
+        undelivered = set(
+            session.scalars(
+                select(OutboxItem.sr_path).where(
+                    OutboxItem.sr_path.in_(paths), OutboxItem.state != OutboxState.SENT
+                )
+            )
+        )
+    outbox = Spool(settings.storage.outbox_dir)
+    for path in paths:
+        if path not in undelivered:
+            outbox.remove(Path(path))
+
+
+def deliver_items(
+    settings: Settings,
+    db: Database,
+    outbox_ids: Iterable[int] | None = None,
+    now: datetime | None = None,
+) -> DeliveryReport:
+    """Send the due outbox rows among `outbox_ids` (every due row when ``None``).
+
+    Rows that are not pending, or whose next attempt is not due yet, are left alone (and
+    not in the report). Each row is claimed before sending, so several workers may run
+    this at once.
+
+    Parameters
+    ----------
+    settings
+        The node's settings (``[pacs]``, ``[delivery]``, ``storage.outbox``, ``[tls]``).
+    db
+        The node's database.
+    outbox_ids
+        Row ids to consider (a Celery task's argument); ``None`` = all due rows, at most
+        ``delivery.batch_size``.
+    now
+        The current time (timezone-aware); defaults to now. Decides what is due and when
+        the next attempts are scheduled.
+
+    Returns
+    -------
+    DeliveryReport
+        One result per row attempted.
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        Only when the database cannot be read or written; network and PACS failures are
+        recorded on the rows instead.
+    OutboxError
+        When the outbox folder cannot be created.
+    """
+    now = now or datetime.now(UTC)
+    claimed = _claim(settings, db, now, outbox_ids)
+    if not claimed:
+        return DeliveryReport()
+    by_destination: dict[str, list[_Claimed]] = defaultdict(list)
+    for item in claimed:
+        by_destination[item.destination].append(item)
+    attempts: dict[int, _Attempt] = {}
+    tls_cache: dict[str, ssl.SSLContext] = {}
+    try:
+        for name, items in sorted(by_destination.items()):
+            try:
+                attempts.update(_send_to(settings, name, items, tls_cache))
+            # A bug here must not leave the rows 'sending' until the claim timeout.
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("unexpected error while delivering to %s", name)
+                for item in items:
+                    attempts[item.id] = _Attempt(
+                        DeliveryOutcome.RETRY, f"internal error ({type(exc).__name__})"
+                    )
+    finally:
+        for item in claimed:
+            attempts.setdefault(
+                item.id, _Attempt(DeliveryOutcome.RETRY, "delivery was interrupted")
+            )
+        results = _record(settings, db, claimed, attempts, now)
+    try:
+        _remove_delivered_files(settings, db, claimed)
+    except SpoolError as exc:
+        raise OutboxError(str(exc)) from exc
+    return DeliveryReport(tuple(results))
+
+
+def deliver_due(
+    settings: Settings, db: Database, now: datetime | None = None
+) -> DeliveryReport:
+    """Send every due outbox row (at most ``delivery.batch_size``): one delivery pass.
+
+    See :func:`deliver_items`; a periodic loop or the Celery ``delivery`` queue calls this.
+    """
+    return deliver_items(settings, db, None, now)
+
+
+def delivery_state(db: Database, now: datetime | None = None) -> DeliveryState:
+    """Summarise the outbox: rows per state, due rows, next attempt, oldest undelivered row.
+
+    Parameters
+    ----------
+    db
+        The node's database.
+    now
+        The current time (timezone-aware); defaults to now.
+    """
+    now = now or datetime.now(UTC)
+    undelivered = OutboxItem.state.in_([OutboxState.PENDING, OutboxState.SENDING])
+    with db.session() as session:
+        counts = {
+            state: count
+            for state, count in session.execute(
+                select(OutboxItem.state, func.count()).group_by(OutboxItem.state)
+            )
+        }
+        due = session.scalar(
+            select(func.count())
+            .select_from(OutboxItem)
+            .where(
+                OutboxItem.state == OutboxState.PENDING,
+                or_(OutboxItem.next_attempt_at.is_(None), OutboxItem.next_attempt_at <= now),
+            )
+        )
+        next_at = session.scalar(
+            select(func.min(OutboxItem.next_attempt_at)).where(
+                OutboxItem.state == OutboxState.PENDING
+            )
+        )
+        oldest, most = session.execute(
+            select(func.min(OutboxItem.created_at), func.max(OutboxItem.attempts)).where(
+                undelivered
+            )
+        ).one()
+    return DeliveryState(
+        counts={state.value: int(counts.get(state, 0)) for state in OutboxState},
+        due=int(due or 0),
+        next_attempt_at=_aware(next_at),
+        oldest_undelivered_at=_aware(oldest),
+        max_attempts=int(most or 0),
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # Aggregates (min/max) bypass the column type, so SQLite gives naive UTC (or text).
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+__all__ = [
+    "DELIVERY_TRANSFER_SYNTAXES",
+    "OUTBOX_SUFFIX",
+    "DeliveryOutcome",
+    "DeliveryReport",
+    "DeliveryResult",
+    "DeliveryState",
+    "deliver_due",
+    "deliver_items",
+    "delivery_state",
+    "enqueue_sr",
+    "outbox_path",
+    "retry_delay",
+]
