@@ -6,16 +6,16 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inference import CHEXPERT_LABELS, ModelConfig, PromptBuilder, VisionTower
 
-from .config import TrainingConfig
+from .config import StageConfig, TrainingConfig
 from .data import (
     Split,
     load_dicom_folder,
@@ -26,6 +26,7 @@ from .data import (
 )
 from .errors import DatasetError, TrainingConfigError
 from .images import load_image_cache
+from .loop import StageTrainer
 from .records import StudyRecord
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,33 @@ class RunContext:
     @llm.setter
     def llm(self, model: Any) -> None:
         self._llm = model
+
+    def trainer(
+        self,
+        stage: str,
+        module: torch.nn.Module,
+        config: StageConfig,
+        *,
+        metric: str | None,
+        mode: Literal["max", "min"],
+    ) -> StageTrainer:
+        """The shared training loop for one stage of this run (its folder, device, seed)."""
+        return StageTrainer(
+            stage,
+            module,
+            config,
+            self.stage_dir(stage),
+            self.device,
+            seed=self.config.seed,
+            metric=metric,
+            mode=mode,
+            progress=self.progress,
+        )
+
+    def train_size(self, config: StageConfig) -> int:
+        """Training studies a stage uses: the split, capped by ``max_train_examples``."""
+        n_train = len(self.splits["train"])
+        return min(n_train, config.max_train_examples or n_train)
 
     def targets(self, split: str) -> np.ndarray:
         """Binary classifier targets ``(N, 14)`` of a split (uncertain/absent = 0)."""

@@ -41,7 +41,6 @@ from ..config import AlignmentStage
 from ..context import RunContext
 from ..errors import TrainingConfigError
 from ..lm_loss import answer_loss
-from ..loop import StageTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -331,20 +330,8 @@ def _run_qformer(
             chunks += 1
         return {key: value / max(chunks, 1) for key, value in sums.items()}
 
-    n_train = len(ctx.splits["train"])
-    if config.max_train_examples:
-        n_train = min(n_train, config.max_train_examples)
-    trainer = StageTrainer(
-        "alignment",
-        net,
-        config,
-        ctx.stage_dir("alignment"),
-        ctx.device,
-        seed=ctx.config.seed,
-        metric="loss",
-        mode="min",
-        progress=ctx.progress,
-    )
+    n_train = ctx.train_size(config)
+    trainer = ctx.trainer("alignment", net, config, metric="loss", mode="min")
     outcome = trainer.fit(n_train, loss_fn, evaluate, resume=ctx.resume)
     ctx.tower.requires_grad_(False)
     return {f"val_{k}": v for k, v in outcome.last_metrics.items()}
@@ -384,18 +371,8 @@ def _run_projector(ctx: RunContext, config: AlignmentStage) -> dict[str, float]:
         ]
         return {"loss": float(np.mean(losses))}
 
-    n_train = min(len(ctx.splits["train"]), config.max_train_examples or 10**9)
-    trainer = StageTrainer(
-        "alignment",
-        tower.aligner,
-        config,
-        ctx.stage_dir("alignment"),
-        ctx.device,
-        seed=ctx.config.seed,
-        metric="loss",
-        mode="min",
-        progress=ctx.progress,
-    )
+    n_train = ctx.train_size(config)
+    trainer = ctx.trainer("alignment", tower.aligner, config, metric="loss", mode="min")
     outcome = trainer.fit(n_train, loss_fn, evaluate, resume=ctx.resume)
     tower.requires_grad_(False)
     return {f"val_{k}": v for k, v in outcome.last_metrics.items()}

@@ -18,7 +18,6 @@ from inference import CHEXPERT_LABELS
 
 from ..config import ClassifierStage
 from ..context import RunContext
-from ..loop import StageTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +118,7 @@ def run_classifier_stage(ctx: RunContext) -> dict[str, float]:
     tower.encoder.requires_grad_(config.train_backbone)
     net = _ClassifierNet(tower.encoder, tower.classifier).to(ctx.device)
 
-    n_train = len(ctx.splits["train"])
-    if config.max_train_examples:
-        n_train = min(n_train, config.max_train_examples)
+    n_train = ctx.train_size(config)
     targets = torch.from_numpy(ctx.targets("train")[:n_train]).to(ctx.device)
     weight = (
         torch.from_numpy(pos_weights(ctx.targets("train")[:n_train])).float().to(ctx.device)
@@ -147,17 +144,7 @@ def run_classifier_stage(ctx: RunContext) -> dict[str, float]:
         present = val_targets.sum(axis=0) > 0
         return {"macro_f1": float(f1[present].mean()) if present.any() else 0.0}
 
-    trainer = StageTrainer(
-        "classifier",
-        net,
-        config,
-        ctx.stage_dir("classifier"),
-        ctx.device,
-        seed=ctx.config.seed,
-        metric="macro_f1",
-        mode="max",
-        progress=ctx.progress,
-    )
+    trainer = ctx.trainer("classifier", net, config, metric="macro_f1", mode="max")
     outcome = trainer.fit(n_train, loss_fn, evaluate, resume=ctx.resume)
     probabilities = predict_probabilities(ctx, "val")
     thresholds, f1 = tune_thresholds(probabilities, val_targets)

@@ -27,7 +27,6 @@ from ..config import InstructStage, LoraStage
 from ..context import RunContext
 from ..instruct import InstructConfig, build_instruct_examples
 from ..lm_loss import answer_loss
-from ..loop import StageTrainer
 from .classifier import predict_probabilities
 
 logger = logging.getLogger(__name__)
@@ -204,17 +203,7 @@ def _fit_adapter(
             weights.append(len(chunk))
         return {"loss": float(np.average(losses, weights=weights)) if losses else 0.0}
 
-    trainer = StageTrainer(
-        stage,
-        net,
-        config,
-        ctx.stage_dir(stage),
-        ctx.device,
-        seed=ctx.config.seed,
-        metric="loss" if val else None,
-        mode="min",
-        progress=ctx.progress,
-    )
+    trainer = ctx.trainer(stage, net, config, metric="loss" if val else None, mode="min")
     outcome = trainer.fit(len(train), loss_fn, evaluate if val else None, resume=ctx.resume)
     tower.requires_grad_(False)
     peft_model.requires_grad_(False)
