@@ -124,6 +124,7 @@ def evaluate_bundle(
     """
     model = ChestXrayVLM.from_bundle(bundle, options or RuntimeOptions())
     generated: list[str] = []
+    classifier_labels: list[dict[str, float | None]] = []
     for start in tqdm(
         range(0, len(records), batch_size), desc="drafting reports", disable=not progress
     ):
@@ -132,6 +133,9 @@ def evaluate_bundle(
             [StudyRequest([_pixels(model, r.images[0])], r.indication) for r in chunk]
         )
         generated.extend(d.text for d in drafts)
+        classifier_labels.extend(
+            {f.label: 1.0 if f.positive else 0.0 for f in d.findings} for d in drafts
+        )
     references = [r.report for r in records]
     predicted = [label_report(text) for text in generated]
     reference_labels = [dict(r.labels) for r in records]
@@ -151,6 +155,9 @@ def evaluate_bundle(
     result: dict[str, Any] = {
         "n_studies": len(records),
         "ce": ce,
+        # The findings classifier alone (its thresholded output, before the LLM writes it):
+        # separates vision errors from reporting errors.
+        "classifier_ce": ce_metrics(classifier_labels, reference_labels),
         "nlg": nlg,
         "samples": [
             {"study_id": r.study_id, "generated": g, "reference": r.report}
@@ -235,6 +242,7 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
         "n_studies": float(result["n_studies"]),
         "ce_f1_macro": float(result["ce"]["f1_macro"]),
         "ce_f1_micro": float(result["ce"]["f1_micro"]),
+        "classifier_f1_macro": float(result["classifier_ce"]["f1_macro"]),
         "bleu_4": float(result["nlg"]["bleu4"]),
         "rouge_l": float(result["nlg"]["rouge_l"]["mean"]),
     }
@@ -255,6 +263,7 @@ def render_table(result: dict[str, Any]) -> Table:
     ce = result["ce"]
     low, high = ce["f1_macro_ci95"]
     table.add_row("CE F1 macro (95% CI)", f"{ce['f1_macro']:.3f} ({low:.3f}-{high:.3f})")
+    table.add_row("classifier alone: F1 macro", f"{result['classifier_ce']['f1_macro']:.3f}")
     for key in ("precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro"):
         table.add_row(f"CE {key.replace('_', ' ')}", f"{ce[key]:.3f}")
     for label in CHEXPERT_LABELS:
