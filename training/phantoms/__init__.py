@@ -21,16 +21,16 @@ Pneumothorax                dark rim without vessel markings between the chest w
 Consolidation               dense homogeneous lobar opacity with air bronchograms; the right
                             upper lobe is bounded by the minor fissure
 Lung Opacity                patchy, ill-defined ground-glass opacity in one lobe
-Pneumonia                   a cluster of 14-24 fluffy acinar nodules coalescing in one lobe;
+Pneumonia                   a cluster of 22-33 small fluffy acinar nodules in one lobe;
                             always also labelled Lung Opacity (as CheXpert reports do)
 Edema                       bilateral perihilar haze (bat wing) with indistinct vessels and
                             septal lines at the lung bases
 Atelectasis                 one or two plate-like linear bands in the lower lungs
-Lung Lesion                 round, sharply marginated nodule (12-19 mm) or mass (28-43 mm at
-                            a 430 mm field)
-Fracture                    2-3 adjacent lateral rib fractures (sometimes 1) with a gap and a
-                            step-offset of about one and a half rib widths, or a clavicle
-                            fracture with a step
+Lung Lesion                 solitary round, dense, sharply marginated nodule (22-29 mm) or
+                            mass (39-53 mm at a 430 mm field)
+Fracture                    3-4 adjacent lateral rib fractures in a line, each with a gap and
+                            a step-offset of about two rib widths, or a clavicle fracture
+                            with a step
 Support Devices             endotracheal tube, nasogastric tube, central venous catheter (IJ or
                             subclavian), PICC, pacemaker with leads: bright radiopaque lines
 Pleural Other               lobulated pleural thickening along the lateral chest wall (sparing

@@ -368,12 +368,8 @@ def _anterior_ribs(frame: Frame, geo: Geometry, canvas: FloatArray) -> None:
         s = SIGN[side]
         for k in range(6):
             y_lat = geo.apex_y + geo.lung_h * (0.08 + 0.14 * k)
-            rs, cs = frame.window(geo.cx + s * 0.25 * geo.tw if s < 0 else geo.cx,
-                                  geo.cx + s * geo.tw if s > 0 else geo.cx + s * 0.25 * geo.tw,
-                                  y_lat - 0.02, y_lat + 0.13 * geo.lung_h + 0.04)
-            if s < 0:
-                rs, cs = frame.window(geo.cx - geo.tw, geo.cx - 0.25 * geo.tw, y_lat - 0.02,
-                                      y_lat + 0.13 * geo.lung_h + 0.04)
+            x_lo, x_hi = sorted((geo.cx + s * 0.25 * geo.tw, geo.cx + s * geo.tw))
+            rs, cs = frame.window(x_lo, x_hi, y_lat - 0.02, y_lat + 0.13 * geo.lung_h + 0.04)
             if rs.stop <= rs.start or cs.stop <= cs.start:
                 continue
             xx, yy = x[rs, cs], y[rs, cs]
@@ -389,6 +385,7 @@ def _anterior_ribs(frame: Frame, geo: Geometry, canvas: FloatArray) -> None:
 def _bone_curve_band(frame: Frame, canvas: FloatArray, x0: float, x1: float,
                      centre: Callable[[FloatArray], tuple[FloatArray, FloatArray]], half: float,
                      amp: float, y_lo: float, y_hi: float) -> None:
+    """A long bone between ``x0`` and ``x1`` along ``centre(x) -> (y, slope)``, with cortex."""
     x, y = frame.coords
     rs, cs = frame.window(min(x0, x1), max(x0, x1), y_lo, y_hi)
     if rs.stop <= rs.start or cs.stop <= cs.start:
@@ -603,11 +600,11 @@ def render_anatomy(
     markings += 0.03 * np.abs(smooth_noise(rng, shape, 48)) * lungs
     bones = np.zeros(shape, np.float32)
     _rib_layer(frame, geo, bones, rib_fractures or {})
-    posterior = bones * 0.12 * (1.0 - 0.55 * maps.heart - 0.45 * maps.mediastinum
+    posterior = bones * 0.14 * (1.0 - 0.55 * maps.heart - 0.45 * maps.mediastinum
                                 - 0.65 * maps.abdomen)
     anterior = np.zeros(shape, np.float32)
     _anterior_ribs(frame, geo, anterior)
-    bones = (posterior + anterior * 0.11 * (1.0 - 0.6 * maps.heart - 0.5 * maps.abdomen)
+    bones = (posterior + anterior * 0.07 * (1.0 - 0.6 * maps.heart - 0.5 * maps.abdomen)
              ).astype(np.float32)
     other = np.zeros(shape, np.float32)
     _clavicles(frame, geo, other, clavicle_fractures or {})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from ._anatomy import SIDES, SIGN, Geometry, Layers, Maps, clavicle_centre
 from ._raster import FloatArray, Frame, draw_path, smooth_noise, smoothstep, soft_inside
 
 Certainty = Literal["positive", "uncertain"]
+Side = Literal["left", "right", "bilateral"]
+Severity = Literal["small", "moderate", "large", "mild", "severe"]
 
 #: The twelve pathologies (Support Devices and No Finding are handled apart).
 PATHOLOGIES: tuple[str, ...] = (
@@ -80,8 +82,8 @@ class DrawnFinding:
 
     label: str
     certainty: Certainty = "positive"
-    side: Literal["left", "right", "bilateral"] | None = None
-    severity: Literal["small", "moderate", "large", "mild", "severe"] | None = None
+    side: Side | None = None
+    severity: Severity | None = None
     location: str | None = None
 
     def mention(self) -> FindingMention:
@@ -107,6 +109,10 @@ def _choice(rng: np.random.Generator, options: dict[str, float]) -> str:
     keys = list(options)
     p = np.asarray([options[k] for k in keys], dtype=float)
     return str(keys[int(rng.choice(len(keys), p=p / p.sum()))])
+
+
+def _lobe_side(lobe: str) -> Side:
+    return "left" if LOBES[lobe][0] == "left" else "right"
 
 
 def _ordinal(n: int) -> str:
@@ -167,9 +173,9 @@ def plan_findings(
     for pf in plan:
         f = pf.finding
         if f.label == "Pneumothorax" and f.side in effusion_sides:
-            other = "left" if f.side == "right" else "right"
+            other: Side = "left" if f.side == "right" else "right"
             if other not in effusion_sides:
-                pf.finding = DrawnFinding(f.label, f.certainty, other, f.severity, f.location)  # type: ignore[arg-type]
+                pf.finding = DrawnFinding(f.label, f.certainty, other, f.severity, f.location)
             else:
                 pf.params["max_t"] = 0.55
     # Every pneumonia is also an opacity (CheXpert reports both), drawn by the pneumonia.
@@ -196,57 +202,60 @@ def plan_findings(
 def _plan_one(rng: np.random.Generator, label: str, certainty: Certainty,
               take_lobe: Callable[[], str]) -> PlannedFinding:
     unsure = certainty == "uncertain"
-    side2 = "left" if rng.random() < 0.5 else "right"
-    side3 = _choice(rng, {"right": 0.36, "left": 0.36, "bilateral": 0.28})
+    side2: Side = "left" if rng.random() < 0.5 else "right"
+    side3 = cast(Side, _choice(rng, {"right": 0.36, "left": 0.36, "bilateral": 0.28}))
     if label == "Cardiomegaly":
         if unsure:
             return PlannedFinding(DrawnFinding(label, certainty),
                                   {"ctr": float(rng.uniform(0.50, 0.53))})
-        sev = _choice(rng, {"mild": 0.45, "moderate": 0.35, "severe": 0.20})
+        sev = cast(Severity, _choice(rng, {"mild": 0.45, "moderate": 0.35, "severe": 0.20}))
         lo, hi = {"mild": (0.56, 0.60), "moderate": (0.60, 0.65), "severe": (0.65, 0.70)}[sev]
-        return PlannedFinding(DrawnFinding(label, certainty, severity=sev),  # type: ignore[arg-type]
+        return PlannedFinding(DrawnFinding(label, certainty, severity=sev),
                               {"ctr": float(rng.uniform(lo, hi))})
     if label == "Enlarged Cardiomediastinum":
         widen = rng.uniform(1.35, 1.5) if unsure else rng.uniform(1.9, 2.4)
         return PlannedFinding(DrawnFinding(label, certainty), {"widening": float(widen)})
     if label == "Pleural Effusion":
-        sev = "small" if unsure else _choice(rng, {"small": 0.4, "moderate": 0.4, "large": 0.2})
+        sev = "small" if unsure else cast(
+            Severity, _choice(rng, {"small": 0.4, "moderate": 0.4, "large": 0.2}))
         if side3 == "bilateral" and sev == "large":
             sev = "moderate"
-        return PlannedFinding(DrawnFinding(label, certainty, side3, sev))  # type: ignore[arg-type]
+        return PlannedFinding(DrawnFinding(label, certainty, side3, sev))
     if label == "Pneumothorax":
-        sev = "small" if unsure else _choice(rng, {"small": 0.4, "moderate": 0.35, "large": 0.25})
-        return PlannedFinding(DrawnFinding(label, certainty, side2, sev))  # type: ignore[arg-type]
+        sev = "small" if unsure else cast(
+            Severity, _choice(rng, {"small": 0.4, "moderate": 0.35, "large": 0.25}))
+        return PlannedFinding(DrawnFinding(label, certainty, side2, sev))
     if label == "Edema":
-        sev = "mild" if unsure else _choice(rng, {"mild": 0.4, "moderate": 0.4, "severe": 0.2})
-        return PlannedFinding(DrawnFinding(label, certainty, "bilateral", sev))  # type: ignore[arg-type]
+        sev = "mild" if unsure else cast(
+            Severity, _choice(rng, {"mild": 0.4, "moderate": 0.4, "severe": 0.2}))
+        return PlannedFinding(DrawnFinding(label, certainty, "bilateral", sev))
     if label in ("Consolidation", "Lung Opacity", "Pneumonia"):
         lobe = take_lobe()
-        return PlannedFinding(DrawnFinding(label, certainty, LOBES[lobe][0], None, lobe))  # type: ignore[arg-type]
+        return PlannedFinding(DrawnFinding(label, certainty, _lobe_side(lobe), None, lobe))
     if label == "Lung Lesion":
         lobe = take_lobe()
         sev = "small" if unsure or rng.random() < 0.7 else "large"
-        return PlannedFinding(DrawnFinding(label, certainty, LOBES[lobe][0], sev, lobe))  # type: ignore[arg-type]
+        return PlannedFinding(DrawnFinding(label, certainty, _lobe_side(lobe), sev, lobe))
     if label == "Atelectasis":
-        return PlannedFinding(DrawnFinding(label, certainty, side3, None, "lung base"))  # type: ignore[arg-type]
+        return PlannedFinding(DrawnFinding(label, certainty, side3, None, "lung base"))
     if label == "Pleural Other":
         where = "apical" if rng.random() < 0.35 else "lateral"
-        side = side2 if rng.random() < 0.8 else "bilateral"
-        return PlannedFinding(DrawnFinding(label, certainty, side, None, where))  # type: ignore[arg-type]
+        side: Side = side2 if rng.random() < 0.8 else "bilateral"
+        return PlannedFinding(DrawnFinding(label, certainty, side, None, where))
     if label == "Fracture":
         if rng.random() < 0.15:
-            return PlannedFinding(DrawnFinding(label, certainty, side2, None,  # type: ignore[arg-type]
+            return PlannedFinding(DrawnFinding(label, certainty, side2, None,
                                                f"{side2} clavicle"), {"bone": "clavicle"})
-        first = int(rng.integers(3, 8))
-        count = 1 if unsure else int(_choice(rng, {"2": 0.5, "3": 0.5}))
+        first = int(rng.integers(3, 7))
+        count = 1 if unsure else int(_choice(rng, {"3": 0.6, "4": 0.4}))
         names = [_ordinal(first + 1 + i) for i in range(count)]
         if count == 1:
             where = f"{side2} lateral {names[0]} rib"
-        elif count == 2:
+        elif count == 2:  # pragma: no cover - kept for other count tables
             where = f"{side2} lateral {names[0]} and {names[1]} ribs"
         else:
             where = f"{side2} lateral {names[0]} through {names[-1]} ribs"
-        return PlannedFinding(DrawnFinding(label, certainty, side2, None, where),  # type: ignore[arg-type]
+        return PlannedFinding(DrawnFinding(label, certainty, side2, None, where),
                               {"bone": "rib", "first": first, "count": count})
     raise ValueError(f"no plan for {label!r}")
 
@@ -477,11 +486,11 @@ def draw_pneumonia(scene: Scene, pf: PlannedFinding) -> FloatArray:
                                 cy + spread * 1.8)
     xx, yy = x[rs, cs], y[rs, cs]
     acc = np.zeros_like(xx)
-    count = int(rng.integers(14, 24)) if f.certainty == "positive" else 6
+    count = int(rng.integers(22, 34)) if f.certainty == "positive" else 8
     for _ in range(count):
         bx = cx + rng.normal(0, spread * 0.55)
         by = cy + rng.normal(0, spread * 0.45)
-        br = rng.uniform(0.011, 0.019)
+        br = rng.uniform(0.008, 0.013)
         acc = np.maximum(acc, np.exp(-(((xx - bx) ** 2 + (yy - by) ** 2) / (br * br))))
     cluster = np.zeros_like(x)
     cluster[rs, cs] = np.clip(acc * 1.25, 0, 1)
@@ -502,13 +511,13 @@ def draw_atelectasis(scene: Scene, pf: PlannedFinding) -> FloatArray:
             while any(abs(t - o) < 0.07 for o in used):
                 t = rng.uniform(0.58, 0.8)
             used.append(t)
-            uc = rng.uniform(0.5, 0.7)
-            half_len = rng.uniform(0.18, 0.26)
+            uc = rng.uniform(0.55, 0.68)
+            half_len = rng.uniform(0.22, 0.3)
             tilt = rng.uniform(-0.05, 0.07)
             a = geo.point(side, uc - half_len, t + tilt)
             b = geo.point(side, uc + half_len, t - tilt)
             m = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + rng.normal(0, 0.004))
-            thick = rng.uniform(0.0075, 0.01) * scene.frame.size
+            thick = rng.uniform(0.011, 0.014) * scene.frame.size
             if f.certainty == "uncertain":
                 thick *= 0.6
             draw_path(bands, scene.frame, np.array([a, m, b]), thick, 1.0, edge=1.5)
@@ -523,11 +532,11 @@ def draw_lesion(scene: Scene, pf: PlannedFinding) -> FloatArray:
     lobe = str(f.location)
     side = LOBES[lobe][0]
     if f.severity == "large":
-        radius = rng.uniform(0.036, 0.052)
+        radius = rng.uniform(0.045, 0.062)
     else:
-        radius = rng.uniform(0.019, 0.028)
+        radius = rng.uniform(0.026, 0.034)
     if f.certainty == "uncertain":
-        radius = 0.013
+        radius = 0.016
     cx, cy = _place_in_lobe(scene, lobe, radius * 1.2)
     x, y = scene.frame.coords
     angle = np.arctan2(y - cy, x - cx)
@@ -536,7 +545,7 @@ def draw_lesion(scene: Scene, pf: PlannedFinding) -> FloatArray:
     r = np.hypot(x - cx, y - cy)
     nodule = soft_inside(r - radius * lob, 1.5 * scene.frame.px)
     _add_fill(scene, nodule * pf.strength)
-    scene.layers.overlay += 0.05 * nodule * pf.strength
+    scene.layers.overlay += 0.08 * nodule * pf.strength
     del side
     return (nodule > 0.5).astype(np.float32)
 

@@ -197,13 +197,13 @@ def _fractures(
             step = 0.0 if unsure else float(geo_rng.uniform(0.02, 0.028)) * geo_rng.choice([-1, 1])
             clavicles[side] = (float(geo_rng.uniform(0.4, 0.6)), float(step))
             continue
-        u_break = float(geo_rng.uniform(0.55, 0.72))
+        u_break = float(geo_rng.uniform(0.6, 0.72))
         direction = float(geo_rng.choice([-1.0, 1.0]))
         for i in range(int(pf.params["count"])):
             k = int(pf.params["first"]) + i
-            u_k = u_break + float(geo_rng.normal(0.0, 0.02))
-            gap = 0.009 if unsure else float(geo_rng.uniform(0.026, 0.032))
-            factor = 0.0 if unsure else float(geo_rng.uniform(1.5, 1.9))
+            u_k = u_break + float(geo_rng.normal(0.0, 0.012))
+            gap = 0.009 if unsure else float(geo_rng.uniform(0.05, 0.06))
+            factor = 0.0 if unsure else float(geo_rng.uniform(1.7, 2.1))
             # The step is relative to the rib thickness; resolved once the geometry is known.
             ribs[(side, k)] = (u_k, gap, direction * factor)
     return ribs, clavicles
