@@ -107,7 +107,9 @@ class ClassifierConfig:
         if len(set(self.labels)) != len(self.labels) or not self.labels:
             raise ConfigError("classifier.labels must be a non-empty list of distinct names")
         if self.pooling not in ("mean", "meanmax"):
-            raise ConfigError(f"classifier.pooling must be 'mean' or 'meanmax', not {self.pooling!r}")
+            raise ConfigError(
+                f"classifier.pooling must be 'mean' or 'meanmax', not {self.pooling!r}"
+            )
 
 
 @dataclass

@@ -14,7 +14,7 @@ from inference import PromptBuilder, PromptConfig
 from inference.tiny import tiny_llm, train_tiny_tokenizer
 from training import TrainingConfigError
 from training.checkpoint import load_checkpoint
-from training.config import StageConfig, parse_training_config
+from training.config import LoraStage, StageConfig, parse_training_config
 from training.lm_loss import answer_loss
 from training.loop import StageTrainer, batch_indices, total_steps
 from training.stages import f1_scores, pos_weights, tune_thresholds
@@ -124,8 +124,10 @@ def test_stage_settings_merge_defaults_and_overrides() -> None:
         {**MINIMAL, "defaults": {"batch_size": 4}, "stages": {"report": {"lora_r": 4}}}
     )
     report = config.stage("report")
-    assert report.batch_size == 4 and getattr(report, "lora_r") == 4
-    assert getattr(config.stage("instruct"), "lora_r") == 16
+    instruct = config.stage("instruct")
+    assert isinstance(report, LoraStage) and isinstance(instruct, LoraStage)
+    assert report.batch_size == 4 and report.lora_r == 4
+    assert instruct.lora_r == 16
 
 
 def test_thresholds_maximise_f1_per_label() -> None:
