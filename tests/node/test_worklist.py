@@ -290,7 +290,12 @@ def test_failure_status_and_rejected_association_are_named_errors(
     assert failed.value.status == FindStatus.OUT_OF_RESOURCES
 
     refusing = start_ris(extra=("--refuse",))
-    with pytest.raises(RisUnavailableError, match="rejected the association"):
+    # wlmscpfs --refuse sends A-ASSOCIATE-RJ and closes the socket at once; pynetdicom reads
+    # the reject or only sees the close (about 1 run in 4), so either message is correct.
+    with pytest.raises(
+        RisUnavailableError,
+        match=r"the RIS RIS at 127\.0\.0\.1:\d+ (rejected the association|cannot be reached)",
+    ):
         refresh_worklist(ris_settings(tmp_path, refusing.port), db, NOW)
     assert entries(db) == {}
 
