@@ -360,13 +360,15 @@ def _fracture(m: FindingMention, rng: random.Random) -> str:
                                f"Questionable fracture of the {loc}."])
         return "Possible nondisplaced rib fracture."
     if not loc:
-        return _pick(rng, ["Acute rib fracture.", "There is a displaced rib fracture."])
+        return _pick(rng, ["Rib fracture.", "There is a displaced rib fracture."])
     if _plural_location(loc):
         adj = _as_adjective(loc)
-        return _pick(rng, [f"Acute fractures of the {loc}.", f"Displaced fractures of the {loc}.",
-                           f"{adj} fractures.", f"There are displaced {adj} fractures."])
-    return _pick(rng, [f"Acute fracture of the {loc}.", f"Displaced fracture of the {loc}.",
-                       f"{loc} fracture.", f"There is a displaced {loc} fracture."])
+        return _pick(rng, [f"Fractures of the {loc}.", f"Displaced fractures of the {loc}.",
+                           f"{adj} fractures.", f"There are displaced {adj} fractures.",
+                           f"Healing fractures of the {loc} with callus formation."])
+    return _pick(rng, [f"Fracture of the {loc}.", f"Displaced fracture of the {loc}.",
+                       f"{loc} fracture.", f"There is a displaced {loc} fracture.",
+                       f"Healing fracture of the {loc} with callus formation."])
 
 
 def _pleural_other(m: FindingMention, rng: random.Random) -> str:

@@ -28,9 +28,9 @@ Edema                       bilateral perihilar haze (bat wing) with indistinct 
 Atelectasis                 one or two plate-like linear bands in the lower lungs
 Lung Lesion                 solitary round, dense, sharply marginated nodule (22-29 mm) or
                             mass (39-53 mm at a 430 mm field)
-Fracture                    3-4 adjacent lateral rib fractures in a line, each with a gap and
-                            a step-offset of about two rib widths, or a clavicle fracture
-                            with a step
+Fracture                    3-4 adjacent lateral rib fractures in a line, each displaced (gap,
+                            step-offset of about two rib widths) with a fusiform healing
+                            callus; or a clavicle fracture with a step
 Support Devices             endotracheal tube, nasogastric tube, central venous catheter (IJ or
                             subclavian), PICC, pacemaker with leads: bright radiopaque lines
 Pleural Other               lobulated pleural thickening along the lateral chest wall (sparing

@@ -320,10 +320,11 @@ def rib_centre(geo: Geometry, k: int, u: FloatArray) -> tuple[FloatArray, FloatA
 
 
 def _rib_layer(frame: Frame, geo: Geometry, canvas: FloatArray,
-               fractures: dict[tuple[str, int], tuple[float, float, float]]) -> None:
+               fractures: dict[tuple[str, int], tuple[float, float, float, float]]) -> None:
     """Posterior ribs, one band per rib, drawn into ``canvas``.
 
-    ``fractures`` maps ``(side, rib index)`` to ``(u of the break, gap, step offset)``.
+    ``fractures`` maps ``(side, rib index)`` to ``(u of the break, gap, step offset, callus
+    brightness)``; a healing fracture has a fusiform callus around the displaced ends.
     """
     x, y = frame.coords
     px = frame.px
@@ -346,17 +347,24 @@ def _rib_layer(frame: Frame, geo: Geometry, canvas: FloatArray,
             yc, slope = rib_centre(geo, k, u)
             brk = fractures.get((side, k))
             amp: FloatArray | float = 1.0
+            callus: FloatArray | float = 0.0
             if brk is not None:
-                u_b, gap, step = brk
-                beyond = u > u_b
-                yc = yc + np.where(beyond, step, 0.0)
-                gap_mask = soft_inside(np.abs(u - u_b) * geo.tw - gap / 2, px)
+                u_b, gap, step, callus_amp = brk
+                norm = np.sqrt(1.0 + slope**2)
+                along = (u - u_b) * geo.tw
+                # Healing callus: a fusiform swelling that straddles the break.
+                across = np.abs(yy - (yc + 0.5 * step)) / norm
+                callus = callus_amp * np.exp(-((along / (0.75 * gap)) ** 2)
+                                             - (across / (half + 0.45 * abs(step))) ** 4)
+                yc = yc + np.where(u > u_b, step, 0.0)
+                gap_mask = soft_inside(np.abs(along) - gap / 2, px)
                 amp = (1.0 - 0.92 * gap_mask).astype(np.float32)
             d = np.abs(yy - yc) / np.sqrt(1.0 + slope**2)
             inside = soft_inside(d - half, 1.2 * px)
             cortex = np.clip(d / half, 0, 1) ** 4
             fade = smoothstep((u - 0.07) / 0.14) * soft_inside(u - 1.12, 0.04)
             value = inside * (0.62 + 0.38 * cortex) * fade * amp * (0.85 + 0.15 * np.clip(u, 0, 1))
+            value = np.maximum(value, callus)
             canvas[rs, cs] = np.maximum(canvas[rs, cs], value.astype(np.float32))
 
 
@@ -441,6 +449,15 @@ def _clavicles(frame: Frame, geo: Geometry, canvas: FloatArray,
             for p, q in ((a_lo, a_hi), (b_lo, b_hi)):
                 _bone_curve_band(frame, canvas, p, q, centre, half, 1.0, min(ym, yl) - 0.06,
                                  max(ym, yl) + 0.06)
+            if brk[1] != 0.0:  # displaced: a healing callus around the break
+                x, y = frame.coords
+                yb = float(centre(np.asarray([xb - s * gap], dtype=np.float32))[0][0])
+                yb += 0.5 * brk[1]
+                rs, cs = frame.window(xb - 2 * gap, xb + 2 * gap, yb - 0.04, yb + 0.04)
+                xx, yy = x[rs, cs], y[rs, cs]
+                blob = 1.3 * np.exp(-(((xx - xb) / (1.1 * gap)) ** 2)
+                                    - ((yy - yb) / (half + 0.5 * abs(brk[1]))) ** 4)
+                canvas[rs, cs] = np.maximum(canvas[rs, cs], blob.astype(np.float32))
 
 
 def _spine(frame: Frame, geo: Geometry, canvas: FloatArray) -> None:
@@ -565,7 +582,7 @@ def render_anatomy(
     maps: Maps,
     rng: np.random.Generator,
     *,
-    rib_fractures: dict[tuple[str, int], tuple[float, float, float]] | None = None,
+    rib_fractures: dict[tuple[str, int], tuple[float, float, float, float]] | None = None,
     clavicle_fractures: dict[str, tuple[float, float]] | None = None,
 ) -> Layers:
     """Attenuation layers of the normal chest (fractures break the named bones)."""

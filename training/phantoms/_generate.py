@@ -184,8 +184,9 @@ def _ids(seed: int, index: int, subject: int) -> tuple[str, str, str]:
 
 def _fractures(
     plan: list[PlannedFinding], geo_rng: np.random.Generator
-) -> tuple[dict[tuple[str, int], tuple[float, float, float]], dict[str, tuple[float, float]]]:
-    ribs: dict[tuple[str, int], tuple[float, float, float]] = {}
+) -> tuple[dict[tuple[str, int], tuple[float, float, float, float]],
+           dict[str, tuple[float, float]]]:
+    ribs: dict[tuple[str, int], tuple[float, float, float, float]] = {}
     clavicles: dict[str, tuple[float, float]] = {}
     for pf in plan:
         f = pf.finding
@@ -204,25 +205,26 @@ def _fractures(
             u_k = u_break + float(geo_rng.normal(0.0, 0.012))
             gap = 0.009 if unsure else float(geo_rng.uniform(0.05, 0.06))
             factor = 0.0 if unsure else float(geo_rng.uniform(1.7, 2.1))
+            callus = 0.0 if unsure else float(geo_rng.uniform(1.25, 1.45))
             # The step is relative to the rib thickness; resolved once the geometry is known.
-            ribs[(side, k)] = (u_k, gap, direction * factor)
+            ribs[(side, k)] = (u_k, gap, direction * factor, callus)
     return ribs, clavicles
 
 
 def _resolve_rib_steps(
-    ribs: dict[tuple[str, int], tuple[float, float, float]], geo: Geometry
-) -> dict[tuple[str, int], tuple[float, float, float]]:
-    return {key: (u, gap, factor * 2.0 * rib_half(geo, key[1]))
-            for key, (u, gap, factor) in ribs.items()}
+    ribs: dict[tuple[str, int], tuple[float, float, float, float]], geo: Geometry
+) -> dict[tuple[str, int], tuple[float, float, float, float]]:
+    return {key: (u, gap, factor * 2.0 * rib_half(geo, key[1]), callus)
+            for key, (u, gap, factor, callus) in ribs.items()}
 
 
 def _fracture_mask(frame: Frame, geo: Geometry, ribs: dict[tuple[str, int],
-                   tuple[float, float, float]], clavicles: dict[str, tuple[float, float]]
+                   tuple[float, float, float, float]], clavicles: dict[str, tuple[float, float]]
                    ) -> np.ndarray:
     x, y = frame.coords
     mask = np.zeros(x.shape, dtype=bool)
     points: list[tuple[float, float]] = []
-    for (side, k), (u, _gap, _step) in ribs.items():
+    for (side, k), (u, _gap, _step, _callus) in ribs.items():
         yc, _ = rib_centre(geo, k, np.asarray(u))
         points.append((geo.cx + SIGN[side] * u * geo.tw, float(yc)))
     for side, (v, _step) in clavicles.items():
