@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ._privacy import uid_digest
 from .dimse import StatusCategory, StoreResponseStatus, classify_store_status
 from .errors import NodeError, OutboxError, SpoolError
+from .metrics import DELIVERY_SECONDS
 from .settings import DeliverySettings, PacsDestination, Settings
 from .spool import PATH_DIGEST_CHARS, Spool
 from .store import Database, OutboxItem, OutboxState, Study
@@ -177,7 +179,7 @@ def _insert(db: Database) -> Any:
     return sqlite.insert if db.backend == "sqlite" else postgresql.insert
 
 
-def _encode(dataset: Dataset) -> bytes:
+def encode_dicom_file(dataset: Dataset) -> bytes:
     """The dataset as a DICOM file (preamble, file meta, data set)."""
     meta = FileMetaDataset()
     existing = getattr(dataset, "file_meta", None)
@@ -276,7 +278,7 @@ def enqueue_sr(
     relative = outbox_path(sr_uid)
     if new:
         try:
-            Spool(outbox_dir).write(relative, _encode(dataset))
+            Spool(outbox_dir).write(relative, encode_dicom_file(dataset))
         except SpoolError as exc:
             raise OutboxError(f"cannot write the SR to the outbox: {exc}") from exc
         insert = _insert(db)
@@ -638,8 +640,14 @@ def deliver_items(
     tls_cache: dict[str, ssl.SSLContext] = {}
     try:
         for name, items in sorted(by_destination.items()):
+            started = time.perf_counter()
             try:
-                attempts.update(_send_to(settings, name, items, tls_cache))
+                sent = _send_to(settings, name, items, tls_cache)
+                attempts.update(sent)
+                ok = all(a.outcome is DeliveryOutcome.SENT for a in sent.values())
+                DELIVERY_SECONDS.labels("sent" if ok else "not_sent").observe(
+                    time.perf_counter() - started
+                )
             # A bug here must not leave the rows 'sending' until the claim timeout.
             except Exception as exc:  # noqa: BLE001
                 logger.exception("unexpected error while delivering to %s", name)
@@ -735,6 +743,7 @@ __all__ = [
     "deliver_due",
     "deliver_items",
     "delivery_state",
+    "encode_dicom_file",
     "enqueue_sr",
     "outbox_path",
     "retry_delay",

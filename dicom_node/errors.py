@@ -51,3 +51,23 @@ class WorklistQueryError(WorklistError):
 
 class OutboxError(NodeError):
     """An SR cannot be put into the outbox (no such study, file not writable, ...)."""
+
+
+class ReportStoreError(NodeError):
+    """A report version cannot be stored or read (file not writable, missing, ...)."""
+
+
+class StaleVersionError(ReportStoreError):
+    """A new report version was based on a version that is no longer the latest."""
+
+    def __init__(self, message: str, latest: int | None) -> None:
+        super().__init__(message)
+        self.latest = latest
+
+
+class JobError(NodeError):
+    """A report job cannot be run (its images are gone, the model refused them, ...)."""
+
+
+class TransientJobError(JobError):
+    """A report job failed for a reason that may pass (database or RIS briefly away)."""

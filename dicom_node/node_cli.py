@@ -1,4 +1,4 @@
-"""The node's commands of the ``dicom_node`` CLI: ``serve`` and ``status``.
+"""The node's commands of the ``dicom_node`` CLI: ``serve``, ``worker`` and ``status``.
 
 Registered on the main app by :mod:`dicom_node.cli`, like the training commands; the
 inference stack is not imported here.
@@ -7,7 +7,6 @@ inference stack is not imported here.
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
 import threading
@@ -21,15 +20,13 @@ from rich.table import Table
 
 from .cli import ConfigOption, _fail, app, console
 from .errors import NodeError
+from .logs import configure_logging
 from .settings import Settings, load_settings
 
 #: Line printed (and flushed) once the SCP listens; scripts and tests read the port from it.
 LISTENING_PREFIX = "dicom_node listening on"
-#: Log line format of the node's commands.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: Level of pynetdicom's loggers: its INFO and DEBUG messages show full UIDs, and C-FIND
-#: identifiers (patient names and IDs) unless those are turned off.
-PYNETDICOM_LOG_LEVEL = logging.WARNING
+#: Line printed after it with the base URL of /healthz and /metrics.
+HTTP_PREFIX = "dicom_node http on"
 
 
 def _node_settings(config: Path | None, **overrides: object) -> Settings:
@@ -38,9 +35,35 @@ def _node_settings(config: Path | None, **overrides: object) -> Settings:
         settings = load_settings(config, **overrides)
     except NodeError as exc:
         raise _fail(str(exc)) from exc
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
-    logging.getLogger("pynetdicom").setLevel(PYNETDICOM_LOG_LEVEL)
+    configure_logging(settings.log_level, settings.log_format)
     return settings
+
+
+def _ensure_bundle(settings: Settings) -> None:
+    """Build the demo model on the first run when the default bundle is missing."""
+    from .settings import DEFAULT_BUNDLE
+
+    bundle = settings.inference.bundle
+    if (bundle / "manifest.json").exists():
+        return
+    if bundle != DEFAULT_BUNDLE:
+        raise _fail(
+            f"no model bundle at {bundle} (inference.bundle); build one with "
+            f"'dicom_node model build-demo --out {bundle}' or point inference.bundle at one"
+        )
+    console.print(
+        f"[bold]First run:[/] building the demo model into {bundle} (SmolLM2-135M + MiniLM "
+        "trained on synthetic phantoms; about 15-25 minutes on 2 CPU cores). An interrupted "
+        "build resumes.",
+        highlight=False,
+    )
+    from training import TrainingError
+    from training.demo import build_demo
+
+    try:
+        build_demo(bundle, resume=True)
+    except (TrainingError, OSError) as exc:
+        raise _fail(f"cannot build the demo model: {exc}") from exc
 
 
 @app.command("serve")
@@ -71,6 +94,7 @@ def serve(
     )
     from .service import NodeService
 
+    _ensure_bundle(settings)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -89,6 +113,8 @@ def serve(
             sys.stdout.write(
                 f"{LISTENING_PREFIX} {host}:{bound_port} as {settings.node.ae_title}\n"
             )
+            if service.http is not None:
+                sys.stdout.write(f"{HTTP_PREFIX} {service.http.url}\n")
             sys.stdout.flush()
             stop.wait()
         finally:
@@ -96,6 +122,64 @@ def serve(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@app.command("worker")
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated queues: gpu, delivery, training (worker.queues)."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Tasks run at a time (worker.concurrency).")
+    ] = None,
+    hostname: Annotated[
+        str | None, typer.Option(help="Celery node name (default: celery@HOST).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run a queue worker against the broker (Redis), e.g. on a GPU host.
+
+    Consumes the given queues until SIGINT or SIGTERM (a running job finishes first). Needs
+    broker.url; without a broker, 'dicom_node serve' runs the worker in its own process.
+    """
+    overrides: dict[str, object] = {"concurrency": concurrency}
+    if queues is not None:
+        overrides["queues"] = [name.strip() for name in queues.split(",") if name.strip()]
+    settings = _node_settings(config, worker=overrides)
+    from .jobqueue import GPU_QUEUE, configure_app, is_embedded, run_worker
+
+    if is_embedded(settings):
+        raise _fail(
+            "dicom_node worker needs a broker: set broker.url (DICOM_NODE_BROKER__URL), e.g. "
+            "redis://host:6379/0; without one, 'dicom_node serve' runs the worker itself"
+        )
+    if GPU_QUEUE in settings.worker.queues and not (
+        settings.inference.bundle / "manifest.json"
+    ).exists():
+        raise _fail(
+            f"no model bundle at {settings.inference.bundle} (inference.bundle); copy the "
+            "site's bundle to this host or build one with 'dicom_node model build-demo'"
+        )
+    app_ = configure_app(settings)
+    http = None
+    if settings.worker.metrics_port is not None:
+        from .http_server import BackgroundHttpServer
+        from .ops import create_ops_app
+
+        http = BackgroundHttpServer(
+            create_ops_app({}), settings.node.bind_address, settings.worker.metrics_port, "metrics"
+        )
+        http.start()
+    try:
+        run_worker(
+            app_, settings, settings.worker.queues, settings.worker.concurrency, hostname=hostname
+        )
+    except NodeError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        if http is not None:
+            http.stop()
 
 
 @app.command("status")

@@ -1,9 +1,21 @@
-"""The running node (``dicom_node serve``): database, spool, SCP and the assembly loop.
+"""The running node (``dicom_node serve``): every long-lived part, started and stopped together.
 
-:class:`NodeService` builds every long-lived object once: the database engine, the spool,
-the TLS context and the SCP. A background thread runs :func:`~dicom_node.assembly.assemble`
-every ``node.assembly_interval_s`` seconds, turning complete studies into queued job rows.
-The queue, the worker and SR delivery are added on top of these rows.
+:class:`NodeService` builds, in one process:
+
+* the **database** engine and the **spool**;
+* the **DICOM server** (C-ECHO/C-STORE SCP, optionally TLS);
+* the **scheduler** thread: every ``node.assembly_interval_s`` it assembles complete studies
+  into job rows (:mod:`~dicom_node.assembly`) and hands queued jobs and due SR deliveries to
+  the Celery queue (:class:`~dicom_node.jobqueue.Dispatcher`);
+* the **worklist poller** thread, when ``[ris]`` is set
+  (:func:`~dicom_node.worklist.run_worklist_poller`);
+* the **embedded worker** (with no broker configured): a Celery worker in this process on a
+  persistent SQLite transport, which drafts the reports and delivers the SRs. With a
+  broker, workers run elsewhere (``dicom_node worker``);
+* the **operations HTTP server**: ``/healthz`` and ``/metrics`` on ``node.http_port``.
+
+Everything the node must not lose is in the database before it is acknowledged, so a node
+stopped at any moment resumes where it was.
 """
 
 from __future__ import annotations
@@ -14,22 +26,28 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import metrics
 from .assembly import AssemblyResult, assemble
 from .errors import ServiceError
+from .http_server import BackgroundHttpServer
+from .jobqueue import Dispatcher, EmbeddedWorker, configure_app, is_embedded
+from .jobqueue import context as queue_context
+from .ops import HealthCheck, create_ops_app, database_check
 from .scp import StoreSCP
 from .settings import Settings
 from .spool import Spool
 from .store import Database
 from .tls import server_context
+from .worklist import run_worklist_poller
 
 logger = logging.getLogger(__name__)
 
-#: Seconds :meth:`NodeService.stop` waits for the assembly thread.
+#: Seconds :meth:`NodeService.stop` waits for each background thread.
 STOP_TIMEOUT_S = 10.0
 
 
 class NodeService:
-    """The node's receiving side: SCP plus periodic study assembly.
+    """The node: SCP, scheduler, worklist poller, embedded worker and HTTP endpoints.
 
     Parameters
     ----------
@@ -37,9 +55,20 @@ class NodeService:
         The node's settings.
     database
         A database to use instead of opening ``settings.database_url`` (tests, embedding).
+    worker
+        Run the embedded worker: ``None`` (default) = when no broker is configured.
+    http
+        Serve ``/healthz`` and ``/metrics`` on ``node.http_port``.
     """
 
-    def __init__(self, settings: Settings, database: Database | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database | None = None,
+        *,
+        worker: bool | None = None,
+        http: bool = True,
+    ) -> None:
         self.settings = settings
         self.db = database or Database(settings.database_url)
         self._owns_db = database is None
@@ -52,26 +81,76 @@ class NodeService:
             calling_aes=list(settings.calling_aes),
             ssl_context=ssl_context,
         )
+        self.celery = configure_app(settings)
+        queue_context.set_settings(settings, self.db)
+        self.dispatcher = Dispatcher(settings, self.db, self.celery)
+        run_worker = is_embedded(settings) if worker is None else worker
+        self.worker = EmbeddedWorker(self.celery, settings) if run_worker else None
+        self.http: BackgroundHttpServer | None = None
+        self._want_http = http
+        self._collector: metrics.DatabaseCollector | None = None
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self.address: tuple[str, int] | None = None
 
+    # ------------------------------------------------------------------ passes
     def assemble_once(self, now: datetime | None = None) -> AssemblyResult:
-        """Run one assembly pass now (also done by the background loop)."""
+        """Run one assembly pass now (also done by the scheduler)."""
         return assemble(
             self.db, self.settings.node.stable_seconds, now or datetime.now(UTC)
         )
 
-    def _assembly_loop(self) -> None:
-        interval = self.settings.node.assembly_interval_s
-        while not self._stopping.wait(interval):
+    def _assemble_quietly(self) -> None:
+        try:
+            self.assemble_once()
+        except SQLAlchemyError as exc:
+            logger.warning("assembly pass failed: %s", type(exc).__name__)
+
+    # ------------------------------------------------------------------ health
+    def health_checks(self) -> dict[str, HealthCheck]:
+        """The checks of ``/healthz``."""
+
+        def scp() -> str | None:
             try:
-                self.assemble_once()
-            except SQLAlchemyError as exc:
-                # Transient (database restarting, locked): the next pass tries again.
-                logger.warning("assembly pass failed: %s", type(exc).__name__)
+                _ = self.scp.address
+            except RuntimeError:
+                return "the DICOM server is not running"
+            return None
+
+        def spool() -> str | None:
+            if self.spool.has_room(0):
+                return None
+            return f"less than {self.settings.storage.min_free_bytes} bytes free in the spool"
+
+        def worker() -> str | None:
+            if self.worker is None or self.worker.is_alive():
+                return None
+            return "the embedded worker is not running"
+
+        def broker() -> str | None:
+            try:
+                with self.celery.connection_for_write() as connection:
+                    connection.ensure_connection(max_retries=1, timeout=2)
+            except Exception as exc:  # noqa: BLE001 - any failure means unreachable
+                return f"broker unreachable ({type(exc).__name__})"
+            return None
+
+        return {
+            "database": database_check(self.db),
+            "dicom": scp,
+            "spool": spool,
+            "broker": broker,
+            "worker": worker,
+        }
+
+    # ------------------------------------------------------------------ life cycle
+    def _thread(self, target: object, name: str, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
 
     def start(self) -> tuple[str, int]:
-        """Create the tables and folders, start the SCP and the assembly loop.
+        """Create tables and folders, then start every part (see the module docstring).
 
         Returns
         -------
@@ -83,35 +162,68 @@ class NodeService:
         DatabaseError
             When the database cannot be reached or its tables created.
         ServiceError
-            When the SCP cannot listen, or the node is already running.
+            When a server cannot listen, the model cannot be loaded, or the node runs.
         """
-        if self._thread is not None:
+        if self.address is not None:
             raise ServiceError("the node is already running")
         self.db.create_all()
         self.spool.remove_temporary_files()
-        try:
-            self.settings.storage.outbox_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ServiceError(
-                f"cannot create the outbox {self.settings.storage.outbox_dir}: {exc}"
-            ) from exc
+        for folder in (self.settings.storage.outbox_dir, self.settings.storage.reports_dir):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ServiceError(f"cannot create the folder {folder}: {exc}") from exc
         # Studies that became complete while the node was down are queued right away.
         self.assemble_once()
-        address = self.scp.start()
         self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._assembly_loop, name="dicom-node-assembly", daemon=True
+        try:
+            if self.worker is not None:
+                self.worker.start()
+            if self._want_http:
+                self._collector = metrics.register_database(self.db)
+                self.http = BackgroundHttpServer(
+                    create_ops_app(self.health_checks()),
+                    self.settings.node.bind_address,
+                    self.settings.node.http_port,
+                    "operations",
+                )
+                self.http.start()
+            self.address = self.scp.start()
+        except Exception:
+            self._stop_parts()
+            raise
+        self._thread(
+            self.dispatcher.run,
+            "dicom-node-scheduler",
+            self._stopping,
+            self.settings.node.assembly_interval_s,
+            self._assemble_quietly,
         )
-        self._thread.start()
-        return address
+        if self.settings.ris is not None:
+            self._thread(
+                run_worklist_poller, "dicom-node-worklist", self.settings, self.db, self._stopping
+            )
+        return self.address
+
+    def _stop_parts(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT_S)
+        self._threads.clear()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        if self._collector is not None:
+            metrics.unregister(self._collector)
+            self._collector = None
 
     def stop(self) -> None:
-        """Stop the SCP (open associations end), then the assembly loop; close the database."""
+        """Stop the SCP (open associations end), the threads and the worker; close the database."""
         self.scp.stop()
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(STOP_TIMEOUT_S)
-            self._thread = None
+        self._stop_parts()
+        self.address = None
         if self._owns_db:
             self.db.dispose()
 

@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -53,6 +54,10 @@ MIN_PDU_BYTES = 4096
 DATABASE_DIALECTS = ("sqlite", "postgresql")
 #: Broker URL schemes accepted for the Celery queue.
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "memory")
+#: Celery queues of the node: report drafting (GPU hosts), SR delivery, retraining.
+QUEUE_NAMES = ("gpu", "delivery", "training")
+#: The default model bundle: the demo model (``dicom_node model build-demo``).
+DEFAULT_BUNDLE = Path("models/demo")
 
 
 class InferenceSettings(BaseModel):
@@ -61,8 +66,9 @@ class InferenceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bundle: Path = Field(
-        default=Path("models/tiny"),
-        description="Model bundle directory used by infer and the worker.",
+        default=DEFAULT_BUNDLE,
+        description="Model bundle directory used by infer and the worker; the default demo "
+        "model is built by the first 'dicom_node serve'.",
     )
     vision_backend: Literal["onnx", "torch"] = Field(
         default="onnx", description="Vision runtime: ONNX Runtime (production) or torch."
@@ -173,8 +179,16 @@ class NodeSettings(BaseModel):
         description="A study is complete when no instance arrived for this many seconds "
         "(Orthanc's StableAge).",
     )
+    http_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description="Port of /healthz and /metrics on bind_address (0 = any free port).",
+    )
     assembly_interval_s: Seconds = Field(
-        default=0.5, description="How often the node looks for complete studies."
+        default=0.5,
+        description="How often the node looks for complete studies and hands queued jobs "
+        "and due SRs to the queue.",
     )
 
     @field_validator("max_pdu")
@@ -295,6 +309,9 @@ class StorageSettings(BaseModel):
     outbox: Path | None = Field(
         default=None, description="SRs waiting for delivery; default <folder>/outbox."
     )
+    reports: Path | None = Field(
+        default=None, description="Every SR version the node wrote; default <folder>/reports."
+    )
     min_free_bytes: int = Field(
         default=512 * 1024 * 1024,
         ge=0,
@@ -307,6 +324,8 @@ class StorageSettings(BaseModel):
             self.spool = self.folder / "spool"
         if self.outbox is None:
             self.outbox = self.folder / "outbox"
+        if self.reports is None:
+            self.reports = self.folder / "reports"
         return self
 
     @property
@@ -318,6 +337,11 @@ class StorageSettings(BaseModel):
     def outbox_dir(self) -> Path:
         """The outbox folder (``outbox`` or ``<folder>/outbox``)."""
         return self.outbox if self.outbox is not None else self.folder / "outbox"
+
+    @property
+    def reports_dir(self) -> Path:
+        """The folder of SR versions (``reports`` or ``<folder>/reports``)."""
+        return self.reports if self.reports is not None else self.folder / "reports"
 
 
 
@@ -354,7 +378,13 @@ class BrokerSettings(BaseModel):
 
     url: str | None = Field(
         default=None,
-        description="Celery broker URL (redis://host:6379/0); none = the embedded worker.",
+        description="Celery broker URL (redis://host:6379/0); none = the embedded worker on "
+        "a SQLite transport in the storage folder.",
+    )
+    result_backend: str | None = Field(
+        default=None,
+        description="Celery result store; default the broker URL for redis://, none otherwise "
+        "(job outcomes live in the node's database).",
     )
 
     @field_validator("url")
@@ -374,6 +404,53 @@ class WorkerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     concurrency: int = Field(default=1, ge=1, description="Jobs one worker runs at a time.")
+    queues: list[str] = Field(
+        default_factory=lambda: ["gpu", "delivery"],
+        min_length=1,
+        description="Queues a worker consumes: gpu (report drafting), delivery (SR C-STORE), "
+        "training (retrain jobs).",
+    )
+    time_limit_s: Seconds = Field(
+        default=900.0, description="Hard time limit of a report job; the worker is killed."
+    )
+    soft_time_limit_s: Seconds = Field(
+        default=600.0, description="Soft time limit of a report job (the task is told first)."
+    )
+    max_retries: int = Field(
+        default=5, ge=0, description="Retries of a job after a transient error (with backoff)."
+    )
+    retry_backoff_max_s: Seconds = Field(
+        default=300.0, description="Longest wait between two retries of a job."
+    )
+    stale_job_s: Seconds = Field(
+        default=1800.0,
+        description="A job running longer than this (its worker died) may be run again.",
+    )
+    redispatch_after_s: Seconds = Field(
+        default=600.0,
+        description="A queued job not started this long after it was sent to the queue is "
+        "sent again (a message lost with a broker restart).",
+    )
+    metrics_port: Port | None = Field(
+        default=None,
+        description="Port of a worker's own /metrics (dicom_node worker); none = off.",
+    )
+
+    @field_validator("queues")
+    @classmethod
+    def _known_queues(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(QUEUE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown queue(s) {unknown}; known: {list(QUEUE_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> WorkerSettings:
+        if self.soft_time_limit_s >= self.time_limit_s:
+            raise ValueError(
+                "worker.soft_time_limit_s must be smaller than worker.time_limit_s"
+            )
+        return self
 
 
 class TlsSettings(BaseModel):
@@ -407,6 +484,117 @@ class TlsSettings(BaseModel):
         return self
 
 
+#: Shortest bearer token accepted in ``api.users.<name>.token``.
+API_TOKEN_MIN_CHARS = 16
+
+
+def _check_api_user_name(value: str) -> str:
+    if not 1 <= len(value) <= 64:
+        raise ValueError(f"API user name {value!r} must have 1 to 64 characters")
+    if not all(ch.isascii() and (ch.isalnum() or ch in "._@-") for ch in value):
+        raise ValueError(
+            f"API user name {value!r} may hold ASCII letters, digits and . _ @ - only"
+        )
+    return value
+
+
+class ApiUser(BaseModel):
+    """A reader of the dialog API: a bearer token and the identity recorded in the SRs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (lowercase hex) of the user's bearer token "
+        "(printf %s TOKEN | sha256sum); preferred over token.",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description=f"The bearer token itself, at least {API_TOKEN_MIN_CHARS} characters "
+        "(development; prefer token_sha256).",
+    )
+    display_name: str = Field(
+        min_length=1,
+        description="Name in DICOM person-name form Family^Given; the SRs name it as amender "
+        "and verifying observer.",
+    )
+    organization: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Organisation recorded as Verifying Organization when the user signs off.",
+    )
+    may_sign: bool = Field(default=True, description="Whether the user may sign reports off.")
+
+    @field_validator("display_name")
+    @classmethod
+    def _person_name(cls, value: str) -> str:
+        components = value.split("^")
+        if len(components) > 5 or any(len(part) > 64 for part in components):
+            raise ValueError("must be a DICOM person name: at most 5 ^-separated components "
+                             "of at most 64 characters")
+        if "\\" in value or "=" in value or any(ord(ch) < 0x20 for ch in value):
+            raise ValueError("must not contain a backslash, '=' or control characters")
+        if not value.replace("^", "").strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ApiUser:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token_sha256 and token")
+        if self.token is not None and len(self.token.get_secret_value()) < API_TOKEN_MIN_CHARS:
+            raise ValueError(f"token must have at least {API_TOKEN_MIN_CHARS} characters")
+        return self
+
+
+class ApiSettings(BaseModel):
+    """The amend-dialog HTTP API and reader page (``dicom_node serve``, ``dicom_node api``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=False, description="Serve the dialog API and reader page with the node."
+    )
+    bind_address: Annotated[str, AfterValidator(_check_ip_address)] = Field(
+        default="127.0.0.1",
+        description="Address the API listens on; put a TLS reverse proxy in front of it "
+        "for other hosts.",
+    )
+    port: int = Field(
+        default=8080, ge=0, le=65535, description="TCP port of the API (0 = any free port)."
+    )
+    users: dict[Annotated[str, AfterValidator(_check_api_user_name)], ApiUser] = Field(
+        default_factory=dict,
+        description="Readers by user name; a request without one of their tokens gets 401.",
+    )
+    max_message_chars: int = Field(
+        default=2000, ge=1, le=100_000, description="Longest dialog message accepted."
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    history_turns: int = Field(
+        default=1,
+        ge=0,
+        le=20,
+        description="Earlier question/answer exchanges of the dialog given to the model.",
+    )
+    analysis_cache_size: int = Field(
+        default=32, ge=1, description="Studies whose image analysis is kept in memory (LRU)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from another site; empty = CORS off.",
+    )
+
+    @model_validator(mode="after")
+    def _users_when_enabled(self) -> ApiSettings:
+        if self.enabled and not self.users:
+            raise ValueError("api.users: at least one user is required when api.enabled is true")
+        return self
+
+
 class Settings(BaseSettings):
     """All settings of the node, one section per concern."""
 
@@ -416,6 +604,10 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Log level of the command line and services."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as text, or as one JSON object per line (for log shippers).",
     )
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     node: NodeSettings = Field(default_factory=NodeSettings)
@@ -433,6 +625,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @model_validator(mode="after")
     def _cross_section_rules(self) -> Settings:
@@ -583,6 +776,9 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "AE_TITLE_MAX_CHARS",
+    "API_TOKEN_MIN_CHARS",
+    "ApiSettings",
+    "ApiUser",
     "BROKER_SCHEMES",
     "CONFIG_ENV",
     "DATABASE_DIALECTS",

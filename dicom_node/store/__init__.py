@@ -1,10 +1,21 @@
 """Persistence of the node: the database engine and the ORM models.
 
 :class:`Database` owns the one SQLAlchemy engine of a process; the models describe the tables
-``studies``, ``instances``, ``jobs``, ``outbox`` and ``worklist_entries``.
+``studies``, ``instances``, ``jobs``, ``outbox``, ``report_versions`` and
+``worklist_entries``; :mod:`.dialog` adds the amend dialog's ``dialog_messages``,
+``proposals`` and ``audit_events``.
 """
 
 from .database import SUPPORTED_BACKENDS, Database, InstanceRecord
+from .dialog import (
+    AuditEvent,
+    AuditOutcome,
+    DialogMessage,
+    MessageKind,
+    MessageRole,
+    Proposal,
+    ProposalStatus,
+)
 from .models import (
     Base,
     IndicationSource,
@@ -13,12 +24,21 @@ from .models import (
     JobState,
     OutboxItem,
     OutboxState,
+    ReportKind,
+    ReportVersion,
     Study,
     WorklistEntry,
 )
 
 __all__ = [
     "SUPPORTED_BACKENDS",
+    "AuditEvent",
+    "AuditOutcome",
+    "DialogMessage",
+    "MessageKind",
+    "MessageRole",
+    "Proposal",
+    "ProposalStatus",
     "Base",
     "Database",
     "IndicationSource",
@@ -28,6 +48,8 @@ __all__ = [
     "JobState",
     "OutboxItem",
     "OutboxState",
+    "ReportKind",
+    "ReportVersion",
     "Study",
     "WorklistEntry",
 ]

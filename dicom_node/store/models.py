@@ -39,6 +39,8 @@ class JobState(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    #: Not run: a newer job of the same study (more instances) replaced it.
+    SUPERSEDED = "superseded"
 
 
 class IndicationSource(enum.StrEnum):
@@ -146,6 +148,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When the job was last sent to the queue (None = not yet).
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     study: Mapped[Study] = relationship(back_populates="jobs")
 
@@ -179,6 +183,57 @@ class OutboxItem(Base):
 
     __table_args__ = (
         UniqueConstraint("sr_sop_instance_uid", "destination", name="uq_outbox_sr_destination"),
+    )
+
+
+class ReportKind(enum.StrEnum):
+    """How a report version came about."""
+
+    #: Drafted by the model from the images.
+    DRAFT = "draft"
+    #: A proposal of the amend dialog, accepted by a reader.
+    AMENDMENT = "amendment"
+    #: Text edited directly by a reader.
+    EDIT = "edit"
+    #: Signed off: the verified final report.
+    SIGNOFF = "signoff"
+
+
+class ReportVersion(Base):
+    """One version of a study's report: the SR the node wrote for it, kept in ``reports/``.
+
+    Version 1 is the model's draft; each accepted amendment, direct edit or sign-off adds
+    the next version, whose SR names its predecessor's. The SR file is kept (the outbox
+    copy is deleted once delivered) because the next amendment is built from it.
+    """
+
+    __tablename__ = "report_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    #: 1 for the draft, then 2, 3, ... per study.
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[ReportKind] = mapped_column(_state_column(ReportKind))
+    predecessor_id: Mapped[int | None] = mapped_column(
+        ForeignKey("report_versions.id", ondelete="SET NULL")
+    )
+    sr_sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    #: SR file path relative to the reports folder.
+    sr_path: Mapped[str] = mapped_column(String(400))
+    findings_text: Mapped[str] = mapped_column(Text)
+    impression_text: Mapped[str] = mapped_column(Text)
+    #: JSON list of ``{"label", "probability", "threshold", "presence"}``.
+    findings_json: Mapped[str] = mapped_column(Text)
+    indication: Mapped[str | None] = mapped_column(Text)
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    #: User name of the reader who made this version (None for the model's draft).
+    author: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "version", name="uq_report_versions_study_version"),
     )
 
 
@@ -225,6 +280,8 @@ __all__ = [
     "JobState",
     "OutboxItem",
     "OutboxState",
+    "ReportKind",
+    "ReportVersion",
     "Study",
     "WorklistEntry",
 ]

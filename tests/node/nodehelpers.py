@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -25,6 +27,8 @@ from dicom_node.store import Database, InstanceRecord
 
 #: The DICOM peers' AE title in the tests.
 SCU_AE = "STORESCU"
+#: Source of the LD_PRELOAD shim that keeps DCMTK servers on 127.0.0.1.
+BIND_SHIM_SOURCE = Path(__file__).with_name("bind_loopback.c")
 #: A fixed arrival time for database tests.
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -107,7 +111,7 @@ class RunningNode:
 def node_settings(folder: Path, **overrides: Any) -> Settings:
     """Settings of a test node: 127.0.0.1, port 0, storage in `folder`, no free-space floor."""
     sections: dict[str, Any] = {
-        "node": {"port": 0, "bind_address": "127.0.0.1", "stable_seconds": 0.0},
+        "node": {"port": 0, "http_port": 0, "bind_address": "127.0.0.1", "stable_seconds": 0.0},
         "storage": {"folder": folder, "min_free_bytes": 0},
     }
     for key, value in overrides.items():
@@ -202,3 +206,56 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _is_script(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == b"#!"
+
+
+def find_dcmtk(name: str) -> str | None:
+    """Path of DCMTK's program `name` (e.g. ``storescu``), or ``None`` when not installed.
+
+    pynetdicom installs Python scripts of the same names, which may come first on PATH:
+    each candidate is asked for its version and only DCMTK's binary is returned.
+    """
+    folders = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]
+    candidates = [
+        Path(folder) / name
+        for folder in folders
+        if (Path(folder) / name).is_file() and os.access(Path(folder) / name, os.X_OK)
+    ]
+    # Binaries first: probing a pynetdicom or pyenv script starts a Python (about 1 s each).
+    for candidate in sorted(candidates, key=_is_script):
+        probe = subprocess.run(
+            [str(candidate), "--version"], capture_output=True, text=True, timeout=10
+        )
+        if "dcmtk" in (probe.stdout + probe.stderr).lower():
+            return str(candidate)
+    return None
+
+
+def build_bind_shim(folder: Path) -> Path:
+    """Compile ``bind_loopback.c`` into `folder`; returns the shared library to preload.
+
+    DCMTK 3.6.7 servers bind 0.0.0.0 and have no option to change it (PEERS.md); with
+    ``LD_PRELOAD`` set to the returned library a wildcard bind() becomes a loopback one.
+
+    Raises ``RuntimeError`` (naming what to install) when no C compiler is found or the
+    build fails.
+    """
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError(
+            "a C compiler is needed to build the loopback bind() shim for the DCMTK "
+            "servers; apt-get install gcc"
+        )
+    library = folder / "bind_loopback.so"
+    built = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(BIND_SHIM_SOURCE),
+         "-ldl"],
+        capture_output=True, text=True, timeout=60,
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"cannot build the bind() shim: {built.stderr}")
+    return library

@@ -17,7 +17,7 @@ from ._tables import FRONTAL_VIEWS, UNKNOWN_VIEW
 from .dicom_folder import KEY_COLUMNS, KeyColumn, Labeler, load_dicom_folder
 from .mimic import load_mimic_cxr, load_mimic_split, mimic_image_path, mimic_report_path
 from .phantoms import PHANTOM_COLUMNS, load_phantom_csv
-from .reports import SECTION_HEADERS, ReportSections, parse_report
+from inference.report_sections import SECTION_HEADERS, ReportSections, parse_report
 from .splits import Split, SplitName, normalise_split_name, split_records, subject_fraction
 
 __all__ = [

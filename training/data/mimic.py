@@ -31,7 +31,7 @@ from ._tables import (
     require_value,
     view_rank,
 )
-from .reports import parse_report
+from inference.report_sections import parse_report
 from .splits import SplitName, normalise_split_name
 
 logger = logging.getLogger(__name__)

@@ -5,6 +5,9 @@ MIMIC-CXR reports are semi-structured: a header line per section (``INDICATION:`
 of a line, case-insensitively, with common synonyms (``CLINICAL HISTORY``, ``CONCLUSION``);
 any other all-capitals ``HEADER:`` ends the section before it. Sections may be missing; a
 section that occurs twice (an addendum) is joined.
+
+The model writes its reports in the same form (``FINDINGS: ...`` / ``IMPRESSION: ...``), so
+the training data loaders and the node's SR writer share this parser.
 """
 
 from __future__ import annotations

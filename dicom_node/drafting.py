@@ -1,0 +1,424 @@
+"""The report job: from an assembled study to a draft SR in the outbox.
+
+:func:`draft_job` runs one job row (see :mod:`dicom_node.assembly`):
+
+1. **Claim** the row: ``queued`` -> ``running`` in one conditional UPDATE, so two workers
+   given the same job (a redelivered message) never both run it. A ``running`` row whose
+   worker died is claimable again after ``worker.stale_job_s``.
+2. **Skip** it (``superseded``) when a newer job of the same study exists: instances arrived
+   after it, and the newer job drafts from all of them.
+3. **Read** the job's instances from the spool: every image the job covers is referenced
+   by the SR; the frontal CR/DX images go to the model.
+4. **Match** the RIS worklist (:func:`~dicom_node.worklist.resolve_worklist`): the
+   indication goes into the prompt and the SR, the order into its Referenced Request
+   Sequence.
+5. **Draft** the report with the model, then **build** the TID 2000 draft SR, keep it as
+   the study's next report version (:mod:`dicom_node.reports`) and put it in the outbox for
+   the PACS destinations of the AE that sent the study.
+6. Mark the job ``done``.
+
+A job retried after a crash between steps 5 and 6 does not draft twice: the report version
+it stored is found by its job id and only re-queued for delivery.
+
+Failures are sorted for the queue: :class:`~dicom_node.errors.TransientJobError` (database
+briefly away) puts the row back to ``queued`` for a retry; :class:`~dicom_node.errors.JobError`
+(images gone or unusable, SR not buildable) marks it ``failed`` with the reason. Neither
+message holds patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from sr_templates import AlgorithmInfo, Finding, Report, SRError, build_draft_sr
+from sr_templates.codes import CHEXPERT_LABELS
+
+from ._privacy import uid_digest
+from .assembly import REPORTABLE_MODALITIES
+from .delivery import enqueue_sr
+from .errors import JobError, OutboxError, ReportStoreError, StaleVersionError, TransientJobError
+from .local_study import FRONTAL_VIEWS
+from .reports import FindingRecord, latest_version, store_report_version
+from .settings import Settings
+from .store import Database, Instance, Job, JobState, ReportKind, ReportVersion, Study
+from .worklist import resolve_worklist
+
+if TYPE_CHECKING:
+    from inference import ChestXrayVLM, DraftReport
+
+logger = logging.getLogger(__name__)
+
+#: The CheXpert label that means no other finding.
+NO_FINDING = "No Finding"
+#: Findings text of a draft when the model wrote no narrative (the coded findings remain).
+NO_NARRATIVE = "No narrative text was generated; see the coded findings."
+#: How often storing a draft is retried when a reader's amendment lands at the same moment.
+STORE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class DraftOutcome:
+    """What :func:`draft_job` did with one job."""
+
+    job_id: int
+    #: ``done``, ``superseded``, or None when the job was not claimable (done, running).
+    state: JobState | None
+    #: The stored report version, when drafted.
+    report_version: int | None = None
+    #: Outbox rows of the SR (one per PACS destination).
+    outbox_ids: list[int] = field(default_factory=list)
+    #: Seconds spent in the model (vision and generation).
+    inference_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobImages:
+    """The instances of a job, read from the spool."""
+
+    #: Every image the job covers (the SR references them all).
+    sources: list[Dataset]
+    #: The frontal CR/DX images, for the model.
+    frontal: list[Dataset]
+    #: AE title that sent the study (its routing names the PACS destinations).
+    calling_ae: str
+
+
+# --------------------------------------------------------------------------- job rows
+def claim_job(db: Database, job_id: int, stale_after_s: float, now: datetime) -> bool:
+    """Set a job ``running`` if it is queued, or running but abandoned; True when claimed."""
+    stale_before = now - timedelta(seconds=stale_after_s)
+    with db.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.state == JobState.QUEUED,
+                    and_(Job.state == JobState.RUNNING, Job.started_at < stale_before),
+                ),
+            )
+            .values(
+                state=JobState.RUNNING,
+                attempts=Job.attempts + 1,
+                started_at=now,
+                updated_at=now,
+                error=None,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_job(
+    db: Database, job_id: int, state: JobState, error: str | None = None
+) -> None:
+    """Record the end of a job run (``done``, ``failed``, ``superseded``, or ``queued`` again)."""
+    now = datetime.now(UTC)
+    values: dict[str, object] = {"state": state, "updated_at": now, "error": error}
+    if state != JobState.QUEUED:
+        values["finished_at"] = now
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def _superseded(db: Database, job: Job) -> bool:
+    with db.session() as session:
+        newer = session.scalar(
+            select(Job.id).where(Job.study_id == job.study_id, Job.id > job.id).limit(1)
+        )
+    return newer is not None
+
+
+def _load_job(db: Database, job_id: int) -> tuple[Job, Study]:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobError(f"job {job_id} does not exist")
+        study = job.study
+        session.expunge(study)
+        session.expunge(job)
+    return job, study
+
+
+# --------------------------------------------------------------------------- images
+def _is_frontal_image(ds: Dataset) -> bool:
+    modality = str(ds.get("Modality", "")).upper()
+    view = str(ds.get("ViewPosition", "")).upper()
+    return modality in REPORTABLE_MODALITIES and view in FRONTAL_VIEWS
+
+
+def load_job_images(db: Database, spool_dir: Path, job: Job) -> JobImages:
+    """Read the image instances a job covers from the spool.
+
+    Raises
+    ------
+    JobError
+        When a file is missing or unreadable, or no frontal CR/DX image is among them.
+    """
+    from sr_templates._sources import is_image_sop_class
+
+    with db.session() as session:
+        rows = list(
+            session.execute(
+                select(Instance.path, Instance.sop_class_uid, Instance.calling_ae)
+                .where(
+                    Instance.study_id == job.study_id,
+                    Instance.received_at <= job.instances_until,
+                )
+                .order_by(Instance.received_at, Instance.id)
+            )
+        )
+    sources: list[Dataset] = []
+    calling_ae = ""
+    for path, sop_class_uid, ae in rows:
+        if not is_image_sop_class(sop_class_uid):
+            continue
+        try:
+            ds = pydicom.dcmread(spool_dir / path)
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            raise JobError(
+                f"an instance of job {job.id} cannot be read from the spool: "
+                f"{type(exc).__name__}"
+            ) from exc
+        sources.append(ds)
+        calling_ae = calling_ae or ae
+    frontal = [ds for ds in sources if _is_frontal_image(ds)]
+    if not frontal:
+        raise JobError(f"job {job.id} has no frontal CR/DX image to report on")
+    return JobImages(sources=sources, frontal=frontal, calling_ae=calling_ae)
+
+
+# --------------------------------------------------------------------------- report
+def split_report_text(text: str) -> tuple[str, str]:
+    """Findings and impression of the model's ``FINDINGS: ... IMPRESSION: ...`` text.
+
+    Text without section headers is all findings. Missing parts become
+    :data:`NO_NARRATIVE` (findings) or the findings text (impression), because the SR
+    needs both.
+    """
+    from inference.report_sections import clean_text, parse_report
+
+    sections = parse_report(text)
+    findings = sections.findings
+    impression = sections.impression
+    if not findings and not impression:
+        findings = clean_text(text)
+    findings = findings or impression or NO_NARRATIVE
+    return findings, impression or findings
+
+
+def draft_to_report(draft: DraftReport) -> tuple[Report, list[FindingRecord]]:
+    """The SR content of a model draft: texts, and each label present or absent.
+
+    A label is present when its probability reaches the bundle's threshold, except
+    "No Finding", which is present exactly when no other label is (an SR cannot claim both).
+    """
+    findings_text, impression_text = split_report_text(draft.text)
+    by_label = {f.label: f for f in draft.findings}
+    # "No Finding" is present exactly when no other finding is (its own probability is kept).
+    any_positive = any(f.positive for f in draft.findings if f.label != NO_FINDING)
+    coded: list[Finding] = []
+    records: list[FindingRecord] = []
+    for label in CHEXPERT_LABELS:
+        prediction = by_label.get(label)
+        if prediction is None:
+            continue
+        positive = not any_positive if label == NO_FINDING else prediction.positive
+        presence = "present" if positive else "absent"
+        coded.append(Finding(label, presence, prediction.probability))  # type: ignore[arg-type]
+        records.append(
+            FindingRecord(label, presence, prediction.probability, prediction.threshold)
+        )
+    report = Report(
+        findings_text=findings_text,
+        impression_text=impression_text,
+        indication=draft.indication,
+        findings=tuple(coded),
+    )
+    return report, records
+
+
+def _algorithm(model: ChestXrayVLM) -> AlgorithmInfo:
+    return AlgorithmInfo(name=model.name, version=model.version)
+
+
+def _existing_version(db: Database, job_id: int) -> ReportVersion | None:
+    with db.session() as session:
+        row = session.scalars(
+            select(ReportVersion).where(ReportVersion.job_id == job_id).limit(1)
+        ).first()
+        if row is not None:
+            session.expunge(row)
+        return row
+
+
+def _store_draft(
+    settings: Settings,
+    db: Database,
+    sr: Dataset,
+    report: Report,
+    records: Sequence[FindingRecord],
+    job: Job,
+    model: ChestXrayVLM,
+) -> ReportVersion:
+    for attempt in range(STORE_ATTEMPTS):
+        latest = latest_version(db, job.study_id)
+        try:
+            return store_report_version(
+                db,
+                settings.storage.reports_dir,
+                sr,
+                kind=ReportKind.DRAFT,
+                findings_text=report.findings_text,
+                impression_text=report.impression_text,
+                findings=records,
+                based_on=latest.version if latest is not None else None,
+                indication=report.indication,
+                job_id=job.id,
+                model_name=model.name,
+                model_version=model.version,
+            )
+        except StaleVersionError:
+            if attempt == STORE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def draft_job(
+    settings: Settings,
+    db: Database,
+    model: ChestXrayVLM,
+    job_id: int,
+    *,
+    now: datetime | None = None,
+) -> DraftOutcome:
+    """Run one report job (see the module docstring).
+
+    Parameters
+    ----------
+    settings
+        The node's settings (spool, reports and outbox folders, RIS, PACS destinations).
+    db
+        The node's database.
+    model
+        The loaded model (:func:`dicom_node.model_cache.get_model`).
+    job_id
+        The ``jobs`` row to run.
+    now
+        The current time (timezone-aware); defaults to now.
+
+    Returns
+    -------
+    DraftOutcome
+        What was done; ``state`` None when the job was not claimable.
+
+    Raises
+    ------
+    TransientJobError
+        The job is back in ``queued``; retry it later.
+    JobError
+        The job is ``failed`` (the message says why).
+    """
+    now = now or datetime.now(UTC)
+    try:
+        if not claim_job(db, job_id, settings.worker.stale_job_s, now):
+            logger.info("job %d is not queued; skipped", job_id)
+            return DraftOutcome(job_id, None)
+        job, study = _load_job(db, job_id)
+        study_tag = uid_digest(study.study_instance_uid)
+        if _superseded(db, job):
+            finish_job(db, job_id, JobState.SUPERSEDED)
+            logger.info("job %d of study %s superseded by a newer job", job_id, study_tag)
+            return DraftOutcome(job_id, JobState.SUPERSEDED)
+        outcome = _run(settings, db, model, job, study)
+        finish_job(db, job_id, JobState.DONE)
+        return outcome
+    except (JobError, SRError, OutboxError, ReportStoreError) as exc:
+        reason = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        _record_failure(db, job_id, JobState.FAILED, reason)
+        if isinstance(exc, JobError):
+            raise
+        raise JobError(reason) from exc
+    except SQLAlchemyError as exc:
+        reason = f"database error: {type(exc).__name__}"
+        _record_failure(db, job_id, JobState.QUEUED, reason)
+        raise TransientJobError(reason) from exc
+
+
+def _record_failure(db: Database, job_id: int, state: JobState, reason: str) -> None:
+    try:
+        finish_job(db, job_id, state, reason)
+    except SQLAlchemyError:
+        logger.error("cannot record the outcome of job %d", job_id)
+
+
+def _run(
+    settings: Settings, db: Database, model: ChestXrayVLM, job: Job, study: Study
+) -> DraftOutcome:
+    from inference import InferenceError
+
+    study_tag = uid_digest(study.study_instance_uid)
+    images = load_job_images(db, settings.storage.spool_dir, job)
+    destinations = settings.destinations_for(images.calling_ae)
+    existing = _existing_version(db, job.id)
+    if existing is not None:
+        # A retry after a crash: the draft exists; make sure it is in the outbox.
+        from .reports import read_report_sr
+
+        sr = read_report_sr(settings.storage.reports_dir, existing)
+        ids = enqueue_sr(db, settings.storage.outbox_dir, sr, destinations, job_id=job.id)
+        return DraftOutcome(job.id, JobState.DONE, existing.version, ids)
+    match = resolve_worklist(settings, db, study)
+    indication = match.indication if match is not None else None
+    started = time.perf_counter()
+    try:
+        draft = model.generate_report(images.frontal, indication)
+    except InferenceError as exc:
+        raise JobError(f"the model cannot use the images of job {job.id}: {exc}") from exc
+    seconds = time.perf_counter() - started
+    report, records = draft_to_report(draft)
+    latest = latest_version(db, job.study_id)
+    sr = build_draft_sr(
+        images.sources,
+        report,
+        _algorithm(model),
+        instance_number=1 if latest is None else latest.version + 1,
+        worklist=match.worklist_info() if match is not None else None,
+    )
+    version = _store_draft(settings, db, sr, report, records, job, model)
+    ids = enqueue_sr(db, settings.storage.outbox_dir, sr, destinations, job_id=job.id)
+    logger.info(
+        "job %d: study %s drafted in %.1f s (%d image(s), %d frontal), report version %d, "
+        "%d destination(s)",
+        job.id,
+        study_tag,
+        seconds,
+        len(images.sources),
+        len(images.frontal),
+        version.version,
+        len(ids),
+    )
+    return DraftOutcome(job.id, JobState.DONE, version.version, ids, seconds)
+
+
+__all__ = [
+    "NO_NARRATIVE",
+    "DraftOutcome",
+    "JobImages",
+    "claim_job",
+    "draft_job",
+    "draft_to_report",
+    "finish_job",
+    "load_job_images",
+    "split_report_text",
+]

@@ -1,0 +1,97 @@
+"""Running an ASGI app (FastAPI) with uvicorn in a background thread of the node.
+
+``dicom_node serve`` runs its DICOM server, its scheduler and its worker in one process;
+its HTTP endpoints (health and metrics, the reader's API) run the same way, each on its own
+port. Port 0 binds any free port; :attr:`BackgroundHttpServer.port` tells which.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from .errors import ServiceError
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for uvicorn to start listening, or to stop.
+START_TIMEOUT_S = 10.0
+
+
+class BackgroundHttpServer:
+    """uvicorn serving an ASGI app from a daemon thread.
+
+    Parameters
+    ----------
+    app
+        The ASGI application.
+    host, port
+        Where to listen (port 0 = any free port).
+    name
+        Used in log messages and the thread name.
+    """
+
+    def __init__(self, app: Any, host: str, port: int, name: str) -> None:
+        self.name = name
+        self.host = host
+        self._socket = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
+        )
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind((host, port))
+        except OSError as exc:
+            self._socket.close()
+            raise ServiceError(
+                f"the {name} HTTP server cannot listen on {host}:{port}: {exc}"
+            ) from exc
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start serving; returns once the server accepts connections.
+
+        Raises
+        ------
+        ServiceError
+            When the server did not start within :data:`START_TIMEOUT_S`.
+        """
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name=f"http-{self.name}",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ServiceError(f"the {self.name} HTTP server did not start")
+            time.sleep(0.02)
+        logger.info("%s HTTP server on %s:%d", self.name, self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(START_TIMEOUT_S)
+            self._thread = None
+        self._socket.close()
+
+
+__all__ = ["BackgroundHttpServer"]

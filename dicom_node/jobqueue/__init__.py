@@ -1,0 +1,32 @@
+"""The job queue: the Celery app, its tasks, the dispatcher and the workers.
+
+See :mod:`.app` for queues and reliability options, :mod:`.tasks` for the tasks,
+:mod:`.dispatch` for how database rows become messages, and :mod:`.worker` for the
+embedded and standalone workers.
+"""
+
+from .app import (
+    DELIVERY_QUEUE,
+    GPU_QUEUE,
+    TRAINING_QUEUE,
+    app,
+    broker_url,
+    configure_app,
+    is_embedded,
+)
+from .dispatch import Dispatcher, DispatchResult
+from .worker import EmbeddedWorker, run_worker
+
+__all__ = [
+    "DELIVERY_QUEUE",
+    "GPU_QUEUE",
+    "TRAINING_QUEUE",
+    "DispatchResult",
+    "Dispatcher",
+    "EmbeddedWorker",
+    "app",
+    "broker_url",
+    "configure_app",
+    "is_embedded",
+    "run_worker",
+]

@@ -1,0 +1,139 @@
+"""The node's Celery app: broker, queues, reliability options.
+
+One module-level app carries the task definitions (:mod:`dicom_node.jobqueue.tasks`);
+:func:`configure_app` points it at the configured broker before a worker starts or a task is
+sent. Queues:
+
+``gpu``
+    report drafting (:func:`~dicom_node.drafting.draft_job`): workers on GPU hosts;
+``delivery``
+    SR C-STORE to the PACS (:func:`~dicom_node.delivery.deliver_items`);
+``training``
+    retrain jobs (admin).
+
+Reliability: ``acks_late`` with ``reject_on_worker_lost`` (a message is acknowledged after
+its task ends, so a worker that dies mid-job leaves it for another), prefetch 1 (a long job
+does not hold others hostage), hard and soft time limits, and retries with exponential
+backoff on transient errors only (in :mod:`~dicom_node.jobqueue.tasks`).
+
+The broker is ``broker.url`` (Redis in production). Without one, the app uses kombu's
+SQLAlchemy transport on a SQLite file in the storage folder (:mod:`.transport`):
+persistent, no server, and consumed by the worker that ``dicom_node serve`` runs in its own
+process. The database's
+job rows stay the source of truth either way: ``serve`` sends every queued job again when
+its message was lost (see :mod:`~dicom_node.jobqueue.dispatch`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from ..settings import Settings
+from . import transport
+
+#: Name of the Celery app (task names are prefixed with it).
+APP_NAME = "dicom_node"
+#: Queue of report drafting.
+GPU_QUEUE = "gpu"
+#: Queue of SR delivery.
+DELIVERY_QUEUE = "delivery"
+#: Queue of retrain jobs.
+TRAINING_QUEUE = "training"
+#: File name of the embedded broker's SQLite database, in ``storage.folder``.
+EMBEDDED_BROKER_FILE = "broker.sqlite"
+#: Seconds between two polls of the embedded transport when its queues are empty.
+EMBEDDED_POLL_S = 0.1
+
+app = Celery(APP_NAME)
+
+
+def broker_url(settings: Settings) -> str:
+    """The broker URL: ``broker.url``, or the embedded SQLite transport's."""
+    if settings.broker.url:
+        return settings.broker.url
+    path = (settings.storage.folder / EMBEDDED_BROKER_FILE).resolve()
+    return f"{transport.SCHEME}+sqlite:///{path}"
+
+
+def is_embedded(settings: Settings) -> bool:
+    """Whether the queue is the embedded one (no broker configured)."""
+    return not settings.broker.url
+
+
+def result_backend(settings: Settings) -> str | None:
+    """Where task results go: ``broker.result_backend``, else Redis when the broker is."""
+    if settings.broker.result_backend:
+        return settings.broker.result_backend
+    url = settings.broker.url or ""
+    return url if url.startswith(("redis://", "rediss://")) else None
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration these settings describe."""
+    worker = settings.worker
+    backend = result_backend(settings)
+    return {
+        "broker_url": broker_url(settings),
+        "result_backend": backend,
+        "task_ignore_result": backend is None,
+        "result_expires": 24 * 3600,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": worker.time_limit_s,
+        "task_soft_time_limit": worker.soft_time_limit_s,
+        "task_default_queue": GPU_QUEUE,
+        "task_routes": {
+            f"{APP_NAME}.draft_report": {"queue": GPU_QUEUE},
+            f"{APP_NAME}.deliver": {"queue": DELIVERY_QUEUE},
+            f"{APP_NAME}.retrain": {"queue": TRAINING_QUEUE},
+        },
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # A Redis message not acknowledged within this time goes to another worker; longer
+        # than the longest job, or long jobs would run twice.
+        "broker_transport_options": (
+            {"visibility_timeout": int(worker.time_limit_s * 2)}
+            if not is_embedded(settings)
+            else {"polling_interval": EMBEDDED_POLL_S}
+        ),
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "worker_send_task_events": False,
+        "enable_utc": True,
+    }
+
+
+def configure_app(settings: Settings) -> Celery:
+    """Point the app at the settings' broker (call before sending tasks or starting workers).
+
+    Also records the settings for the tasks of this process
+    (:func:`dicom_node.jobqueue.context.set_settings`).
+    """
+    from . import context, tasks  # noqa: F401  (registers the tasks)
+
+    app.conf.update(celery_config(settings))
+    tasks.draft_report.max_retries = settings.worker.max_retries
+    tasks.draft_report.retry_backoff_max = int(settings.worker.retry_backoff_max_s)
+    context.set_settings(settings)
+    return app
+
+
+__all__ = [
+    "APP_NAME",
+    "DELIVERY_QUEUE",
+    "EMBEDDED_BROKER_FILE",
+    "GPU_QUEUE",
+    "TRAINING_QUEUE",
+    "app",
+    "broker_url",
+    "celery_config",
+    "configure_app",
+    "is_embedded",
+    "result_backend",
+]

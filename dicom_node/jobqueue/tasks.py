@@ -1,0 +1,91 @@
+"""The node's Celery tasks. Arguments are row ids; everything else is in the database.
+
+``dicom_node.draft_report(job_id)`` (queue ``gpu``)
+    Runs :func:`~dicom_node.drafting.draft_job` with the process's model, then sends the
+    new SR's outbox rows to the ``delivery`` queue. Transient failures (database away) are
+    retried with exponential backoff up to ``worker.max_retries``; permanent ones (images
+    unusable) fail the job at once. A job that hits the soft time limit is failed.
+``dicom_node.deliver(outbox_ids)`` (queue ``delivery``)
+    Runs :func:`~dicom_node.delivery.deliver_items`. A PACS that is down is not a task
+    failure: the rows stay pending with their own backoff, and ``serve`` sends them again
+    when due (see :mod:`~dicom_node.jobqueue.dispatch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..delivery import DeliveryOutcome, deliver_items
+from ..drafting import draft_job, finish_job
+from ..errors import JobError, TransientJobError
+from ..metrics import INFERENCE_SECONDS, JOB_SECONDS
+from ..store import JobState
+from . import context
+from .app import APP_NAME, DELIVERY_QUEUE, app
+
+logger = logging.getLogger(__name__)
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name=f"{APP_NAME}.draft_report",
+    bind=True,
+    acks_late=True,
+    autoretry_for=(TransientJobError,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+)
+def draft_report(self: Task, job_id: int) -> dict[str, Any]:
+    """Draft the report of one job and queue its delivery (see the module docstring)."""
+    settings = context.settings()
+    db = context.database()
+    started = time.perf_counter()
+    try:
+        outcome = draft_job(settings, db, context.model(), job_id)
+    except SoftTimeLimitExceeded:
+        logger.error("job %d hit the soft time limit (%.0f s)", job_id,
+                     settings.worker.soft_time_limit_s)
+        finish_job(db, job_id, JobState.FAILED, "time limit exceeded")
+        raise
+    except JobError as exc:
+        if isinstance(exc, TransientJobError):
+            logger.warning("job %d: %s; retrying", job_id, exc)
+            raise
+        logger.error("job %d failed: %s", job_id, exc)
+        return {"job_id": job_id, "state": JobState.FAILED.value, "error": str(exc)}
+    if outcome.state is JobState.DONE:
+        JOB_SECONDS.observe(time.perf_counter() - started)
+        if outcome.inference_seconds:
+            INFERENCE_SECONDS.observe(outcome.inference_seconds)
+        if outcome.outbox_ids:
+            deliver.apply_async((outcome.outbox_ids,), queue=DELIVERY_QUEUE)
+    return {
+        "job_id": job_id,
+        "state": outcome.state.value if outcome.state else None,
+        "report_version": outcome.report_version,
+    }
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name=f"{APP_NAME}.deliver",
+    bind=True,
+    acks_late=True,
+    autoretry_for=(SQLAlchemyError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=10,
+)
+def deliver(self: Task, outbox_ids: list[int] | None = None) -> dict[str, int]:
+    """Send due outbox rows (the given ones, or every due row) to their PACS destinations."""
+    report = deliver_items(context.settings(), context.database(), outbox_ids)
+    return {outcome.value: report.count(outcome) for outcome in DeliveryOutcome}
+
+
+__all__ = ["deliver", "draft_report"]

@@ -1,0 +1,162 @@
+"""Celery workers: the embedded one inside ``serve``, and ``dicom_node worker`` on other hosts.
+
+Both use Celery's thread pool: one process, one loaded model (a prefork pool would load the
+bundle once per child and share an ONNX Runtime session across ``fork``). The model is
+loaded before the worker takes its first message when the worker consumes the ``gpu``
+queue, so the first study is not slower than the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from celery import Celery
+
+from ..errors import ServiceError
+from ..settings import Settings
+from . import context
+from .app import DELIVERY_QUEUE, GPU_QUEUE
+
+logger = logging.getLogger(__name__)
+
+#: Seconds :meth:`EmbeddedWorker.stop` waits for the worker thread.
+STOP_TIMEOUT_S = 30.0
+
+
+def preload_model(queues: Sequence[str]) -> None:
+    """Load the model now when `queues` include the ``gpu`` queue.
+
+    Raises
+    ------
+    ServiceError
+        When the bundle is missing, malformed or tampered with.
+    """
+    if GPU_QUEUE in queues:
+        from inference import InferenceError
+
+        started = time.perf_counter()
+        try:
+            model = context.model()
+        except InferenceError as exc:
+            raise ServiceError(f"the worker cannot load the model: {exc}") from exc
+        logger.info(
+            "worker ready with model %s %s (%.1f s)",
+            model.name,
+            model.version,
+            time.perf_counter() - started,
+        )
+
+
+class EmbeddedWorker:
+    """A Celery worker in a thread of the current process (the embedded default).
+
+    Parameters
+    ----------
+    app
+        The configured Celery app.
+    settings
+        The node's settings (``worker.concurrency``).
+    queues
+        Queues to consume (default ``gpu`` and ``delivery``).
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        settings: Settings,
+        queues: Sequence[str] = (GPU_QUEUE, DELIVERY_QUEUE),
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.queues = list(queues)
+        self._controller: object | None = None
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def start(self) -> None:
+        """Load the model, then start consuming in a background thread."""
+        if self._thread is not None:
+            raise ServiceError("the embedded worker is already running")
+        preload_model(self.queues)
+        # One slot per drafting job plus one, so a delivery never waits behind a draft.
+        concurrency = self.settings.worker.concurrency + (DELIVERY_QUEUE in self.queues)
+        controller = self.app.WorkController(
+            pool_cls="threads",
+            concurrency=concurrency,
+            queues=self.queues,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            hostname=f"embedded@{self.settings.node.ae_title.strip()}",
+            loglevel=self.settings.log_level,
+        )
+        self._controller = controller
+
+        def run() -> None:
+            try:
+                controller.start()
+            except BaseException as exc:  # reported by is_alive / healthz
+                self._failure = exc
+                logger.exception("the embedded worker stopped")
+
+        self._thread = threading.Thread(target=run, name="dicom-node-worker", daemon=True)
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        """Whether the worker thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Stop consuming; a running job finishes first (up to :data:`STOP_TIMEOUT_S`)."""
+        if self._controller is not None:
+            self._controller.stop(in_sighandler=False)  # type: ignore[attr-defined]
+        if self._thread is not None:
+            self._thread.join(STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                logger.warning("the embedded worker did not stop within %.0f s", STOP_TIMEOUT_S)
+        self._thread = None
+        self._controller = None
+
+
+def run_worker(
+    app: Celery,
+    settings: Settings,
+    queues: Sequence[str],
+    concurrency: int,
+    *,
+    hostname: str | None = None,
+) -> None:
+    """Run a standalone worker in the foreground until it is stopped (``dicom_node worker``).
+
+    Parameters
+    ----------
+    app
+        The configured Celery app (broker from ``broker.url``).
+    settings
+        The node's settings.
+    queues
+        Queues to consume.
+    concurrency
+        Tasks run at a time (threads).
+    hostname
+        Celery node name (default ``<queues>@<host>``).
+    """
+    preload_model(queues)
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={concurrency}",
+        f"--queues={','.join(queues)}",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)
+
+
+__all__ = ["EmbeddedWorker", "preload_model", "run_worker"]

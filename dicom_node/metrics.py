@@ -1,0 +1,135 @@
+"""Prometheus metrics of the node.
+
+Counts that must agree across processes (studies received, jobs per state, outbox rows per
+state) are read from the node's database at scrape time by :class:`DatabaseCollector`, so
+they are right whether the jobs ran in ``serve`` or on remote workers. Latencies are
+histograms observed in the process that did the work: ``serve`` exposes them for the
+embedded worker, ``dicom_node worker --metrics-port`` for a remote one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from .store import Database, Instance, Job, JobState, OutboxItem, OutboxState, Study
+
+logger = logging.getLogger(__name__)
+
+#: The process's registry (not the global default one: no stray metrics of libraries).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: Buckets of model latency (seconds): CPU drafts take seconds, GPU drafts less than one.
+INFERENCE_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
+#: Buckets of one delivery attempt (seconds).
+DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+INFERENCE_SECONDS = Histogram(
+    "dicom_node_inference_seconds",
+    "Model time of one report draft (vision and generation).",
+    buckets=INFERENCE_BUCKETS,
+    registry=REGISTRY,
+)
+JOB_SECONDS = Histogram(
+    "dicom_node_job_seconds",
+    "Wall time of one report job (spool read, worklist, model, SR, outbox).",
+    buckets=INFERENCE_BUCKETS,
+    registry=REGISTRY,
+)
+DELIVERY_SECONDS = Histogram(
+    "dicom_node_delivery_seconds",
+    "Time of one delivery pass to one PACS destination (one association, its due SRs); "
+    "outcome 'sent' when every SR was stored.",
+    ["outcome"],
+    buckets=DELIVERY_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+class DatabaseCollector(Collector):
+    """Counts read from the node's database at each scrape."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield studies/instances received, jobs per state and outbox rows per state."""
+        try:
+            with self.db.session() as session:
+                studies = session.scalar(select(func.count(Study.id))) or 0
+                instances = session.scalar(select(func.count(Instance.id))) or 0
+                jobs = dict(
+                    session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state))
+                    .tuples()
+                    .all()
+                )
+                outbox = dict(
+                    session.execute(
+                        select(OutboxItem.state, func.count(OutboxItem.id)).group_by(
+                            OutboxItem.state
+                        )
+                    )
+                    .tuples()
+                    .all()
+                )
+        except SQLAlchemyError as exc:
+            logger.warning("metrics: cannot read the database: %s", type(exc).__name__)
+            return
+        yield CounterMetricFamily(
+            "dicom_node_studies_received", "Studies received (distinct Study Instance UIDs).",
+            value=studies,
+        )
+        yield CounterMetricFamily(
+            "dicom_node_instances_received", "Instances received and stored.", value=instances
+        )
+        job_family = GaugeMetricFamily(
+            "dicom_node_jobs", "Report jobs per state.", labels=["state"]
+        )
+        for state in JobState:
+            job_family.add_metric([state.value], jobs.get(state, 0))
+        yield job_family
+        outbox_family = GaugeMetricFamily(
+            "dicom_node_outbox", "SR deliveries per state (one per SR and destination).",
+            labels=["state"],
+        )
+        for outbox_state in OutboxState:
+            outbox_family.add_metric([outbox_state.value], outbox.get(outbox_state, 0))
+        yield outbox_family
+
+
+def register_database(db: Database) -> DatabaseCollector:
+    """Add the database counts to :data:`REGISTRY` (once per process and database)."""
+    collector = DatabaseCollector(db)
+    REGISTRY.register(collector)
+    return collector
+
+
+def unregister(collector: Collector) -> None:
+    """Remove a collector added by :func:`register_database`."""
+    try:
+        REGISTRY.unregister(collector)
+    except KeyError:
+        pass
+
+
+def render() -> bytes:
+    """The registry in the Prometheus text format."""
+    return generate_latest(REGISTRY)
+
+
+__all__ = [
+    "DELIVERY_SECONDS",
+    "INFERENCE_SECONDS",
+    "JOB_SECONDS",
+    "REGISTRY",
+    "DatabaseCollector",
+    "register_database",
+    "render",
+    "unregister",
+]
