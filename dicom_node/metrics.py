@@ -64,20 +64,20 @@ class DatabaseCollector(Collector):
             with self.db.session() as session:
                 studies = session.scalar(select(func.count(Study.id))) or 0
                 instances = session.scalar(select(func.count(Instance.id))) or 0
-                jobs = dict(
-                    session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state))
-                    .tuples()
-                    .all()
-                )
-                outbox = dict(
-                    session.execute(
+                jobs: dict[JobState, int] = {
+                    state: n
+                    for state, n in session.execute(
+                        select(Job.state, func.count(Job.id)).group_by(Job.state)
+                    )
+                }
+                outbox: dict[OutboxState, int] = {
+                    state: n
+                    for state, n in session.execute(
                         select(OutboxItem.state, func.count(OutboxItem.id)).group_by(
                             OutboxItem.state
                         )
                     )
-                    .tuples()
-                    .all()
-                )
+                }
         except SQLAlchemyError as exc:
             logger.warning("metrics: cannot read the database: %s", type(exc).__name__)
             return

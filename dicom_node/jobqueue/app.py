@@ -109,6 +109,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _drop_pooled_connections() -> None:
+    """Forget broker connections pooled for an earlier configuration of the app.
+
+    Celery builds its connection and producer pools once, on first use; a second
+    configuration in the same process (another node, e.g. in tests) would keep publishing to
+    the first broker. Celery has no public call for this, hence the private attributes.
+    """
+    pool = app._pool
+    if pool is not None:
+        pool.force_close_all()
+        app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
 def configure_app(settings: Settings) -> Celery:
     """Point the app at the settings' broker (call before sending tasks or starting workers).
 
@@ -117,6 +133,7 @@ def configure_app(settings: Settings) -> Celery:
     """
     from . import context, tasks  # noqa: F401  (registers the tasks)
 
+    _drop_pooled_connections()
     app.conf.update(celery_config(settings))
     tasks.draft_report.max_retries = settings.worker.max_retries
     tasks.draft_report.retry_backoff_max = int(settings.worker.retry_backoff_max_s)
