@@ -29,6 +29,7 @@ message holds patient data.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ logger = logging.getLogger(__name__)
 NO_FINDING = "No Finding"
 #: Findings text of a draft when the model wrote no narrative (the coded findings remain).
 NO_NARRATIVE = "No narrative text was generated; see the coded findings."
+#: Characters a DICOM text value (LT/ST/UT) cannot hold: C0 controls but CR, LF and FF; DEL;
+#: C1 controls.
+_UNPRINTABLE = re.compile("[\x00-\x09\x0b\x0e-\x1f\x7f-\x9f]")
 #: How often storing a draft is retried when a reader's amendment lands at the same moment.
 STORE_ATTEMPTS = 3
 
@@ -202,17 +206,18 @@ def load_job_images(db: Database, spool_dir: Path, job: Job) -> JobImages:
 def split_report_text(text: str) -> tuple[str, str]:
     """Findings and impression of the model's ``FINDINGS: ... IMPRESSION: ...`` text.
 
-    Text without section headers is all findings. Missing parts become
+    Characters a DICOM text value cannot hold (control characters other than CR, LF and FF)
+    are dropped. Text without section headers is all findings. Missing parts become
     :data:`NO_NARRATIVE` (findings) or the findings text (impression), because the SR
     needs both.
     """
     from inference.report_sections import clean_text, parse_report
 
-    sections = parse_report(text)
+    sections = parse_report(_UNPRINTABLE.sub("", text))
     findings = sections.findings
     impression = sections.impression
     if not findings and not impression:
-        findings = clean_text(text)
+        findings = clean_text(_UNPRINTABLE.sub("", text))
     findings = findings or impression or NO_NARRATIVE
     return findings, impression or findings
 

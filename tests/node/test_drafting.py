@@ -1,0 +1,155 @@
+"""The report job on a real database and spool with a tiny model: claim, supersede, fail, retry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from nodehelpers import T0, new_instance, node_settings, record
+from sqlalchemy import select, update
+
+from dicom_node.assembly import assemble
+from dicom_node.drafting import NO_NARRATIVE, draft_job, draft_to_report, split_report_text
+from dicom_node.errors import JobError
+from dicom_node.settings import Settings
+from dicom_node.store import Database, Job, JobState, OutboxItem, ReportKind, ReportVersion
+from inference import DraftReport, FindingPrediction
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return node_settings(
+        tmp_path / "node",
+        pacs={"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}},
+    )
+
+
+@pytest.fixture
+def db(settings: Settings) -> Database:
+    database = Database(settings.database_url)
+    database.create_all()
+    return database
+
+
+@pytest.fixture
+def receive(settings: Settings, db: Database, rg1_uncr: Path) -> Callable[..., None]:
+    """Record RG1_UNCR under a SOP Instance UID as if the SCP had received it."""
+    source = pydicom.dcmread(rg1_uncr)
+
+    def put(sop: str, at: timedelta = timedelta(0), view_position: str = "PA") -> None:
+        target = settings.storage.spool_dir / f"{sop}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        new_instance(source, SOPInstanceUID=sop, ViewPosition=view_position).save_as(target)
+        db.record_instance(
+            record(sop, study=str(source.StudyInstanceUID), at=T0 + at,
+                   view_position=view_position)
+        )
+
+    return put
+
+
+def jobs(db: Database) -> list[Job]:
+    with db.session() as session:
+        rows = list(session.scalars(select(Job).order_by(Job.id)))
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def test_a_job_is_drafted_once_even_when_its_message_comes_twice(
+    settings: Settings, db: Database, receive: Callable[..., None], tiny_model: object
+) -> None:
+    receive("1.2.3.1")
+    (job_id,) = assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created
+    first = draft_job(settings, db, tiny_model, job_id)  # type: ignore[arg-type]
+    assert first.state is JobState.DONE and first.report_version == 1
+    assert len(first.outbox_ids) == 1
+    again = draft_job(settings, db, tiny_model, job_id)  # type: ignore[arg-type]
+    assert again.state is None  # not claimable: already done
+    with db.session() as session:
+        (version,) = session.scalars(select(ReportVersion)).all()
+        assert version.kind is ReportKind.DRAFT and version.job_id == job_id
+        assert session.scalars(select(OutboxItem)).one().destination == "pacs"
+    sr = pydicom.dcmread(settings.storage.reports_dir / version.sr_path)
+    assert sr.SOPInstanceUID == version.sr_sop_instance_uid
+    assert len(list(settings.storage.outbox_dir.rglob("*.dcm"))) == 1
+
+
+def test_an_older_job_of_a_study_is_superseded_by_the_newer_one(
+    settings: Settings, db: Database, receive: Callable[..., None], tiny_model: object
+) -> None:
+    receive("1.2.3.1")
+    (old,) = assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created
+    receive("1.2.3.2", at=timedelta(seconds=10), view_position="LL")
+    (new,) = assemble(db, 0.0, T0 + timedelta(seconds=15)).jobs_created
+    assert draft_job(settings, db, tiny_model, old).state is JobState.SUPERSEDED  # type: ignore[arg-type]
+    outcome = draft_job(settings, db, tiny_model, new)  # type: ignore[arg-type]
+    assert outcome.state is JobState.DONE
+    assert [job.state for job in jobs(db)] == [JobState.SUPERSEDED, JobState.DONE]
+
+
+def test_a_missing_spool_file_fails_the_job_with_a_reason(
+    settings: Settings, db: Database, receive: Callable[..., None], tiny_model: object
+) -> None:
+    receive("1.2.3.1")
+    (job_id,) = assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created
+    (settings.storage.spool_dir / "1.2.3.1.dcm").unlink()
+    with pytest.raises(JobError, match="cannot be read from the spool"):
+        draft_job(settings, db, tiny_model, job_id)  # type: ignore[arg-type]
+    (job,) = jobs(db)
+    assert job.state is JobState.FAILED and "spool" in (job.error or "")
+    assert "1.2.3.1" not in (job.error or "")  # no identifiers in the reason
+
+
+def test_a_job_retried_after_a_crash_reuses_its_stored_draft(
+    settings: Settings, db: Database, receive: Callable[..., None], tiny_model: object
+) -> None:
+    receive("1.2.3.1")
+    (job_id,) = assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created
+    draft_job(settings, db, tiny_model, job_id)  # type: ignore[arg-type]
+    # As if the worker died after storing the draft: the row is running and stale.
+    with db.session() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(state=JobState.RUNNING, started_at=T0)
+        )
+    outcome = draft_job(settings, db, tiny_model, job_id)  # type: ignore[arg-type]
+    assert outcome.state is JobState.DONE and outcome.report_version == 1
+    with db.session() as session:
+        assert len(session.scalars(select(ReportVersion)).all()) == 1
+
+
+def _draft(text: str, positive: set[str]) -> DraftReport:
+    labels = ["No Finding", "Cardiomegaly", "Pleural Effusion"]
+    findings = [
+        FindingPrediction(label, 0.9 if label in positive else 0.1, 0.5) for label in labels
+    ]
+    return DraftReport(text, findings, "cough", "demo", "1.0")
+
+
+def test_no_finding_is_present_only_when_nothing_else_is() -> None:
+    report, records = draft_to_report(_draft("FINDINGS: x.\nIMPRESSION: y.", {"No Finding",
+                                                                          "Cardiomegaly"}))
+    presence = {r.label: r.presence for r in records}
+    assert presence == {"No Finding": "absent", "Cardiomegaly": "present",
+                        "Pleural Effusion": "absent"}
+    assert {r.label: r.probability for r in records}["No Finding"] == 0.9
+    _, records = draft_to_report(_draft("FINDINGS: x.", set()))
+    assert {r.label: r.presence for r in records}["No Finding"] == "present"
+    assert report.indication == "cough"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("FINDINGS: Clear lungs.\nIMPRESSION: Normal.", ("Clear lungs.", "Normal.")),
+        ("Heart is enlarged.", ("Heart is enlarged.", "Heart is enlarged.")),
+        ("IMPRESSION: Effusion.", ("Effusion.", "Effusion.")),
+        ("", (NO_NARRATIVE, NO_NARRATIVE)),
+        ("\x7fFINDINGS: a\x01b.\nIMPRESSION: ok\x0c", ("ab.", "ok")),
+    ],
+)
+def test_model_text_becomes_sr_texts(text: str, expected: tuple[str, str]) -> None:
+    assert split_report_text(text) == expected
