@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -44,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "node"))
 from nodehelpers import build_bind_shim, free_port  # noqa: E402
 from orthanc import ORTHANC_AE, Orthanc, wait_until  # noqa: E402
 
+from dicom_node.metrics import INFERENCE_SECONDS  # noqa: E402
 from dicom_node.service import NodeService  # noqa: E402
 from dicom_node.settings import load_settings  # noqa: E402
 from dicom_node.store import Instance, Job, JobState, Study  # noqa: E402
-from dicom_node.metrics import INFERENCE_SECONDS  # noqa: E402
 
 #: The latency goal of the issue: p50 of ``total`` on 2 CPU cores (seconds).
 GOAL_P50_S = 5.0
