@@ -133,6 +133,13 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Tasks run at a time (worker.concurrency).")
     ] = None,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="prefork: child processes, time limits enforced (default); threads: one "
+            "process, no time limits."
+        ),
+    ] = "prefork",
     hostname: Annotated[
         str | None, typer.Option(help="Celery node name (default: celery@HOST).")
     ] = None,
@@ -161,6 +168,8 @@ def worker(
             f"no model bundle at {settings.inference.bundle} (inference.bundle); copy the "
             "site's bundle to this host or build one with 'dicom_node model build-demo'"
         )
+    if pool not in ("prefork", "threads"):
+        raise _fail(f"--pool must be prefork or threads, got {pool!r}")
     app_ = configure_app(settings)
     http = None
     if settings.worker.metrics_port is not None:
@@ -173,7 +182,12 @@ def worker(
         http.start()
     try:
         run_worker(
-            app_, settings, settings.worker.queues, settings.worker.concurrency, hostname=hostname
+            app_,
+            settings,
+            settings.worker.queues,
+            settings.worker.concurrency,
+            pool="prefork" if pool == "prefork" else "threads",
+            hostname=hostname,
         )
     except NodeError as exc:
         raise _fail(str(exc)) from exc

@@ -6,7 +6,9 @@ rows, and both are committed before any message exists. :class:`Dispatcher` (run
 
 * each ``queued`` job that was never sent, or was sent more than
   ``worker.redispatch_after_s`` ago and is still queued (its message was lost with a broker
-  restart, or the embedded queue's file was removed), as ``draft_report(job_id)``;
+  restart, or the embedded queue's file was removed), as ``draft_report(job_id)``; and each
+  ``running`` job whose worker was lost (started more than ``worker.stale_job_s`` ago),
+  until it has used ``worker.max_retries`` + 1 attempts, after which it is ``failed``;
 * the outbox rows whose next attempt is due (after a failed delivery, a restart, or a
   draft whose own delivery message was lost) as ``deliver(ids)``, at most once per
   ``delivery.retry_base_s`` per row.
@@ -26,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..settings import Settings
@@ -82,16 +84,61 @@ class Dispatcher:
             return False
         return True
 
+    def _give_up_on_lost_jobs(self, stale_before: datetime, now: datetime) -> None:
+        """Fail stale running jobs that used up their attempts (their worker keeps dying)."""
+        limit = self.settings.worker.max_retries + 1
+        with self.db.session() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.state == JobState.RUNNING,
+                    Job.started_at < stale_before,
+                    Job.attempts >= limit,
+                )
+                .values(
+                    state=JobState.FAILED,
+                    error=f"the worker was lost {limit} times (time limit or crash)",
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+        failed = result.rowcount  # type: ignore[attr-defined]
+        if failed:
+            logger.error("%d job(s) failed: their worker was lost %d times", failed, limit)
+
     def dispatch_jobs(self, now: datetime) -> int:
-        """Send the queued jobs that need a message; returns how many were sent."""
-        resend_before = now - timedelta(seconds=self.settings.worker.redispatch_after_s)
+        """Send the jobs that need a message; returns how many were sent.
+
+        Those are queued jobs never sent or sent ``worker.redispatch_after_s`` ago, and
+        running jobs whose worker was lost (started ``worker.stale_job_s`` ago; killed at
+        the hard time limit, or its host died), until they used up their attempts.
+        """
+        worker = self.settings.worker
+        resend_before = now - timedelta(seconds=worker.redispatch_after_s)
+        stale_before = now - timedelta(seconds=worker.stale_job_s)
+        self._give_up_on_lost_jobs(stale_before, now)
         with self.db.session() as session:
             ids = list(
                 session.scalars(
                     select(Job.id)
                     .where(
-                        Job.state == JobState.QUEUED,
-                        or_(Job.dispatched_at.is_(None), Job.dispatched_at < resend_before),
+                        or_(
+                            and_(
+                                Job.state == JobState.QUEUED,
+                                or_(
+                                    Job.dispatched_at.is_(None),
+                                    Job.dispatched_at < resend_before,
+                                ),
+                            ),
+                            and_(
+                                Job.state == JobState.RUNNING,
+                                Job.started_at < stale_before,
+                                or_(
+                                    Job.dispatched_at.is_(None),
+                                    Job.dispatched_at < stale_before,
+                                ),
+                            ),
+                        )
                     )
                     .order_by(Job.id)
                     .limit(DISPATCH_BATCH)

@@ -1,9 +1,15 @@
 """Celery workers: the embedded one inside ``serve``, and ``dicom_node worker`` on other hosts.
 
-Both use Celery's thread pool: one process, one loaded model (a prefork pool would load the
-bundle once per child and share an ONNX Runtime session across ``fork``). The model is
-loaded before the worker takes its first message when the worker consumes the ``gpu``
-queue, so the first study is not slower than the next.
+``dicom_node worker`` uses Celery's prefork pool by default: the parent process supervises
+child processes and enforces the task time limits (soft: the task is told; hard: the child
+is killed and replaced), and each child loads the model once, right after it is forked (an
+ONNX Runtime session or a CUDA context must not cross a ``fork``). A GPU host runs one child
+per GPU (``--concurrency 1``). ``--pool threads`` runs the tasks in threads of one process
+with one model instead; Celery does not enforce time limits there.
+
+The embedded worker of ``serve`` runs in a thread of the node's process (thread pool, one
+model). Its jobs are bounded by the model's ``max_new_tokens`` rather than by time limits;
+a job whose process died is run again after ``worker.stale_job_s``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 from celery import Celery
 
@@ -127,6 +134,7 @@ def run_worker(
     queues: Sequence[str],
     concurrency: int,
     *,
+    pool: Literal["prefork", "threads"] = "prefork",
     hostname: str | None = None,
 ) -> None:
     """Run a standalone worker in the foreground until it is stopped (``dicom_node worker``).
@@ -140,14 +148,24 @@ def run_worker(
     queues
         Queues to consume.
     concurrency
-        Tasks run at a time (threads).
+        Tasks run at a time (child processes, or threads).
+    pool
+        ``prefork`` (time limits enforced, one model per child) or ``threads``.
     hostname
         Celery node name (default ``<queues>@<host>``).
     """
-    preload_model(queues)
+    if pool == "prefork":
+        from celery.signals import worker_process_init
+
+        def load_in_child(**_: object) -> None:
+            preload_model(queues)
+
+        worker_process_init.connect(load_in_child, weak=False)
+    else:
+        preload_model(queues)
     argv = [
         "worker",
-        "--pool=threads",
+        f"--pool={pool}",
         f"--concurrency={concurrency}",
         f"--queues={','.join(queues)}",
         f"--loglevel={settings.log_level}",
