@@ -213,8 +213,10 @@ def infer(
     bundle = settings.inference.bundle
     if not bundle.exists():
         raise _fail(
-            f"no model bundle at {bundle}; build one with "
-            f"'dicom_node model init --tiny --out {bundle}' or pass --model"
+            f"no model bundle at {bundle}; build the demo model with "
+            f"'dicom_node model build-demo --out {bundle}' (or run 'dicom_node serve' once), "
+            "make a tiny test bundle with 'dicom_node model init --tiny --out DIR', "
+            "or pass --model"
         )
     try:
         datasets = read_study(list(paths) if paths else [sample_study()])
@@ -334,7 +336,7 @@ def config_check(
 
 # Training commands (train, evaluate, model build-demo) and node commands (serve, status)
 # register themselves on ``app``.
-from . import node_cli, training_cli  # noqa: E402,F401
+from . import amend_cli, node_cli, training_cli  # noqa: E402,F401
 
 
 def main() -> None:

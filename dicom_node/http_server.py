@@ -19,8 +19,10 @@ from .errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
-#: Seconds to wait for uvicorn to start listening, or to stop.
-START_TIMEOUT_S = 10.0
+#: Seconds to wait for uvicorn to start serving.
+START_TIMEOUT_S = 15.0
+#: Seconds open requests get when the server stops.
+STOP_TIMEOUT_S = 10.0
 
 
 class BackgroundHttpServer:
@@ -42,17 +44,23 @@ class BackgroundHttpServer:
         self._socket = socket.socket(
             socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
         )
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._socket.bind((host, port))
+            self._socket.listen(128)
         except OSError as exc:
             self._socket.close()
             raise ServiceError(
                 f"the {name} HTTP server cannot listen on {host}:{port}: {exc}"
             ) from exc
         self.port: int = self._socket.getsockname()[1]
+        # No access log: request paths hold Study Instance UIDs.
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=int(STOP_TIMEOUT_S),
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
@@ -75,8 +83,9 @@ class BackgroundHttpServer:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ServiceError(f"the {self.name} HTTP server did not start")
-            time.sleep(0.02)
+                self.stop()
+                raise ServiceError(f"the {self.name} HTTP server did not start; see the log")
+            time.sleep(0.01)  # polling uvicorn's flag, not a synchronisation delay
         logger.info("%s HTTP server on %s:%d", self.name, self.host, self.port)
 
     @property
@@ -86,12 +95,15 @@ class BackgroundHttpServer:
         return f"http://{host}:{self.port}"
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving (open requests get :data:`STOP_TIMEOUT_S`) and close the socket."""
         self._server.should_exit = True
         if self._thread is not None:
-            self._thread.join(START_TIMEOUT_S)
+            self._thread.join(STOP_TIMEOUT_S + 5)
+            if self._thread.is_alive():
+                self._server.force_exit = True
+                self._thread.join(STOP_TIMEOUT_S)
             self._thread = None
         self._socket.close()
 
 
-__all__ = ["BackgroundHttpServer"]
+__all__ = ["START_TIMEOUT_S", "STOP_TIMEOUT_S", "BackgroundHttpServer"]

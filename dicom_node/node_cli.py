@@ -27,6 +27,8 @@ from .settings import Settings, load_settings
 LISTENING_PREFIX = "dicom_node listening on"
 #: Line printed after it with the base URL of /healthz and /metrics.
 HTTP_PREFIX = "dicom_node http on"
+#: Line printed after that with the base URL of the dialog API and reader page (if enabled).
+API_PREFIX = "dicom_node api on"
 
 
 def _node_settings(config: Path | None, **overrides: object) -> Settings:
@@ -115,6 +117,8 @@ def serve(
             )
             if service.http is not None:
                 sys.stdout.write(f"{HTTP_PREFIX} {service.http.url}\n")
+            if service.api is not None:
+                sys.stdout.write(f"{API_PREFIX} {service.api.url}\n")
             sys.stdout.flush()
             stop.wait()
         finally:

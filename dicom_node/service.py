@@ -12,7 +12,9 @@
 * the **embedded worker** (with no broker configured): a Celery worker in this process on a
   persistent SQLite transport, which drafts the reports and delivers the SRs. With a
   broker, workers run elsewhere (``dicom_node worker``);
-* the **operations HTTP server**: ``/healthz`` and ``/metrics`` on ``node.http_port``.
+* the **operations HTTP server**: ``/healthz`` and ``/metrics`` on ``node.http_port``;
+* the **dialog API and reader page** on ``api.port``, when ``api.enabled``
+  (:mod:`dicom_node.api`).
 
 Everything the node must not lose is in the database before it is acknowledged, so a node
 stopped at any moment resumes where it was.
@@ -27,6 +29,7 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
+from .api import ApiServer
 from .assembly import AssemblyResult, assemble
 from .errors import ServiceError
 from .http_server import BackgroundHttpServer
@@ -58,7 +61,8 @@ class NodeService:
     worker
         Run the embedded worker: ``None`` (default) = when no broker is configured.
     http
-        Serve ``/healthz`` and ``/metrics`` on ``node.http_port``.
+        Serve ``/healthz`` and ``/metrics`` on ``node.http_port``, and the dialog API on
+        ``api.port`` when ``api.enabled``.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class NodeService:
         run_worker = is_embedded(settings) if worker is None else worker
         self.worker = EmbeddedWorker(self.celery, settings) if run_worker else None
         self.http: BackgroundHttpServer | None = None
+        self.api: ApiServer | None = None
         self._want_http = http
         self._collector: metrics.DatabaseCollector | None = None
         self._stopping = threading.Event()
@@ -188,6 +193,9 @@ class NodeService:
                     "operations",
                 )
                 self.http.start()
+                if self.settings.api.enabled:
+                    self.api = ApiServer(self.settings, database=self.db)
+                    self.api.start()
             self.address = self.scp.start()
         except Exception:
             self._stop_parts()
@@ -210,6 +218,9 @@ class NodeService:
         for thread in self._threads:
             thread.join(STOP_TIMEOUT_S)
         self._threads.clear()
+        if self.api is not None:
+            self.api.stop()  # waits for running dialog turns and their deliveries
+            self.api = None
         if self.worker is not None:
             self.worker.stop()
         if self.http is not None:

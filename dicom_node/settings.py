@@ -156,9 +156,11 @@ class NodeSettings(BaseModel):
         description="Address the SCP listens on; 0.0.0.0 for every interface.",
     )
     max_pdu: int = Field(
-        default=65536,
+        default=1024 * 1024,
         ge=0,
-        description="Largest PDU the node accepts, in bytes (0 = no limit).",
+        description="Largest PDU the node accepts, in bytes (0 = no limit). Peers cut each "
+        "data set into PDUs of at most this size; fewer, larger PDUs cost pynetdicom less "
+        "(docs/benchmarks.md, ingest).",
     )
     acse_timeout: Seconds = Field(
         default=30.0, description="Seconds to wait for association messages."
@@ -595,6 +597,91 @@ class ApiSettings(BaseModel):
         return self
 
 
+class RetrainSettings(BaseModel):
+    """Retraining from signed-off reports and the model registry (``dicom_node retrain``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_data: Path | None = Field(
+        default=Path("models/demo.work/phantoms"),
+        description="Base dataset mixed into every retrain so that the model does not forget "
+        "(default: the phantoms of the demo build); none = signed-off studies only.",
+    )
+    base_data_kind: Literal["phantoms", "mimic", "dicom"] = Field(
+        default="phantoms", description="Loader of base_data: phantoms, mimic or dicom."
+    )
+    base_reports: Path | None = Field(
+        default=None,
+        description="Reports of base_data: the MIMIC-CXR reports root, or the reports CSV of "
+        "a DICOM folder.",
+    )
+    max_base_studies: int = Field(
+        default=2000,
+        ge=0,
+        description="Base studies used per retrain at most (a seeded sample; 0 = none).",
+    )
+    min_signed_off: int = Field(
+        default=20,
+        ge=1,
+        description="A retrain with fewer signed-off studies than this is refused.",
+    )
+    val_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="Share of patients used for validation."
+    )
+    test_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of patients held out to compare the candidate with the active "
+        "model.",
+    )
+    max_steps: int = Field(
+        default=200, ge=1, description="Optimiser steps of each retrained LoRA stage."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Examples per optimiser step.")
+    learning_rate: float = Field(
+        default=1e-4, gt=0, description="Learning rate of the LoRA fine-tunes."
+    )
+    device: str = Field(
+        default="auto", description="Training device: auto (CUDA when present), cpu, cuda:N."
+    )
+    eval_limit: int = Field(
+        default=200,
+        ge=1,
+        description="Held-out studies evaluated at most (with both the candidate and the "
+        "active model).",
+    )
+    eval_corrections: int = Field(
+        default=20,
+        ge=0,
+        description="Correction examples answered for correction success (0 = skip).",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of sampling, splits and training.")
+    time_limit_s: Seconds = Field(
+        default=24 * 3600.0, description="Hard time limit of one retrain job."
+    )
+    work_dir: Path | None = Field(
+        default=None,
+        description="Data, checkpoints and logs of retrain runs; default <storage.folder>/"
+        "retrain.",
+    )
+    registry_dir: Path | None = Field(
+        default=None,
+        description="Bundles of the registered model versions; default <storage.folder>/"
+        "models. Every worker host needs the same versions here (shared or synced).",
+    )
+    active_check_s: Seconds = Field(
+        default=5.0,
+        description="Seconds a worker trusts its answer to 'which model version is active' "
+        "before reading the registry again.",
+    )
+    log_tail_chars: int = Field(
+        default=20000,
+        ge=1000,
+        description="Characters of a retrain run's log kept in the database.",
+    )
+
+
 class Settings(BaseSettings):
     """All settings of the node, one section per concern."""
 
@@ -626,6 +713,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
     @model_validator(mode="after")
     def _cross_section_rules(self) -> Settings:
@@ -789,6 +877,7 @@ __all__ = [
     "InferenceSettings",
     "NodeSettings",
     "PacsDestination",
+    "RetrainSettings",
     "RisSettings",
     "Settings",
     "StorageSettings",

@@ -63,7 +63,7 @@ class AuditOutcome(enum.StrEnum):
     OK = "ok"
     #: Refused with a 4xx answer (bad input, stale version, not allowed); nothing changed.
     REFUSED = "refused"
-    #: An internal error (5xx).
+    #: The node could not do it (5xx: model unavailable, unusable model output, bug).
     FAILED = "failed"
 
 

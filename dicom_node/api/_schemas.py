@@ -1,0 +1,243 @@
+"""Request and response bodies of the dialog API (pydantic models, JSON on the wire)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..store.dialog import MessageKind, MessageRole, ProposalStatus
+from ..store.models import ReportKind
+
+#: Draft status of a study in the worklist.
+StudyStatus = Literal["received", "queued", "running", "failed", "drafted", "amended", "signed"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MessageRequest(_Request):
+    """A reader's message to a study's dialog."""
+
+    text: str = Field(description="The question or instruction.")
+    intent: Literal["auto", "question", "amend"] = Field(
+        default="auto",
+        description="auto = classify the message; question = always answer; amend = always "
+        "propose a revision.",
+    )
+
+
+class EditRequest(_Request):
+    """A direct edit of the report text."""
+
+    based_on_version: int = Field(ge=1, description="The version the edit was made on.")
+    findings_text: str
+    impression_text: str
+    findings: dict[str, str] | None = Field(
+        default=None,
+        description="Label -> present/absent/uncertain, set explicitly; others follow the "
+        "text (see docs/amend_loop.md).",
+    )
+
+
+class SignOffRequest(_Request):
+    """Sign the current version off."""
+
+    based_on_version: int = Field(ge=1, description="The version being signed.")
+
+
+class UserOut(BaseModel):
+    """The authenticated reader."""
+
+    name: str
+    display_name: str
+    organization: str
+    may_sign: bool
+
+
+class StudySummary(BaseModel):
+    """A study in the worklist."""
+
+    study_instance_uid: str
+    accession_number: str | None
+    received_at: datetime
+    instances: int
+    status: StudyStatus
+    latest_version: int | None
+    latest_kind: ReportKind | None
+    updated_at: datetime | None
+    open_proposals: int
+
+
+class FindingOut(BaseModel):
+    """A coded finding of a report version or proposal."""
+
+    label: str
+    presence: str
+    probability: float | None
+    threshold: float | None
+
+
+class DiffSegmentOut(BaseModel):
+    """A run of unchanged, inserted or deleted text."""
+
+    op: Literal["equal", "insert", "delete"]
+    text: str
+
+
+class FindingChange(BaseModel):
+    """A coded finding whose presence differs between two versions."""
+
+    label: str
+    before: str | None
+    after: str | None
+
+
+class ReportDiff(BaseModel):
+    """What changed between two report texts."""
+
+    from_version: int
+    findings: list[DiffSegmentOut]
+    impression: list[DiffSegmentOut]
+    findings_changes: list[FindingChange]
+    unified: str
+
+
+class VersionOut(BaseModel):
+    """One version of the study's report."""
+
+    version: int
+    kind: ReportKind
+    author: str | None
+    created_at: datetime
+    findings_text: str
+    impression_text: str
+    indication: str | None
+    verified: bool
+    sr_sop_instance_uid: str
+    findings: list[FindingOut]
+    diff: ReportDiff | None = Field(description="Changes against the previous version.")
+
+
+class MessageOut(BaseModel):
+    """A message of the dialog."""
+
+    id: int
+    role: MessageRole
+    kind: MessageKind
+    text: str
+    based_on_version: int | None
+    author: str | None
+    created_at: datetime
+    proposal_id: int | None
+
+
+class ProposalOut(BaseModel):
+    """A revision the model proposed."""
+
+    id: int
+    kind: MessageKind
+    based_on_version: int
+    status: ProposalStatus
+    stale: bool = Field(description="True when the report has changed since (accept -> 409).")
+    findings_text: str
+    impression_text: str
+    findings: list[FindingOut]
+    requested_by: str
+    created_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
+    accepted_version: int | None
+    diff: ReportDiff | None
+
+
+class ImageOut(BaseModel):
+    """An image of the study, rendered by ``.../images/{id}.png``."""
+
+    id: int
+    modality: str | None
+    view_position: str | None
+
+
+class ImageInfo(BaseModel):
+    """Window defaults and value range of an image (for the page's sliders)."""
+
+    id: int
+    rows: int
+    columns: int
+    photometric: str
+    default_center: float
+    default_width: float
+    minimum: float
+    maximum: float
+
+
+class PatientOut(BaseModel):
+    """Patient and study identification, from the latest SR (shown to the reader only)."""
+
+    name: str
+    patient_id: str
+    birth_date: str
+    sex: str
+    study_date: str
+    accession_number: str
+
+
+class StudyDetail(BaseModel):
+    """One study: report, history, dialog, proposals and images."""
+
+    study: StudySummary
+    patient: PatientOut | None
+    current: VersionOut | None
+    versions: list[VersionOut]
+    messages: list[MessageOut]
+    proposals: list[ProposalOut]
+    images: list[ImageOut]
+
+
+class TurnResult(BaseModel):
+    """The outcome of posting a message."""
+
+    kind: MessageKind
+    message: MessageOut
+    answer: MessageOut
+    proposal: ProposalOut | None
+
+
+class VersionResult(BaseModel):
+    """A new report version (accepted proposal, edit or sign-off)."""
+
+    version: VersionOut
+    destinations: list[str] = Field(description="PACS destinations the SR is queued for.")
+
+
+class ProposalResult(BaseModel):
+    """A proposal after it was rejected."""
+
+    proposal: ProposalOut
+
+
+__all__ = [
+    "DiffSegmentOut",
+    "EditRequest",
+    "FindingChange",
+    "FindingOut",
+    "ImageInfo",
+    "ImageOut",
+    "MessageOut",
+    "MessageRequest",
+    "PatientOut",
+    "ProposalOut",
+    "ProposalResult",
+    "ReportDiff",
+    "SignOffRequest",
+    "StudyDetail",
+    "StudyStatus",
+    "StudySummary",
+    "TurnResult",
+    "UserOut",
+    "VersionOut",
+    "VersionResult",
+]

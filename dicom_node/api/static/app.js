@@ -1,0 +1,470 @@
+// Reader page of the amend dialog: plain JavaScript, no build step.
+// Every text from the server is inserted with textContent (never innerHTML).
+"use strict";
+
+const TOKEN_KEY = "dicomNodeApiToken";
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  user: null,
+  uid: null,
+  detail: null,
+  image: null,      // {id, info}
+  imageUrl: null,   // current object URL
+  imageRequest: 0,  // sequence number: only the newest rendering is shown
+  busy: false,
+};
+
+const $ = (id) => document.getElementById(id);
+
+class ApiFailure extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+function setStatus(text, isError = false) {
+  const status = $("status");
+  status.textContent = text || "";
+  status.classList.toggle("error", Boolean(isError));
+}
+
+function element(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Authorization: `Bearer ${state.token}` }, options.headers || {});
+  const init = { method: options.method || "GET", headers };
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(options.json);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 401) {
+    logout("The token is not valid (or no longer valid).");
+    throw new ApiFailure(401, "not logged in");
+  }
+  if (!response.ok) {
+    let detail = response.statusText;
+    try {
+      const body = await response.json();
+      detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    } catch (ignored) { /* not JSON: keep the status text */ }
+    throw new ApiFailure(response.status, detail);
+  }
+  return response;
+}
+
+const studyPath = (suffix = "") => `/api/studies/${encodeURIComponent(state.uid)}${suffix}`;
+
+function reportFailure(error) {
+  if (error instanceof ApiFailure) {
+    if (error.status !== 401) setStatus(`${error.status}: ${error.message}`, true);
+  } else {
+    setStatus(String(error), true);
+  }
+}
+
+// ------------------------------------------------------------------ login
+async function login(token) {
+  state.token = token;
+  try {
+    const response = await api("/api/me");
+    state.user = await response.json();
+  } catch (error) {
+    state.token = null;
+    $("login-error").textContent = error instanceof ApiFailure && error.status === 401
+      ? "This token is not valid." : `Login failed: ${error.message}`;
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("login").hidden = true;
+  $("main").hidden = false;
+  $("logout-button").hidden = false;
+  $("user").textContent = `${state.user.display_name.replaceAll("^", " ")} (${state.user.name})`;
+  $("sign-button").disabled = !state.user.may_sign;
+  await loadWorklist();
+}
+
+function logout(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  state.user = null;
+  $("main").hidden = true;
+  $("login").hidden = false;
+  $("logout-button").hidden = true;
+  $("user").textContent = "";
+  $("login-error").textContent = message || "";
+}
+
+// ------------------------------------------------------------------ worklist
+async function loadWorklist() {
+  const response = await api("/api/studies?drafted=true");
+  const studies = await response.json();
+  const body = $("worklist").querySelector("tbody");
+  body.replaceChildren();
+  for (const study of studies) {
+    const row = element("tr");
+    row.dataset.uid = study.study_instance_uid;
+    row.title = study.study_instance_uid;
+    row.append(
+      element("td", study.accession_number || "-"),
+      element("td", new Date(study.received_at).toLocaleString()),
+      element("td", study.open_proposals ? `${study.status} (${study.open_proposals} open)` : study.status),
+      element("td", study.latest_version ?? "-"),
+    );
+    row.classList.toggle("selected", study.study_instance_uid === state.uid);
+    row.addEventListener("click", () => openStudy(study.study_instance_uid).catch(reportFailure));
+    body.append(row);
+  }
+  $("worklist-empty").hidden = studies.length > 0;
+}
+
+// ------------------------------------------------------------------ study
+async function openStudy(uid) {
+  const changed = uid !== state.uid;
+  state.uid = uid;
+  for (const row of $("worklist").querySelectorAll("tbody tr")) {
+    row.classList.toggle("selected", row.dataset.uid === uid);
+  }
+  await reloadStudy();
+  if (changed) await selectImage(state.detail.images.length ? state.detail.images[0].id : null);
+}
+
+async function reloadStudy() {
+  const response = await api(studyPath());
+  state.detail = await response.json();
+  renderStudy();
+}
+
+function renderDiff(container, segments, fallback) {
+  container.replaceChildren();
+  if (!segments) {
+    container.textContent = fallback;
+    return;
+  }
+  for (const segment of segments) {
+    if (segment.op === "equal") container.append(document.createTextNode(segment.text));
+    else container.append(element(segment.op === "insert" ? "ins" : "del", segment.text));
+  }
+}
+
+function codeChanges(diff) {
+  if (!diff || !diff.findings_changes.length) return "";
+  return "Coded findings: " + diff.findings_changes
+    .map((c) => `${c.label} ${c.before ?? "-"} \u2192 ${c.after ?? "-"}`).join("; ");
+}
+
+function renderStudy() {
+  const detail = state.detail;
+  const patient = detail.patient;
+  $("patient").textContent = patient
+    ? `${patient.name.replaceAll("^", " ")} \u00b7 ID ${patient.patient_id} \u00b7 born ${patient.birth_date} `
+      + `\u00b7 ${patient.sex} \u00b7 study ${patient.study_date} \u00b7 acc. ${patient.accession_number}`
+    : detail.study.study_instance_uid;
+  const current = detail.current;
+  $("report-version").textContent = current ? String(current.version) : "-";
+  $("report-status").textContent = detail.study.status;
+  renderDiff($("report-findings"), current && current.diff ? current.diff.findings : null,
+    current ? current.findings_text : "(no report yet)");
+  renderDiff($("report-impression"), current && current.diff ? current.diff.impression : null,
+    current ? current.impression_text : "");
+  $("report-codes-changes").textContent = current ? codeChanges(current.diff) : "";
+  const signed = detail.study.status === "signed";
+  $("edit-button").disabled = !current || signed;
+  $("sign-button").disabled = !current || signed || !(state.user && state.user.may_sign);
+  $("sign-confirm").hidden = true;
+  $("edit-form").hidden = true;
+  $("report").hidden = false;
+
+  const findings = $("findings").querySelector("tbody");
+  findings.replaceChildren();
+  for (const finding of current ? current.findings : []) {
+    const row = element("tr", null, finding.presence);
+    const probability = finding.probability === null ? "-"
+      : `${(finding.probability * 100).toFixed(1)} %` + (finding.threshold === null ? ""
+        : ` (threshold ${(finding.threshold * 100).toFixed(0)} %)`);
+    row.append(element("td", finding.label), element("td", finding.presence), element("td", probability));
+    findings.append(row);
+  }
+
+  const versions = $("versions");
+  versions.replaceChildren();
+  for (const version of detail.versions) {
+    const when = new Date(version.created_at).toLocaleString();
+    const item = element("li", `v${version.version} ${version.kind} \u00b7 ${version.author || "model"} \u00b7 ${when}`);
+    item.dataset.version = version.version;
+    versions.append(item);
+  }
+
+  const messages = $("messages");
+  messages.replaceChildren();
+  for (const message of detail.messages) {
+    messages.append(messageBubble(message.role, message.text, `${message.kind} \u00b7 v${message.based_on_version}`));
+  }
+
+  const proposals = $("proposals");
+  proposals.replaceChildren();
+  for (const proposal of detail.proposals) {
+    proposals.append(proposalCard(proposal));
+  }
+}
+
+function messageBubble(role, text, meta) {
+  const bubble = element("div", null, `message ${role}`);
+  bubble.append(element("span", meta, "meta"));
+  const body = element("span", text, "body");
+  bubble.append(body);
+  return bubble;
+}
+
+function proposalCard(proposal) {
+  const card = element("div", null, "proposal");
+  card.dataset.id = proposal.id;
+  card.dataset.status = proposal.status;
+  card.classList.toggle("stale", proposal.stale);
+  const state_ = proposal.status === "open" && proposal.stale ? "open, outdated" : proposal.status;
+  card.append(element("h3", `Proposal ${proposal.id} (${proposal.kind}) on v${proposal.based_on_version}: ${state_}`));
+  const findings = element("div", null, "text diff");
+  renderDiff(findings, proposal.diff ? proposal.diff.findings : null, proposal.findings_text);
+  const impression = element("div", null, "text diff");
+  renderDiff(impression, proposal.diff ? proposal.diff.impression : null, proposal.impression_text);
+  card.append(element("h3", "Findings"), findings, element("h3", "Impression"), impression);
+  const codes = codeChanges(proposal.diff);
+  if (codes) card.append(element("p", codes, "muted"));
+  if (proposal.status === "open" && !proposal.stale) {
+    const actions = element("div", null, "actions");
+    const accept = element("button", "Accept", "accept");
+    accept.type = "button";
+    accept.addEventListener("click", () => decide(proposal.id, "accept"));
+    const reject = element("button", "Reject", "reject");
+    reject.type = "button";
+    reject.addEventListener("click", () => decide(proposal.id, "reject"));
+    actions.append(accept, reject);
+    card.append(actions);
+  }
+  return card;
+}
+
+// Runs one action at a time; the action buttons are disabled meanwhile (a click on a
+// disabled button does nothing, so no message is lost silently).
+async function guarded(work) {
+  if (state.busy) {
+    setStatus("Please wait for the current request to finish.", true);
+    return;
+  }
+  state.busy = true;
+  document.body.classList.add("busy");
+  $("send").disabled = true;
+  for (const button of document.querySelectorAll(".proposal button")) button.disabled = true;
+  try {
+    await work();
+  } catch (error) {
+    reportFailure(error);
+    // Show the study as it is now (a 409 means someone else changed it).
+    if (state.token && state.uid) await reloadStudy().catch(() => undefined);
+  } finally {
+    state.busy = false;
+    document.body.classList.remove("busy");
+    $("send").disabled = false;
+    for (const button of document.querySelectorAll(".proposal button")) button.disabled = false;
+  }
+}
+
+function decide(proposalId, action) {
+  return guarded(async () => {
+    const response = await api(studyPath(`/proposals/${proposalId}/${action}`), { method: "POST" });
+    const result = await response.json();
+    await reloadStudy();
+    await loadWorklist();
+    setStatus(action === "accept"
+      ? `Version ${result.version.version} stored` + (result.destinations.length ? ` and queued for ${result.destinations.join(", ")}` : "")
+      : `Proposal ${proposalId} rejected`);
+  });
+}
+
+// ------------------------------------------------------------------ dialog (SSE)
+function parseEvent(raw) {
+  let event = "message";
+  const data = [];
+  for (const line of raw.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+  }
+  return { event, data: data.length ? JSON.parse(data.join("\n")) : null };
+}
+
+function sendMessage(text, intent) {
+  return guarded(async () => {
+    const messages = $("messages");
+    messages.append(messageBubble("user", text, "sending"));
+    const bubble = messageBubble("assistant", "", "generating");
+    bubble.classList.add("streaming");
+    messages.append(bubble);
+    const body = bubble.querySelector(".body");
+    const response = await api(studyPath("/messages?stream=true"), {
+      method: "POST", json: { text, intent }, headers: { Accept: "text/event-stream" },
+    });
+    $("message-input").value = "";
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let finished = false;
+    let outcome = "";
+    while (!finished) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const { event, data } = parseEvent(buffer.slice(0, cut));
+        buffer = buffer.slice(cut + 2);
+        if (event === "token") {
+          body.textContent += data.text;
+        } else if (event === "done") {
+          finished = true;
+          outcome = data.proposal ? `Proposal ${data.proposal.id} ready` : "Answered";
+        } else if (event === "error") {
+          finished = true;
+          throw new ApiFailure(data.status, data.detail);
+        }
+      }
+    }
+    bubble.classList.remove("streaming");
+    await reloadStudy();
+    await loadWorklist();
+    setStatus(outcome);
+  });
+}
+
+// ------------------------------------------------------------------ edit and sign-off
+function startEdit() {
+  const current = state.detail.current;
+  $("edit-findings").value = current.findings_text;
+  $("edit-impression").value = current.impression_text;
+  $("report").hidden = true;
+  $("edit-form").hidden = false;
+}
+
+function saveEdit() {
+  return guarded(async () => {
+    const response = await api(studyPath("/report"), {
+      method: "PUT",
+      json: {
+        based_on_version: state.detail.current.version,
+        findings_text: $("edit-findings").value,
+        impression_text: $("edit-impression").value,
+      },
+    });
+    const result = await response.json();
+    await reloadStudy();
+    await loadWorklist();
+    setStatus(`Version ${result.version.version} stored`);
+  });
+}
+
+function signOff() {
+  return guarded(async () => {
+    const response = await api(studyPath("/signoff"), {
+      method: "POST", json: { based_on_version: state.detail.current.version },
+    });
+    const result = await response.json();
+    await reloadStudy();
+    await loadWorklist();
+    setStatus(`Signed off as version ${result.version.version}`);
+  });
+}
+
+// ------------------------------------------------------------------ image
+async function selectImage(id) {
+  const select = $("image-select");
+  select.replaceChildren();
+  for (const image of state.detail.images) {
+    const option = element("option", `${image.modality || "?"} ${image.view_position || ""}`.trim());
+    option.value = image.id;
+    select.append(option);
+  }
+  if (id === null) {
+    state.image = null;
+    $("image").removeAttribute("src");
+    return;
+  }
+  select.value = String(id);
+  const response = await api(studyPath(`/images/${id}`));
+  const info = await response.json();
+  state.image = { id, info };
+  const low = Math.floor(info.minimum);
+  const high = Math.ceil(info.maximum);
+  const span = Math.max(high - low, 1);
+  const center = $("wl-center");
+  center.min = String(low - span);
+  center.max = String(high + span);
+  center.value = String(Math.round(info.default_center));
+  const width = $("wl-width");
+  width.max = String(Math.max(2 * span, Math.ceil(info.default_width)));
+  width.value = String(Math.round(info.default_width));
+  await renderImage();
+}
+
+async function renderImage() {
+  if (!state.image) return;
+  const request = ++state.imageRequest;
+  const query = new URLSearchParams({
+    center: $("wl-center").value, width: $("wl-width").value, size: "1024",
+  });
+  const response = await api(studyPath(`/images/${state.image.id}.png?${query}`));
+  const blob = await response.blob();
+  if (request !== state.imageRequest) return;  // a newer rendering was asked for
+  if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
+  state.imageUrl = URL.createObjectURL(blob);
+  $("image").src = state.imageUrl;
+}
+
+let renderTimer = null;
+function scheduleRender() {
+  clearTimeout(renderTimer);
+  renderTimer = setTimeout(() => renderImage().catch(reportFailure), 80);
+}
+
+// Zoom 1 fits the image to the frame's width; larger values scroll inside the frame.
+function applyZoom() {
+  $("image").style.width = `${Math.round(Number($("zoom").value) * 100)}%`;
+}
+
+// ------------------------------------------------------------------ wiring
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    login($("token").value.trim());
+  });
+  $("logout-button").addEventListener("click", () => logout(""));
+  $("refresh-button").addEventListener("click", () => loadWorklist().catch(reportFailure));
+  $("message-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("message-input").value;
+    if (!state.uid) { setStatus("Select a study first.", true); return; }
+    sendMessage(text, $("intent").value);
+  });
+  $("edit-button").addEventListener("click", startEdit);
+  $("cancel-edit").addEventListener("click", () => renderStudy());
+  $("save-edit").addEventListener("click", saveEdit);
+  $("sign-button").addEventListener("click", () => { $("sign-confirm").hidden = false; });
+  $("sign-confirm").addEventListener("click", signOff);
+  $("wl-center").addEventListener("input", scheduleRender);
+  $("wl-width").addEventListener("input", scheduleRender);
+  $("zoom").addEventListener("input", applyZoom);
+  $("wl-reset").addEventListener("click", () => selectImage(state.image ? state.image.id : null).catch(reportFailure));
+  $("image-select").addEventListener("change", (event) => selectImage(Number(event.target.value)).catch(reportFailure));
+  $("image-frame").addEventListener("wheel", (event) => {
+    if (!event.ctrlKey) return;
+    event.preventDefault();
+    const zoom = $("zoom");
+    zoom.value = String(Math.min(4, Math.max(0.25, Number(zoom.value) * (event.deltaY < 0 ? 1.1 : 0.9))));
+    applyZoom();
+  }, { passive: false });
+  if (state.token) login(state.token);
+});

@@ -1,0 +1,141 @@
+"""The reader page end to end in a real headless Chromium (Debian's `chromium`, Playwright).
+
+The page is served by ApiServer on a free port; the reader logs in with a token, opens the
+drafted study, moves the window slider, asks a question, requests a correction, accepts it
+and signs off. Orthanc then holds the study's chain of SRs: draft, amendment, signed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apihelpers import JANE_TOKEN, PATIENT_NAME, Orthanc, seed_drafted_study
+from test_api_pacs import check_chain, deliver_draft, pacs_settings
+
+from dicom_node.api import ApiServer
+from dicom_node.store import Database
+
+pytestmark = pytest.mark.network
+
+CHROMIUM = "/usr/bin/chromium"
+#: Milliseconds Playwright waits for the page (the model answers in well under a second).
+TIMEOUT_MS = 30_000
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    """Headless Chromium driven by Playwright (skipped only when chromium is not installed)."""
+    executable = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    if executable is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_reader_page_asks_corrects_accepts_and_signs(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
+    browser: Any, start_api_server: Callable[..., ApiServer],
+) -> None:
+    settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
+    db = Database(settings.database_url)
+    db.create_all()
+    try:
+        study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        orthanc.upload(study.image)
+        deliver_draft(settings, db, study.draft)
+        server = start_api_server(settings, db)
+        _drive_the_page(browser, server.url, study.study_uid)
+        check_chain(orthanc, study.study_uid, "Doe^Jane")
+    finally:
+        db.dispose()
+
+
+def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(url)
+        page.fill("#token", "wrong-token-0123456789")
+        page.click("#login-button")
+        sync_api.expect(page.locator("#login-error")).to_have_text("This token is not valid.")
+        page.fill("#token", JANE_TOKEN)
+        page.click("#login-button")
+        sync_api.expect(page.locator("#user")).to_contain_text("Doe Jane (jane)")
+
+        # Worklist -> study: patient, report, findings and the rendered image.
+        row = page.locator(f'#worklist tbody tr[data-uid="{study_uid}"]')
+        sync_api.expect(row).to_contain_text("drafted")
+        row.click()
+        sync_api.expect(page.locator("#patient")).to_contain_text(PATIENT_NAME.replace("^", " "))
+        sync_api.expect(page.locator("#report-version")).to_have_text("1")
+        sync_api.expect(page.locator("#report-findings")).to_contain_text(
+            "Small left pleural effusion."
+        )
+        sync_api.expect(page.locator("#findings tbody tr")).to_have_count(14)
+        page.wait_for_function(
+            "() => document.getElementById('image').naturalWidth > 0"
+        )
+        first_image = page.get_attribute("#image", "src")
+        with page.expect_response(lambda r: ".png?" in r.url and "width=8000" in r.url):
+            page.eval_on_selector(
+                "#wl-width", "(el) => { el.value = '8000'; el.dispatchEvent(new Event('input')); }"
+            )
+        page.wait_for_function(
+            "(old) => document.getElementById('image').src !== old", arg=first_image
+        )
+        page.eval_on_selector(
+            "#zoom", "(el) => { el.value = '2'; el.dispatchEvent(new Event('input')); }"
+        )
+        assert "width: 200%" in (page.get_attribute("#image", "style") or "")
+
+        # A question: streamed by SSE, answered, the report stays at version 1.
+        page.fill("#message-input", "Is the heart enlarged?")
+        with page.expect_response(lambda r: "/messages?stream=true" in r.url) as streamed:
+            page.click("#send")
+        assert streamed.value.headers["content-type"].startswith("text/event-stream")
+        sync_api.expect(page.locator("#status")).to_have_text("Answered")
+        sync_api.expect(page.locator("#messages .message.assistant")).to_have_count(1)
+        sync_api.expect(page.locator("#messages .message.streaming")).to_have_count(0)
+        assert page.inner_text("#messages .message.assistant .body").strip()
+        sync_api.expect(page.locator("#report-version")).to_have_text("1")
+
+        # A correction: a proposal with its diff, accepted as version 2.
+        page.fill("#message-input", "There is no pleural effusion.")
+        page.click("#send")
+        sync_api.expect(page.locator("#status")).to_have_text("Proposal 1 ready")
+        proposal = page.locator('.proposal[data-status="open"]')
+        sync_api.expect(proposal).to_have_count(1)
+        sync_api.expect(proposal.locator("del").first).to_be_visible()
+        proposal.locator("button.accept").click()
+        sync_api.expect(page.locator("#status")).to_have_text(
+            "Version 2 stored and queued for orthanc"
+        )
+        sync_api.expect(page.locator("#report-version")).to_have_text("2")
+        sync_api.expect(page.locator("#report-status")).to_have_text("amended")
+        sync_api.expect(page.locator("#report-findings del").first).to_be_visible()
+        sync_api.expect(page.locator('.proposal[data-status="accepted"]')).to_have_count(1)
+
+        # Sign-off in two clicks: version 3, verified.
+        page.click("#sign-button")
+        page.click("#sign-confirm")
+        sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 3")
+        sync_api.expect(page.locator("#report-version")).to_have_text("3")
+        sync_api.expect(page.locator("#report-status")).to_have_text("signed")
+        sync_api.expect(page.locator("#sign-button")).to_be_disabled()
+        sync_api.expect(page.locator("#versions li")).to_have_count(3)
+        assert errors == [], errors
+    finally:
+        context.close()

@@ -1,0 +1,124 @@
+"""The rules of the dialog without a server: classification, revision parsing, diffs, codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicom_node.api import classify_message
+from dicom_node.api._findings import revised_findings
+from dicom_node.api._text import clean_generated, parse_revision, word_diff
+from dicom_node.reports import FindingRecord
+from dicom_node.store import MessageKind
+from sr_templates import CHEXPERT_LABELS
+
+Q, C, R, S, E = (
+    MessageKind.QUESTION,
+    MessageKind.CORRECTION,
+    MessageKind.REWRITE,
+    MessageKind.SUMMARY,
+    MessageKind.EASY_LANGUAGE,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Is the heart enlarged?", Q),
+        ("any effusion", Q),
+        ("What does atelectasis mean?", Q),
+        ("Explain the findings.", Q),
+        ("List all findings.", Q),
+        ("the heart is enlarged?", Q),
+        ("could you tell me whether there is a pneumothorax", Q),
+        ("there is no effusion", C),
+        ("The patient also has cardiomegaly.", C),
+        ("You missed a pneumothorax.", C),
+        ("Do not mention the catheter.", C),
+        ("Can you remove the effusion?", C),
+        ("Please correct the report.", C),
+        ("Make it easier to read.", E),
+        ("Rewrite the report in plain language.", E),
+        ("Can you make it simpler?", E),
+        ("Summarise the report.", S),
+        ("summarize", S),
+        ("make it shorter", S),
+        ("Please rephrase the findings", R),
+        ("Translate the report into German.", R),
+    ],
+)
+def test_messages_are_classified_by_the_documented_rule(text: str, kind: MessageKind) -> None:
+    assert classify_message(text) is kind
+
+
+def test_intent_overrides_the_question_rule() -> None:
+    assert classify_message("there is no effusion", "question") is Q
+    assert classify_message("Is the heart enlarged?", "amend") is C
+    assert classify_message("Could you summarise it?", "amend") is S
+    with pytest.raises(ValueError, match="intent"):
+        classify_message("hi", "shout")  # type: ignore[arg-type]
+
+
+def test_generated_text_loses_control_characters_only() -> None:
+    assert clean_generated(" a\x16b\tc\r\nd\x7f\u00e9\ufffd ") == "ab c\nd\u00e9\ufffd"
+    assert clean_generated(" x\x00 ", strip=False) == " x "
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "expected"),
+    [
+        ("FINDINGS: No effusion.\nIMPRESSION: Normal chest.", C, ("No effusion.", "Normal chest.")),
+        ("findings: No effusion.", C, ("No effusion.", "Old impression.")),
+        ("No effusion. Heart normal.", E, ("No effusion. Heart normal.", "Old impression.")),
+        ("Impression: Normal.", C, ("Old findings.", "Normal.")),
+        ("IMPRESSION: Small effusion.", S, ("Old findings.", "Small effusion.")),
+        ("Small effusion.", S, ("Old findings.", "Small effusion.")),
+        ("FINDINGS: No\n  effusion.\nCONCLUSION: Normal.", C, ("No effusion.", "Normal.")),
+        ("", C, ("", "Old impression.")),
+    ],
+)
+def test_revisions_are_split_into_findings_and_impression(
+    answer: str, kind: MessageKind, expected: tuple[str, str]
+) -> None:
+    assert parse_revision(answer, kind, "Old findings.", "Old impression.") == expected
+
+
+def test_word_diff_segments_rebuild_both_texts() -> None:
+    old = "Small left pleural effusion.\nNo pneumothorax."
+    new = "No pleural effusion.\nNo pneumothorax. Heart normal."
+    segments = word_diff(old, new)
+    assert "".join(s.text for s in segments if s.op != "insert") == old
+    assert "".join(s.text for s in segments if s.op != "delete") == new
+    assert [s.text for s in segments if s.op == "delete"] == ["Small left"]
+    assert word_diff("same", "same") == [word_diff("same", "same")[0]]
+    assert word_diff("same", "same")[0].op == "equal"
+
+
+def _codes(**presence: str) -> list[FindingRecord]:
+    return [
+        FindingRecord(label, presence.get(label.replace(" ", "_"), "absent"), 0.5, 0.5)
+        for label in CHEXPERT_LABELS
+    ]
+
+
+def test_corrections_recode_what_the_text_states_and_keep_the_rest() -> None:
+    current = _codes(Pleural_Effusion="present", Support_Devices="present")
+    revised = {
+        r.label: r
+        for r in revised_findings(
+            current, C, "No pleural effusion. Moderate cardiomegaly.", "Cardiomegaly."
+        )
+    }
+    assert revised["Pleural Effusion"].presence == "absent"
+    assert revised["Cardiomegaly"].presence == "present"
+    assert revised["Support Devices"].presence == "present"  # not mentioned: kept
+    assert revised["No Finding"].presence == "absent"
+    assert revised["Cardiomegaly"].probability == 0.5  # the model's probability stays
+
+
+def test_a_normal_text_makes_no_finding_present_and_rewrites_keep_codes() -> None:
+    current = _codes(Pleural_Effusion="present")
+    normal = {r.label: r.presence for r in revised_findings(
+        current, C, "No pleural effusion.", "No acute cardiopulmonary process.")}
+    assert normal["Pleural Effusion"] == "absent" and normal["No Finding"] == "present"
+    assert revised_findings(current, E, "No pleural effusion.", "Normal.") == current
+    assert revised_findings(current, S, "x", "Normal.") == current
