@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import NodeError
+from .logs import configure_logging
 from .settings import Settings, load_settings
 
 app = typer.Typer(
@@ -64,9 +65,7 @@ def _quiet_libraries() -> None:
 
 
 def _setup(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     _quiet_libraries()
 
 

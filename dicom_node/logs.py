@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TextIO
 
 #: Log line format of the text logs.
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -44,17 +45,53 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler writing to whatever ``sys.stderr`` is when a record is emitted.
+
+    A plain StreamHandler keeps the stream it was created with; when that stream is
+    replaced and closed (a test runner capturing output, a daemon redirecting it), every
+    later record fails with "I/O operation on closed file".
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        """The current ``sys.stderr``."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        """Ignored: the handler always writes to the current ``sys.stderr``."""
+
+
+_installed: logging.Handler | None = None
+
+
 def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None:
-    """Set up the root logger of a node process (replacing earlier handlers)."""
-    handler = logging.StreamHandler()
+    """Set up the root logger of a node process.
+
+    Installs one :class:`StderrHandler` (replacing the one an earlier call installed; other
+    handlers, such as a test runner's, are left alone) and sets the level.
+    """
+    global _installed
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
+    if _installed is not None:
+        root.removeHandler(_installed)
     root.addHandler(handler)
+    _installed = handler
     root.setLevel(level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-__all__ = ["QUIET_LOGGERS", "TEXT_FORMAT", "JsonFormatter", "configure_logging"]
+__all__ = [
+    "QUIET_LOGGERS",
+    "TEXT_FORMAT",
+    "JsonFormatter",
+    "StderrHandler",
+    "configure_logging",
+]

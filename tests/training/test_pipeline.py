@@ -163,7 +163,7 @@ def test_evaluate_command_prints_every_metric(
          "--corrections", "2", "--json"],
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # logs go to stderr
     assert report["n_studies"] == 4
     assert {"f1_macro", "f1_micro", "precision_macro", "recall_micro"} <= set(report["ce"])
     assert {"bleu1", "bleu4", "rouge_l"} <= set(report["nlg"])
