@@ -335,7 +335,7 @@ def config_check(
 
 # Training commands (train, evaluate, model build-demo) and node commands (serve, status)
 # register themselves on ``app``.
-from . import amend_cli, node_cli, training_cli  # noqa: E402,F401
+from . import amend_cli, node_cli, registry_cli, training_cli  # noqa: E402,F401
 
 
 def main() -> None:

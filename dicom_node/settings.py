@@ -605,7 +605,8 @@ class RetrainSettings(BaseModel):
     base_data: Path | None = Field(
         default=Path("models/demo.work/phantoms"),
         description="Base dataset mixed into every retrain so that the model does not forget "
-        "(default: the phantoms of the demo build); none = signed-off studies only.",
+        "(default: the phantoms of the demo build); max_base_studies = 0 trains on "
+        "signed-off studies only.",
     )
     base_data_kind: Literal["phantoms", "mimic", "dicom"] = Field(
         default="phantoms", description="Loader of base_data: phantoms, mimic or dicom."

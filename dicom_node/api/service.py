@@ -123,6 +123,14 @@ logger = logging.getLogger(__name__)
 
 #: Returns the process's model (loaded on first use).
 ModelProvider = Callable[[], "ChestXrayVLM"]
+
+
+def _active_model(settings: Settings, db: Database) -> ChestXrayVLM:
+    """The registry's active model version, from the process's model cache (the one the
+    embedded worker drafts with, so serve holds one copy and follows promotions)."""
+    from ..registry import active_bundle
+
+    return get_model(settings.inference, bundle=active_bundle(db, settings).bundle)
 #: Threads running dialog turns (generation itself is serialised by the LLM's lock).
 MODEL_THREADS = 4
 #: SOP Class UID prefix of the structured reports (not rendered or analysed).
@@ -168,8 +176,9 @@ class DialogService:
     db
         The node's database (shared with the rest of the node).
     model_provider
-        Returns the model; default :func:`dicom_node.model_cache.get_model` on
-        ``settings.inference``.
+        Returns the model; default the registry's active version
+        (:func:`dicom_node.registry.active_bundle`), loaded once per process by
+        :func:`~dicom_node.model_cache.get_model` with ``settings.inference``.
     """
 
     def __init__(
@@ -178,7 +187,7 @@ class DialogService:
         self.settings = settings
         self.db = db
         self._model_provider: ModelProvider = model_provider or (
-            lambda: get_model(settings.inference)
+            lambda: _active_model(settings, db)
         )
         self._analyses = AnalysisCache(settings.api.analysis_cache_size)
         self.images = ImageRenderer()

@@ -131,7 +131,7 @@ def configure_app(settings: Settings) -> Celery:
     Also records the settings for the tasks of this process
     (:func:`dicom_node.jobqueue.context.set_settings`).
     """
-    from . import context, tasks  # noqa: F401  (registers the tasks)
+    from . import context, tasks, training_tasks  # noqa: F401  (registers the tasks)
 
     _drop_pooled_connections()
     app.conf.update(celery_config(settings))

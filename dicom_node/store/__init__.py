@@ -29,6 +29,7 @@ from .models import (
     Study,
     WorklistEntry,
 )
+from .registry import ModelSource, ModelVersion, RetrainRun, RetrainState
 
 __all__ = [
     "SUPPORTED_BACKENDS",
@@ -49,7 +50,11 @@ __all__ = [
     "OutboxItem",
     "OutboxState",
     "ReportKind",
+    "ModelSource",
+    "ModelVersion",
     "ReportVersion",
+    "RetrainRun",
+    "RetrainState",
     "Study",
     "WorklistEntry",
 ]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from inference.labels import CHEXPERT_LABELS
+from inference.report_sections import parse_report
 
 from ..errors import DatasetError
 from ..records import StudyRecord
@@ -31,7 +32,6 @@ from ._tables import (
     require_value,
     view_rank,
 )
-from inference.report_sections import parse_report
 from .splits import SplitName, normalise_split_name
 
 logger = logging.getLogger(__name__)
