@@ -1,9 +1,10 @@
 """The spool: received instances on disk, written atomically, named by hashed UIDs.
 
-A file is first written to a temporary name in its final folder, flushed and fsynced, then
-renamed over its final name and the folder is fsynced; a crash leaves either the complete file
-or none (plus perhaps a ``.tmp-*`` file that :meth:`Spool.remove_temporary_files` cleans at
-start-up). Paths are ``<study>/<series>/<instance>.dcm`` with each level the SHA-256 of the
+A file is first written to a temporary name in its final folder and fsynced, then renamed
+over its final name and the folder is fsynced; a folder the write had to create is made
+durable the same way (its parent is fsynced). A crash or power cut leaves either the complete
+file or none (plus perhaps a ``.tmp-*`` file that :meth:`Spool.remove_temporary_files` cleans
+at start-up). Paths are ``<study>/<series>/<instance>.dcm`` with each level the SHA-256 of the
 UID cut to 32 hex digits, so no UID (nor any peer-chosen text) ends up in a file name.
 """
 
@@ -105,12 +106,13 @@ class Spool:
         target = self.root / relative
         temp_name: str | None = None
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self._make_folders(target.parent)
             fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temp_name, target)
             temp_name = None
             _fsync_directory(target.parent)
@@ -122,6 +124,24 @@ class Spool:
             if temp_name is not None:
                 Path(temp_name).unlink(missing_ok=True)
         return target
+
+    def _make_folders(self, folder: Path) -> None:
+        """Create `folder` and its missing parents, durably.
+
+        A folder's name lives in its parent: each parent that gains one is fsynced, so a
+        power cut cannot lose the folder of a file whose write was already acknowledged.
+        """
+        if folder.is_dir():
+            return
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for created in reversed(missing):
+            # exist_ok: a concurrent association may create the same folder; fsync its
+            # parent anyway, the other writer may not have done so yet.
+            created.mkdir(exist_ok=True)
+            _fsync_directory(created.parent)
 
     def remove(self, relative: Path) -> None:
         """Delete a spooled file (missing files are ignored)."""
@@ -136,6 +156,14 @@ class Spool:
         if removed:
             logger.warning("removed %d half-written file(s) from the spool", removed)
         return removed
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to the file descriptor (os.write may write fewer)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -18,7 +18,10 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Engine,
+    Select,
     Table,
+    Update,
+    bindparam,
     case,
     create_engine,
     event,
@@ -161,6 +164,7 @@ class Database:
         if parsed.get_backend_name() == "sqlite":
             event.listen(self._engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._ledger = _LedgerStatements.build(parsed.get_backend_name())
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -204,17 +208,15 @@ class Database:
         """Close every pooled connection (at shutdown)."""
         self._engine.dispose()
 
-    def _insert(self) -> Any:
-        return sqlite.insert if self.backend == "sqlite" else postgresql.insert
-
     # ------------------------------------------------------------------ instances
-    # These two run once per C-STORE, so they use Core statements on a connection: the ORM
-    # session's bookkeeping would cost more than the statements themselves.
+    # These two run once per C-STORE, so they use Core statements built once per Database
+    # (see _LedgerStatements) on a connection: the ORM session's bookkeeping, and building
+    # the statements anew for every instance, would cost more than the statements themselves.
     def has_instance(self, sop_instance_uid: str) -> bool:
         """Whether an instance with this SOP Instance UID is recorded."""
         with self._engine.connect() as connection:
             found = connection.execute(
-                select(_INSTANCES.c.id).where(_INSTANCES.c.sop_instance_uid == sop_instance_uid)
+                self._ledger.find_instance, {"sop_instance_uid": sop_instance_uid}
             ).first()
         return found is not None
 
@@ -241,45 +243,40 @@ class Database:
         sqlalchemy.exc.SQLAlchemyError
             When the database cannot be written (the caller turns it into a DIMSE status).
         """
-        insert = self._insert()
-        find_study = select(_STUDIES.c.id).where(
-            _STUDIES.c.study_instance_uid == record.study_instance_uid
-        )
+        ledger = self._ledger
+        study_key = {"study_instance_uid": record.study_instance_uid}
         with self._engine.begin() as connection:
-            study_id = connection.execute(find_study).scalar()
+            study_id = connection.execute(ledger.find_study, study_key).scalar()
             if study_id is None:
                 connection.execute(
-                    insert(_STUDIES)
-                    .values(
-                        study_instance_uid=record.study_instance_uid,
-                        accession_number=record.accession_number,
-                        patient_key=record.patient_key,
-                        first_received_at=record.received_at,
-                        last_received_at=record.received_at,
-                        instance_count=0,
-                    )
-                    .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+                    ledger.insert_study,
+                    {
+                        **study_key,
+                        "accession_number": record.accession_number,
+                        "patient_key": record.patient_key,
+                        "first_received_at": record.received_at,
+                        "last_received_at": record.received_at,
+                        "instance_count": 0,
+                    },
                 )
-                study_id = connection.execute(find_study).scalar_one()
+                study_id = connection.execute(ledger.find_study, study_key).scalar_one()
             # RETURNING tells a new row from a conflict on every backend.
             instance_id = connection.execute(
-                insert(_INSTANCES)
-                .values(
-                    sop_instance_uid=record.sop_instance_uid,
-                    study_id=study_id,
-                    series_instance_uid=record.series_instance_uid,
-                    sop_class_uid=record.sop_class_uid,
-                    modality=record.modality,
-                    body_part=record.body_part,
-                    view_position=record.view_position,
-                    path=record.path,
-                    size_bytes=record.size_bytes,
-                    transfer_syntax_uid=record.transfer_syntax_uid,
-                    calling_ae=record.calling_ae,
-                    received_at=record.received_at,
-                )
-                .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-                .returning(_INSTANCES.c.id)
+                ledger.insert_instance,
+                {
+                    "sop_instance_uid": record.sop_instance_uid,
+                    "study_id": study_id,
+                    "series_instance_uid": record.series_instance_uid,
+                    "sop_class_uid": record.sop_class_uid,
+                    "modality": record.modality,
+                    "body_part": record.body_part,
+                    "view_position": record.view_position,
+                    "path": record.path,
+                    "size_bytes": record.size_bytes,
+                    "transfer_syntax_uid": record.transfer_syntax_uid,
+                    "calling_ae": record.calling_ae,
+                    "received_at": record.received_at,
+                },
             ).scalar_one_or_none()
             if instance_id is None:
                 logger.info(
@@ -291,20 +288,65 @@ class Database:
             # Counted in this transaction, so assembly sees every committed instance even
             # when concurrent associations commit out of arrival order.
             connection.execute(
-                update(_STUDIES)
-                .where(_STUDIES.c.id == study_id)
-                .values(
-                    instance_count=_STUDIES.c.instance_count + 1,
-                    last_received_at=case(
-                        (_STUDIES.c.last_received_at < record.received_at, record.received_at),
-                        else_=_STUDIES.c.last_received_at,
-                    ),
-                    accession_number=func.coalesce(
-                        _STUDIES.c.accession_number, record.accession_number
-                    ),
-                )
+                ledger.count_instance,
+                {
+                    "p_study_id": study_id,
+                    "p_received_at": record.received_at,
+                    "p_accession_number": record.accession_number,
+                },
             )
         return True
+
+
+@dataclass(frozen=True)
+class _LedgerStatements:
+    """The statements of the per-instance path, built once per :class:`Database`.
+
+    A statement object built once is compiled once: SQLAlchemy memoizes its cache key on the
+    object, so executing it again with new parameters skips building and hashing the
+    statement tree (about a third of the cost of recording an instance when rebuilt each
+    time). Values are bound at execution; the ``p_`` names of ``count_instance`` keep its
+    parameters apart from the columns it sets.
+    """
+
+    find_instance: Select[Any]
+    find_study: Select[Any]
+    insert_study: Any
+    insert_instance: Any
+    count_instance: Update
+
+    @classmethod
+    def build(cls, backend: str) -> _LedgerStatements:
+        """The statements for ``"sqlite"`` or ``"postgresql"`` (their upsert dialects)."""
+        insert = sqlite.insert if backend == "sqlite" else postgresql.insert
+        received_at = bindparam("p_received_at", type_=_STUDIES.c.last_received_at.type)
+        return cls(
+            find_instance=select(_INSTANCES.c.id).where(
+                _INSTANCES.c.sop_instance_uid == bindparam("sop_instance_uid")
+            ),
+            find_study=select(_STUDIES.c.id).where(
+                _STUDIES.c.study_instance_uid == bindparam("study_instance_uid")
+            ),
+            insert_study=insert(_STUDIES).on_conflict_do_nothing(
+                index_elements=["study_instance_uid"]
+            ),
+            insert_instance=insert(_INSTANCES)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(_INSTANCES.c.id),
+            count_instance=update(_STUDIES)
+            .where(_STUDIES.c.id == bindparam("p_study_id"))
+            .values(
+                instance_count=_STUDIES.c.instance_count + 1,
+                last_received_at=case(
+                    (_STUDIES.c.last_received_at < received_at, received_at),
+                    else_=_STUDIES.c.last_received_at,
+                ),
+                accession_number=func.coalesce(
+                    _STUDIES.c.accession_number,
+                    bindparam("p_accession_number", type_=_STUDIES.c.accession_number.type),
+                ),
+            ),
+        )
 
 
 __all__ = ["SUPPORTED_BACKENDS", "Database", "InstanceRecord"]

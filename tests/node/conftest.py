@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from nodehelpers import SCU_AE, RunningNode, node_settings
+from nodehelpers import SCU_AE, RunningNode, build_bind_shim, find_dcmtk, node_settings
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
@@ -40,35 +39,13 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 # --------------------------------------------------------------------------- DCMTK
-def _is_script(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return handle.read(2) == b"#!"
-
-
-def _find_dcmtk(name: str) -> str | None:
-    folders = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]
-    candidates = [
-        Path(folder) / name
-        for folder in folders
-        if (Path(folder) / name).is_file() and os.access(Path(folder) / name, os.X_OK)
-    ]
-    # Binaries first: probing a pynetdicom or pyenv script starts a Python (about 1 s each).
-    for candidate in sorted(candidates, key=_is_script):
-        probe = subprocess.run(
-            [str(candidate), "--version"], capture_output=True, text=True, timeout=10
-        )
-        if "dcmtk" in (probe.stdout + probe.stderr).lower():
-            return str(candidate)
-    return None
-
-
 @pytest.fixture(scope="session")
 def dcmtk() -> dict[str, str]:
     """Paths of DCMTK's echoscu, storescu, storescp, wlmscpfs and dump2dcm (fails, naming the
     package, when missing)."""
     tools = {}
     for name in ("echoscu", "storescu", "storescp", "wlmscpfs", "dump2dcm"):
-        path = _find_dcmtk(name)
+        path = find_dcmtk(name)
         if path is None:
             pytest.fail(
                 f"DCMTK's {name} is not installed; apt-get install dcmtk", pytrace=False
@@ -93,21 +70,10 @@ def loopback_preload(
     ``bind_loopback.c``, compiled here once per session and preloaded, turns a wildcard
     bind() into a loopback one. Nagle is off as in ``dcmtk_env``.
     """
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.fail(
-            "a C compiler is needed to build the loopback bind() shim for the DCMTK "
-            "servers; apt-get install gcc",
-            pytrace=False,
-        )
-    library = tmp_path_factory.mktemp("shim") / "bind_loopback.so"
-    source = Path(__file__).with_name("bind_loopback.c")
-    built = subprocess.run(
-        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
-        capture_output=True, text=True, timeout=60,
-    )
-    if built.returncode != 0:
-        pytest.fail(f"cannot build the bind() shim: {built.stderr}", pytrace=False)
+    try:
+        library = build_bind_shim(tmp_path_factory.mktemp("shim"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
     return dict(dcmtk_env, LD_PRELOAD=str(library))
 
 

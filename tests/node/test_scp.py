@@ -26,15 +26,19 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLosslessSV1,
     generate_uid,
 )
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from dicom_node.dimse import StoreStatus
-from dicom_node.store import Instance, Study
+from dicom_node.scp import file_meta_bytes
+from dicom_node.store import Base, Instance, Study
 from sr_templates import (
     CHEXPERT_LABELS,
     AlgorithmInfo,
@@ -176,6 +180,104 @@ def test_malformed_data_sets_get_failure_statuses_and_the_node_keeps_serving(
     assert scu_store(node, new_instance(cr_header)) == StoreStatus.SUCCESS
 
 
+def test_a_data_set_corrupt_after_its_pixel_data_is_refused(
+    start_node: Callable[..., RunningNode],
+    scu_store: Callable[..., int],
+    cr_header: Dataset,
+    tmp_path: Path,
+) -> None:
+    # The whole structure is parsed, not only the header: a sequence of undefined length
+    # that never ends, after valid pixel data, is still refused.
+    node = start_node()
+    header = new_instance(cr_header)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, header)
+    body = (
+        buffer.getvalue()
+        + struct.pack("<HH2s2xI", 0x7FE0, 0x0010, b"OW", 8) + b"\x00" * 8
+        + struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 0xFFFFFFFF)
+        + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        + struct.pack("<HH2sH", 0x0020, 0x000D, b"UI", 4) + b"1.2\x00"
+    )
+    corrupt = raw_dicom_file(
+        tmp_path / "tail.dcm", ComputedRadiographyImageStorage, header.SOPInstanceUID, body
+    )
+    assert scu_store(node, corrupt, raw=True) == StoreStatus.CANNOT_DECODE
+    assert node.spool_files() == [] and instance_rows(node) == []
+
+
+@pytest.mark.parametrize("max_pdu", [None, 0], ids=["default", "unlimited"])
+def test_the_scp_announces_a_large_max_pdu_and_stores_what_arrives_in_large_pdus(
+    start_node: Callable[..., RunningNode],
+    dcmtk: dict[str, str],
+    dcmtk_env: dict[str, str],
+    rg1_uncr: Path,
+    max_pdu: int | None,
+) -> None:
+    node = start_node() if max_pdu is None else start_node(node={"max_pdu": max_pdu})
+    announced = node.settings.node.max_pdu
+    if max_pdu is None:
+        # Fewer, larger PDUs: pynetdicom's cost per PDU dominates small ones.
+        assert announced >= 1024 * 1024
+    ae = AE(ae_title=SCU_AE)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    try:
+        assert assoc.acceptor.maximum_length == announced
+    finally:
+        assoc.release()
+    # A 7 MB image: several PDUs of up to the announced size (DCMTK caps its own).
+    result = run_storescu(dcmtk, dcmtk_env, node, rg1_uncr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (stored,) = node.spool_files()
+    assert dataset_bytes(stored) == sent_dataset_bytes(rg1_uncr)
+
+
+def test_an_implicit_vr_data_set_is_stored_as_sent_behind_standard_file_meta(
+    start_node: Callable[..., RunningNode],
+    scu_store: Callable[..., int],
+    cr_header: Dataset,
+) -> None:
+    node = start_node()
+    ds = new_instance(cr_header)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.set_original_encoding(True, True)
+    assert scu_store(node, ds) == StoreStatus.SUCCESS
+    (stored,) = node.spool_files()
+    # The data set's bytes are those pynetdicom's SCU put on the wire, unchanged.
+    sent = encode(ds, True, True)
+    assert sent is not None and dataset_bytes(stored) == sent
+    meta = pydicom.filereader.read_file_meta_info(stored)
+    assert meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    received = pydicom.dcmread(stored)
+    assert received.SOPInstanceUID == ds.SOPInstanceUID
+    assert received.PatientID == ds.PatientID
+    (row,) = instance_rows(node)
+    assert row.transfer_syntax_uid == ImplicitVRLittleEndian
+    assert row.size_bytes == stored.stat().st_size
+
+
+@pytest.mark.parametrize("sop_instance_uid", ["1.2.3", "1.2.34", generate_uid()])
+@pytest.mark.parametrize("transfer_syntax", [ImplicitVRLittleEndian, JPEGLosslessSV1])
+def test_file_meta_bytes_equal_pynetdicoms_encoding(
+    sop_instance_uid: str, transfer_syntax: str
+) -> None:
+    # Odd and even UID lengths: UIs are padded with NUL, the version name with a space.
+    expected = encode_file_meta(
+        create_file_meta(
+            sop_class_uid=ComputedRadiographyImageStorage,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax=transfer_syntax,
+        )
+    )
+    encoded = file_meta_bytes(ComputedRadiographyImageStorage, sop_instance_uid, transfer_syntax)
+    assert encoded == b"\x00" * 128 + b"DICM" + expected
+
+
 def test_unsupported_sop_class_is_not_accepted(start_node: Callable[..., RunningNode]) -> None:
     node = start_node()
     ae = AE(ae_title=SCU_AE)
@@ -288,12 +390,12 @@ def test_a_database_failure_answers_processing_failure_and_leaves_no_file(
     echo_ok: Callable[[RunningNode], bool],
     cr_header: Dataset,
 ) -> None:
-    from sqlalchemy import text
-
     node = start_node()
+    # Every table but ``instances`` (the duplicate check still reads it), dependents first.
     with node.db.engine.begin() as connection:
-        for table in ("outbox", "jobs", "studies"):
-            connection.execute(text(f"DROP TABLE {table}"))
+        for table in reversed(Base.metadata.sorted_tables):
+            if table.name != "instances":
+                table.drop(connection)
     # The instance is written to the spool, then recording it fails: the file goes again.
     assert scu_store(node, new_instance(cr_header)) == StoreStatus.PROCESSING_FAILURE
     assert node.spool_files() == []

@@ -1,15 +1,22 @@
-"""The database layer on SQLite and on the local PostgreSQL (a throwaway database)."""
+"""The node's storage: the database layer on SQLite and on the local PostgreSQL (a throwaway
+database), and the spool's atomic, durable writes."""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from nodehelpers import T0, record
 from sqlalchemy import select, text
 
-from dicom_node.errors import DatabaseError
+import dicom_node.spool as spool_module
+from dicom_node.errors import DatabaseError, DiskFullError, SpoolError
+from dicom_node.spool import TEMP_PREFIX, Spool
 from dicom_node.store import Database, Instance, Job, JobState, Study
 
 
@@ -81,6 +88,8 @@ def test_create_all_is_idempotent_and_sqlite_runs_in_wal_mode(database: Database
         with database.engine.connect() as connection:
             assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
             assert connection.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+            # FULL (2): a row committed before C-STORE success survives a power cut.
+            assert connection.execute(text("PRAGMA synchronous")).scalar_one() == 2
 
 
 def test_unsupported_database_urls_are_refused() -> None:
@@ -95,3 +104,69 @@ def test_plain_postgresql_urls_use_psycopg_3() -> None:
     assert db.engine.dialect.driver == "psycopg"
     assert "secret" not in repr(db)
     db.dispose()
+
+
+# --------------------------------------------------------------------------- the spool
+@pytest.fixture
+def fsynced_folders(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Folders the spool fsyncs, in order (the real fsync still runs)."""
+    folders: list[Path] = []
+    real = spool_module._fsync_directory
+
+    def record_fsync(folder: Path) -> None:
+        folders.append(folder)
+        real(folder)
+
+    monkeypatch.setattr(spool_module, "_fsync_directory", record_fsync)
+    return folders
+
+
+def test_spool_write_makes_the_file_and_its_new_folders_durable(
+    tmp_path: Path, fsynced_folders: list[Path]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    relative = spool.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    data = os.urandom(3000)
+    target = spool.write(relative, data)
+    assert target == spool.root / relative and target.read_bytes() == data
+    assert not list(spool.root.rglob(f"{TEMP_PREFIX}*"))
+    study, series = target.parent.parent, target.parent
+    # Each new folder's name is made durable in its parent, then the file's name in its own.
+    assert fsynced_folders == [spool.root, study, series]
+
+    fsynced_folders.clear()
+    spool.write(spool.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.6"), data)
+    assert fsynced_folders == [series]
+
+
+def test_spool_write_completes_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    monkeypatch.setattr(
+        spool_module.os, "write", lambda fd, data: real_write(fd, bytes(data[:1000]))
+    )
+    spool = Spool(tmp_path)
+    data = os.urandom(10_001)
+    assert spool.write(Path("a/b.dcm"), data).read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"), [(errno.ENOSPC, DiskFullError), (errno.EIO, SpoolError)]
+)
+def test_a_failed_spool_write_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int, expected: type[Exception]
+) -> None:
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        # The new folders are made; the temporary file's fsync fails.
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(error, os.strerror(error))
+        real_fsync(fd)
+
+    monkeypatch.setattr(spool_module.os, "fsync", failing_fsync)
+    spool = Spool(tmp_path / "spool")
+    with pytest.raises(expected):
+        spool.write(Path("a/b.dcm"), b"data")
+    assert [path for path in spool.root.rglob("*") if path.is_file()] == []
