@@ -39,9 +39,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "node"))
-from nodehelpers import build_bind_shim, free_port  # noqa: E402
-from orthanc import ORTHANC_AE, Orthanc, wait_until  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.orthanc import ORTHANC_AE, Orthanc, wait_until  # noqa: E402
+from support.peers import build_bind_shim, free_port  # noqa: E402
 
 from dicom_node.metrics import INFERENCE_SECONDS  # noqa: E402
 from dicom_node.service import NodeService  # noqa: E402

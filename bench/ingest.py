@@ -19,7 +19,7 @@ The sender is always DCMTK's ``storescu -R`` sending every image over one associ
 time is the sender's wall time, from start to exit (association set-up and release
 included). ``TCP_NODELAY=1`` is set for every DCMTK process (Debian's DCMTK leaves Nagle on,
 about 40 ms per message otherwise). All servers listen on 127.0.0.1: DCMTK's storescp has no
-bind option, so it runs with the ``LD_PRELOAD`` shim of ``tests/node/bind_loopback.c``.
+bind option, so it runs with the ``LD_PRELOAD`` shim of ``tests/support/bind_loopback.c``.
 
 Images: ``--images`` DX images (for presentation, explicit VR little endian) of ``--size``
 squared 16-bit pixels (512 = 0.5 MB each), two per study, generated once. Receivers run
@@ -62,8 +62,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "node"))
-from nodehelpers import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.peers import (  # noqa: E402
     build_bind_shim,
     find_dcmtk,
     free_port,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,41 @@ def tiny_model(tiny_bundle: Path):  # type: ignore[no-untyped-def]
     from inference import ChestXrayVLM, RuntimeOptions
 
     return ChestXrayVLM.from_bundle(tiny_bundle, RuntimeOptions(device="cpu"))
+
+
+#: Environment variable with the PostgreSQL server URL for the tests (its database is only
+#: used to create and drop a throwaway one).
+POSTGRES_URL_ENV = "DICOM_NODE_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a throwaway PostgreSQL database, created for the session and dropped after.
+
+    The server is ``$DICOM_NODE_TEST_POSTGRES_URL`` (default the local one); the tests that
+    use it are skipped when no server answers.
+    """
+    pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) is not installed")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    server = make_url(os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL))
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"dicom_node_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL is not reachable at {server.render_as_string()}: {exc}")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

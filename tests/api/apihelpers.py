@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import copy
 import io
-import json
-import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pydicom
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
@@ -256,144 +251,6 @@ def validate_sr_file(path: Path) -> str:
     assert dsrdump.returncode == 0, dump
     assert not [line for line in dump.splitlines() if line.startswith(("E:", "F:"))], dump
     return dump
-
-
-# --------------------------------------------------------------------------- Orthanc
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def build_bind_shim(folder: Path) -> Path:
-    """Compile tests/node/bind_loopback.c (wildcard bind() -> 127.0.0.1) into `folder`."""
-    source = Path(__file__).parents[1] / "node" / "bind_loopback.c"
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError(
-            "a C compiler is needed for the loopback bind() shim; apt-get install gcc"
-        )
-    library = folder / "bind_loopback.so"
-    built = subprocess.run(
-        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
-        capture_output=True, text=True, timeout=60,
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"cannot build the bind() shim: {built.stderr}")
-    return library
-
-
-@dataclass
-class Orthanc:
-    """An Orthanc started by a test: the PACS that receives the SRs."""
-
-    process: subprocess.Popen[bytes]
-    http_port: int
-    dicom_port: int
-    ae_title: str = "ORTHANC"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def upload(self, dataset: Dataset) -> None:
-        """Store a data set through the REST API (the study's images come from the PACS)."""
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        stored = httpx.post(f"{self.url}/instances", content=buffer.getvalue(), timeout=30)
-        stored.raise_for_status()
-
-    def srs_of_study(self, study_uid: str) -> list[Dataset]:
-        """The SR instances Orthanc holds in a study, oldest content first."""
-        found = httpx.post(
-            f"{self.url}/tools/find",
-            json={"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": "SR"}},
-            timeout=30,
-        )
-        found.raise_for_status()
-        datasets = []
-        for instance_id in found.json():
-            data = httpx.get(f"{self.url}/instances/{instance_id}/file", timeout=30)
-            data.raise_for_status()
-            datasets.append(pydicom.dcmread(io.BytesIO(data.content)))
-        return sorted(datasets, key=lambda ds: (str(ds.ContentDate), str(ds.ContentTime)))
-
-    def wait_for_srs(self, study_uid: str, count: int, timeout: float = 30.0) -> list[Dataset]:
-        """Poll until the study holds `count` SRs (delivery runs in a background thread)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            srs = self.srs_of_study(study_uid)
-            if len(srs) >= count or time.monotonic() > deadline:
-                return srs
-            time.sleep(0.1)  # polling interval, not a synchronisation delay
-
-    def study_series(self, study_uid: str) -> list[dict[str, Any]]:
-        """Series of the study: Orthanc's MainDicomTags per series."""
-        found = httpx.post(
-            f"{self.url}/tools/find",
-            json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
-            timeout=30,
-        )
-        found.raise_for_status()
-        return [series["MainDicomTags"] for series in found.json()]
-
-
-def start_orthanc(folder: Path, shim: Path) -> Orthanc:
-    """Start Orthanc on two free loopback ports (bind() shim, Nagle off); waits for REST."""
-    executable = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-    if not Path(executable).is_file():
-        raise RuntimeError("Orthanc is not installed; apt-get install orthanc")
-    http_port, dicom_port = free_port(), free_port()
-    storage = folder / "db"
-    storage.mkdir(parents=True, exist_ok=True)
-    config = {
-        "Name": "dicom-node-api-test",
-        "StorageDirectory": str(storage),
-        "IndexDirectory": str(storage),
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomAet": "ORTHANC",
-        "DicomPort": dicom_port,
-        "DicomCheckCalledAet": False,
-        "Plugins": [],
-    }
-    config_path = folder / "orthanc.json"
-    config_path.write_text(json.dumps(config))
-    env = dict(os.environ, TCP_NODELAY="1", LD_PRELOAD=str(shim))
-    log = (folder / "orthanc.log").open("wb")
-    process = subprocess.Popen(
-        [executable, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env
-    )
-    orthanc = Orthanc(process, http_port, dicom_port)
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"Orthanc exited with code {process.returncode}: "
-                f"{(folder / 'orthanc.log').read_text(errors='replace')[-2000:]}"
-            )
-        try:
-            if httpx.get(f"{orthanc.url}/system", timeout=1).status_code == 200:
-                return orthanc
-        except httpx.TransportError:
-            pass  # not listening yet: poll again until the deadline
-        if time.monotonic() > deadline:
-            stop_orthanc(orthanc)
-            raise RuntimeError("Orthanc did not answer on its REST port within 30 s")
-        time.sleep(0.05)  # polling interval, not a synchronisation delay
-
-
-def stop_orthanc(orthanc: Orthanc) -> None:
-    """Stop Orthanc (SIGTERM, then SIGKILL after 15 s)."""
-    if orthanc.process.poll() is None:
-        orthanc.process.terminate()
-        try:
-            orthanc.process.wait(15)
-        except subprocess.TimeoutExpired:
-            orthanc.process.kill()
-            orthanc.process.wait()
 
 
 def predecessor_uids(sr: Dataset) -> list[str]:

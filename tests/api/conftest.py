@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,22 +20,16 @@ from typing import Any
 import pytest
 from apihelpers import (
     ApiUnderTest,
-    Orthanc,
     api_settings,
-    build_bind_shim,
     seed_drafted_study,
-    start_orthanc,
-    stop_orthanc,
 )
 from fastapi.testclient import TestClient
+from support.orthanc import Orthanc
+from support.peers import build_bind_shim
 
 from dicom_node.api import ApiServer, DialogService, create_app
 from dicom_node.settings import Settings
 from dicom_node.store import Base, Database
-
-#: Environment variable with the PostgreSQL server URL (as in tests/node).
-POSTGRES_URL_ENV = "DICOM_NODE_TEST_POSTGRES_URL"
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @contextmanager
@@ -68,31 +61,6 @@ def api(tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path,
         yield under
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a throwaway PostgreSQL database, created for the session and dropped after
-    (skipped when no server answers, as in tests/node)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import OperationalError
-
-    server = make_url(os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL))
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    name = f"dicom_node_api_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at {server.render_as_string()}: {exc}")
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture
 def pg_api(tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path,
            postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiUnderTest]:
@@ -108,14 +76,14 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     """A real Orthanc on 127.0.0.1 (fails, naming the package, when not installed)."""
     folder = tmp_path_factory.mktemp("orthanc")
     try:
-        shim = build_bind_shim(folder)
-        server = start_orthanc(folder, shim)
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        env = dict(os.environ, TCP_NODELAY="1", LD_PRELOAD=str(build_bind_shim(folder)))
+        server = Orthanc(folder, env).start()
+    except (RuntimeError, FileNotFoundError) as exc:
+        pytest.fail(f"{exc} (apt-get install orthanc)", pytrace=False)
     try:
         yield server
     finally:
-        stop_orthanc(server)
+        server.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from apihelpers import (
-    Orthanc,
     api_settings,
     auth,
     predecessor_uids,
@@ -15,6 +14,7 @@ from apihelpers import (
 )
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from support.orthanc import Orthanc
 
 from dicom_node.api import DialogService, create_app
 from dicom_node.delivery import deliver_items, enqueue_sr

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apihelpers import JANE_TOKEN, PATIENT_NAME, Orthanc, seed_drafted_study
+from apihelpers import JANE_TOKEN, PATIENT_NAME, seed_drafted_study
+from support.orthanc import Orthanc
 from test_api_pacs import check_chain, deliver_draft, pacs_settings
 
 from dicom_node.api import ApiServer

@@ -14,10 +14,10 @@ from apihelpers import (
     JANE_TOKEN,
     api_settings,
     auth,
-    free_port,
     seed_drafted_study,
     state_counts,
 )
+from support.peers import free_port
 from typer.testing import CliRunner
 
 from dicom_node.amend_cli import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, TOKEN_ENV

@@ -15,27 +15,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from nodehelpers import SCU_AE, RunningNode, build_bind_shim, find_dcmtk, node_settings
+from nodehelpers import SCU_AE, RunningNode, node_settings
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from support.peers import build_bind_shim, find_dcmtk
 
 from dicom_node.scp import StoreSCP
 from dicom_node.spool import Spool
 from dicom_node.store import Base, Database
-
-#: Environment variable with the PostgreSQL server URL for the tests (its database is only
-#: used to create and drop a throwaway one).
-POSTGRES_URL_ENV = "DICOM_NODE_TEST_POSTGRES_URL"
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 # --------------------------------------------------------------------------- DCMTK
@@ -176,31 +171,6 @@ def echo_ok(dcmtk: dict[str, str], dcmtk_env: dict[str, str]) -> Callable[[Runni
 
 
 # --------------------------------------------------------------------------- databases
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a throwaway PostgreSQL database, created for the session and dropped after."""
-    pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) is not installed")
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import OperationalError
-
-    server = make_url(os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL))
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    name = f"dicom_node_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at {server.render_as_string()}: {exc}")
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """An empty node database: a SQLite file, then the throwaway PostgreSQL database."""

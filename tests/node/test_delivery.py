@@ -19,7 +19,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from nodehelpers import T0, free_port, node_settings, record, stop_process, wait_for_port
+from nodehelpers import T0, node_settings, record
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
@@ -27,6 +27,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
+from support.peers import free_port, stop_process, wait_for_port
 from typer.testing import CliRunner
 
 from dicom_node.delivery import (

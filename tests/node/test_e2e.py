@@ -19,11 +19,12 @@ from typing import Any
 import pydicom
 import pytest
 import redis
-from nodehelpers import free_port, new_instance, node_settings, run_storescu, stop_process
-from orthanc import ORTHANC_AE, Orthanc, wait_until
+from nodehelpers import new_instance, node_settings, run_storescu
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
+from support.orthanc import ORTHANC_AE, Orthanc, wait_until
+from support.peers import free_port, stop_process
 
 from dicom_node.service import NodeService
 from dicom_node.settings import Settings

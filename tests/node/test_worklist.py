@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodehelpers import free_port, node_settings, stop_process, wait_for_port
+from nodehelpers import node_settings
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+from support.peers import free_port, stop_process, wait_for_port
 
 from dicom_node._privacy import patient_key
 from dicom_node.dimse import FindStatus

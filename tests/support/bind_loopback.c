@@ -1,8 +1,8 @@
-/* LD_PRELOAD shim for the node tests: a bind() to the IPv4 wildcard address binds to
+/* LD_PRELOAD shim for the tests and benchmarks: a bind() to the IPv4 wildcard address binds to
  * 127.0.0.1 instead. DCMTK 3.6.7 servers (wlmscpfs, storescp) have no listen-address option
  * and would listen on every interface; with this shim a test server stays on loopback.
- * Built by nodehelpers.build_bind_shim (cc -shared -fPIC ... -ldl) for the `loopback_preload`
- * fixture of conftest.py and for bench/ingest.py. */
+ * Built by support.peers.build_bind_shim (cc -shared -fPIC ... -ldl) for the tests' DCMTK and
+ * Orthanc peers and for the benchmarks. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <netinet/in.h>

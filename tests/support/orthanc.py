@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 import pydicom
-from nodehelpers import free_port, stop_process, wait_for_port
 from pydicom.dataset import Dataset
+
+from .peers import free_port, stop_process, wait_for_port
 
 #: Orthanc's AE title in the tests.
 ORTHANC_AE = "ORTHANC"
@@ -58,6 +59,10 @@ class Orthanc:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ae_title(self) -> str:
+        return ORTHANC_AE
 
     @property
     def worklists(self) -> Path:
@@ -105,7 +110,7 @@ class Orthanc:
             stderr=(self.folder / "orthanc.log").open("wb"),
             env=self.env,
         )
-        wait_for_port(self.dicom_port, self.process)
+        wait_for_port(self.dicom_port, self.process, timeout=30)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -153,6 +158,33 @@ class Orthanc:
 
     def srs(self) -> list[Dataset]:
         return [self.instance(item) for item in self.find(Modality="SR")]
+
+    def srs_of_study(self, study_uid: str) -> list[Dataset]:
+        """The SR instances of a study, oldest content first."""
+        found = [
+            self.instance(item)
+            for item in self.find(StudyInstanceUID=study_uid, Modality="SR")
+        ]
+        return sorted(found, key=lambda ds: (str(ds.ContentDate), str(ds.ContentTime)))
+
+    def wait_for_srs(self, study_uid: str, count: int, timeout: float = 30.0) -> list[Dataset]:
+        """Poll until the study holds `count` SRs (or `timeout` passes); returns them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.srs_of_study(study_uid)
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)  # polling interval, not a synchronisation delay
+
+    def study_series(self, study_uid: str) -> list[dict[str, Any]]:
+        """Orthanc's MainDicomTags of every series of a study."""
+        response = httpx.post(
+            f"{self.url}/tools/find",
+            json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return [series["MainDicomTags"] for series in response.json()]
 
     def add_worklist_item(self, name: str, item: Dataset) -> Path:
         """Put a worklist file (``*.wl``) where the worklist plugin reads it."""
