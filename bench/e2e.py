@@ -39,9 +39,15 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.orthanc import ORTHANC_AE, Orthanc, wait_until  # noqa: E402
-from support.peers import build_bind_shim, free_port  # noqa: E402
+# tests/support is imported from its folder, which then leaves sys.path again: tests/ holds
+# folders named like the packages (tests/inference) that would shadow them.
+_TESTS = str(Path(__file__).resolve().parents[1] / "tests")
+sys.path.insert(0, _TESTS)
+try:
+    from support.orthanc import ORTHANC_AE, Orthanc, wait_until  # noqa: E402
+    from support.peers import build_bind_shim, free_port  # noqa: E402
+finally:
+    sys.path.remove(_TESTS)
 
 from dicom_node.metrics import INFERENCE_SECONDS  # noqa: E402
 from dicom_node.service import NodeService  # noqa: E402

@@ -62,14 +62,20 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.peers import (  # noqa: E402
-    build_bind_shim,
-    find_dcmtk,
-    free_port,
-    stop_process,
-    wait_for_port,
-)
+# tests/support is imported from its folder, which then leaves sys.path again: tests/ holds
+# folders named like the packages (tests/inference) that would shadow them.
+_TESTS = str(Path(__file__).resolve().parents[1] / "tests")
+sys.path.insert(0, _TESTS)
+try:
+    from support.peers import (  # noqa: E402
+        build_bind_shim,
+        find_dcmtk,
+        free_port,
+        stop_process,
+        wait_for_port,
+    )
+finally:
+    sys.path.remove(_TESTS)
 
 from dicom_node.scp import StoreSCP  # noqa: E402
 from dicom_node.settings import NodeSettings, load_settings  # noqa: E402
