@@ -110,6 +110,10 @@ DEMO_RUN: dict[str, Any] = {
             "warmup_steps": 5,
             "lora_r": 16,
             "lora_alpha": 32,
+            # No LoRA dropout: on CPU the dropout masks of 210 LoRA inputs per step took 23 %
+            # of the step (py-spy); without them a step of 8 report prompts went from about
+            # 9 s to 5.5 s. A few hundred steps do not need the regularisation.
+            "lora_dropout": 0.0,
             "max_val_examples": 32,
         },
         "instruct": {
@@ -119,6 +123,7 @@ DEMO_RUN: dict[str, Any] = {
             "warmup_steps": 5,
             "lora_r": 16,
             "lora_alpha": 32,
+            "lora_dropout": 0.0,
             "max_val_examples": 32,
         },
     },
