@@ -7,6 +7,7 @@ and signs off. Orthanc then holds the study's chain of SRs: draft, amendment, si
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,8 @@ from dicom_node.store import Database
 pytestmark = pytest.mark.network
 
 CHROMIUM = "/usr/bin/chromium"
+#: Set to a PNG path to keep a screenshot of the page after the accepted amendment.
+SCREENSHOT_ENV = "READER_PAGE_SCREENSHOT"
 #: Milliseconds Playwright waits for the page (the model answers in well under a second).
 TIMEOUT_MS = 30_000
 
@@ -128,6 +131,8 @@ def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
         sync_api.expect(page.locator("#report-status")).to_have_text("amended")
         sync_api.expect(page.locator("#report-findings del").first).to_be_visible()
         sync_api.expect(page.locator('.proposal[data-status="accepted"]')).to_have_count(1)
+        if os.environ.get(SCREENSHOT_ENV):  # a picture of the page for a person to look at
+            page.screenshot(path=os.environ[SCREENSHOT_ENV], full_page=True)
 
         # Sign-off in two clicks: version 3, verified.
         page.click("#sign-button")
