@@ -140,18 +140,37 @@ class StageTrainer:
     def _trainable(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
 
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        """Floating buffers of the trained submodules (BatchNorm running statistics).
+
+        They change in training without being parameters; a checkpoint without them
+        restores a ResNet's convolutions with its initial normalisation statistics.
+        """
+        trained = {n.rsplit(".", 1)[0] for n in self._trainable()}
+        return {
+            name: buffer
+            for name, buffer in self.module.named_buffers()
+            if buffer.is_floating_point()
+            and (name.rsplit(".", 1)[0] in trained or "running_" in name)
+        }
+
     def _state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().to("cpu").clone() for n, p in self._trainable().items()}
+        tensors = {**self._trainable(), **self._buffers()}
+        return {n: t.detach().to("cpu").clone() for n, t in tensors.items()}
 
     def load_trainable(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Copy saved trainable weights into the module."""
+        """Copy saved trainable weights (and the buffers saved with them) into the module."""
         params = self._trainable()
         missing = set(params) - set(state)
         if missing:
             raise ValueError(f"saved state lacks {sorted(missing)[:3]}...")
+        buffers = self._buffers()
         with torch.no_grad():
             for name, param in params.items():
                 param.copy_(state[name].to(param.device, param.dtype))
+            for name, buffer in buffers.items():
+                if name in state:
+                    buffer.copy_(state[name].to(buffer.device, buffer.dtype))
 
     def _better(self, value: float, best: float | None) -> bool:
         if best is None:

@@ -73,6 +73,23 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Pat
         torch.testing.assert_close(a, b)
 
 
+def test_resuming_a_finished_stage_restores_batchnorm_statistics(tmp_path: Path) -> None:
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+    trained, x, y = net(), *_linear_task()[1:]
+    _fit(trained, x, y, tmp_path / "stage")
+    batchnorm = trained[1]
+    assert isinstance(batchnorm, nn.BatchNorm1d)
+    assert not torch.allclose(batchnorm.running_mean, torch.zeros(4))  # training moved them
+    restored = net()  # initial statistics: mean 0, variance 1
+    _fit(restored, x, y, tmp_path / "stage", resume=True)  # finished: only loads
+    trained.eval()
+    restored.eval()
+    torch.testing.assert_close(restored(x), trained(x))
+
+
 def test_stage_writes_loss_csv_png_and_a_complete_checkpoint(tmp_path: Path) -> None:
     module, x, y = _linear_task()
     _fit(module, x, y, tmp_path)
