@@ -55,7 +55,7 @@ def _ensure_bundle(settings: Settings) -> None:
         )
     console.print(
         f"[bold]First run:[/] building the demo model into {bundle} (SmolLM2-135M + MiniLM "
-        "trained on synthetic phantoms; about 15-25 minutes on 2 CPU cores). An interrupted "
+        "trained on synthetic phantoms; about 30 minutes on 2 CPU cores). An interrupted "
         "build resumes.",
         highlight=False,
     )
