@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
@@ -32,7 +29,7 @@ import typer
 
 from .cli import ConfigOption, _fail, app, console
 from .errors import NodeError
-from .node_cli import _node_settings
+from .node_cli import _node_settings, stop_on_signal
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -238,15 +235,7 @@ def api(
         raise _fail("api.users is empty: configure at least one user and token", EXIT_USAGE)
     from .api import ApiServer
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {
-        signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
+    with stop_on_signal() as stop:
         server = ApiServer(settings)
         try:
             server.start()
@@ -258,9 +247,6 @@ def api(
             stop.wait()
         finally:
             server.stop()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 __all__ = [

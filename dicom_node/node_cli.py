@@ -6,10 +6,12 @@ inference stack is not imported here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -39,6 +41,27 @@ def _node_settings(config: Path | None, **overrides: object) -> Settings:
         raise _fail(str(exc)) from exc
     configure_logging(settings.log_level, settings.log_format)
     return settings
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[threading.Event]:
+    """An event that SIGINT or SIGTERM sets while the block runs (for long-running commands).
+
+    The previous signal handlers are restored when the block ends.
+    """
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {
+        signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _ensure_bundle(settings: Settings) -> None:
@@ -84,10 +107,11 @@ def serve(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Receive studies (C-STORE/C-ECHO SCP) and queue report jobs for complete chest studies.
+    """Run the node: receive studies, draft their reports and deliver them to the PACS.
 
-    Runs until SIGINT or SIGTERM, then closes the associations and exits 0. Prints one line
-    'dicom_node listening on HOST:PORT as AE' when ready.
+    Without broker.url the worker runs in this process. Runs until SIGINT or SIGTERM, then
+    closes the associations and exits 0. Prints 'dicom_node listening on HOST:PORT as AE'
+    when ready, then the URLs of /healthz and /metrics and of the dialog API (if enabled).
     """
     settings = _node_settings(
         config,
@@ -97,15 +121,7 @@ def serve(
     from .service import NodeService
 
     _ensure_bundle(settings)
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {
-        signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
+    with stop_on_signal() as stop:
         try:
             service = NodeService(settings)
             host, bound_port = service.start()
@@ -123,9 +139,6 @@ def serve(
             stop.wait()
         finally:
             service.stop()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @app.command("worker")

@@ -52,10 +52,9 @@ from .pipeline import METRICS_FILE, package_run
 from .records import StudyRecord
 from .stages.lora import (
     TextExample,
-    _copy_adapter,
     _fit_adapter,
     instruct_examples,
-    lora_config,
+    prepare_instruct_adapter,
     run_report_stage,
 )
 
@@ -332,24 +331,11 @@ def run_instruct_with_corrections(
     ctx: RunContext, corrections: Sequence[CorrectionText]
 ) -> dict[str, float]:
     """Stage 3 with the site's correction pairs added to the task mix of each split."""
-    from peft import PeftModel
 
     config = ctx.config.stage("instruct")
     if not isinstance(config, InstructStage):
         raise TypeError("the instruct stage needs an InstructStage config")
-    llm = ctx.llm
-    if isinstance(llm, PeftModel):
-        peft_model = llm
-        if "instruct" not in peft_model.peft_config:
-            peft_model.add_adapter("instruct", lora_config(config))
-            if config.init_from_report and "report" in peft_model.peft_config:
-                _copy_adapter(peft_model, "report", "instruct")
-    else:
-        from peft import get_peft_model
-
-        peft_model = get_peft_model(llm, lora_config(config), adapter_name="instruct")
-    ctx.llm = peft_model
-    peft_model.set_adapter("instruct")
+    peft_model = prepare_instruct_adapter(ctx, config)
     steps_examples = (
         config.max_steps * config.batch_size * config.grad_accum if config.max_steps else None
     )

@@ -231,10 +231,9 @@ def run_report_stage(ctx: RunContext) -> dict[str, float]:
     return metrics
 
 
-def run_instruct_stage(ctx: RunContext) -> dict[str, float]:
-    """Stage 3: the dialog adapter (``instruct``) on the task mix with report replay."""
-    config = ctx.config.stage("instruct")
-    assert isinstance(config, InstructStage)
+def prepare_instruct_adapter(ctx: RunContext, config: InstructStage) -> PeftModel:
+    """Add the ``instruct`` adapter to the run's LLM (from the report adapter when
+    ``init_from_report``) unless it has one, and make it the active adapter."""
     llm = ctx.llm
     if isinstance(llm, PeftModel):
         peft_model = llm
@@ -246,6 +245,14 @@ def run_instruct_stage(ctx: RunContext) -> dict[str, float]:
         peft_model = get_peft_model(llm, lora_config(config), adapter_name="instruct")
     ctx.llm = peft_model
     peft_model.set_adapter("instruct")
+    return peft_model
+
+
+def run_instruct_stage(ctx: RunContext) -> dict[str, float]:
+    """Stage 3: the dialog adapter (``instruct``) on the task mix with report replay."""
+    config = ctx.config.stage("instruct")
+    assert isinstance(config, InstructStage)
+    peft_model = prepare_instruct_adapter(ctx, config)
     steps_examples = (
         config.max_steps * config.batch_size * config.grad_accum if config.max_steps else None
     )
@@ -275,6 +282,7 @@ __all__ = [
     "instruct_examples",
     "lora_config",
     "predicted_findings",
+    "prepare_instruct_adapter",
     "report_examples",
     "run_instruct_stage",
     "run_report_stage",
