@@ -104,9 +104,12 @@ class StudyAnalysis:
 
     @property
     def positive_labels(self) -> list[str]:
-        """Positive findings other than "No Finding", most probable first."""
-        positives = [f for f in self.findings if f.positive and f.label != NO_FINDING]
-        return [f.label for f in sorted(positives, key=lambda f: -f.probability)]
+        """Positive findings other than "No Finding", in the classifier's label order.
+
+        The order is the one training prompts list the labels in (CheXpert order), so the
+        prompt an image gets does not depend on which finding scored highest.
+        """
+        return [f.label for f in self.findings if f.positive and f.label != NO_FINDING]
 
 
 @dataclass
@@ -137,6 +140,9 @@ class ChatRequest:
     instruction: str
     history: Sequence[Turn] = ()
     indication: str | None = None
+    #: Positive findings to list in the prompt instead of the classifier's (the report's
+    #: current coded findings, with a correction's stated findings applied).
+    findings: Sequence[str] | None = None
 
 
 class ChestXrayVLM:
@@ -279,9 +285,10 @@ class ChestXrayVLM:
         history: Sequence[Turn],
         instruction: str,
         indication: str | None,
+        findings: Sequence[str] | None = None,
     ) -> MultimodalBatch:
         return self._chat_requests_batch(
-            [ChatRequest(images, report, instruction, history, indication)]
+            [ChatRequest(images, report, instruction, history, indication, findings)]
         )
 
     def _chat_requests_batch(self, requests: Sequence[ChatRequest]) -> MultimodalBatch:
@@ -291,7 +298,7 @@ class ChestXrayVLM:
         ]
         prompts = [
             self.prompts.encode(
-                findings=analysis.positive_labels,
+                findings=analysis.positive_labels if r.findings is None else list(r.findings),
                 indication=r.indication,
                 report=r.report,
                 history=r.history,
@@ -383,6 +390,7 @@ class ChestXrayVLM:
         instruction: str,
         *,
         indication: str | None = None,
+        findings: Sequence[str] | None = None,
         generation: GenerationConfig | None = None,
         on_text: TextCallback | None = None,
     ) -> str:
@@ -400,12 +408,17 @@ class ChestXrayVLM:
         instruction
             The radiologist's message ("there is no effusion", "is the heart enlarged?",
             "make it easier to read", "summarise").
+        findings
+            Positive findings to list in the prompt instead of the classifier's: the
+            report's current coded findings, with the findings a correction states applied
+            (the radiologist's word overrides the classifier). ``None`` lists the
+            classifier's.
         indication, generation, on_text
             As for :meth:`generate_report`.
         """
         (text,) = generate_texts(
             self.llm,
-            self._chat_batch(images, report, history, instruction, indication),
+            self._chat_batch(images, report, history, instruction, indication, findings),
             self._options(generation),
             adapter=self.tasks.get("chat"),
             on_text=on_text,
@@ -436,12 +449,13 @@ class ChestXrayVLM:
         instruction: str,
         *,
         indication: str | None = None,
+        findings: Sequence[str] | None = None,
         generation: GenerationConfig | None = None,
     ) -> Iterator[str]:
         """Like :meth:`chat`, yielding the answer's text as it is generated."""
         return stream_text(
             self.llm,
-            self._chat_batch(images, report, history, instruction, indication),
+            self._chat_batch(images, report, history, instruction, indication, findings),
             self._options(generation),
             adapter=self.tasks.get("chat"),
         )

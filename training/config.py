@@ -117,6 +117,10 @@ class LoraStage(StageConfig):
     eval_generate: int = Field(
         default=0, ge=0, description="Validation studies to generate for at the end (0 = loss)."
     )
+    group_by_length: bool = Field(
+        default=True,
+        description="Batch prompts of similar length together (less padding per step).",
+    )
 
 
 class InstructStage(LoraStage):

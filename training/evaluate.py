@@ -40,8 +40,8 @@ from .evaluation import (
     rouge_l_scores,
 )
 from .images import preprocess_file
-from .instruct import build_instruct_examples
-from .records import StudyRecord
+from .instruct import apply_stated_findings, build_instruct_examples
+from .records import POSITIVE, StudyRecord
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,16 @@ def evaluate_bundle(
     return result
 
 
+def correction_prompt_findings(report: str, instruction: str) -> tuple[str, ...]:
+    """Findings the amend dialog lists for a correction of ``report``.
+
+    As the node does: the report's coded findings (here read from its text by the labeler,
+    as the node codes an amended version) with the correction's stated findings applied.
+    """
+    coded = [label for label, value in label_report(report).items() if value == POSITIVE]
+    return apply_stated_findings([c for c in coded if c != "No Finding"], instruction)
+
+
 def _correction_success(
     model: ChestXrayVLM,
     records: Sequence[StudyRecord],
@@ -195,6 +205,7 @@ def _correction_success(
                         e.instruction,
                         tuple(e.history),
                         e.indication,
+                        findings=correction_prompt_findings(e.report or "", e.instruction),
                     )
                     for e in chunk
                 ]

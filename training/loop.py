@@ -13,7 +13,7 @@ import contextlib
 import csv
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -68,6 +68,36 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
         take = min(batch_size - len(indices), n - offset)
         indices.extend(int(i) for i in order[offset : offset + take])
     return indices
+
+
+#: Batches of a length-grouped "megabatch": examples are sorted by length within it.
+MEGABATCH_BATCHES: int = 32
+
+
+def length_grouped_batch_indices(
+    lengths: Sequence[int], batch_size: int, step: int, seed: int
+) -> list[int]:
+    """Indices of the ``step``-th batch, with examples of similar length batched together.
+
+    Each epoch is a seeded permutation cut into megabatches of ``MEGABATCH_BATCHES``
+    batches; each megabatch is sorted by length and cut into batches, and the batches of
+    the epoch are shuffled (as ``group_by_length`` in transformers' Trainer). A batch is
+    then padded to a length close to that of its examples. Like :func:`batch_indices`,
+    the order depends only on the arguments, so a resumed run sees the same batches; the
+    last batch of an epoch may be short.
+    """
+    n = len(lengths)
+    per_epoch = math.ceil(n / batch_size)
+    epoch, position = divmod(step, per_epoch)
+    rng = np.random.default_rng([seed, epoch, 1])
+    order = rng.permutation(n)
+    mega = batch_size * MEGABATCH_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, n, mega):
+        chunk = sorted(order[start : start + mega].tolist(), key=lambda i: -lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffled = rng.permutation(len(batches))
+    return [int(i) for i in batches[int(shuffled[position])]]
 
 
 def total_steps(config: StageConfig, n_examples: int) -> int:
@@ -191,6 +221,7 @@ class StageTrainer:
         evaluate: EvalFn | None = None,
         *,
         resume: bool = False,
+        lengths: Sequence[int] | None = None,
     ) -> StageOutcome:
         """Train until the stage's step budget is spent, then load the best weights.
 
@@ -204,7 +235,12 @@ class StageTrainer:
             Returns validation metrics (run every ``eval_every`` steps and at the end).
         resume
             Continue from ``checkpoint.pt`` when it exists.
+        lengths
+            Length of each example (tokens): batches group examples of similar length
+            (:func:`length_grouped_batch_indices`). ``None`` draws plain random batches.
         """
+        if lengths is not None and len(lengths) != n_examples:
+            raise ValueError(f"stage {self.name}: {len(lengths)} lengths for {n_examples} examples")
         if n_examples < 1:
             raise ValueError(f"stage {self.name}: no training examples")
         self.stage_dir.mkdir(parents=True, exist_ok=True)
@@ -249,8 +285,11 @@ class StageTrainer:
             while step < steps:
                 totals: dict[str, float] = {}
                 for part in range(config.grad_accum):
-                    indices = batch_indices(
-                        n_examples, micro, step * config.grad_accum + part, self.seed
+                    micro_step = step * config.grad_accum + part
+                    indices = (
+                        batch_indices(n_examples, micro, micro_step, self.seed)
+                        if lengths is None
+                        else length_grouped_batch_indices(lengths, micro, micro_step, self.seed)
                     )
                     with self.autocast_context():
                         loss, parts = loss_fn(indices)
@@ -349,6 +388,7 @@ __all__ = [
     "StageOutcome",
     "StageTrainer",
     "batch_indices",
+    "length_grouped_batch_indices",
     "bf16_enabled",
     "total_steps",
 ]

@@ -117,4 +117,38 @@ def revised_findings(
     return [records[label] for label in order]
 
 
-__all__ = ["NO_FINDING", "revised_findings"]
+def prompt_findings(
+    current: Sequence[FindingRecord], kind: MessageKind | None, message: str
+) -> tuple[str, ...]:
+    """Positive findings the model's prompt lists for a dialog turn.
+
+    The current version's findings coded present (they follow the reader's accepted
+    corrections, unlike the classifier's predictions); for a correction, with the findings
+    the message asserts or denies applied
+    (:func:`training.instruct.stated_findings.apply_stated_findings`), so that the
+    radiologist's word overrides the classifier.
+
+    Parameters
+    ----------
+    current
+        The current version's coded findings.
+    kind
+        The message's kind.
+    message
+        The reader's message.
+    """
+    present = [
+        record.label
+        for record in current
+        if record.presence == Presence.PRESENT.value and record.label != NO_FINDING
+    ]
+    ordered = tuple(label for label in CHEXPERT_LABELS if label in present)
+    if kind is not MessageKind.CORRECTION:
+        return ordered
+    # Imported on first use: the instruction reader lives in the training package.
+    from training.instruct.stated_findings import apply_stated_findings
+
+    return apply_stated_findings(ordered, message)
+
+
+__all__ = ["NO_FINDING", "prompt_findings", "revised_findings"]

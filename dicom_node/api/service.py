@@ -82,7 +82,7 @@ from ..store import (
 from ._analysis import AnalysisCache
 from ._auth import Reader
 from ._classify import Intent, classify_message
-from ._findings import revised_findings
+from ._findings import prompt_findings, revised_findings
 from ._images import ImageRenderer
 from ._schemas import (
     DiffSegmentOut,
@@ -759,7 +759,10 @@ class DialogService:
                 # lock (LanguageModel.adapter), shared with the draft jobs of this process.
                 analysis = self._analyses.get(key, lambda: model.analyse(paths))
                 for piece in model.stream_chat(
-                    analysis, context, history, turn.text, indication=base.indication
+                    analysis, context, history, turn.text, indication=base.indication,
+                    findings=prompt_findings(
+                        findings_from_json(base.findings_json), turn.kind, turn.text
+                    ),
                 ):
                     pieces.append(piece)
                     if on_text is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dicom_node.api import classify_message
-from dicom_node.api._findings import revised_findings
+from dicom_node.api._findings import prompt_findings, revised_findings
 from dicom_node.api._text import clean_generated, parse_revision, word_diff
 from dicom_node.reports import FindingRecord
 from dicom_node.store import MessageKind
@@ -122,3 +122,20 @@ def test_a_normal_text_makes_no_finding_present_and_rewrites_keep_codes() -> Non
     assert normal["Pleural Effusion"] == "absent" and normal["No Finding"] == "present"
     assert revised_findings(current, E, "No pleural effusion.", "Normal.") == current
     assert revised_findings(current, S, "x", "Normal.") == current
+
+
+def test_prompt_lists_the_current_codes_with_a_correction_applied() -> None:
+    current = _codes(Pleural_Effusion="present", Support_Devices="present", Edema="uncertain")
+    # the reader's accepted codes, not the classifier's; uncertain is not listed
+    assert prompt_findings(current, Q, "Is there an effusion?") == (
+        "Pleural Effusion", "Support Devices"
+    )
+    # a correction overrides them: the radiologist's word wins
+    assert prompt_findings(current, C, "There is no effusion. You missed a pneumothorax.") == (
+        "Pneumothorax", "Support Devices"
+    )
+    assert prompt_findings(current, C, "Do not mention the catheter.") == ("Pleural Effusion",)
+    # a rewrite keeps the list even when its words name a finding
+    assert prompt_findings(current, E, "Explain the effusion simply, drop the jargon.") == (
+        "Pleural Effusion", "Support Devices"
+    )

@@ -32,6 +32,13 @@ def test_thresholds_decide_positive_findings_per_label(
             tiny_model.thresholds[finding.label] = 1.0
         tiny_model.thresholds["Edema"] = 0.0
         assert tiny_model.analyse([chest_cr_path]).positive_labels == ["Edema"]
+        # several positives are listed in label order, as training prompts list them,
+        # whatever their probabilities
+        for label in ("Support Devices", "Cardiomegaly", "No Finding"):
+            tiny_model.thresholds[label] = 0.0
+        assert tiny_model.analyse([chest_cr_path]).positive_labels == [
+            "Cardiomegaly", "Edema", "Support Devices"
+        ]
     finally:
         tiny_model.thresholds.update(saved)
 

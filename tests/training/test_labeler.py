@@ -103,6 +103,8 @@ RADIOLOGIST_SENTENCES: list[tuple[str, dict[str, float | None]]] = [
      _labels(opac=1, pna=-1)),
     ("No pleural effusions; trace right apical pneumothorax.", _labels(eff=0, ptx=1)),
     ("Degenerative changes of the thoracic spine.", _labels()),
+    ("No lung lesion.", _labels(lesion=0, nof=1)),
+    ("There is a pleural abnormality other than effusion.", _labels(plother=1)),
 ]
 
 

@@ -16,7 +16,13 @@ from training import TrainingConfigError
 from training.checkpoint import load_checkpoint
 from training.config import LoraStage, StageConfig, parse_training_config
 from training.lm_loss import answer_loss
-from training.loop import StageTrainer, batch_indices, total_steps
+from training.loop import (
+    MEGABATCH_BATCHES,
+    StageTrainer,
+    batch_indices,
+    length_grouped_batch_indices,
+    total_steps,
+)
 from training.stages import f1_scores, pos_weights, tune_thresholds
 
 MINIMAL = {
@@ -121,6 +127,26 @@ def test_batch_order_is_seeded_and_covers_each_epoch() -> None:
     assert batch_indices(10, 4, 0, seed=1) != batch_indices(10, 4, 0, seed=2)
     assert total_steps(StageConfig(batch_size=4, epochs=2.0), 10) == 5
     assert total_steps(StageConfig(batch_size=4, max_steps=3), 10) == 3
+
+
+def test_length_grouped_batches_cover_each_epoch_with_little_padding() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(50, 400, size=1000).tolist()
+    batch = 8
+    per_epoch = -(-len(lengths) // batch)
+    epoch = [length_grouped_batch_indices(lengths, batch, s, seed=3) for s in range(per_epoch)]
+    assert sorted(i for b in epoch for i in b) == list(range(len(lengths)))
+    # padded tokens per batch: far fewer than with random batches
+    def padding(batches: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                   for b in batches)
+    plain = [batch_indices(len(lengths), batch, s, seed=3) for s in range(per_epoch)]
+    assert padding(epoch) < 0.25 * padding(plain)
+    # deterministic by step (resume), different per seed, the next epoch is another order
+    assert length_grouped_batch_indices(lengths, batch, 5, 3) == epoch[5]
+    assert length_grouped_batch_indices(lengths, batch, 5, 4) != epoch[5]
+    assert length_grouped_batch_indices(lengths, batch, per_epoch, 3) != epoch[0]
+    assert MEGABATCH_BATCHES * batch < len(lengths)  # several megabatches were exercised
 
 
 def test_run_config_names_bad_keys() -> None:

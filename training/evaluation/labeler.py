@@ -92,6 +92,7 @@ MENTION_PHRASES: Final[Mapping[str, tuple[str, ...]]] = {
         r"carcinoma\w*",
         r"neoplasm\w*",
         r"tumou?rs?",
+        r"(?:lung|pulmonary) lesions?",
     ),
     "Lung Opacity": (
         r"opaci\w*",
@@ -118,6 +119,7 @@ MENTION_PHRASES: Final[Mapping[str, tuple[str, ...]]] = {
         r"pleuro-?pericardial scar\w*",
         r"pleural plaques?",
         r"pleural calcifications?",
+        r"pleural abnormalit(?:y|ies)(?: other than (?:an? )?(?:pleural )?effusions?)?",
     ),
     "Pneumonia": (r"(?:broncho)?pneumonias?", r"infections?", r"infectious(?: process)?"),
     "Pneumothorax": (r"pneumothorax", r"pneumothoraces", r"hydropneumothorax"),
@@ -200,7 +202,10 @@ UNMENTION_PHRASES: Final[Mapping[str, tuple[str, ...]]] = {
     "Cardiomegaly": (r"heart (?:failure|borders?|valves?)",),
     "Lung Lesion": (r"calcified nodul\w*", r"massive", r"massengale", r"mass effect"),
     "Lung Opacity": (r"pleural scar\w*",),
-    "Pleural Effusion": (r"pericardial effusions?",),
+    "Pleural Effusion": (
+        r"pericardial effusions?",
+        r"other than (?:an? )?(?:pleural )?effusions?",
+    ),
     "Enlarged Cardiomediastinum": (
         r"(?:hemi)?diaphragm\w* contours?",
         r"contours? of the (?:hemi)?diaphragm\w*",

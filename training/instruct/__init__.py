@@ -18,6 +18,7 @@ from .builder import (
 )
 from .correction import build_correction, choose_errors, edit_reports, render_reports
 from .easy import build_easy_language
+from .stated_findings import apply_stated_findings, stated_findings
 from .examples import TASKS, InstructExample, TaskName
 from .tasks import (
     CorrectionStyle,
@@ -48,6 +49,7 @@ __all__ = [
     "TASKS",
     "TaskContext",
     "TaskName",
+    "apply_stated_findings",
     "binary_answer",
     "build_correction",
     "build_easy_language",
@@ -64,5 +66,6 @@ __all__ = [
     "label_summary",
     "list_answer",
     "render_reports",
+    "stated_findings",
     "task_counts",
 ]

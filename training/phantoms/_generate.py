@@ -198,12 +198,12 @@ def _fractures(
             step = 0.0 if unsure else float(geo_rng.uniform(0.02, 0.028)) * geo_rng.choice([-1, 1])
             clavicles[side] = (float(geo_rng.uniform(0.4, 0.6)), float(step))
             continue
-        u_break = float(geo_rng.uniform(0.6, 0.72))
+        u_break = float(geo_rng.uniform(0.5, 0.62))
         direction = float(geo_rng.choice([-1.0, 1.0]))
         for i in range(int(pf.params["count"])):
             k = int(pf.params["first"]) + i
             u_k = u_break + float(geo_rng.normal(0.0, 0.012))
-            gap = 0.009 if unsure else float(geo_rng.uniform(0.05, 0.06))
+            gap = 0.009 if unsure else float(geo_rng.uniform(0.07, 0.085))
             factor = 0.0 if unsure else float(geo_rng.uniform(1.7, 2.1))
             callus = 0.0 if unsure else float(geo_rng.uniform(1.25, 1.45))
             # The step is relative to the rib thickness; resolved once the geometry is known.

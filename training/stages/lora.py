@@ -58,18 +58,21 @@ def lora_config(config: LoraStage) -> LoraConfig:
 
 
 def predicted_findings(ctx: RunContext, split: str) -> list[tuple[str, ...]]:
-    """Positive findings per study of a split, from the classifier and its thresholds."""
+    """Positive findings per study of a split, from the classifier and its thresholds.
+
+    Listed in the classifier's label order, as :attr:`inference.StudyAnalysis.positive_labels`
+    lists them at inference.
+    """
     probabilities = predict_probabilities(ctx, split)
     labels = ctx.model_config.classifier.labels
-    out = []
-    for row in probabilities:
-        positives = sorted(
-            (p, label)
+    return [
+        tuple(
+            label
             for label, p in zip(labels, row, strict=True)
             if label != "No Finding" and p >= ctx.thresholds[label]
         )
-        out.append(tuple(label for _, label in reversed(positives)))
-    return out
+        for row in probabilities
+    ]
 
 
 def report_examples(ctx: RunContext, split: str, source: str) -> list[TextExample]:
@@ -188,12 +191,17 @@ def _fit_adapter(
     if config.max_val_examples:
         val = val[: config.max_val_examples]
 
-    def loss_on(examples: Sequence[TextExample]) -> torch.Tensor:
+    def loss_on(
+        examples: Sequence[TextExample], encoded: Sequence[EncodedPrompt] | None = None
+    ) -> torch.Tensor:
         tokens = _image_tokens(ctx, examples[0].split, [e.image_index for e in examples])
-        return answer_loss(peft_model, [_encode(ctx, e) for e in examples], list(tokens), pad_id)
+        prompts = list(encoded) if encoded is not None else [_encode(ctx, e) for e in examples]
+        return answer_loss(peft_model, prompts, list(tokens), pad_id)
+
+    train_encoded = [_encode(ctx, e) for e in train]
 
     def loss_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        return loss_on([train[i] for i in indices]), {}
+        return loss_on([train[i] for i in indices], [train_encoded[i] for i in indices]), {}
 
     def evaluate() -> dict[str, float]:
         losses, weights = [], []
@@ -204,7 +212,14 @@ def _fit_adapter(
         return {"loss": float(np.average(losses, weights=weights)) if losses else 0.0}
 
     trainer = ctx.trainer(stage, net, config, metric="loss" if val else None, mode="min")
-    outcome = trainer.fit(len(train), loss_fn, evaluate if val else None, resume=ctx.resume)
+    lengths = (
+        [len(p.prefix_ids) + len(p.suffix_ids) + len(p.target_ids) for p in train_encoded]
+        if config.group_by_length
+        else None
+    )
+    outcome = trainer.fit(
+        len(train), loss_fn, evaluate if val else None, resume=ctx.resume, lengths=lengths
+    )
     tower.requires_grad_(False)
     peft_model.requires_grad_(False)
     return {f"val_{k}": v for k, v in outcome.last_metrics.items()}

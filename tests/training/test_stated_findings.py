@@ -1,0 +1,72 @@
+"""Reading a radiologist's correction: which findings it asserts and which it denies."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from training.instruct import apply_stated_findings, stated_findings
+from training.instruct.correction import choose_errors, correction_instruction
+from training.records import StudyRecord
+
+
+def labelled_study(rng: random.Random) -> StudyRecord:
+    """A study with random CheXpert labels (the report text plays no part here)."""
+    labels = {
+        name: rng.choice([1.0, 1.0, 0.0, None])
+        for name in CHEXPERT_LABELS
+        if name != NO_FINDING
+    }
+    return StudyRecord("s", "t", (Path("i.png"),), ("PA",), "", "", None, labels)
+
+
+@pytest.mark.parametrize(
+    ("instruction", "expected"),
+    [
+        ("There is no effusion.", {"Pleural Effusion": False}),
+        ("Please remove the pneumothorax, it's not there.", {"Pneumothorax": False}),
+        ("Remove the fracture from the report.", {"Fracture": False}),
+        ("I don't see any nodule, please delete it.", {"Lung Lesion": False}),
+        ("You missed a small left pneumothorax.", {"Pneumothorax": True}),
+        ("Please add mild cardiomegaly.", {"Cardiomegaly": True}),
+        (
+            "Add a right lower lobe consolidation but remove the edema.",
+            {"Consolidation": True, "Edema": False},
+        ),
+        ("The effusion has resolved; there is a new pneumothorax.",
+         {"Pleural Effusion": False, "Pneumothorax": True}),
+        ("There is a pleural abnormality other than effusion as well.", {"Pleural Other": True}),
+        ("The opacity may represent pneumonia.", {"Lung Opacity": True}),  # hedge: no change
+        ("Make it easier to read.", {}),
+    ],
+)
+def test_radiologist_corrections(instruction: str, expected: dict[str, bool]) -> None:
+    assert stated_findings(instruction) == expected
+
+
+def test_generated_correction_instructions_state_exactly_their_errors() -> None:
+    rng = random.Random(3)
+    checked = 0
+    for _ in range(400):
+        errors = choose_errors(labelled_study(rng), rng)
+        if not errors:
+            continue
+        instruction = correction_instruction(errors, rng)
+        # a false positive of the wrong report (1.0) is denied, a false negative asserted
+        assert stated_findings(instruction) == {
+            label: value == 0.0 for label, value in errors.items()
+        }, instruction
+        checked += 1
+    assert checked > 200
+
+
+def test_applied_correction_drops_denied_adds_asserted_in_chexpert_order() -> None:
+    current = ("Support Devices", "Pleural Effusion", "Cardiomegaly")
+    after = apply_stated_findings(current, "No effusion. You missed a pneumothorax.")
+    assert after == ("Cardiomegaly", "Pneumothorax", "Support Devices")
+    assert apply_stated_findings(current, "Make it shorter.") == (
+        "Cardiomegaly", "Pleural Effusion", "Support Devices"
+    )
