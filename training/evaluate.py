@@ -158,6 +158,9 @@ def evaluate_bundle(
         # The findings classifier alone (its thresholded output, before the LLM writes it):
         # separates vision errors from reporting errors.
         "classifier_ce": ce_metrics(classifier_labels, reference_labels),
+        # The reports against the findings their prompt listed: how faithfully the LLM
+        # writes what it was given, whatever the image shows.
+        "faithfulness_ce": ce_metrics(predicted, classifier_labels),
         "nlg": nlg,
         "samples": [
             {"study_id": r.study_id, "generated": g, "reference": r.report}
@@ -254,6 +257,7 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
         "ce_f1_macro": float(result["ce"]["f1_macro"]),
         "ce_f1_micro": float(result["ce"]["f1_micro"]),
         "classifier_f1_macro": float(result["classifier_ce"]["f1_macro"]),
+        "faithfulness_f1_macro": float(result["faithfulness_ce"]["f1_macro"]),
         "bleu_4": float(result["nlg"]["bleu4"]),
         "rouge_l": float(result["nlg"]["rouge_l"]["mean"]),
     }
@@ -275,6 +279,10 @@ def render_table(result: dict[str, Any]) -> Table:
     low, high = ce["f1_macro_ci95"]
     table.add_row("CE F1 macro (95% CI)", f"{ce['f1_macro']:.3f} ({low:.3f}-{high:.3f})")
     table.add_row("classifier alone: F1 macro", f"{result['classifier_ce']['f1_macro']:.3f}")
+    table.add_row(
+        "reports vs their prompt's findings: F1 macro",
+        f"{result['faithfulness_ce']['f1_macro']:.3f}",
+    )
     for key in ("precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro"):
         table.add_row(f"CE {key.replace('_', ' ')}", f"{ce[key]:.3f}")
     for label in CHEXPERT_LABELS:

@@ -169,6 +169,8 @@ def test_evaluate_command_prints_every_metric(
     assert {"bleu1", "bleu4", "rouge_l"} <= set(report["nlg"])
     assert report["correction"]["n_examples"] == 2
     assert 0.0 <= report["correction"]["success"] <= 1.0
+    # reports scored against their prompt's findings as well as against the references
+    assert 0.0 <= report["faithfulness_ce"]["f1_macro"] <= 1.0
 
 
 def test_evaluate_command_refuses_a_missing_dataset(tiny_bundle: Path, tmp_path: Path) -> None:

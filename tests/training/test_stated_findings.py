@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from training.evaluate import correction_prompt_findings
 from training.instruct import apply_stated_findings, stated_findings
 from training.instruct.correction import choose_errors, correction_instruction
 from training.records import StudyRecord
@@ -69,4 +70,12 @@ def test_applied_correction_drops_denied_adds_asserted_in_chexpert_order() -> No
     assert after == ("Cardiomegaly", "Pneumothorax", "Support Devices")
     assert apply_stated_findings(current, "Make it shorter.") == (
         "Cardiomegaly", "Pleural Effusion", "Support Devices"
+    )
+
+
+def test_evaluation_lists_the_wrong_reports_findings_with_the_correction_applied() -> None:
+    wrong = "FINDINGS: Small left pleural effusion. Mild cardiomegaly. No pneumothorax."
+    assert correction_prompt_findings(wrong, "There is no effusion.") == ("Cardiomegaly",)
+    assert correction_prompt_findings(wrong, "You missed a pneumothorax.") == (
+        "Cardiomegaly", "Pleural Effusion", "Pneumothorax"
     )
