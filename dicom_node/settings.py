@@ -93,6 +93,11 @@ class InferenceSettings(BaseModel):
         default=0, ge=0, description="ORT inter-op threads (0 = auto)."
     )
     verify_checksums: bool = Field(default=True, description="Check bundle sha256 sums on load.")
+    merge_adapters: bool = Field(
+        default=True,
+        description="Generate with a merged copy of the LLM per LoRA adapter: faster decoding "
+        "for one more copy of the LLM weights per adapter in memory.",
+    )
 
     def runtime_options(self) -> RuntimeOptions:
         """The :class:`inference.RuntimeOptions` these settings describe."""
@@ -111,6 +116,7 @@ class InferenceSettings(BaseModel):
             device=self.device,
             dtype=self.dtype,
             verify_checksums=self.verify_checksums,
+            merge_adapters=self.merge_adapters,
         )
 
 

@@ -57,8 +57,8 @@ def generate_ids(
     """
     if streamer is not None and (batch.inputs_embeds.shape[0] != 1 or options.num_beams != 1):
         raise ValueError("streaming needs a single sequence and greedy decoding (num_beams=1)")
-    with llm.adapter(adapter), torch.inference_mode():
-        output = llm.model.generate(  # type: ignore[operator]  # peft's stub types it as Tensor
+    with llm.adapter(adapter) as model, torch.inference_mode():
+        output = model.generate(  # type: ignore[operator]  # peft's stub types it as Tensor
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
             max_new_tokens=options.max_new_tokens,

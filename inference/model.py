@@ -79,6 +79,13 @@ class RuntimeOptions:
     device: str = field(default="auto", metadata={"help": "LLM device: auto, cpu, cuda, cuda:N."})
     dtype: str = field(default="auto", metadata={"help": "LLM dtype: auto, float32, bfloat16."})
     verify_checksums: bool = field(default=True, metadata={"help": "Check sha256 on load."})
+    merge_adapters: bool = field(
+        default=True,
+        metadata={
+            "help": "Generate with a merged copy of the LLM per adapter (faster decoding, one "
+            "more copy of the LLM weights per adapter in memory)."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,8 @@ class ChestXrayVLM:
             device=options.device,
             dtype=options.dtype,
         )
+        if options.merge_adapters:
+            llm.merge_adapters()
         return cls(
             manifest.config,
             vision,

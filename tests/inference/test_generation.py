@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference import ChatRequest, ChestXrayVLM, GenerationConfig, StudyRequest
+from inference import ChatRequest, ChestXrayVLM, GenerationConfig, RuntimeOptions, StudyRequest
 from inference.generation import generate_ids
 
 
@@ -107,8 +107,8 @@ def test_adapters_are_switchable_and_change_the_output(batch_and_model) -> None:
     assert set(llm.adapters) == {"report", "instruct"}
 
     def logits(adapter: str | None) -> torch.Tensor:
-        with llm.adapter(adapter), torch.no_grad():
-            return llm.model(
+        with llm.adapter(adapter) as runner, torch.no_grad():
+            return runner(
                 inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask
             ).logits
 
@@ -118,6 +118,33 @@ def test_adapters_are_switchable_and_change_the_output(batch_and_model) -> None:
     assert torch.equal(logits("report"), report)  # switching back restores the adapter
     with pytest.raises(Exception, match="not loaded"):
         llm.use_adapter("nonexistent")
+
+
+def test_merged_adapters_give_the_unmerged_outputs(tiny_bundle: Path, chest_cr_path: Path) -> None:
+    merged = ChestXrayVLM.from_bundle(tiny_bundle, RuntimeOptions(device="cpu"))
+    plain = ChestXrayVLM.from_bundle(
+        tiny_bundle, RuntimeOptions(device="cpu", merge_adapters=False)
+    )
+    assert set(merged.llm.merged_adapters) == {"report", "instruct"}
+    assert plain.llm.merged_adapters == []
+    analysis = merged.analyse([chest_cr_path])
+    batch = merged._batch([merged._report_prompt(analysis, "Cough.")], [analysis])
+    for adapter in ("report", "instruct"):
+        with (
+            merged.llm.adapter(adapter) as fast,
+            plain.llm.adapter(adapter) as slow,
+            torch.no_grad(),
+        ):
+            assert fast is not slow and fast is not merged.llm.model  # a plain merged copy
+            torch.testing.assert_close(
+                fast(inputs_embeds=batch.inputs_embeds).logits,
+                slow(inputs_embeds=batch.inputs_embeds).logits,
+                rtol=1e-4, atol=1e-4,
+            )
+    options = GenerationConfig(max_new_tokens=12)
+    assert merged.generate_report([chest_cr_path], "Cough.", generation=options).text == (
+        plain.generate_report([chest_cr_path], "Cough.", generation=options).text
+    )
 
 
 def test_chat_uses_the_report_as_context(tiny_model: ChestXrayVLM, chest_cr_path: Path) -> None:

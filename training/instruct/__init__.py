@@ -18,8 +18,8 @@ from .builder import (
 )
 from .correction import build_correction, choose_errors, edit_reports, render_reports
 from .easy import build_easy_language
-from .stated_findings import apply_stated_findings, stated_findings
 from .examples import TASKS, InstructExample, TaskName
+from .stated_findings import apply_stated_findings, stated_findings
 from .tasks import (
     CorrectionStyle,
     Labeler,
