@@ -117,6 +117,11 @@ class LoraStage(StageConfig):
     eval_generate: int = Field(
         default=0, ge=0, description="Validation studies to generate for at the end (0 = loss)."
     )
+    target_order: Literal["as_written", "findings_first"] = Field(
+        default="as_written",
+        description="Report targets as written, or with the sentences stating the listed "
+        "findings first, in the prompt's order (training.report_order).",
+    )
     group_by_length: bool = Field(
         default=True,
         description="Batch prompts of similar length together (less padding per step).",

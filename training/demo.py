@@ -121,6 +121,7 @@ DEMO_RUN: dict[str, Any] = {
             "lora_dropout": 0.0,
             "target_modules": LORA_TARGETS,
             "max_val_examples": 32,
+            "target_order": "findings_first",
         },
         "instruct": {
             "batch_size": 8,
@@ -132,6 +133,7 @@ DEMO_RUN: dict[str, Any] = {
             "lora_dropout": 0.0,
             "target_modules": LORA_TARGETS,
             "max_val_examples": 32,
+            "target_order": "findings_first",
         },
     },
 }

@@ -27,6 +27,7 @@ from ..config import InstructStage, LoraStage
 from ..context import RunContext
 from ..instruct import InstructConfig, build_instruct_examples
 from ..lm_loss import answer_loss
+from ..report_order import TargetOrder, order_report
 from .classifier import predict_probabilities
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,10 @@ def predicted_findings(ctx: RunContext, split: str) -> list[tuple[str, ...]]:
     ]
 
 
-def report_examples(ctx: RunContext, split: str, source: str) -> list[TextExample]:
-    """Report-generation prompts for every study of a split."""
+def report_examples(
+    ctx: RunContext, split: str, source: str, order: TargetOrder = "as_written"
+) -> list[TextExample]:
+    """Report-generation prompts for every study of a split (targets in ``order``)."""
     records = ctx.splits[split]
     findings = (
         predicted_findings(ctx, split)
@@ -85,7 +88,10 @@ def report_examples(ctx: RunContext, split: str, source: str) -> list[TextExampl
     )
     instruction = ctx.model_config.prompt.report_instruction
     return [
-        TextExample(split, i, findings[i], instruction, r.indication, None, (), r.report)
+        TextExample(
+            split, i, findings[i], instruction, r.indication, None, (),
+            order_report(r.findings, r.impression, findings[i], order),
+        )
         for i, r in enumerate(records)
     ]
 
@@ -127,7 +133,7 @@ def instruct_examples(
         )
         for e in examples
     ]
-    replay = report_examples(ctx, split, config.findings_source)
+    replay = report_examples(ctx, split, config.findings_source, config.target_order)
     n_replay = int(round(len(out) * config.replay_fraction / (1 - config.replay_fraction)))
     rng = random.Random(seed)
     out.extend(rng.sample(replay, min(n_replay, len(replay))))
@@ -237,8 +243,8 @@ def run_report_stage(ctx: RunContext) -> dict[str, float]:
     )
     ctx.llm = peft_model
     peft_model.set_adapter("report")
-    train = report_examples(ctx, "train", config.findings_source)
-    val = report_examples(ctx, "val", config.findings_source)
+    train = report_examples(ctx, "train", config.findings_source, config.target_order)
+    val = report_examples(ctx, "val", config.findings_source, config.target_order)
     metrics = _fit_adapter(ctx, "report", config, peft_model, train, val, train_vision=True)
     peft_model.save_pretrained(
         str(ctx.stage_dir("report") / "adapter"), selected_adapters=["report"]
