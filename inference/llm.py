@@ -191,8 +191,6 @@ class LanguageModel:
         """
         with self.lock:
             if name is not None and name in self._merged:
-                if name not in self.adapters:  # pragma: no cover - merged implies loaded
-                    raise InferenceError(f"adapter {name!r} not loaded")
                 yield self._merged[name]
                 return
             previous = self._active

@@ -181,7 +181,7 @@ def correction_prompt_findings(report: str, instruction: str) -> tuple[str, ...]
     as the node codes an amended version) with the correction's stated findings applied.
     """
     coded = [label for label, value in label_report(report).items() if value == POSITIVE]
-    return apply_stated_findings([c for c in coded if c != "No Finding"], instruction)
+    return apply_stated_findings(coded, instruction)  # drops No Finding
 
 
 def _correction_success(

@@ -16,12 +16,13 @@ change; only the order the model learns to write in does.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Literal
 
 from .evaluation.labeler import label_report
 from .instruct.correction import split_report_sentences
-from .records import POSITIVE
+from .records import POSITIVE, StudyRecord
 
 TargetOrder = Literal["as_written", "findings_first"]
 
@@ -61,13 +62,13 @@ def findings_first(findings: str, listed: Sequence[str]) -> str:
     return " ".join(sentence for _, _, sentence in sorted(keyed))
 
 
-def order_report(findings: str, impression: str, listed: Sequence[str], order: TargetOrder) -> str:
-    """The report target (``FINDINGS: ...\\nIMPRESSION: ...``) in the requested order.
+def order_report(record: StudyRecord, listed: Sequence[str], order: TargetOrder) -> str:
+    """The record's report target (:attr:`StudyRecord.report`) in the requested order.
 
     Parameters
     ----------
-    findings, impression
-        The record's sections (an empty impression is left out).
+    record
+        The study.
     listed
         The positive findings the prompt lists.
     order
@@ -75,10 +76,8 @@ def order_report(findings: str, impression: str, listed: Sequence[str], order: T
         to the findings section.
     """
     if order == "findings_first":
-        findings = findings_first(findings, listed)
-    if impression:
-        return f"FINDINGS: {findings}\nIMPRESSION: {impression}"
-    return f"FINDINGS: {findings}"
+        record = dataclasses.replace(record, findings=findings_first(record.findings, listed))
+    return record.report
 
 
 __all__ = ["TargetOrder", "findings_first", "order_report"]

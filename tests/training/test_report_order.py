@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from training.evaluation.labeler import label_report
+from training.records import StudyRecord
 from training.report_order import findings_first, order_report
 
 FINDINGS = (
@@ -11,6 +14,10 @@ FINDINGS = (
     "lobe. Right pneumothorax, small in size. The cardiac silhouette is mildly enlarged."
 )
 LISTED = ["Cardiomegaly", "Consolidation", "Pleural Other", "Pneumothorax"]
+
+
+def study(impression: str) -> StudyRecord:
+    return StudyRecord("p", "s", (Path("i.png"),), ("PA",), FINDINGS, impression, None, {})
 
 
 def test_listed_findings_come_first_in_the_prompts_order() -> None:
@@ -31,10 +38,11 @@ def test_reordering_keeps_every_sentence_and_every_label() -> None:
 
 
 def test_as_written_keeps_the_report_and_sections_are_formatted() -> None:
-    assert order_report(FINDINGS, "Small pneumothorax.", LISTED, "as_written") == (
+    record = study(impression="Small pneumothorax.")
+    assert order_report(record, LISTED, "as_written") == (
         f"FINDINGS: {FINDINGS}\nIMPRESSION: Small pneumothorax."
     )
-    ordered = order_report(FINDINGS, "", LISTED, "findings_first")
+    ordered = order_report(study(impression=""), LISTED, "findings_first")
     assert ordered.startswith("FINDINGS: The cardiac silhouette") and "IMPRESSION" not in ordered
     # nothing listed: the order is unchanged
     assert findings_first(FINDINGS, []) == FINDINGS

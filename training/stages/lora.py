@@ -90,7 +90,7 @@ def report_examples(
     return [
         TextExample(
             split, i, findings[i], instruction, r.indication, None, (),
-            order_report(r.findings, r.impression, findings[i], order),
+            order_report(r, findings[i], order),
         )
         for i, r in enumerate(records)
     ]
@@ -197,14 +197,15 @@ def _fit_adapter(
     if config.max_val_examples:
         val = val[: config.max_val_examples]
 
+    # Tokenised once: every step and every evaluation reuses the encodings.
+    train_encoded = [_encode(ctx, e) for e in train]
+    val_encoded = [_encode(ctx, e) for e in val]
+
     def loss_on(
-        examples: Sequence[TextExample], encoded: Sequence[EncodedPrompt] | None = None
+        examples: Sequence[TextExample], encoded: Sequence[EncodedPrompt]
     ) -> torch.Tensor:
         tokens = _image_tokens(ctx, examples[0].split, [e.image_index for e in examples])
-        prompts = list(encoded) if encoded is not None else [_encode(ctx, e) for e in examples]
-        return answer_loss(peft_model, prompts, list(tokens), pad_id)
-
-    train_encoded = [_encode(ctx, e) for e in train]
+        return answer_loss(peft_model, list(encoded), list(tokens), pad_id)
 
     def loss_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         return loss_on([train[i] for i in indices], [train_encoded[i] for i in indices]), {}
@@ -212,8 +213,9 @@ def _fit_adapter(
     def evaluate() -> dict[str, float]:
         losses, weights = [], []
         for start in range(0, len(val), config.batch_size):
-            chunk = val[start : start + config.batch_size]
-            losses.append(float(loss_on(chunk)))
+            end = start + config.batch_size
+            chunk = val[start:end]
+            losses.append(float(loss_on(chunk, val_encoded[start:end])))
             weights.append(len(chunk))
         return {"loss": float(np.average(losses, weights=weights)) if losses else 0.0}
 
