@@ -17,14 +17,29 @@ change; only the order the model learns to write in does.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Final, Literal
 
 from .evaluation.labeler import label_report
-from .instruct.correction import split_report_sentences
 from .records import POSITIVE, StudyRecord
 
 TargetOrder = Literal["as_written", "findings_first"]
+
+_SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
+_NUMBERED: Final = re.compile(r"^\d+\.$")
+
+
+def split_report_sentences(text: str) -> list[str]:
+    """Sentences of a section, keeping their text; "1." list numbers stay with their item."""
+    pieces = [piece for piece in _SENTENCE_END.split(text.strip()) if piece]
+    sentences: list[str] = []
+    for piece in pieces:
+        if sentences and _NUMBERED.match(sentences[-1]):
+            sentences[-1] = f"{sentences[-1]} {piece}"
+        else:
+            sentences.append(piece)
+    return sentences
 
 
 def findings_first(findings: str, listed: Sequence[str]) -> str:
@@ -80,4 +95,4 @@ def order_report(record: StudyRecord, listed: Sequence[str], order: TargetOrder)
     return record.report
 
 
-__all__ = ["TargetOrder", "findings_first", "order_report"]
+__all__ = ["TargetOrder", "findings_first", "order_report", "split_report_sentences"]

@@ -25,8 +25,8 @@ from training.instruct import (
     list_answer,
     task_counts,
 )
-from training.instruct.correction import split_report_sentences
 from training.records import StudyRecord
+from training.report_order import order_report, split_report_sentences
 from training.report_text import (
     easy_language,
     mentions_for_labels,
@@ -235,6 +235,27 @@ def test_correction_contradicts_exactly_at_injected_errors(
         kept_original += example.answer == record.report
     if style == "edit":
         assert kept_original >= 0.9 * len(corrections)  # the dataset's own wording is the target
+
+
+def test_findings_first_targets_of_reports_and_corrections(records: list[StudyRecord]) -> None:
+    """With ``target_order="findings_first"`` report and correction targets state the
+    prompt's findings first (as the report stage's targets do) and keep their labels."""
+    studies = by_study(records)
+    config = InstructConfig(target_order="findings_first")
+    examples = build_instruct_examples(
+        records, {"report": 1.0, "correction": 1.0}, seed=5, config=config
+    )
+    reordered = 0
+    for example in examples:
+        record = studies[example.study_id]
+        assert example.answer == order_report(record, example.findings, "findings_first")
+        assert label_report(example.answer) == label_report(record.report)
+        if example.findings:
+            first = split_report_sentences(example.answer.removeprefix("FINDINGS: "))[0]
+            assert positive(label_report(first)[example.findings[0]]), example.answer
+        reordered += example.answer != record.report
+    assert {e.task for e in examples} == {"report", "correction"}
+    assert reordered > len(examples) // 4
 
 
 def test_correction_edit_keeps_unrelated_sentences(records: list[StudyRecord]) -> None:

@@ -21,6 +21,7 @@ from inference.labels import CHEXPERT_LABELS, NO_FINDING
 
 from ..errors import DatasetError
 from ..records import StudyRecord
+from ..report_order import TargetOrder
 from .correction import build_correction
 from .easy import build_easy_language
 from .examples import TASKS, InstructExample, TaskName
@@ -78,6 +79,13 @@ class InstructConfig:
             "help": "'edit': wrong report = original report with sentences removed/inserted, "
             "target = original report (falls back to 'render'); 'render': both reports "
             "rendered from the labels with the report templates."
+        },
+    )
+    target_order: TargetOrder = field(
+        default="as_written",
+        metadata={
+            "help": "Report targets of report generation and corrections: as written, or "
+            "with the sentences stating the prompt's findings first."
         },
     )
     history_rate: float = field(
@@ -250,6 +258,7 @@ def build_instruct_examples(
             findings=_prompt_findings(record, findings_source),
             labeler=labeler,
             correction_style=config.correction_style,
+            target_order=config.target_order,
         )
         example = _BUILDERS[task](context)
         if example is None:

@@ -38,6 +38,7 @@ from training.report_text import (
 )
 
 from ..records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
+from ..report_order import split_report_sentences
 from .examples import InstructExample
 from .tasks import (
     CORRECTION_CLOSINGS,
@@ -59,8 +60,6 @@ EXPLICIT_NEGATIVE_PROBABILITY: Final[float] = 0.5
 #: Probability that an added finding is also stated in the impression.
 IMPRESSION_INSERT_PROBABILITY: Final[float] = 0.5
 
-_SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
-_NUMBERED: Final = re.compile(r"^\d+\.$")
 _NUMBER_PREFIX: Final = re.compile(r"^\d+\.\s+")
 #: Normal statements that no labeler mention covers but that contradict a new finding.
 _NORMAL_STATEMENT: Final = re.compile(
@@ -142,18 +141,6 @@ def correction_instruction(errors: Mapping[str, float], rng: random.Random) -> s
 
 
 # --------------------------------------------------------------------------- edit style
-
-
-def split_report_sentences(text: str) -> list[str]:
-    """Sentences of a section, keeping their text; "1." list numbers stay with their item."""
-    pieces = [piece for piece in _SENTENCE_END.split(text.strip()) if piece]
-    sentences: list[str] = []
-    for piece in pieces:
-        if sentences and _NUMBERED.match(sentences[-1]):
-            sentences[-1] = f"{sentences[-1]} {piece}"
-        else:
-            sentences.append(piece)
-    return sentences
 
 
 def _join(sentences: Sequence[str]) -> str:
@@ -355,7 +342,7 @@ def build_correction(ctx: TaskContext) -> InstructExample | None:
     if not errors:
         return None
     wrong_report: str | None = None
-    answer = record.report
+    answer = ctx.target_report()
     if ctx.correction_style == "edit" and ctx.labeler is not None:
         wrong_report = edit_reports(record, errors, ctx.labeler, rng)
     if wrong_report is None:

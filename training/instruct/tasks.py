@@ -19,6 +19,7 @@ from typing import Final, Literal
 from inference import PromptConfig, Turn
 
 from ..records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
+from ..report_order import TargetOrder, order_report
 from .examples import InstructExample, TaskName
 from .wording import (
     GLOSSARY,
@@ -142,6 +143,9 @@ class TaskContext:
     correction_style
         ``"edit"``: remove/insert sentences of the original report, falling back to
         rendering; ``"render"``: render both reports from the labels.
+    target_order
+        Order of report targets (report generation and corrections): as written, or with
+        the sentences stating ``findings`` first (:mod:`training.report_order`).
     """
 
     record: StudyRecord
@@ -149,6 +153,11 @@ class TaskContext:
     findings: tuple[str, ...]
     labeler: Labeler | None = None
     correction_style: CorrectionStyle = "edit"
+    target_order: TargetOrder = "as_written"
+
+    def target_report(self) -> str:
+        """The record's report as a target, in :attr:`target_order`."""
+        return order_report(self.record, self.findings, self.target_order)
 
     def example(
         self,
@@ -256,7 +265,7 @@ def build_report(ctx: TaskContext) -> InstructExample:
         instruction = REPORT_INSTRUCTIONS[0]
     else:
         instruction = rng.choice(REPORT_INSTRUCTIONS[1:])
-    return ctx.example("report", instruction, ctx.record.report, report=None)
+    return ctx.example("report", instruction, ctx.target_report(), report=None)
 
 
 def build_findings_qa_binary(ctx: TaskContext) -> InstructExample:

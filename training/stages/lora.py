@@ -118,7 +118,10 @@ def instruct_examples(
         config.mix,
         seed=seed,
         findings_source=source,  # type: ignore[arg-type]
-        config=InstructConfig(image_placeholder=ctx.model_config.prompt.image_placeholder),
+        config=InstructConfig(
+            image_placeholder=ctx.model_config.prompt.image_placeholder,
+            target_order=config.target_order,
+        ),
     )
     out = [
         TextExample(
