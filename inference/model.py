@@ -134,8 +134,11 @@ class DraftReport:
 class StudyRequest:
     """One study of a batched :meth:`ChestXrayVLM.generate_reports` call."""
 
-    images: Sequence[ImageSource]
+    images: Sequence[ImageSource] | StudyAnalysis
     indication: str | None = None
+    #: Positive findings to list in the prompt instead of the classifier's (a redraft from
+    #: a reader's corrected findings).
+    findings: Sequence[str] | None = None
 
 
 @dataclass
@@ -280,9 +283,14 @@ class ChestXrayVLM:
             padding_side="left",
         )
 
-    def _report_prompt(self, analysis: StudyAnalysis, indication: str | None) -> EncodedPrompt:
+    def _report_prompt(
+        self,
+        analysis: StudyAnalysis,
+        indication: str | None,
+        findings: Sequence[str] | None = None,
+    ) -> EncodedPrompt:
         return self.prompts.encode(
-            findings=analysis.positive_labels,
+            findings=analysis.positive_labels if findings is None else list(findings),
             indication=indication,
             instruction=self.config.prompt.report_instruction,
         )
@@ -354,12 +362,20 @@ class ChestXrayVLM:
     def generate_reports(
         self, studies: Sequence[StudyRequest], *, generation: GenerationConfig | None = None
     ) -> list[DraftReport]:
-        """Draft several studies in one left-padded batch (same results as one by one)."""
+        """Draft several studies in one left-padded batch (same results as one by one).
+
+        A request's ``images`` may be a :class:`StudyAnalysis` already computed, and its
+        ``findings`` replace the classifier's positive findings in the prompt.
+        """
         if not studies:
             return []
-        analyses = [self.analyse(study.images) for study in studies]
+        analyses = [
+            s.images if isinstance(s.images, StudyAnalysis) else self.analyse(s.images)
+            for s in studies
+        ]
         prompts = [
-            self._report_prompt(a, s.indication) for a, s in zip(analyses, studies, strict=True)
+            self._report_prompt(a, s.indication, s.findings)
+            for a, s in zip(analyses, studies, strict=True)
         ]
         texts = generate_texts(
             self.llm,
@@ -374,14 +390,19 @@ class ChestXrayVLM:
 
     def stream_report(
         self,
-        images: Sequence[ImageSource],
+        images: Sequence[ImageSource] | StudyAnalysis,
         indication: str | None = None,
         *,
         generation: GenerationConfig | None = None,
+        findings: Sequence[str] | None = None,
     ) -> tuple[StudyAnalysis, Iterator[str]]:
-        """Return the vision analysis and an iterator over the report text as it appears."""
-        analysis = self.analyse(images)
-        batch = self._batch([self._report_prompt(analysis, indication)], [analysis])
+        """Return the vision analysis and an iterator over the report text as it appears.
+
+        ``images`` may be an analysis already computed; ``findings`` replace the classifier's
+        positive findings in the prompt.
+        """
+        analysis = images if isinstance(images, StudyAnalysis) else self.analyse(images)
+        batch = self._batch([self._report_prompt(analysis, indication, findings)], [analysis])
         stream = stream_text(
             self.llm, batch, self._options(generation), adapter=self.tasks.get("report")
         )

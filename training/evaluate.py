@@ -4,7 +4,8 @@ Reports are drafted by :class:`inference.ChestXrayVLM` exactly as the node draft
 (ONNX Runtime vision side, report adapter), labelled by the rule-based labeler, and compared
 with the reference labels (CE) and texts (BLEU, METEOR, ROUGE-L, BERTScore), with bootstrap
 95 % intervals. Correction success comes from the instruct task builder's correction
-examples answered by the dialog adapter.
+examples (wrong reports ordered as a findings-first model drafts them) answered by the
+dialog adapter.
 """
 
 from __future__ import annotations
@@ -40,8 +41,14 @@ from .evaluation import (
     rouge_l_scores,
 )
 from .images import preprocess_file
-from .instruct import apply_stated_findings, build_instruct_examples
-from .records import POSITIVE, StudyRecord
+from .instruct import (
+    InstructConfig,
+    apply_stated_findings,
+    build_instruct_examples,
+    choose_correction,
+    unmet_statements,
+)
+from .records import NEGATIVE, POSITIVE, StudyRecord
 
 logger = logging.getLogger(__name__)
 
@@ -192,34 +199,61 @@ def _correction_success(
     progress: bool,
     batch_size: int,
 ) -> dict[str, Any]:
-    examples = build_instruct_examples(records, {"correction": 1.0}, seed=seed)[:count]
+    # wrong reports ordered as a findings-first model drafts them: the reports readers correct
+    examples = build_instruct_examples(
+        records, {"correction": 1.0}, seed=seed,
+        config=InstructConfig(target_order="findings_first"),
+    )[:count]
     by_study = {r.study_id: r for r in records}
+    answers: list[str] = []
     corrected: list[str] = []
+    redrafted = 0
     for start in tqdm(
         range(0, len(examples), batch_size), desc="corrections", disable=not progress
     ):
         chunk = examples[start : start + batch_size]
-        corrected.extend(
-            model.chat_many(
-                [
-                    ChatRequest(
-                        [_pixels(model, e.images[0])],
-                        e.report or "",
-                        e.instruction,
-                        tuple(e.history),
-                        e.indication,
-                        findings=correction_prompt_findings(e.report or "", e.instruction),
-                    )
-                    for e in chunk
-                ]
+        requests = [
+            ChatRequest(
+                model.analyse([_pixels(model, e.images[0])]),
+                e.report or "",
+                e.instruction,
+                tuple(e.history),
+                e.indication,
+                findings=correction_prompt_findings(e.report or "", e.instruction),
             )
+            for e in chunk
+        ]
+        chunk_answers = model.chat_many(requests)
+        # as the dialog does: an answer that leaves a stated finding unmet gets a redraft
+        # from the corrected findings, taken where it meets more of the statements
+        unmet = [
+            i for i, (e, a) in enumerate(zip(chunk, chunk_answers, strict=True))
+            if unmet_statements(a, e.instruction)
+        ]
+        drafts = model.generate_reports(
+            [StudyRequest(requests[i].images, requests[i].indication, requests[i].findings)
+             for i in unmet]
         )
+        redrafts: dict[int, str] = {i: d.text for i, d in zip(unmet, drafts, strict=True)}
+        for i, (e, a) in enumerate(zip(chunk, chunk_answers, strict=True)):
+            text, took_redraft = choose_correction(a, redrafts.get(i), e.instruction)
+            corrected.append(text)
+            redrafted += took_redraft
+        answers.extend(chunk_answers)
     originals = [dict(by_study[e.study_id].labels) for e in examples]
     errors = [dict(e.injected_errors) for e in examples]
-    success = correction_success(originals, errors, corrected) if examples else 0.0
+    if not examples:
+        return {"success": 0.0, "preservation": 0.0, "n_examples": 0, "n_errors": 0}
     return {
-        "success": success,
+        "success": correction_success(originals, errors, corrected),
+        "success_by_kind": _success_by_kind(originals, errors, corrected),
         "preservation": _preservation(originals, errors, corrected),
+        "redrafted": redrafted / len(examples),
+        "model_alone": {
+            "success": correction_success(originals, errors, answers),
+            "success_by_kind": _success_by_kind(originals, errors, answers),
+            "preservation": _preservation(originals, errors, answers),
+        },
         "n_examples": len(examples),
         "n_errors": sum(len(e) for e in errors),
         "samples": [
@@ -227,6 +261,29 @@ def _correction_success(
             for e, c in list(zip(examples, corrected, strict=True))[:2]
         ],
     }
+
+
+def _success_by_kind(
+    originals: Sequence[dict[str, float | None]],
+    errors: Sequence[dict[str, float]],
+    corrected: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """Correction success of missed findings to add and of false findings to remove.
+
+    An injected error of value ``0.0`` removed a true finding from the report (the reader
+    says it was missed), one of value ``1.0`` added a false one (the reader says it is not
+    there).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for kind, wrong in (("add_missed", NEGATIVE), ("remove_false", POSITIVE)):
+        subset = [{k: v for k, v in e.items() if v == wrong} for e in errors]
+        n = sum(len(e) for e in subset)
+        if n:
+            out[kind] = {
+                "success": correction_success(originals, subset, corrected),
+                "n_errors": float(n),
+            }
+    return out
 
 
 def _preservation(
@@ -267,6 +324,12 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
     if "correction" in result:
         out["correction_success"] = float(result["correction"]["success"])
         out["correction_preservation"] = float(result["correction"]["preservation"])
+        for kind, figures in result["correction"].get("success_by_kind", {}).items():
+            out[f"correction_success_{kind}"] = float(figures["success"])
+        if "model_alone" in result["correction"]:
+            alone = result["correction"]["model_alone"]
+            out["correction_success_model_alone"] = float(alone["success"])
+            out["correction_redrafted"] = float(result["correction"]["redrafted"])
     return out
 
 
@@ -307,7 +370,19 @@ def render_table(result: dict[str, Any]) -> Table:
             "correction success",
             f"{corr['success']:.3f} ({corr['n_errors']} errors, {corr['n_examples']} reports)",
         )
+        names = {"add_missed": "missed findings added", "remove_false": "false findings removed"}
+        for kind, figures in corr.get("success_by_kind", {}).items():
+            table.add_row(
+                f"  {names[kind]}",
+                f"{figures['success']:.3f} ({figures['n_errors']:.0f} errors)",
+            )
         table.add_row("correction: other labels kept", f"{corr['preservation']:.3f}")
+        if "model_alone" in corr:
+            table.add_row(
+                "  dialog answers alone (before the redraft check)",
+                f"{corr['model_alone']['success']:.3f}",
+            )
+            table.add_row("  proposals redrafted", f"{corr['redrafted']:.3f}")
     return table
 
 

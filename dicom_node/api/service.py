@@ -117,7 +117,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from inference import ChestXrayVLM, Turn
+    from inference import ChestXrayVLM, StudyAnalysis, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -758,15 +758,20 @@ class DialogService:
                 # ONNX Runtime sessions may run concurrently; generation holds the LLM's own
                 # lock (LanguageModel.adapter), shared with the draft jobs of this process.
                 analysis = self._analyses.get(key, lambda: model.analyse(paths))
+                listed = prompt_findings(
+                    findings_from_json(base.findings_json), turn.kind, turn.text
+                )
                 for piece in model.stream_chat(
                     analysis, context, history, turn.text, indication=base.indication,
-                    findings=prompt_findings(
-                        findings_from_json(base.findings_json), turn.kind, turn.text
-                    ),
+                    findings=listed,
                 ):
                     pieces.append(piece)
                     if on_text is not None:
                         on_text(clean_generated(piece, strip=False))
+                if turn.kind is MessageKind.CORRECTION:
+                    pieces = self._checked_correction(
+                        model, analysis, base.indication, listed, turn.text, pieces, on_text
+                    )
             except (InferenceError, OSError) as exc:
                 logger.error(
                     "the model failed on study %s: %s",
@@ -831,6 +836,40 @@ class DialogService:
                 answer=self._message_out(answered),
                 proposal=None if proposal is None else self._proposal_out(proposal, base, latest),
             )
+
+    @staticmethod
+    def _checked_correction(
+        model: ChestXrayVLM,
+        analysis: StudyAnalysis,
+        indication: str | None,
+        listed: Sequence[str],
+        instruction: str,
+        pieces: list[str],
+        on_text: Callable[[str], None] | None,
+    ) -> list[str]:
+        """The correction's text: the dialog answer, or a redraft where it does better.
+
+        When the answer leaves a finding the reader stated unmet (still describes a denied
+        one, or omits an asserted one), the report is redrafted from the corrected findings
+        with the report adapter, and the redraft is proposed if it meets more of the
+        statements (:func:`training.instruct.stated_findings.choose_correction`).
+        """
+        from training.instruct.stated_findings import choose_correction, unmet_statements
+
+        answer = "".join(pieces)
+        if not unmet_statements(answer, instruction):
+            return pieces
+        logger.info("correction answer left stated findings unmet: redrafting")
+        if on_text is not None:
+            on_text("\n\n[redrafting from the corrected findings]\n\n")
+        _, stream = model.stream_report(analysis, indication, findings=listed)
+        redraft: list[str] = []
+        for piece in stream:
+            redraft.append(piece)
+            if on_text is not None:
+                on_text(clean_generated(piece, strip=False))
+        _, took_redraft = choose_correction(answer, "".join(redraft), instruction)
+        return redraft if took_redraft else pieces
 
     # ------------------------------------------------------------------ new versions
     def accept(self, reader: Reader, study_uid: str, proposal_id: int) -> VersionResult:

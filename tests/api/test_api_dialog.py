@@ -37,6 +37,7 @@ from dicom_node.api._text import clean_generated, report_context
 from dicom_node.reports import latest_version, read_report_sr
 from dicom_node.store import MessageKind
 from sr_templates import read_report
+from training.instruct import choose_correction, unmet_statements
 
 
 def post_message(api: ApiUnderTest, text: str, intent: str = "auto", token: str = JANE_TOKEN,
@@ -267,6 +268,32 @@ def test_answers_stream_as_server_sent_events(api: ApiUnderTest) -> None:
     assert done["proposal"]["status"] == "open"
     stored = api.client.get(api.path(), headers=auth()).json()
     assert [p["id"] for p in stored["proposals"]] == [done["proposal"]["id"]]
+
+
+def test_a_correction_the_answer_ignores_is_redrafted_from_the_corrected_findings(
+    api: ApiUnderTest,
+) -> None:
+    """The tiny model's answer does not state the finding the reader adds, so the node
+    redrafts from the corrected findings (streamed after a notice) and proposes whichever
+    text meets more of the reader's statements."""
+    text = "You missed cardiomegaly."
+    with api.client.stream(
+        "POST", api.path("/messages?stream=true"), json={"text": text}, headers=auth(),
+    ) as response:
+        assert response.status_code == 200
+        buffer = "".join(response.iter_text())
+    events = []
+    for raw in buffer.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in raw.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    streamed = "".join(data["text"] for name, data in events if name == "token")
+    answer, notice, redraft = streamed.partition("[redrafting from the corrected findings]")
+    assert notice, streamed
+    assert unmet_statements(answer, text) == ("Cardiomegaly",)
+    chosen, _ = choose_correction(answer.strip(), redraft.strip(), text)
+    done = events[-1][1]
+    assert done["answer"]["text"] == chosen
+    assert done["proposal"]["status"] == "open"
 
 
 # --------------------------------------------------------------------------- accept

@@ -48,6 +48,26 @@ def test_batched_and_one_by_one_greedy_give_the_same_text(
     assert len({d.text for d in single}) > 1  # the indication reaches the model
 
 
+def test_redraft_lists_the_given_findings(tiny_model: ChestXrayVLM, chest_cr_path: Path) -> None:
+    """A redraft from a reader's corrected findings: batched and streamed give the same text,
+    and the findings replace the classifier's in the prompt."""
+    analysis = tiny_model.analyse([chest_cr_path])
+    options = GenerationConfig(max_new_tokens=12)
+    corrected = ["Cardiomegaly", "Pleural Effusion"]
+    own, given = tiny_model.generate_reports(
+        [StudyRequest(analysis, "Chest pain."),
+         StudyRequest(analysis, "Chest pain.", findings=corrected)],
+        generation=options,
+    )
+    _, stream = tiny_model.stream_report(
+        analysis, "Chest pain.", generation=options, findings=corrected
+    )
+    assert "".join(stream).strip() == given.text
+    assert own.text != given.text
+    prompt = tiny_model._report_prompt(analysis, "Chest pain.", corrected).text
+    assert "Predicted findings: cardiomegaly, pleural effusion." in prompt
+
+
 def test_batched_and_single_chat_turns_give_the_same_text(
     tiny_model: ChestXrayVLM, chest_cr_path: Path
 ) -> None:

@@ -169,6 +169,12 @@ def test_evaluate_command_prints_every_metric(
     assert {"bleu1", "bleu4", "rouge_l"} <= set(report["nlg"])
     assert report["correction"]["n_examples"] == 2
     assert 0.0 <= report["correction"]["success"] <= 1.0
+    # the success of missed findings added and false findings removed make up the whole
+    kinds = report["correction"]["success_by_kind"].values()
+    assert sum(k["n_errors"] for k in kinds) == report["correction"]["n_errors"]
+    assert sum(k["success"] * k["n_errors"] for k in kinds) == pytest.approx(
+        report["correction"]["success"] * report["correction"]["n_errors"]
+    )
     # reports scored against their prompt's findings as well as against the references
     assert 0.0 <= report["faithfulness_ce"]["f1_macro"] <= 1.0
 

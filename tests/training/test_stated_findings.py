@@ -9,7 +9,12 @@ import pytest
 
 from inference.labels import CHEXPERT_LABELS, NO_FINDING
 from training.evaluate import correction_prompt_findings
-from training.instruct import apply_stated_findings, stated_findings
+from training.instruct import (
+    apply_stated_findings,
+    choose_correction,
+    stated_findings,
+    unmet_statements,
+)
 from training.instruct.correction import choose_errors, correction_instruction
 from training.records import StudyRecord
 
@@ -79,3 +84,37 @@ def test_evaluation_lists_the_wrong_reports_findings_with_the_correction_applied
     assert correction_prompt_findings(wrong, "You missed a pneumothorax.") == (
         "Cardiomegaly", "Pleural Effusion", "Pneumothorax"
     )
+
+
+@pytest.mark.parametrize(
+    ("report", "instruction", "unmet"),
+    [
+        ("FINDINGS: Small left pleural effusion.", "There is no effusion.",
+         ("Pleural Effusion",)),
+        ("FINDINGS: No pleural effusion.", "There is no effusion.", ()),
+        ("FINDINGS: Lungs are clear.", "You missed cardiomegaly and an effusion.",
+         ("Cardiomegaly", "Pleural Effusion")),
+        ("FINDINGS: Moderate cardiomegaly. Small right effusion.",
+         "You missed cardiomegaly and an effusion.", ()),
+        ("FINDINGS: Possible small effusion.", "Please add an effusion.",
+         ("Pleural Effusion",)),  # hedged is not present
+        ("FINDINGS: Lungs are clear.", "Make it easier to read.", ()),
+    ],
+)
+def test_unmet_statements(report: str, instruction: str, unmet: tuple[str, ...]) -> None:
+    assert unmet_statements(report, instruction) == unmet
+
+
+def test_choose_correction_prefers_the_answer_unless_the_redraft_meets_more() -> None:
+    instruction = "There is no pneumothorax; you missed cardiomegaly."
+    copied = "FINDINGS: Small right pneumothorax. Heart size normal."
+    half = "FINDINGS: No pneumothorax. Heart size normal."
+    right = "FINDINGS: Mild cardiomegaly. No pneumothorax."
+    assert choose_correction(copied, None, instruction) == (copied, False)
+    assert choose_correction(copied, half, instruction) == (half, True)
+    assert choose_correction(half, right, instruction) == (right, True)
+    # a tie keeps the dialog answer (it keeps the reader's wording)
+    assert choose_correction(half, "FINDINGS: Heart normal. No pneumothorax.", instruction) == (
+        half, False
+    )
+    assert choose_correction(right, copied, instruction) == (right, False)

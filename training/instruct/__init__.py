@@ -19,7 +19,12 @@ from .builder import (
 from .correction import build_correction, choose_errors, edit_reports, render_reports
 from .easy import build_easy_language
 from .examples import TASKS, InstructExample, TaskName
-from .stated_findings import apply_stated_findings, stated_findings
+from .stated_findings import (
+    apply_stated_findings,
+    choose_correction,
+    stated_findings,
+    unmet_statements,
+)
 from .tasks import (
     CorrectionStyle,
     Labeler,
@@ -50,6 +55,7 @@ __all__ = [
     "TaskContext",
     "TaskName",
     "apply_stated_findings",
+    "choose_correction",
     "binary_answer",
     "build_correction",
     "build_easy_language",
@@ -67,5 +73,6 @@ __all__ = [
     "list_answer",
     "render_reports",
     "stated_findings",
+    "unmet_statements",
     "task_counts",
 ]

@@ -17,6 +17,12 @@ report and its correction:
     Both reports are rendered from the labels with :mod:`training.report_text`, one sentence
     per observation, each sentence seeded by its label so that both reports share the
     wording of every observation that did not flip.
+
+With ``target_order = "findings_first"`` both reports are put in the order a findings-first
+model drafts in (:mod:`training.report_order`): the wrong report with the sentences stating
+its own positive findings first, the corrected one with the prompt's findings first. The
+correction then differs from the report in context only where the errors are, as a reader's
+correction of a draft does.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from inference.labels import NO_FINDING
+from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from inference.report_sections import parse_report
 from training.report_text import (
     FindingMention,
     Severity,
@@ -38,7 +45,7 @@ from training.report_text import (
 )
 
 from ..records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
-from ..report_order import split_report_sentences
+from ..report_order import findings_first, split_report_sentences
 from .examples import InstructExample
 from .tasks import (
     CORRECTION_CLOSINGS,
@@ -335,6 +342,27 @@ def render_reports(
 # --------------------------------------------------------------------------- task
 
 
+def as_draft(report: str, labeler: Labeler) -> str:
+    """``report`` in the order the model drafts in: sentences stating its findings first.
+
+    The positive findings the labeler reads in the report are taken in label order (the order
+    the prompt lists them); the impression is unchanged. A findings-first model's draft is the
+    report a reader corrects, so with ``findings_first`` targets the wrong report of a
+    correction example is ordered like one, and the corrected report differs from it only
+    where the errors are.
+    """
+    labels = labeler(report)
+    listed = [name for name in CHEXPERT_LABELS
+              if name != NO_FINDING and labels.get(name) == POSITIVE]
+    return reorder_report(report, listed)
+
+
+def reorder_report(report: str, listed: Sequence[str]) -> str:
+    """``report`` with the findings sentences stating ``listed`` first (impression kept)."""
+    sections = parse_report(report)
+    return format_report(findings_first(sections.findings, listed), sections.impression)
+
+
 def build_correction(ctx: TaskContext) -> InstructExample | None:
     """A correction example, or ``None`` when no label can flip."""
     record, rng = ctx.record, ctx.rng
@@ -342,7 +370,7 @@ def build_correction(ctx: TaskContext) -> InstructExample | None:
     if not errors:
         return None
     wrong_report: str | None = None
-    answer = ctx.target_report()
+    answer = record.report
     if ctx.correction_style == "edit" and ctx.labeler is not None:
         wrong_report = edit_reports(record, errors, ctx.labeler, rng)
     if wrong_report is None:
@@ -354,6 +382,10 @@ def build_correction(ctx: TaskContext) -> InstructExample | None:
                 for label, wrong in errors.items()
             ):
                 return None
+    if ctx.target_order == "findings_first":
+        answer = reorder_report(answer, ctx.findings)
+        if ctx.labeler is not None:
+            wrong_report = as_draft(wrong_report, ctx.labeler)
     instruction = correction_instruction(errors, rng)
     return ctx.example(
         "correction", instruction, answer, report=wrong_report, injected_errors=errors

@@ -89,4 +89,49 @@ def apply_stated_findings(findings: Sequence[str], instruction: str) -> tuple[st
     return tuple(label for label in CHEXPERT_LABELS if label in present and label != NO_FINDING)
 
 
-__all__ = ["apply_stated_findings", "stated_findings"]
+def unmet_statements(report: str, instruction: str) -> tuple[str, ...]:
+    """Findings a correction states that ``report`` still gets wrong.
+
+    A finding the instruction asserts must be positive in the report (labeler), one it
+    denies must not be: "There is no effusion." against a report that still describes an
+    effusion gives ``("Pleural Effusion",)``.
+    """
+    labels = label_report(report)
+    return tuple(
+        label
+        for label, present in stated_findings(instruction).items()
+        if (labels.get(label) == POSITIVE) != present
+    )
+
+
+def choose_correction(answer: str, redraft: str | None, instruction: str) -> tuple[str, bool]:
+    """The proposal of a correction: the dialog answer, or the redraft where it does better.
+
+    The dialog adapter answers a correction with the current report in context and can copy
+    a finding the reader denied, or leave out one the reader added. When its answer leaves a
+    stated finding unmet, the report is redrafted from the corrected findings list (report
+    adapter); the redraft is taken when it meets more of the statements. The answer keeps
+    the reader's earlier wording, so it wins ties.
+
+    Parameters
+    ----------
+    answer
+        The dialog adapter's corrected report.
+    redraft
+        The report drafted from the corrected findings, or ``None`` when none was made.
+    instruction
+        The reader's correction.
+
+    Returns
+    -------
+    tuple
+        The chosen text and whether it is the redraft.
+    """
+    if redraft is None:
+        return answer, False
+    if len(unmet_statements(redraft, instruction)) < len(unmet_statements(answer, instruction)):
+        return redraft, True
+    return answer, False
+
+
+__all__ = ["apply_stated_findings", "choose_correction", "stated_findings", "unmet_statements"]
