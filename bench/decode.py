@@ -1,16 +1,18 @@
-"""Benchmark: report decoding speed with merged and unmerged LoRA adapters.
+"""Benchmark: report decoding speed, two ways of running the LLM side by side.
 
-Loads a bundle twice, once as the product runs it (``merge_adapters=True``: each adapter
-folded into its own copy of the LLM weights) and once with peft's unmerged adapters (two
-small LoRA matmuls beside every adapted Linear), and times greedy generation of the same
-report prompt with the ``report`` adapter, interleaved over ``--rounds`` rounds. Each run
-generates exactly ``--tokens`` tokens (EOS is ignored), so both sides do the same work.
-Prints milliseconds per token for each round and the ratio of the medians, and checks that
-both sides generated the same tokens.
+``--compare merge`` (default) loads a bundle twice, once as the product runs it
+(``merge_adapters=True``: each adapter folded into its own copy of the LLM weights) and once
+with peft's unmerged adapters (two small LoRA matmuls beside every adapted Linear).
+``--compare dtype`` loads it in float32 and in bfloat16 (both merged). Both time greedy
+generation of the same report prompt with the ``report`` adapter, interleaved over
+``--rounds`` rounds. Each run generates exactly ``--tokens`` tokens (EOS is ignored), so both
+sides do the same work. Prints milliseconds per token for each round and the ratio of the
+medians, and how many generated tokens the two sides share.
 
 Usage::
 
-    python bench/decode.py [--bundle models/demo] [--tokens 60] [--rounds 3] [--image FILE]
+    python bench/decode.py [--bundle models/demo] [--compare merge|dtype] [--tokens 60]
+        [--rounds 3] [--image FILE]
 
 The image defaults to pydicom-data's chest CR (``RG1_UNCR.dcm``).
 """
@@ -58,31 +60,37 @@ def _time_per_token(model: ChestXrayVLM, image: Path, tokens: int) -> tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("models/demo"))
+    parser.add_argument("--compare", choices=("merge", "dtype"), default="merge")
     parser.add_argument("--tokens", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--image", type=Path, default=None)
     args = parser.parse_args()
     image = args.image or _chest_cr()
-    models = {
-        "merged": ChestXrayVLM.from_bundle(args.bundle, RuntimeOptions(device="cpu")),
-        "unmerged": ChestXrayVLM.from_bundle(
-            args.bundle, RuntimeOptions(device="cpu", merge_adapters=False)
-        ),
-    }
+    sides = {
+        "merge": {"merged": RuntimeOptions(device="cpu"),
+                  "unmerged": RuntimeOptions(device="cpu", merge_adapters=False)},
+        "dtype": {"bfloat16": RuntimeOptions(device="cpu", dtype="bfloat16"),
+                  "float32": RuntimeOptions(device="cpu", dtype="float32")},
+    }[args.compare]
+    models = {name: ChestXrayVLM.from_bundle(args.bundle, o) for name, o in sides.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     outputs: dict[str, torch.Tensor] = {}
-    _time_per_token(models["merged"], image, 4)  # warm-up
+    for model in models.values():
+        _time_per_token(model, image, 4)  # warm-up
     for round_ in range(args.rounds):
         for name, model in models.items():
             per_token, ids = _time_per_token(model, image, args.tokens)
             times[name].append(per_token)
             outputs[name] = ids
             print(f"round {round_ + 1} {name:9s} {1000 * per_token:7.1f} ms/token")
-    merged, unmerged = (statistics.median(times[n]) for n in ("merged", "unmerged"))
-    print(f"median: merged {1000 * merged:.1f} ms/token, unmerged {1000 * unmerged:.1f} ms/token")
-    print(f"merged / unmerged time per token: {merged / unmerged:.2f}x")
-    same = torch.equal(outputs["merged"], outputs["unmerged"])
-    print(f"same tokens: {same}")
+    (new, new_ids), (base, base_ids) = (
+        (statistics.median(times[n]), outputs[n]) for n in models
+    )
+    first, second = models
+    print(f"median: {first} {1000 * new:.1f} ms/token, {second} {1000 * base:.1f} ms/token")
+    print(f"{first} / {second} time per token: {new / base:.2f}x")
+    shared = int((new_ids == base_ids).cumprod(dim=1).sum())
+    print(f"tokens shared from the start: {shared} of {base_ids.shape[1]}")
 
 
 if __name__ == "__main__":

@@ -109,10 +109,11 @@ DEMO_RUN: dict[str, Any] = {
             "max_val_examples": 48,
         },
         "report": {
-            "batch_size": 8,
-            # 100 steps with LoRA on every linear layer: report CE F1 0.531 against 0.378
-            # with 45 steps on the attention projections only (docs/demo_model.md).
-            "max_steps": 100,
+            # 200 steps of 4 instead of 100 of 8 (the same 800 prompts, twice the updates):
+            # validation loss 0.49 -> 0.40, report CE F1 macro 0.84 -> 0.93, faithfulness
+            # 0.89 -> 0.97, for 8.6 instead of 7.0 min with bf16 (docs/demo_model.md).
+            "batch_size": 4,
+            "max_steps": 200,
             "learning_rate": 1e-3,
             "warmup_steps": 5,
             "lora_r": 16,
