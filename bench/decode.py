@@ -83,14 +83,13 @@ def main() -> None:
             times[name].append(per_token)
             outputs[name] = ids
             print(f"round {round_ + 1} {name:9s} {1000 * per_token:7.1f} ms/token")
-    (new, new_ids), (base, base_ids) = (
-        (statistics.median(times[n]), outputs[n]) for n in models
-    )
     first, second = models
-    print(f"median: {first} {1000 * new:.1f} ms/token, {second} {1000 * base:.1f} ms/token")
-    print(f"{first} / {second} time per token: {new / base:.2f}x")
-    shared = int((new_ids == base_ids).cumprod(dim=1).sum())
-    print(f"tokens shared from the start: {shared} of {base_ids.shape[1]}")
+    first_time, second_time = statistics.median(times[first]), statistics.median(times[second])
+    print(f"median: {first} {1000 * first_time:.1f} ms/token, "
+          f"{second} {1000 * second_time:.1f} ms/token")
+    print(f"{first} / {second} time per token: {first_time / second_time:.2f}x")
+    shared = int((outputs[first] == outputs[second]).cumprod(dim=1).sum())
+    print(f"tokens shared from the start: {shared} of {outputs[second].shape[1]}")
 
 
 if __name__ == "__main__":

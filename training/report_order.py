@@ -21,6 +21,8 @@ import re
 from collections.abc import Sequence
 from typing import Final, Literal
 
+from inference.report_sections import parse_report
+
 from .evaluation.labeler import label_report
 from .records import POSITIVE, StudyRecord
 
@@ -77,6 +79,19 @@ def findings_first(findings: str, listed: Sequence[str]) -> str:
     return " ".join(sentence for _, _, sentence in sorted(keyed))
 
 
+def format_report(findings: str, impression: str) -> str:
+    """Report text in the layout of :attr:`StudyRecord.report`."""
+    if impression:
+        return f"FINDINGS: {findings}\nIMPRESSION: {impression}"
+    return f"FINDINGS: {findings}"
+
+
+def reorder_report(report: str, listed: Sequence[str]) -> str:
+    """Report text with the findings sentences stating ``listed`` first (impression kept)."""
+    sections = parse_report(report)
+    return format_report(findings_first(sections.findings, listed), sections.impression)
+
+
 def order_report(record: StudyRecord, listed: Sequence[str], order: TargetOrder) -> str:
     """The record's report target (:attr:`StudyRecord.report`) in the requested order.
 
@@ -95,4 +110,11 @@ def order_report(record: StudyRecord, listed: Sequence[str], order: TargetOrder)
     return record.report
 
 
-__all__ = ["TargetOrder", "findings_first", "order_report", "split_report_sentences"]
+__all__ = [
+    "TargetOrder",
+    "findings_first",
+    "format_report",
+    "order_report",
+    "reorder_report",
+    "split_report_sentences",
+]

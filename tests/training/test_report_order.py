@@ -6,7 +6,7 @@ from pathlib import Path
 
 from training.evaluation.labeler import label_report
 from training.records import StudyRecord
-from training.report_order import findings_first, order_report
+from training.report_order import findings_first, order_report, reorder_report
 
 FINDINGS = (
     "No pleural effusion. Pleural thickening along the left lateral chest wall. The "
@@ -46,3 +46,11 @@ def test_as_written_keeps_the_report_and_sections_are_formatted() -> None:
     assert ordered.startswith("FINDINGS: The cardiac silhouette") and "IMPRESSION" not in ordered
     # nothing listed: the order is unchanged
     assert findings_first(FINDINGS, []) == FINDINGS
+
+
+def test_reorder_report_orders_the_findings_of_a_report_text_and_keeps_its_impression() -> None:
+    text = f"FINDINGS: {FINDINGS}\nIMPRESSION: Small pneumothorax."
+    assert reorder_report(text, LISTED) == (
+        f"FINDINGS: {findings_first(FINDINGS, LISTED)}\nIMPRESSION: Small pneumothorax."
+    )
+    assert reorder_report(f"FINDINGS: {FINDINGS}", []) == f"FINDINGS: {FINDINGS}"

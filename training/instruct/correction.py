@@ -33,7 +33,6 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from inference.labels import CHEXPERT_LABELS, NO_FINDING
-from inference.report_sections import parse_report
 from training.report_text import (
     FindingMention,
     Severity,
@@ -45,7 +44,7 @@ from training.report_text import (
 )
 
 from ..records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
-from ..report_order import findings_first, split_report_sentences
+from ..report_order import format_report, reorder_report, split_report_sentences
 from .examples import InstructExample
 from .tasks import (
     CORRECTION_CLOSINGS,
@@ -54,7 +53,6 @@ from .tasks import (
     Labeler,
     TaskContext,
     fill,
-    format_report,
 )
 from .wording import LABEL_WORDING
 
@@ -355,12 +353,6 @@ def as_draft(report: str, labeler: Labeler) -> str:
     listed = [name for name in CHEXPERT_LABELS
               if name != NO_FINDING and labels.get(name) == POSITIVE]
     return reorder_report(report, listed)
-
-
-def reorder_report(report: str, listed: Sequence[str]) -> str:
-    """``report`` with the findings sentences stating ``listed`` first (impression kept)."""
-    sections = parse_report(report)
-    return format_report(findings_first(sections.findings, listed), sections.impression)
 
 
 def build_correction(ctx: TaskContext) -> InstructExample | None:

@@ -19,7 +19,7 @@ from typing import Final, Literal
 from inference import PromptConfig, Turn
 
 from ..records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
-from ..report_order import TargetOrder, order_report
+from ..report_order import TargetOrder, format_report, order_report
 from .examples import InstructExample, TaskName
 from .wording import (
     GLOSSARY,
@@ -182,13 +182,6 @@ class TaskContext:
             answer=answer,
             injected_errors=dict(injected_errors or {}),
         )
-
-
-def format_report(findings: str, impression: str) -> str:
-    """Report text in the layout of :attr:`StudyRecord.report`."""
-    if impression:
-        return f"FINDINGS: {findings}\nIMPRESSION: {impression}"
-    return f"FINDINGS: {findings}"
 
 
 def fill(template: str, wording: LabelWording) -> str:
