@@ -267,6 +267,9 @@ class StageTrainer:
             _truncate_log(self.stage_dir / LOSS_CSV, step)
             logger.info("stage %s: resuming at step %d of %d", self.name, step, steps)
             if saved.done:
+                # as a run that just finished: eval mode, so that later stages that use
+                # this module frozen do not move its BatchNorm statistics
+                self.module.eval()
                 if best_state is not None:
                     self.load_trainable(best_state)
                 return StageOutcome(step, best, {}, resumed_from=step)

@@ -91,8 +91,10 @@ def test_resuming_a_finished_stage_restores_batchnorm_statistics(tmp_path: Path)
     assert not torch.allclose(batchnorm.running_mean, torch.zeros(4))  # training moved them
     restored = net()  # initial statistics: mean 0, variance 1
     _fit(restored, x, y, tmp_path / "stage", resume=True)  # finished: only loads
-    trained.eval()
-    restored.eval()
+    # left in eval mode, as a run that just finished: a later stage that runs it frozen
+    # (the encoder under the LoRA stages) must not move its statistics
+    assert not trained.training and not restored.training
+    restored(x)
     torch.testing.assert_close(restored(x), trained(x))
 
 
