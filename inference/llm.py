@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
+import statistics
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from os import PathLike
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -49,11 +53,85 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """Map ``"auto"`` to bfloat16 on CUDA (when supported) and float32 on CPU."""
+#: On CPU, ``auto`` takes bfloat16 when the probe times it at most this share of float32.
+CPU_BF16_MAX_RATIO = 0.8
+
+#: Weights the probe streams per round: more than a CPU cache holds, as a decoding step does.
+_PROBE_BYTES = 48 * 2**20
+
+#: Smaller weight matrices are not probed: their products are bound by call overhead.
+_PROBE_MIN_ELEMENTS = 2**18
+
+
+@functools.cache
+def cpu_bf16_time_ratio(in_features: int = 576, out_features: int = 1536) -> float:
+    """Time of bfloat16 over float32 matrix-vector products on this CPU (probed once).
+
+    A decoding step multiplies one token's activations by every weight matrix of the model,
+    so its time is that of matrix-vector products over more weights than a CPU cache holds.
+    The probe times such products in both dtypes (about 0.3 s), because CPUs differ: on a
+    2 vCPU AMD EPYC with AVX512-BF16 bf16 decoding took 0.56x the float32 time, on an Intel
+    Xeon with AMX 1.08x (docs/benchmarks.md). Without native bf16 instructions, or for
+    matrices so small that a step is bound by call overhead rather than memory (tiny test
+    models), the ratio is not probed and is reported as infinite.
+
+    Parameters
+    ----------
+    in_features, out_features
+        Shape of the probed weight matrices (the model's MLP projection).
+    """
+    if in_features * out_features < _PROBE_MIN_ELEMENTS or not (
+        torch.cpu._is_avx512_bf16_supported()
+    ):
+        return float("inf")
+    count = max(1, _PROBE_BYTES // (4 * in_features * out_features))
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(out_features, in_features, generator=generator) for _ in range(count)]
+    vector = torch.randn(1, in_features, generator=generator)
+    variants = {
+        dtype: ([w.to(dtype) for w in weights], vector.to(dtype))
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+
+    def seconds(dtype: torch.dtype) -> float:
+        mats, x = variants[dtype]
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for w in mats:
+                torch.nn.functional.linear(x, w)
+        return time.perf_counter() - start
+
+    times: dict[torch.dtype, list[float]] = {dtype: [] for dtype in variants}
+    for _ in range(6):  # interleaved; the first round warms up
+        for dtype in variants:
+            times[dtype].append(seconds(dtype))
+    return statistics.median(times[torch.bfloat16][1:]) / statistics.median(
+        times[torch.float32][1:]
+    )
+
+
+def resolve_dtype(
+    dtype: str, device: torch.device, mlp_shape: tuple[int, int] = (576, 1536)
+) -> torch.dtype:
+    """Map ``"auto"`` to a dtype for ``device``; pass named dtypes through.
+
+    ``auto`` is bfloat16 on CUDA (when supported). On CPU it is bfloat16 where
+    :func:`cpu_bf16_time_ratio` (at ``mlp_shape``, the model's hidden and MLP widths) is at
+    most :data:`CPU_BF16_MAX_RATIO`, else float32.
+
+    Raises
+    ------
+    InferenceError
+        For a dtype name it does not know.
+    """
     if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if device.type == "cpu":
+            ratio = cpu_bf16_time_ratio(*mlp_shape)
+            if ratio <= CPU_BF16_MAX_RATIO:
+                logger.info("LLM in bfloat16: %.2fx the float32 time per product here", ratio)
+                return torch.bfloat16
         return torch.float32
     if dtype not in _DTYPES:
         raise InferenceError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'")
@@ -103,11 +181,20 @@ class LanguageModel:
         adapters
             Adapter name -> peft adapter directory, loaded in order; the first is active.
         device, dtype
-            Placement; ``"auto"`` picks CUDA + bfloat16 when present.
+            Placement; ``"auto"`` picks CUDA + bfloat16 when present, and on CPU the dtype
+            :func:`resolve_dtype` finds faster.
         """
         torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
         try:
+            config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
+            torch_dtype = resolve_dtype(
+                dtype,
+                torch_device,
+                (
+                    int(config.hidden_size),
+                    int(getattr(config, "intermediate_size", 4 * config.hidden_size)),
+                ),
+            )
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
             base = AutoModelForCausalLM.from_pretrained(
                 str(base_dir), dtype=torch_dtype, local_files_only=True
@@ -246,4 +333,10 @@ class LanguageModel:
         return int(pad) if pad is not None else self.stop_token_ids()[0]
 
 
-__all__ = ["LanguageModel", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "CPU_BF16_MAX_RATIO",
+    "LanguageModel",
+    "cpu_bf16_time_ratio",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -113,8 +113,8 @@ def evaluate_bundle(
     options
         Runtime options (default: the product defaults, ONNX vision side).
     batch_size
-        Studies per batched generation. On 2 CPU cores one batch of 48 drafts 48 studies in
-        0.58 of the time that batches of 8 take, batches of 24 in 0.66 (docs/demo_model.md).
+        Studies per batched generation. On 2 CPU cores the demo model drafts 48 studies in
+        one batch in 0.62 of the time that batches of 8 take (docs/demo_model.md).
     corrections
         Correction examples to answer for correction success (0 skips it).
     bertscore_model
