@@ -69,7 +69,7 @@ def cpu_bf16_time_ratio(in_features: int = 576, out_features: int = 1536) -> flo
 
     A decoding step multiplies one token's activations by every weight matrix of the model,
     so its time is that of matrix-vector products over more weights than a CPU cache holds.
-    The probe times such products in both dtypes (about 0.3 s), because CPUs differ: on a
+    The probe times such products in both dtypes (under 0.1 s), because CPUs differ: on a
     2 vCPU AMD EPYC with AVX512-BF16 bf16 decoding took 0.56x the float32 time, on an Intel
     Xeon with AMX 1.08x (docs/benchmarks.md). Without native bf16 instructions, or for
     matrices so small that a step is bound by call overhead rather than memory (tiny test

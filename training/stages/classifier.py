@@ -118,9 +118,8 @@ def run_classifier_stage(ctx: RunContext) -> dict[str, float]:
     tower.encoder.requires_grad_(config.train_backbone)
     # channels-last convolutions: a quarter less time per step on CPU (oneDNN); the
     # weights go back to the default layout after training (safetensors needs it)
-    net = _ClassifierNet(tower.encoder, tower.classifier).to(
-        ctx.device, memory_format=torch.channels_last
-    )
+    net = _ClassifierNet(tower.encoder, tower.classifier).to(ctx.device)
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in the stub
 
     n_train = ctx.train_size(config)
     targets = torch.from_numpy(ctx.targets("train")[:n_train]).to(ctx.device)
@@ -151,7 +150,7 @@ def run_classifier_stage(ctx: RunContext) -> dict[str, float]:
 
     trainer = ctx.trainer("classifier", net, config, metric="macro_f1", mode="max")
     outcome = trainer.fit(n_train, loss_fn, evaluate, resume=ctx.resume)
-    net.to(memory_format=torch.contiguous_format)
+    net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     probabilities = predict_probabilities(ctx, "val")
     thresholds, f1 = tune_thresholds(probabilities, val_targets)
     ctx.thresholds = {label: float(t) for label, t in zip(CHEXPERT_LABELS, thresholds, strict=True)}
