@@ -51,10 +51,12 @@ def get_model(inference: InferenceSettings, bundle: Path | None = None) -> Chest
             model = ChestXrayVLM.from_bundle(key, inference.runtime_options())
             _models[key] = model
             logger.info(
-                "model %s %s loaded in %.1f s",
+                "model %s %s loaded in %.1f s (LLM %s on %s)",
                 model.name,
                 model.version,
                 time.perf_counter() - started,
+                str(model.llm.dtype).removeprefix("torch."),
+                model.llm.device,
             )
         return model
 

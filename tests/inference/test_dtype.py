@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,18 @@ def test_a_bfloat16_llm_drafts_a_report_on_cpu(tiny_bundle: Path, chest_cr_path:
     # the tiny test model is small enough to stay float32 under auto on any CPU
     auto = ChestXrayVLM.from_bundle(tiny_bundle, RuntimeOptions(device="cpu"))
     assert auto.llm.dtype == torch.float32
+
+
+def test_the_node_logs_which_dtype_the_llm_loaded_in(
+    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dicom_node import model_cache
+    from dicom_node.settings import InferenceSettings
+
+    model_cache.forget_models()
+    try:
+        with caplog.at_level(logging.INFO, logger="dicom_node.model_cache"):
+            model_cache.get_model(InferenceSettings(bundle=tiny_bundle, device="cpu"))
+        assert "(LLM float32 on cpu)" in caplog.text
+    finally:
+        model_cache.forget_models()
