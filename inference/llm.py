@@ -64,7 +64,7 @@ _PROBE_MIN_ELEMENTS = 2**18
 
 
 @functools.cache
-def cpu_bf16_time_ratio(in_features: int = 576, out_features: int = 1536) -> float:
+def cpu_bf16_time_ratio(in_features: int, out_features: int) -> float:
     """Time of bfloat16 over float32 matrix-vector products on this CPU (probed once).
 
     A decoding step multiplies one token's activations by every weight matrix of the model,
@@ -111,13 +111,13 @@ def cpu_bf16_time_ratio(in_features: int = 576, out_features: int = 1536) -> flo
 
 
 def resolve_dtype(
-    dtype: str, device: torch.device, mlp_shape: tuple[int, int] = (576, 1536)
+    dtype: str, device: torch.device, mlp_shape: tuple[int, int] | None = None
 ) -> torch.dtype:
     """Map ``"auto"`` to a dtype for ``device``; pass named dtypes through.
 
     ``auto`` is bfloat16 on CUDA (when supported). On CPU it is bfloat16 where
-    :func:`cpu_bf16_time_ratio` (at ``mlp_shape``, the model's hidden and MLP widths) is at
-    most :data:`CPU_BF16_MAX_RATIO`, else float32.
+    :func:`cpu_bf16_time_ratio` at ``mlp_shape`` (the model's hidden and MLP widths) is at
+    most :data:`CPU_BF16_MAX_RATIO`, else float32; float32 when no shape is given.
 
     Raises
     ------
@@ -127,7 +127,7 @@ def resolve_dtype(
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        if device.type == "cpu":
+        if device.type == "cpu" and mlp_shape is not None:
             ratio = cpu_bf16_time_ratio(*mlp_shape)
             if ratio <= CPU_BF16_MAX_RATIO:
                 logger.info("LLM in bfloat16: %.2fx the float32 time per product here", ratio)
@@ -197,7 +197,7 @@ class LanguageModel:
             )
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
             base = AutoModelForCausalLM.from_pretrained(
-                str(base_dir), dtype=torch_dtype, local_files_only=True
+                str(base_dir), config=config, dtype=torch_dtype, local_files_only=True
             )
         except (OSError, ValueError) as exc:
             raise InferenceError(f"cannot load the language model from {base_dir}: {exc}") from exc

@@ -26,6 +26,7 @@ def test_small_models_stay_float32_on_cpu_without_probing() -> None:
     # matrices that fit in a cache: a decoding step is call overhead, bf16 buys nothing
     assert cpu_bf16_time_ratio(32, 64) == float("inf")
     assert resolve_dtype("auto", CPU, (32, 64)) is torch.float32
+    assert resolve_dtype("auto", CPU) is torch.float32  # no model shape: nothing to probe
 
 
 def test_auto_follows_the_probe_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
