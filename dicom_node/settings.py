@@ -100,6 +100,14 @@ class InferenceSettings(BaseModel):
         description="Generate with a merged copy of the LLM per LoRA adapter: faster decoding "
         "for one more copy of the LLM weights per adapter in memory.",
     )
+    lookup_tokens: int = Field(
+        default=8,
+        ge=0,
+        le=64,
+        description="Tokens proposed per decoding step from the bundle's n-gram table of "
+        "report text and checked by the LLM in one pass (speculative decoding: the same "
+        "text in fewer passes); 0 = plain greedy decoding.",
+    )
 
     def runtime_options(self) -> RuntimeOptions:
         """The :class:`inference.RuntimeOptions` these settings describe."""
@@ -119,6 +127,7 @@ class InferenceSettings(BaseModel):
             dtype=self.dtype,
             verify_checksums=self.verify_checksums,
             merge_adapters=self.merge_adapters,
+            lookup_tokens=self.lookup_tokens,
         )
 
 

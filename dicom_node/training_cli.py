@@ -64,6 +64,14 @@ def evaluate_command(
     bertscore_model: Annotated[
         Path | None, typer.Option(help="Local BERT directory for BERTScore (skipped if unset).")
     ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Studies drafted per batch; 1 drafts each study alone, as the node does "
+            "(with lookup decoding when the bundle has an n-gram table).",
+        ),
+    ] = 48,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -88,6 +96,7 @@ def evaluate_command(
             model,
             records,
             options=settings.inference.runtime_options(),
+            batch_size=batch_size,
             corrections=corrections,
             bertscore_model=bertscore_model,
             progress=not as_json,

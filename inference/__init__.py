@@ -43,11 +43,14 @@ from .onnx_runtime import OnnxVisionRunner, OrtOptions
 from .packaging import load_vision_tower, package_bundle
 from .preprocessing import dataset_to_display, load_images, preprocess_dataset, read_dicom
 from .prompt import EncodedPrompt, PromptBuilder, Turn
+from .speculative import LookupDecoding, NgramTable
 from .tiny import build_tiny_bundle
 from .verify import VerificationResult, verify_vision_parity
 from .vision import VisionTower
 
 __all__ = [
+    "LookupDecoding",
+    "NgramTable",
     "AlignerConfig",
     "BundleError",
     "BundleIntegrityError",

@@ -11,6 +11,8 @@ Layout::
     llm/                   the base LLM (Hugging Face directory) -- or a reference to an
                            external base model directory, checksummed the same way
     adapters/<name>/       one peft LoRA adapter per trained stage (report, instruct, ...)
+    lookup_ngrams.json     optional: n-gram table of the report targets, for speculative
+                           decoding (:mod:`inference.speculative`)
 
 Loading verifies the manifest and every checksum, and names the file on any mismatch.
 """
@@ -45,6 +47,7 @@ VISION_WEIGHTS = "vision.safetensors"
 TOKENIZER_DIR = "tokenizer"
 LLM_DIR = "llm"
 ADAPTERS_DIR = "adapters"
+LOOKUP_TABLE = "lookup_ngrams.json"
 
 _VERSIONED_PACKAGES = (
     "torch",
@@ -96,6 +99,12 @@ class Manifest:
     def vision_weights(self) -> Path:
         """Path of the torch vision weights."""
         return self.root / VISION_WEIGHTS
+
+    @property
+    def lookup_table(self) -> Path | None:
+        """Path of the n-gram table for lookup decoding, or ``None`` when the bundle has none."""
+        name = self.raw.get("llm", {}).get("lookup_table")
+        return self.root / name if name else None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -162,7 +171,8 @@ def write_manifest(
     root
         Bundle directory holding ``vision.onnx`` (and optionally ``vision.int8.onnx``),
         ``vision.safetensors``, ``tokenizer/``,
-        ``adapters/`` and, unless ``llm_base`` points elsewhere, ``llm/``.
+        ``adapters/``, optionally ``lookup_ngrams.json`` and, unless ``llm_base`` points
+        elsewhere, ``llm/``.
     config, thresholds
         Model config and one decision threshold per classifier label.
     adapters
@@ -206,6 +216,7 @@ def write_manifest(
             "tokenizer": TOKENIZER_DIR,
             "adapters": dict(adapters),
             "tasks": dict(tasks),
+            "lookup_table": LOOKUP_TABLE if (bundle / LOOKUP_TABLE).is_file() else None,
         },
         "metrics": dict(metrics) if metrics is not None else None,
         "files": {
@@ -327,6 +338,7 @@ __all__ = [
     "BUNDLE_FORMAT",
     "FORMAT_VERSION",
     "LLM_DIR",
+    "LOOKUP_TABLE",
     "MANIFEST_NAME",
     "Manifest",
     "TOKENIZER_DIR",

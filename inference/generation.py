@@ -1,7 +1,9 @@
 """Decoding with transformers' ``generate`` on spliced multimodal embeddings.
 
 Greedy or beam search, a bound on new tokens, the KV cache (on by default), batches padded on
-the left, stop at EOS, and token streaming to a callback or an iterator.
+the left, stop at EOS, and token streaming to a callback or an iterator. A single greedy
+sequence decodes with n-gram lookup drafts when given a :class:`~inference.speculative.
+LookupDecoding` (same text, fewer forward passes).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from transformers import TextIteratorStreamer, TextStreamer
 from .config import GenerationConfig
 from .llm import LanguageModel
 from .multimodal import MultimodalBatch
+from .speculative import LookupDecoding, lookup_greedy_search
 
 TextCallback = Callable[[str], None]
 
@@ -39,6 +42,7 @@ def generate_ids(
     *,
     adapter: str | None,
     streamer: TextStreamer | None = None,
+    lookup: LookupDecoding | None = None,
 ) -> torch.Tensor:
     """Generate new token ids ``(B, <= max_new_tokens)`` for a left-padded batch.
 
@@ -54,9 +58,20 @@ def generate_ids(
         LoRA adapter to use (``None`` = base model).
     streamer
         Optional transformers streamer (batch size 1, greedy only).
+    lookup
+        N-gram drafts to check in batches; used for a single unpadded sequence decoded
+        greedily with the KV cache, ignored otherwise.
     """
     if streamer is not None and (batch.inputs_embeds.shape[0] != 1 or options.num_beams != 1):
         raise ValueError("streaming needs a single sequence and greedy decoding (num_beams=1)")
+    decoding: dict[str, Any] = {"streamer": streamer}
+    if lookup is not None and _single_greedy_sequence(batch, options):
+        decoding = {
+            "custom_generate": lookup_greedy_search,
+            "ngram_table": lookup.table,
+            "draft_tokens": lookup.draft_tokens,
+            "token_streamer": streamer,
+        }
     with llm.adapter(adapter) as model, torch.inference_mode():
         output = model.generate(  # type: ignore[operator]  # peft's stub types it as Tensor
             inputs_embeds=batch.inputs_embeds,
@@ -68,9 +83,18 @@ def generate_ids(
             repetition_penalty=options.repetition_penalty,
             eos_token_id=llm.stop_token_ids(),
             pad_token_id=llm.pad_token_id(),
-            streamer=streamer,
+            **decoding,
         )
     return output
+
+
+def _single_greedy_sequence(batch: MultimodalBatch, options: GenerationConfig) -> bool:
+    return (
+        batch.inputs_embeds.shape[0] == 1
+        and options.num_beams == 1
+        and options.use_cache
+        and bool(batch.attention_mask.all())
+    )
 
 
 def decode(llm: LanguageModel, ids: torch.Tensor) -> list[str]:
@@ -86,10 +110,12 @@ def generate_texts(
     *,
     adapter: str | None,
     on_text: TextCallback | None = None,
+    lookup: LookupDecoding | None = None,
 ) -> list[str]:
     """Generate and decode; ``on_text`` receives text pieces as they appear."""
     streamer = CallbackStreamer(llm.tokenizer, on_text) if on_text is not None else None
-    return decode(llm, generate_ids(llm, batch, options, adapter=adapter, streamer=streamer))
+    ids = generate_ids(llm, batch, options, adapter=adapter, streamer=streamer, lookup=lookup)
+    return decode(llm, ids)
 
 
 def stream_text(
@@ -99,6 +125,7 @@ def stream_text(
     *,
     adapter: str | None,
     timeout: float | None = 600.0,
+    lookup: LookupDecoding | None = None,
 ) -> Iterator[str]:
     """Yield text pieces of one sequence as they are generated (generation runs in a thread).
 
@@ -111,7 +138,7 @@ def stream_text(
 
     def run() -> None:
         try:
-            generate_ids(llm, batch, options, adapter=adapter, streamer=streamer)
+            generate_ids(llm, batch, options, adapter=adapter, streamer=streamer, lookup=lookup)
         except BaseException as exc:  # handed to the consumer below
             failure.append(exc)
             streamer.end()

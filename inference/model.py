@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from .bundle import Manifest, load_manifest
 from .config import GenerationConfig, ModelConfig
-from .errors import BundleError, InferenceError
+from .errors import BundleError, ConfigError, InferenceError
 from .generation import TextCallback, generate_texts, stream_text
 from .labels import NO_FINDING
 from .llm import LanguageModel, resolve_device
@@ -35,6 +35,7 @@ from .onnx_runtime import OnnxVisionRunner, OrtOptions, choose_providers
 from .packaging import load_vision_tower
 from .preprocessing import load_images
 from .prompt import EncodedPrompt, PromptBuilder, Turn
+from .speculative import LookupDecoding, NgramTable
 from .vision import VisionTower
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,18 @@ class RuntimeOptions:
             "more copy of the LLM weights per adapter in memory)."
         },
     )
+    lookup_tokens: int = field(
+        default=8,
+        metadata={
+            "help": "Tokens proposed per decoding step from the bundle's n-gram table of "
+            "report text, checked by the LLM in one pass (the same text, fewer passes); "
+            "0 = plain greedy decoding."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.lookup_tokens < 0:
+            raise ConfigError(f"lookup_tokens must be >= 0, got {self.lookup_tokens}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,9 @@ class ChestXrayVLM:
         Task (``report``, ``chat``) -> adapter name (``None`` = base model).
     name, version
         Identification of the model, recorded in every draft.
+    lookup
+        N-gram drafts for single-sequence greedy decoding (:mod:`inference.speculative`);
+        ``None`` decodes one token per forward pass.
     """
 
     def __init__(
@@ -184,6 +200,7 @@ class ChestXrayVLM:
         tasks: Mapping[str, str | None] | None = None,
         name: str = "unnamed",
         version: str = "0",
+        lookup: LookupDecoding | None = None,
     ) -> None:
         if llm.hidden_size != config.llm_hidden_size:
             raise InferenceError(
@@ -198,6 +215,7 @@ class ChestXrayVLM:
         self.prompts = PromptBuilder(llm.tokenizer, config.prompt)
         self.name = name
         self.version = version
+        self.lookup = lookup
 
     @classmethod
     def from_bundle(
@@ -235,6 +253,9 @@ class ChestXrayVLM:
         )
         if options.merge_adapters:
             llm.merge_adapters()
+        lookup = None
+        if manifest.lookup_table is not None and options.lookup_tokens > 0:
+            lookup = LookupDecoding(NgramTable.load(manifest.lookup_table), options.lookup_tokens)
         return cls(
             manifest.config,
             vision,
@@ -243,6 +264,7 @@ class ChestXrayVLM:
             tasks=manifest.tasks,
             name=manifest.name,
             version=manifest.version,
+            lookup=lookup,
         )
 
     # ----------------------------------------------------------------------------- vision
@@ -356,6 +378,7 @@ class ChestXrayVLM:
             self._options(generation),
             adapter=self.tasks.get("report"),
             on_text=on_text,
+            lookup=self.lookup,
         )
         return self._draft(text, analysis, indication)
 
@@ -382,6 +405,7 @@ class ChestXrayVLM:
             self._batch(prompts, analyses),
             self._options(generation),
             adapter=self.tasks.get("report"),
+            lookup=self.lookup,
         )
         return [
             self._draft(text, analysis, study.indication)
@@ -404,7 +428,11 @@ class ChestXrayVLM:
         analysis = images if isinstance(images, StudyAnalysis) else self.analyse(images)
         batch = self._batch([self._report_prompt(analysis, indication, findings)], [analysis])
         stream = stream_text(
-            self.llm, batch, self._options(generation), adapter=self.tasks.get("report")
+            self.llm,
+            batch,
+            self._options(generation),
+            adapter=self.tasks.get("report"),
+            lookup=self.lookup,
         )
         return analysis, stream
 
@@ -452,6 +480,7 @@ class ChestXrayVLM:
             self._options(generation),
             adapter=self.tasks.get("chat"),
             on_text=on_text,
+            lookup=self.lookup,
         )
         return text
 
@@ -469,6 +498,7 @@ class ChestXrayVLM:
             self._chat_requests_batch(requests),
             self._options(generation),
             adapter=self.tasks.get("chat"),
+            lookup=self.lookup,
         )
 
     def stream_chat(
@@ -488,6 +518,7 @@ class ChestXrayVLM:
             self._chat_batch(images, report, history, instruction, indication, findings),
             self._options(generation),
             adapter=self.tasks.get("chat"),
+            lookup=self.lookup,
         )
 
 
@@ -530,6 +561,7 @@ def bundle_summary(path: str | Path) -> dict[str, Any]:
         "adapters": sorted(manifest.adapters),
         "exporter": manifest.exporter,
         "int8_vision": manifest.vision_onnx_int8 is not None,
+        "lookup_table": manifest.lookup_table is not None,
         "metrics": manifest.metrics,
     }
 

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .bundle import (
     ADAPTERS_DIR,
     LLM_DIR,
+    LOOKUP_TABLE,
     TOKENIZER_DIR,
     VISION_ONNX,
     VISION_ONNX_INT8,
@@ -28,6 +29,7 @@ from .config import ModelConfig
 from .errors import BundleError
 from .onnx_export import export_vision_onnx
 from .quantize import quantize_vision_onnx
+from .speculative import NgramTable
 from .vision import VisionTower
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ def package_bundle(
     version: str = "0",
     metrics: Mapping[str, Any] | None = None,
     int8: bool = True,
+    lookup_table: NgramTable | None = None,
 ) -> Path:
     """Write a bundle directory: ONNX + safetensors vision, tokenizer, LLM, adapters.
 
@@ -101,6 +104,9 @@ def package_bundle(
     int8
         Also write ``vision.int8.onnx``, the dynamically quantised vision tower that CPU
         hosts run by default (see :class:`~inference.model.RuntimeOptions`).
+    lookup_table
+        N-gram table of the report targets (tokenised with ``tokenizer``), written as
+        ``lookup_ngrams.json`` for speculative decoding.
 
     Returns
     -------
@@ -133,6 +139,8 @@ def package_bundle(
             llm_base = Path(llm).resolve()
         else:
             copy_tree(llm, staging / LLM_DIR)
+        if lookup_table is not None:
+            lookup_table.save(staging / LOOKUP_TABLE)
         relative_adapters = {}
         for adapter_name, adapter_dir in adapters.items():
             rel = f"{ADAPTERS_DIR}/{adapter_name}"

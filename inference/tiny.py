@@ -2,9 +2,10 @@
 
 It has every part of a real bundle: a byte-level BPE tokenizer trained with ``tokenizers`` on
 a few report sentences (with a ChatML chat template), a tiny Llama, a tiny vision backbone,
-the chosen aligner, and two LoRA adapters (``report`` and ``instruct``) with random,
-non-zero weights so that switching adapters changes the output. Its text is gibberish: it
-proves the plumbing, not the medicine.
+the chosen aligner, two LoRA adapters (``report`` and ``instruct``) with random,
+non-zero weights so that switching adapters changes the output, and an n-gram table of the
+tokenizer's report sentences for lookup decoding. Its text is gibberish: it proves the
+plumbing, not the medicine.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .config import (
 )
 from .labels import CHEXPERT_LABELS
 from .packaging import package_bundle
+from .speculative import NgramTable
 from .vision import VisionTower
 
 EOS_TOKEN = "<|im_end|>"
@@ -237,6 +239,9 @@ def build_tiny_bundle(
             name=f"tiny-{backbone}-{aligner}",
             version=f"0.0.{seed}",
             int8=int8,
+            lookup_table=NgramTable.build(
+                (tokenizer.encode(text + EOS_TOKEN) for text in TOKENIZER_CORPUS), min_count=1
+            ),
         )
 
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from inference import package_bundle
+from inference import NgramTable, package_bundle
+from inference.bundle import LOOKUP_TABLE
 
 from .config import TrainingConfig
 from .context import RunContext, build_context
@@ -66,12 +67,14 @@ def _adapter_dir(stage_dir: Path, name: str) -> Path:
 
 
 def package_run(ctx: RunContext, out_dir: Path, metrics: dict[str, Any] | None = None) -> Path:
-    """Write the run's model as a bundle (vision ONNX + int8, weights, LLM, adapters)."""
+    """Write the run's model as a bundle (vision ONNX + int8, weights, LLM, adapters and
+    the report stage's n-gram table for lookup decoding)."""
     adapters = {
         name: _adapter_dir(ctx.stage_dir(name), name)
         for name in ("report", "instruct")
         if (ctx.stage_dir(name) / "adapter").is_dir()
     }
+    table_path = ctx.stage_dir("report") / LOOKUP_TABLE
     ctx.tower.eval()
     return package_bundle(
         out_dir,
@@ -84,6 +87,7 @@ def package_run(ctx: RunContext, out_dir: Path, metrics: dict[str, Any] | None =
         name=ctx.config.model.name,
         version=ctx.config.model.version,
         metrics=metrics,
+        lookup_table=NgramTable.load(table_path) if table_path.is_file() else None,
     )
 
 

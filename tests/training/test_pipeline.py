@@ -84,7 +84,12 @@ def test_every_stage_trains_packages_and_resumes(
     assert set(manifest.adapters) == {"report", "instruct"}
     assert manifest.thresholds == ctx.thresholds
     assert manifest.metrics is not None and "classifier" in manifest.metrics["validation"]
+    # ... and with the n-gram table of the report targets, for lookup decoding: the
+    # table continues a target's opening the way the target goes on.
     model = ChestXrayVLM.from_bundle(bundle, RuntimeOptions(device="cpu"))
+    assert manifest.lookup_table is not None and model.lookup is not None
+    target = ctx.tokenizer.encode(ctx.splits["train"][0].report, add_special_tokens=False)
+    assert model.lookup.table.propose(target[:3], 2) != []
     row = next(iter(ctx.splits["test"] or ctx.splits["val"]))
     from training.images import preprocess_file
 

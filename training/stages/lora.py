@@ -5,7 +5,8 @@ prompts built by the inference prompt builder (image tokens + positive findings 
 + instruction). Stage 2 also trains the aligner's projection into the LLM's space (RaDialog
 trains it with the LLM). Stage 3 trains a second adapter, initialised from the first, on the
 instruct task mix with a share of report-generation examples replayed so that the dialog
-adapter still writes reports.
+adapter still writes reports. Stage 2 also writes the n-gram table of its training targets
+that the bundle ships for speculative decoding (:mod:`inference.speculative`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from inference import EncodedPrompt, Turn
+from inference import EncodedPrompt, NgramTable, Turn
+from inference.bundle import LOOKUP_TABLE
 from inference.vision import QFormerAligner
 
 from ..config import InstructStage, LoraStage
@@ -254,6 +256,8 @@ def run_report_stage(ctx: RunContext) -> dict[str, float]:
     peft_model.save_pretrained(
         str(ctx.stage_dir("report") / "adapter"), selected_adapters=["report"]
     )
+    table = NgramTable.build(_encode(ctx, example).target_ids for example in train)
+    table.save(ctx.stage_dir("report") / LOOKUP_TABLE)
     return metrics
 
 
