@@ -127,8 +127,11 @@ def main() -> None:
     print(f"median: {first} {1000 * first_time:.1f} ms/token, "
           f"{second} {1000 * second_time:.1f} ms/token")
     print(f"{first} / {second} time per token: {first_time / second_time:.2f}x")
-    shared = int((outputs[first] == outputs[second]).cumprod(dim=1).sum())
-    print(f"tokens shared from the start: {shared} of {outputs[second].shape[1]}")
+    length = min(outputs[first].shape[1], outputs[second].shape[1])
+    same = outputs[first][:, :length] == outputs[second][:, :length]
+    shared = int(same.cumprod(dim=1).sum())
+    print(f"tokens shared from the start: {shared} ({first} wrote {outputs[first].shape[1]}, "
+          f"{second} {outputs[second].shape[1]})")
 
 
 if __name__ == "__main__":
