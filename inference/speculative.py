@@ -202,7 +202,7 @@ def lookup_greedy_search(
     sequence = input_ids
     pending = _greedy(logits_processor, sequence, first.logits[:, -1:, :], [])
     while True:
-        accepted = pending  # the LLM's own tokens, not yet in the cache but the last
+        accepted = pending  # the LLM's choices; all but the last are in the cache already
         finished = False
         for count in range(1, len(accepted) + 1):
             step = torch.tensor([accepted[:count]], dtype=sequence.dtype, device=sequence.device)
