@@ -50,13 +50,18 @@ def get_model(inference: InferenceSettings, bundle: Path | None = None) -> Chest
             started = time.perf_counter()
             model = ChestXrayVLM.from_bundle(key, inference.runtime_options())
             _models[key] = model
+            lookup = model.lookup
             logger.info(
-                "model %s %s loaded in %.1f s (LLM %s on %s)",
+                "model %s %s loaded in %.1f s (LLM %s on %s, %s)",
                 model.name,
                 model.version,
                 time.perf_counter() - started,
                 str(model.llm.dtype).removeprefix("torch."),
                 model.llm.device,
+                f"lookup decoding with {lookup.draft_tokens} proposed tokens"
+                if lookup is not None
+                else "plain greedy decoding: lookup_tokens is 0 or the bundle has no n-gram "
+                "table (rebuild it to get one)",
             )
         return model
 

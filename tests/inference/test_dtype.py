@@ -55,7 +55,7 @@ def test_a_bfloat16_llm_drafts_a_report_on_cpu(tiny_bundle: Path, chest_cr_path:
     assert auto.llm.dtype == torch.float32
 
 
-def test_the_node_logs_which_dtype_the_llm_loaded_in(
+def test_the_node_logs_the_llm_dtype_and_decoding(
     tiny_bundle: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from dicom_node import model_cache
@@ -65,6 +65,6 @@ def test_the_node_logs_which_dtype_the_llm_loaded_in(
     try:
         with caplog.at_level(logging.INFO, logger="dicom_node.model_cache"):
             model_cache.get_model(InferenceSettings(bundle=tiny_bundle, device="cpu"))
-        assert "(LLM float32 on cpu)" in caplog.text
+        assert "(LLM float32 on cpu, lookup decoding with 8 proposed tokens)" in caplog.text
     finally:
         model_cache.forget_models()
