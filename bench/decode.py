@@ -33,7 +33,6 @@ import torch
 
 from inference import ChestXrayVLM, GenerationConfig, RuntimeOptions
 from inference.generation import generate_ids
-from inference.speculative import lookup_greedy_search
 
 
 def _chest_cr() -> Path:
@@ -71,22 +70,12 @@ def _time_per_token(
                     do_sample=False,
                     eos_token_id=model.llm.stop_token_ids(),
                     pad_token_id=model.llm.pad_token_id(),
-                    **_lookup_arguments(model),
+                    **(model.lookup.generate_kwargs() if model.lookup else {}),
                 )
         seconds = time.perf_counter() - start
     finally:
         hook.remove()
     return seconds / ids.shape[1], len(passes), ids
-
-
-def _lookup_arguments(model: ChestXrayVLM) -> dict[str, object]:
-    if model.lookup is None:
-        return {}
-    return {
-        "custom_generate": lookup_greedy_search,
-        "ngram_table": model.lookup.table,
-        "draft_tokens": model.lookup.draft_tokens,
-    }
 
 
 def main() -> None:

@@ -49,8 +49,6 @@ from .verify import VerificationResult, verify_vision_parity
 from .vision import VisionTower
 
 __all__ = [
-    "LookupDecoding",
-    "NgramTable",
     "AlignerConfig",
     "BundleError",
     "BundleIntegrityError",
@@ -66,10 +64,12 @@ __all__ = [
     "IGNORE_INDEX",
     "InferenceError",
     "LanguageModel",
+    "LookupDecoding",
     "Manifest",
     "ModelConfig",
     "MultimodalBatch",
     "NO_FINDING",
+    "NgramTable",
     "OnnxVisionRunner",
     "OrtOptions",
     "PreprocessConfig",

@@ -18,7 +18,7 @@ from transformers import TextIteratorStreamer, TextStreamer
 from .config import GenerationConfig
 from .llm import LanguageModel
 from .multimodal import MultimodalBatch
-from .speculative import LookupDecoding, lookup_greedy_search
+from .speculative import LookupDecoding
 
 TextCallback = Callable[[str], None]
 
@@ -66,12 +66,7 @@ def generate_ids(
         raise ValueError("streaming needs a single sequence and greedy decoding (num_beams=1)")
     decoding: dict[str, Any] = {"streamer": streamer}
     if lookup is not None and _single_greedy_sequence(batch, options):
-        decoding = {
-            "custom_generate": lookup_greedy_search,
-            "ngram_table": lookup.table,
-            "draft_tokens": lookup.draft_tokens,
-            "token_streamer": streamer,
-        }
+        decoding = lookup.generate_kwargs(streamer)
     with llm.adapter(adapter) as model, torch.inference_mode():
         output = model.generate(  # type: ignore[operator]  # peft's stub types it as Tensor
             inputs_embeds=batch.inputs_embeds,

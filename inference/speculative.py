@@ -157,6 +157,18 @@ class LookupDecoding:
         if self.draft_tokens < 1:
             raise InferenceError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
 
+    def generate_kwargs(self, streamer: Any = None) -> dict[str, Any]:
+        """Keyword arguments that make transformers' ``generate`` decode this way.
+
+        ``streamer`` takes the place of ``generate``'s own ``streamer`` argument.
+        """
+        return {
+            "custom_generate": lookup_greedy_search,
+            "ngram_table": self.table,
+            "draft_tokens": self.draft_tokens,
+            "token_streamer": streamer,
+        }
+
 
 def lookup_greedy_search(
     model: Any,
@@ -171,12 +183,12 @@ def lookup_greedy_search(
 ) -> torch.LongTensor:
     """Greedy decoding that checks tokens proposed by an :class:`NgramTable` in batches.
 
-    Pass it to ``generate`` as ``custom_generate=lookup_greedy_search`` together with
-    ``ngram_table=``, ``draft_tokens=`` and, to stream, ``token_streamer=`` (``generate``
-    hands its own ``streamer`` argument to built-in decoding loops only); ``generate``
-    supplies the other arguments. Returns the ids ``generate`` returns for greedy decoding:
-    the prompt ids (none when the prompt came as ``inputs_embeds``) followed by the new
-    tokens.
+    :meth:`LookupDecoding.generate_kwargs` gives ``generate`` the arguments that select it:
+    ``custom_generate=lookup_greedy_search``, ``ngram_table=``, ``draft_tokens=`` and, to
+    stream, ``token_streamer=`` (``generate`` hands its own ``streamer`` argument to built-in
+    decoding loops only); ``generate`` supplies the other arguments. Returns the ids
+    ``generate`` returns for greedy decoding: the prompt ids (none when the prompt came as
+    ``inputs_embeds``) followed by the new tokens.
 
     Raises
     ------
@@ -191,7 +203,6 @@ def lookup_greedy_search(
     if streamer is not None:
         streamer.put(input_ids.cpu())  # the prompt, as generate does
     cache = model_kwargs["past_key_values"]
-    prompt_length = input_ids.shape[1]
     first = model(
         input_ids=None if "inputs_embeds" in model_kwargs else input_ids,
         inputs_embeds=model_kwargs.get("inputs_embeds"),
@@ -200,6 +211,7 @@ def lookup_greedy_search(
         logits_to_keep=1,
     )
     sequence = input_ids
+    generated: list[int] = []
     pending = _greedy(logits_processor, sequence, first.logits[:, -1:, :], [])
     while True:
         accepted = pending  # the LLM's choices; all but the last are in the cache already
@@ -211,11 +223,11 @@ def lookup_greedy_search(
                 break
         new = torch.tensor([accepted], dtype=sequence.dtype, device=sequence.device)
         sequence = torch.cat([sequence, new], dim=1)  # type: ignore[assignment]
+        generated.extend(accepted)
         if streamer is not None:
             streamer.put(new.cpu())
         if finished:
             break
-        generated = sequence[0, prompt_length:].tolist()
         room = generation_config.max_length - sequence.shape[1] - 1
         proposal = ngram_table.propose(generated, max(0, min(draft_tokens, room)))
         feed = [accepted[-1], *proposal]

@@ -17,7 +17,7 @@ from inference import (
     RuntimeOptions,
 )
 from inference.bundle import load_manifest
-from inference.errors import BundleError, ConfigError
+from inference.errors import BundleError, ConfigError, InferenceError
 from inference.generation import generate_ids
 
 
@@ -130,5 +130,5 @@ def test_bundles_carry_the_table_and_settings_switch_it_off(tiny_bundle: Path) -
     assert len(NgramTable.load(manifest.lookup_table)) > 0
     with pytest.raises(ConfigError, match="lookup_tokens"):
         replace(RuntimeOptions(), lookup_tokens=-1)
-    with pytest.raises(Exception, match="draft_tokens"):
+    with pytest.raises(InferenceError, match="draft_tokens"):
         LookupDecoding(NgramTable(2, {}), draft_tokens=0)
