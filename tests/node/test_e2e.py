@@ -203,9 +203,16 @@ def test_with_the_pacs_down_the_sr_waits_and_is_delivered_once_it_is_back(
     pacs.start()
     (sr,) = wait_until(pacs.srs, 30, "the SR in Orthanc after it came back")
     assert sr.StudyInstanceUID == study.StudyInstanceUID
-    with node.db.session() as session:
-        item = session.scalars(select(OutboxItem)).one()
-        assert item.state == OutboxState.SENT and item.attempts >= 3
+
+    def delivered() -> OutboxItem | None:
+        # Orthanc holds the SR once it answered the C-STORE; the node records that answer
+        # a moment later
+        with node.db.session() as session:
+            item = session.scalars(select(OutboxItem)).one()
+            return item if item.state == OutboxState.SENT else None
+
+    item = wait_until(delivered, 10, "the outbox row marked sent")
+    assert item.state == OutboxState.SENT and item.attempts >= 3
     assert not list(settings.storage.outbox_dir.rglob("*.dcm"))  # delivered: outbox emptied
 
 
