@@ -33,6 +33,7 @@ import torch
 
 from inference import ChestXrayVLM, GenerationConfig, RuntimeOptions
 from inference.generation import generate_ids
+from inference.speculative import lookup_greedy_decode
 
 
 def _chest_cr() -> Path:
@@ -60,6 +61,12 @@ def _time_per_token(
         start = time.perf_counter()
         if until_eos:
             ids = generate_ids(model.llm, batch, options, adapter="report", lookup=model.lookup)
+        elif model.lookup is not None:
+            with model.llm.adapter("report") as runner:
+                ids = lookup_greedy_decode(  # no stop token: the same work on both sides
+                    runner, batch.inputs_embeds, model.lookup, max_new_tokens=tokens,
+                    stop_token_ids=[],
+                )
         else:
             with model.llm.adapter("report") as runner, torch.inference_mode():
                 ids = runner.generate(  # type: ignore[operator]
@@ -70,7 +77,6 @@ def _time_per_token(
                     do_sample=False,
                     eos_token_id=model.llm.stop_token_ids(),
                     pad_token_id=model.llm.pad_token_id(),
-                    **(model.lookup.generate_kwargs() if model.lookup else {}),
                 )
         seconds = time.perf_counter() - start
     finally:

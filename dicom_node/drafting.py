@@ -22,8 +22,10 @@ it stored is found by its job id and only re-queued for delivery.
 
 Failures are sorted for the queue: :class:`~dicom_node.errors.TransientJobError` (database
 briefly away) puts the row back to ``queued`` for a retry; :class:`~dicom_node.errors.JobError`
-(images gone or unusable, SR not buildable) marks it ``failed`` with the reason. Neither
-message holds patient data.
+(images gone or unusable, SR not buildable) marks it ``failed`` with the reason. Any other
+exception (a bug, a library that changed) marks it ``failed`` too, with the exception's type:
+no job is left ``running`` by an exception. Reasons are scrubbed of patient data
+(:func:`~dicom_node._privacy.scrub_text`) before they are stored or logged.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sr_templates import AlgorithmInfo, Finding, Report, SRError, build_draft_sr
 from sr_templates.codes import CHEXPERT_LABELS
 
-from ._privacy import uid_digest
+from ._privacy import describe_exception, scrub_text, uid_digest
 from .assembly import REPORTABLE_MODALITIES
 from .delivery import enqueue_sr
 from .errors import JobError, OutboxError, ReportStoreError, StaleVersionError, TransientJobError
@@ -348,16 +350,22 @@ def draft_job(
         outcome = _run(settings, db, model, job, study)
         finish_job(db, job_id, JobState.DONE)
         return outcome
+    except TransientJobError as exc:
+        _record_failure(db, job_id, JobState.QUEUED, scrub_text(str(exc)))
+        raise
     except (JobError, SRError, OutboxError, ReportStoreError) as exc:
-        reason = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        reason = scrub_text(str(exc)) if isinstance(exc, JobError) else describe_exception(exc)
         _record_failure(db, job_id, JobState.FAILED, reason)
-        if isinstance(exc, JobError):
-            raise
         raise JobError(reason) from exc
     except SQLAlchemyError as exc:
         reason = f"database error: {type(exc).__name__}"
         _record_failure(db, job_id, JobState.QUEUED, reason)
         raise TransientJobError(reason) from exc
+    except Exception as exc:  # noqa: BLE001 - no job is left running by an exception
+        reason = f"unexpected error: {describe_exception(exc)}"
+        logger.error("job %d: %s", job_id, reason, exc_info=True)
+        _record_failure(db, job_id, JobState.FAILED, reason)
+        raise JobError(reason) from exc
 
 
 def _record_failure(db: Database, job_id: int, state: JobState, reason: str) -> None:

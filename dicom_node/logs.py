@@ -15,6 +15,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 
+from ._privacy import describe_exception, scrub_text
+
 #: Log line format of the text logs.
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Loggers that may print identifiers at INFO/DEBUG; kept at WARNING.
@@ -42,6 +44,8 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = value if isinstance(value, int | float | bool | str) else str(value)
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            payload["exception"] = record.exc_text
         return json.dumps(payload, ensure_ascii=False)
 
 
@@ -66,6 +70,32 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Ignored: the handler always writes to the current ``sys.stderr``."""
 
 
+class ScrubFilter(logging.Filter):
+    """Takes patient data out of exception texts before a record is written.
+
+    The node's own messages name no patient, but an exception raised by a library on a
+    malformed value (a birth date pydicom cannot parse) quotes that value. An exception
+    passed as a message argument is replaced by its scrubbed description
+    (:func:`~dicom_node._privacy.describe_exception`); an attached traceback is formatted
+    once and scrubbed (:func:`~dicom_node._privacy.scrub_text`, line numbers kept).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Scrub the record in place; always keep it."""
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, BaseException) for arg in record.args
+        ):
+            record.args = tuple(
+                describe_exception(arg) if isinstance(arg, BaseException) else arg
+                for arg in record.args
+            )
+        if record.exc_info and record.exc_info[0] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = scrub_text(text, digits=False)
+            record.exc_info = None
+        return True
+
+
 _installed: logging.Handler | None = None
 
 
@@ -78,6 +108,7 @@ def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None
     global _installed
     handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(ScrubFilter())
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
@@ -92,6 +123,7 @@ __all__ = [
     "QUIET_LOGGERS",
     "TEXT_FORMAT",
     "JsonFormatter",
+    "ScrubFilter",
     "StderrHandler",
     "configure_logging",
 ]

@@ -18,7 +18,7 @@ from transformers import TextIteratorStreamer, TextStreamer
 from .config import GenerationConfig
 from .llm import LanguageModel
 from .multimodal import MultimodalBatch
-from .speculative import LookupDecoding
+from .speculative import LookupDecoding, lookup_greedy_decode, supports_lookup
 
 TextCallback = Callable[[str], None]
 
@@ -59,15 +59,28 @@ def generate_ids(
     streamer
         Optional transformers streamer (batch size 1, greedy only).
     lookup
-        N-gram drafts to check in batches; used for a single unpadded sequence decoded
-        greedily with the KV cache, ignored otherwise.
+        N-gram drafts to check in batches (:func:`~inference.speculative.lookup_greedy_decode`);
+        used for a single unpadded sequence decoded greedily with the KV cache by a model
+        whose cache can drop rejected drafts (:func:`~inference.speculative.supports_lookup`),
+        ignored otherwise.
     """
     if streamer is not None and (batch.inputs_embeds.shape[0] != 1 or options.num_beams != 1):
         raise ValueError("streaming needs a single sequence and greedy decoding (num_beams=1)")
-    decoding: dict[str, Any] = {"streamer": streamer}
-    if lookup is not None and _single_greedy_sequence(batch, options):
-        decoding = lookup.generate_kwargs(streamer)
     with llm.adapter(adapter) as model, torch.inference_mode():
+        if (
+            lookup is not None
+            and _single_greedy_sequence(batch, options)
+            and supports_lookup(model.config)
+        ):
+            return lookup_greedy_decode(
+                model,
+                batch.inputs_embeds,
+                lookup,
+                max_new_tokens=options.max_new_tokens,
+                stop_token_ids=llm.stop_token_ids(),
+                repetition_penalty=options.repetition_penalty,
+                streamer=streamer,
+            )
         output = model.generate(  # type: ignore[operator]  # peft's stub types it as Tensor
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
@@ -78,7 +91,7 @@ def generate_ids(
             repetition_penalty=options.repetition_penalty,
             eos_token_id=llm.stop_token_ids(),
             pad_token_id=llm.pad_token_id(),
-            **decoding,
+            streamer=streamer,
         )
     return output
 

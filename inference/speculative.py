@@ -4,7 +4,7 @@ Chest X-ray reports are formulaic ("There is no pleural effusion or pneumothorax
 next few tokens of a draft report are often predictable from the last few. The
 :class:`NgramTable` holds, for every context of 1 to ``order`` tokens seen often enough in
 the training reports, the token that most often followed it. At each decoding step
-:func:`lookup_greedy_search` chains its predictions into up to ``draft_tokens`` proposed
+:func:`lookup_greedy_decode` chains its predictions into up to ``draft_tokens`` proposed
 tokens and lets the LLM check all of them in one forward pass: it keeps the longest prefix
 that greedy decoding would have produced, plus the LLM's own next token. A CPU decoding step
 is bound by reading the weights, so checking nine tokens costs little more than producing
@@ -14,13 +14,15 @@ The text is greedy decoding's: every kept token is the LLM's argmax. Only float 
 differ, because a position's logits are computed in a forward pass over several tokens
 instead of one (as with any speculative decoding).
 
-:func:`lookup_greedy_search` is a ``custom_generate`` decoding loop for transformers'
-``generate``, which still prepares the inputs, the cache, the logits processors, the stopping
-criteria and the streamer. It decodes one sequence (batch size 1) without padding.
+:func:`lookup_greedy_decode` is a decoding loop of its own: it keeps its own KV cache and
+calls only the model's documented forward, so it does not depend on what transformers'
+``generate`` hands to its internal loops (which changed in transformers 5.24). It decodes
+one sequence (batch size 1) without padding.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from .errors import BundleError, InferenceError
 
@@ -157,120 +160,160 @@ class LookupDecoding:
         if self.draft_tokens < 1:
             raise InferenceError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
 
-    def generate_kwargs(self, streamer: Any = None) -> dict[str, Any]:
-        """Keyword arguments that make transformers' ``generate`` decode this way.
 
-        ``streamer`` takes the place of ``generate``'s own ``streamer`` argument.
-        """
-        return {
-            "custom_generate": lookup_greedy_search,
-            "ngram_table": self.table,
-            "draft_tokens": self.draft_tokens,
-            "token_streamer": streamer,
-        }
+def cache_keyword(model: Any) -> str:
+    """The name under which the model's forward takes its KV cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name is deprecated
+    until 5.40); the loop reads the documented signature of the causal LM's ``forward``
+    (under a peft wrapper, the base model's) and passes the cache under the name it has.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
-def lookup_greedy_search(
+def supports_lookup(config: Any) -> bool:
+    """Whether lookup decoding can run on a model with this transformers config.
+
+    Rejected proposals are removed from the KV cache with ``Cache.crop``, which puts back
+    only full-attention layers exactly: layers with a sliding window (Gemma 3, Mistral) or
+    a recurrent state forget what they dropped. Such models decode plainly.
+    """
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text_config, "sliding_window", None):
+        return False
+    layer_types = getattr(text_config, "layer_types", None) or ["full_attention"]
+    return all(kind == "full_attention" for kind in layer_types)
+
+
+@torch.inference_mode()
+def lookup_greedy_decode(
     model: Any,
-    input_ids: torch.LongTensor,
-    logits_processor: Any,
-    stopping_criteria: Any,
-    generation_config: Any,
-    ngram_table: NgramTable | None = None,
-    draft_tokens: int = 8,
-    token_streamer: Any = None,
-    **model_kwargs: Any,
+    inputs_embeds: torch.Tensor,
+    lookup: LookupDecoding,
+    *,
+    max_new_tokens: int,
+    stop_token_ids: Sequence[int],
+    repetition_penalty: float = 1.0,
+    streamer: Any = None,
 ) -> torch.LongTensor:
     """Greedy decoding that checks tokens proposed by an :class:`NgramTable` in batches.
 
-    :meth:`LookupDecoding.generate_kwargs` gives ``generate`` the arguments that select it:
-    ``custom_generate=lookup_greedy_search``, ``ngram_table=``, ``draft_tokens=`` and, to
-    stream, ``token_streamer=`` (``generate`` hands its own ``streamer`` argument to built-in
-    decoding loops only); ``generate`` supplies the other arguments. Returns the ids
-    ``generate`` returns for greedy decoding: the prompt ids (none when the prompt came as
-    ``inputs_embeds``) followed by the new tokens.
+    The loop owns its KV cache (a :class:`transformers.DynamicCache`) and calls only the
+    model's documented forward (``inputs_embeds`` / ``input_ids``, the cache under the name
+    :func:`cache_keyword` finds, ``use_cache``, ``logits_to_keep``), so it depends on nothing ``generate`` passes to its
+    internal loops. It writes the tokens ``generate(inputs_embeds=..., do_sample=False,
+    num_beams=1, repetition_penalty=...)`` writes, up to float rounding.
+
+    Parameters
+    ----------
+    model
+        A transformers causal LM (or a peft model wrapping one).
+    inputs_embeds
+        The prompt, ``(1, L, hidden)``, without padding.
+    lookup
+        The n-gram table and how many tokens to propose per step.
+    max_new_tokens
+        Most tokens to write.
+    stop_token_ids
+        Tokens that end the text; the stop token is kept, as ``generate`` keeps it.
+    repetition_penalty
+        As transformers' ``RepetitionPenaltyLogitsProcessor`` applies it, over the generated
+        tokens (a prompt given as embeddings has no token ids).
+    streamer
+        A transformers streamer: it gets an empty prompt, then each accepted run of tokens.
+
+    Returns
+    -------
+    torch.LongTensor
+        The new token ids, ``(1, n)`` with ``n <= max_new_tokens``.
 
     Raises
     ------
     InferenceError
-        Without a table, for more than one sequence, or for padded inputs.
+        For more than one sequence or a bound below one token.
     """
-    if ngram_table is None:
-        raise InferenceError("lookup decoding needs an n-gram table (ngram_table=...)")
-    if input_ids.shape[0] != 1 or model_kwargs.get("attention_mask") is not None:
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1:
         raise InferenceError("lookup decoding runs one sequence without padding")
-    streamer = token_streamer
-    if streamer is not None:
-        streamer.put(input_ids.cpu())  # the prompt, as generate does
-    cache = model_kwargs["past_key_values"]
-    first = model(
-        input_ids=None if "inputs_embeds" in model_kwargs else input_ids,
-        inputs_embeds=model_kwargs.get("inputs_embeds"),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
+    if max_new_tokens < 1:
+        raise InferenceError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = inputs_embeds.device
+    stops = set(int(t) for t in stop_token_ids)
+    penalty = (
+        LogitsProcessorList([RepetitionPenaltyLogitsProcessor(repetition_penalty)])
+        if repetition_penalty != 1.0
+        else LogitsProcessorList()
     )
-    sequence = input_ids
+    if streamer is not None:
+        streamer.put(torch.empty((1, 0), dtype=torch.long))  # the prompt: none as token ids
+    cache = DynamicCache()
+    cache_argument = {cache_keyword(model): cache}
+    first = model(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1, **cache_argument)
     generated: list[int] = []
-    pending = _greedy(logits_processor, sequence, first.logits[:, -1:, :], [])
+    pending = _greedy(penalty, generated, first.logits[0, -1:, :], [], device)
     while True:
-        accepted = pending  # the LLM's choices; all but the last are in the cache already
+        accepted = pending  # the LLM's own choices; all but the last are in the cache already
         finished = False
-        for count in range(1, len(accepted) + 1):
-            step = torch.tensor([accepted[:count]], dtype=sequence.dtype, device=sequence.device)
-            if bool(stopping_criteria(torch.cat([sequence, step], dim=1), None).any()):
+        for count, token in enumerate(accepted, start=1):
+            if token in stops or len(generated) + count >= max_new_tokens:
                 accepted, finished = accepted[:count], True
                 break
-        new = torch.tensor([accepted], dtype=sequence.dtype, device=sequence.device)
-        sequence = torch.cat([sequence, new], dim=1)  # type: ignore[assignment]
         generated.extend(accepted)
         if streamer is not None:
-            streamer.put(new.cpu())
+            streamer.put(torch.tensor([accepted], dtype=torch.long))
         if finished:
             break
-        room = generation_config.max_length - sequence.shape[1] - 1
-        proposal = ngram_table.propose(generated, max(0, min(draft_tokens, room)))
+        room = max_new_tokens - len(generated) - 1
+        proposal = lookup.table.propose(generated, max(0, min(lookup.draft_tokens, room)))
         feed = [accepted[-1], *proposal]
         outputs = model(
-            input_ids=torch.tensor([feed], dtype=sequence.dtype, device=sequence.device),
-            past_key_values=cache,
+            input_ids=torch.tensor([feed], dtype=torch.long, device=device),
             use_cache=True,
             logits_to_keep=len(feed),
+            **cache_argument,
         )
-        predicted = _greedy(logits_processor, sequence, outputs.logits, proposal)
+        predicted = _greedy(penalty, generated, outputs.logits[0], proposal, device)
         matched = 0
         while matched < len(proposal) and proposal[matched] == predicted[matched]:
             matched += 1
         rejected = len(proposal) - matched
         if rejected:
-            cache.crop(-rejected)
+            cache.crop(-rejected)  # documented: a negative count removes that many tokens
         pending = predicted[: matched + 1]
     if streamer is not None:
         streamer.end()
-    return sequence
+    return torch.tensor([generated], dtype=torch.long, device=device)  # type: ignore[return-value]
 
 
 def _greedy(
-    logits_processor: Any, sequence: torch.Tensor, logits: torch.Tensor, proposal: list[int]
+    processors: LogitsProcessorList,
+    generated: list[int],
+    logits: torch.Tensor,
+    proposal: list[int],
+    device: torch.device,
 ) -> list[int]:
-    """Argmax token at each position of ``logits`` (1, L, V), after the logits processors.
+    """Argmax token at each position of ``logits`` ``(L, V)``, after the logits processors.
 
-    Position ``i`` follows ``sequence`` extended by ``proposal[:i]``, the text the
+    Position ``i`` follows ``generated`` extended by ``proposal[:i]``, the text the
     processors (a repetition penalty, for instance) must see there.
     """
-    scores = logits[0].float()
-    if len(logits_processor) > 0:
-        extended = torch.cat(
-            [sequence, torch.tensor([proposal], dtype=sequence.dtype, device=sequence.device)],
-            dim=1,
-        )
-        scores = torch.stack(
+    scores = logits.float()
+    if len(processors) > 0:
+        extended = torch.tensor([[*generated, *proposal]], dtype=torch.long, device=device)
+        scores = torch.cat(
             [
-                logits_processor(extended[:, : sequence.shape[1] + i], scores[i : i + 1])[0]
+                processors(extended[:, : len(generated) + i], scores[i : i + 1])
                 for i in range(scores.shape[0])
             ]
         )
     return [int(t) for t in scores.argmax(dim=-1).tolist()]
 
 
-__all__ = ["LookupDecoding", "NgramTable", "lookup_greedy_search"]
+__all__ = [
+    "LookupDecoding",
+    "NgramTable",
+    "cache_keyword",
+    "lookup_greedy_decode",
+    "supports_lookup",
+]
