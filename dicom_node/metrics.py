@@ -10,6 +10,7 @@ embedded worker, ``dicom_node worker --metrics-port`` for a remote one.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -70,6 +71,14 @@ class DatabaseCollector(Collector):
                         select(Job.state, func.count(Job.id)).group_by(Job.state)
                     )
                 }
+                failures: dict[str, int] = {}
+                for error, n in session.execute(
+                    select(Job.error, func.count(Job.id))
+                    .where(Job.state == JobState.FAILED)
+                    .group_by(Job.error)
+                ):
+                    kind = failure_kind(error)
+                    failures[kind] = failures.get(kind, 0) + n
                 outbox: dict[OutboxState, int] = {
                     state: n
                     for state, n in session.execute(
@@ -94,6 +103,15 @@ class DatabaseCollector(Collector):
         for state in JobState:
             job_family.add_metric([state.value], jobs.get(state, 0))
         yield job_family
+        failed_family = GaugeMetricFamily(
+            "dicom_node_failed_jobs",
+            "Failed report jobs per kind of reason (the exception type of an unexpected "
+            "error; the reason's first words otherwise).",
+            labels=["reason"],
+        )
+        for kind, n in sorted(failures.items()):
+            failed_family.add_metric([kind], n)
+        yield failed_family
         outbox_family = GaugeMetricFamily(
             "dicom_node_outbox", "SR deliveries per state (one per SR and destination).",
             labels=["state"],
@@ -101,6 +119,20 @@ class DatabaseCollector(Collector):
         for outbox_state in OutboxState:
             outbox_family.add_metric([outbox_state.value], outbox.get(outbox_state, 0))
         yield outbox_family
+
+
+def failure_kind(error: str | None) -> str:
+    """A short, bounded label for a job's failure reason (no identifiers, no numbers).
+
+    ``"unexpected error: KeyError: ..."`` -> ``"KeyError"``; other reasons keep their words
+    before the first colon, digits replaced, at most 60 characters.
+    """
+    if not error:
+        return "unknown"
+    if error.startswith("unexpected error: "):
+        return error.removeprefix("unexpected error: ").split(":", 1)[0].strip() or "unknown"
+    head = re.sub(r"\d+", "N", error.split(":", 1)[0]).strip()
+    return head[:60] or "unknown"
 
 
 def register_database(db: Database) -> DatabaseCollector:
@@ -129,6 +161,7 @@ __all__ = [
     "JOB_SECONDS",
     "REGISTRY",
     "DatabaseCollector",
+    "failure_kind",
     "register_database",
     "render",
     "unregister",

@@ -1,10 +1,13 @@
 """One loaded model per process: the worker and the dialog API share it.
 
 Loading a bundle takes seconds (ONNX sessions, the LLM and its adapters), so a process loads
-it once, on first use, and keeps it. :func:`get_model` is thread-safe: concurrent first
-callers wait for one load. The cache is keyed by the bundle's folder, so a different
-bundle (a newly promoted model version) is loaded next to, not over, the one in use: jobs
-already running keep their model object.
+it once, on first use, and keeps it. Every load is followed by the model's self-test
+(:func:`inference.selftest.self_test`, ``inference.self_test``): a model that fails it is not
+kept, and for :data:`RETEST_AFTER_S` seconds every caller gets the same
+:class:`~inference.selftest.SelfTestError` instead of a new load. :func:`get_model` is
+thread-safe: concurrent first callers wait for one load. The cache is keyed by the
+bundle's folder, so a different bundle (a newly promoted model version) is loaded next to,
+not over, the one in use: jobs already running keep their model object.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._privacy import describe_exception
 from .settings import InferenceSettings
 
 if TYPE_CHECKING:
@@ -22,8 +26,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a failed self-test is answered from memory before the bundle is loaded again.
+RETEST_AFTER_S = 300.0
+
 _lock = threading.Lock()
 _models: dict[Path, ChestXrayVLM] = {}
+_failures: dict[Path, tuple[float, Exception]] = {}
 
 
 def get_model(inference: InferenceSettings, bundle: Path | None = None) -> ChestXrayVLM:
@@ -40,15 +48,32 @@ def get_model(inference: InferenceSettings, bundle: Path | None = None) -> Chest
     ------
     inference.BundleError
         When the bundle is missing, malformed or tampered with.
+    inference.selftest.SelfTestError
+        When the loaded model fails its self-test (``check`` names the part).
     """
     from inference import ChestXrayVLM
+    from inference.selftest import self_test
 
     key = (bundle or inference.bundle).resolve()
     with _lock:
         model = _models.get(key)
         if model is None:
+            failed = _failures.get(key)
+            if failed is not None and time.monotonic() - failed[0] < RETEST_AFTER_S:
+                raise failed[1]
             started = time.perf_counter()
             model = ChestXrayVLM.from_bundle(key, inference.runtime_options())
+            if inference.self_test:
+                try:
+                    result = self_test(model)
+                except Exception as exc:
+                    _failures[key] = (time.monotonic(), exc)
+                    logger.error("model %s %s is not usable: %s", model.name, model.version,
+                                 describe_exception(exc))
+                    raise
+                logger.info("model self-test passed in %.1f s: %s", result.seconds,
+                            ", ".join(result.checks))
+            _failures.pop(key, None)
             _models[key] = model
             lookup = model.lookup
             logger.info(
@@ -76,7 +101,8 @@ def forget_models(keep: Path | None = None) -> int:
         dropped = [key for key in _models if key != keep_key]
         for key in dropped:
             del _models[key]
+        _failures.clear()
     return len(dropped)
 
 
-__all__ = ["forget_models", "get_model"]
+__all__ = ["RETEST_AFTER_S", "forget_models", "get_model"]

@@ -2,8 +2,11 @@
 
 ``/healthz`` answers 200 with ``{"status": "ok", "checks": {...}}`` when every check
 passes and 503 with ``"status": "unhealthy"`` and the failing checks otherwise. Checks: the
-database answers, the DICOM server listens, the spool has room, the broker is reachable, and
-the embedded worker (when there is one) runs. No endpoint shows patient data.
+database answers, the DICOM server listens, the spool has room, the broker is reachable, the
+embedded worker (when there is one) runs, the model is not failed (its self-test, its build)
+and the last ``worker.unhealthy_after_failures`` report jobs did not all fail. While the model
+is still being built or loaded the answer is 200 with ``"status": "starting"``, and a
+``"model"`` object tells how far it is. No endpoint shows patient data.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
-from .store import Database
+from .store import Database, Job, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,35 @@ def database_check(db: Database) -> HealthCheck:
     return check
 
 
+def recent_jobs_check(db: Database, count: int) -> HealthCheck:
+    """A check that fails when the last ``count`` finished report jobs all failed.
+
+    One failed study is the study's problem; several in a row, with none drafted between
+    them, are the node's (a broken model, a full disk). ``count`` 0 disables the check.
+    """
+
+    def check() -> str | None:
+        if count <= 0:
+            return None
+        try:
+            with db.session() as session:
+                rows = list(
+                    session.execute(
+                        select(Job.state, Job.error)
+                        .where(Job.state.in_([JobState.DONE, JobState.FAILED]))
+                        .order_by(Job.finished_at.desc(), Job.id.desc())
+                        .limit(count)
+                    )
+                )
+        except SQLAlchemyError as exc:
+            return f"cannot read the jobs ({type(exc).__name__})"
+        if len(rows) < count or any(state is not JobState.FAILED for state, _ in rows):
+            return None
+        return f"the last {count} report jobs failed (latest: {rows[0][1] or 'no reason'})"
+
+    return check
+
+
 def run_checks(checks: dict[str, HealthCheck]) -> list[CheckResult]:
     """Run every check; a check that raises counts as failed."""
     results = []
@@ -66,13 +98,20 @@ def run_checks(checks: dict[str, HealthCheck]) -> list[CheckResult]:
     return results
 
 
-def create_ops_app(checks: dict[str, HealthCheck]) -> FastAPI:
+def create_ops_app(
+    checks: dict[str, HealthCheck],
+    model_status: Callable[[], dict[str, object]] | None = None,
+) -> FastAPI:
     """The FastAPI app of ``/healthz`` and ``/metrics``.
 
     Parameters
     ----------
     checks
         Named health checks (see :data:`HealthCheck`).
+    model_status
+        The model's state (:meth:`~dicom_node.model_readiness.ModelStatus.to_json`), shown
+        as ``"model"``; a ``building`` or ``loading`` phase makes a healthy answer
+        ``"starting"``.
     """
     app = FastAPI(title="dicom_node operations", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -80,10 +119,15 @@ def create_ops_app(checks: dict[str, HealthCheck]) -> FastAPI:
     def healthz() -> JSONResponse:
         results = run_checks(checks)
         healthy = all(result.ok for result in results)
-        body = {
+        body: dict[str, object] = {
             "status": "ok" if healthy else "unhealthy",
             "checks": {r.name: "ok" if r.ok else r.problem for r in results},
         }
+        if model_status is not None:
+            model = model_status()
+            body["model"] = model
+            if healthy and model.get("phase") in ("building", "loading"):
+                body["status"] = "starting"
         if not healthy:
             logger.warning(
                 "health check failed: %s", ", ".join(r.name for r in results if not r.ok)
@@ -97,4 +141,11 @@ def create_ops_app(checks: dict[str, HealthCheck]) -> FastAPI:
     return app
 
 
-__all__ = ["CheckResult", "HealthCheck", "create_ops_app", "database_check", "run_checks"]
+__all__ = [
+    "CheckResult",
+    "HealthCheck",
+    "create_ops_app",
+    "database_check",
+    "recent_jobs_check",
+    "run_checks",
+]

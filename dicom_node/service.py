@@ -12,6 +12,10 @@
 * the **embedded worker** (with no broker configured): a Celery worker in this process on a
   persistent SQLite transport, which drafts the reports and delivers the SRs. With a
   broker, workers run elsewhere (``dicom_node worker``);
+* the **model warm-up** (with the embedded worker or the dialog API): builds the demo model
+  on a first run, then loads and self-tests the bundle in the background
+  (:class:`~dicom_node.model_readiness.ModelWarmup`). Draft jobs are handed to the embedded
+  worker only once the model is ready; until then studies are received and queued;
 * the **operations HTTP server**: ``/healthz`` and ``/metrics`` on ``node.http_port``;
 * the **dialog API and reader page** on ``api.port``, when ``api.enabled``
   (:mod:`dicom_node.api`).
@@ -35,7 +39,8 @@ from .errors import ServiceError
 from .http_server import BackgroundHttpServer
 from .jobqueue import Dispatcher, EmbeddedWorker, configure_app, is_embedded
 from .jobqueue import context as queue_context
-from .ops import HealthCheck, create_ops_app, database_check
+from .model_readiness import READINESS, ModelWarmup, health_problem
+from .ops import HealthCheck, create_ops_app, database_check, recent_jobs_check
 from .scp import StoreSCP
 from .settings import Settings
 from .spool import Spool
@@ -87,9 +92,20 @@ class NodeService:
         )
         self.celery = configure_app(settings)
         queue_context.set_settings(settings, self.db)
-        self.dispatcher = Dispatcher(settings, self.db, self.celery)
         run_worker = is_embedded(settings) if worker is None else worker
         self.worker = EmbeddedWorker(self.celery, settings) if run_worker else None
+        # The model this process drafts or talks with is made ready in the background.
+        self.warmup = (
+            ModelWarmup(settings, queue_context.model)
+            if self.worker is not None or (http and settings.api.enabled)
+            else None
+        )
+        self.dispatcher = Dispatcher(
+            settings,
+            self.db,
+            self.celery,
+            jobs_allowed=(lambda: READINESS.ready) if self.worker is not None else None,
+        )
         self.http: BackgroundHttpServer | None = None
         self.api: ApiServer | None = None
         self._want_http = http
@@ -140,13 +156,17 @@ class NodeService:
                 return f"broker unreachable ({type(exc).__name__})"
             return None
 
-        return {
+        checks = {
             "database": database_check(self.db),
             "dicom": scp,
             "spool": spool,
             "broker": broker,
             "worker": worker,
+            "jobs": recent_jobs_check(self.db, self.settings.worker.unhealthy_after_failures),
         }
+        if self.warmup is not None:
+            checks["model"] = lambda: health_problem(READINESS.status())
+        return checks
 
     # ------------------------------------------------------------------ life cycle
     def _thread(self, target: object, name: str, *args: object) -> None:
@@ -187,7 +207,10 @@ class NodeService:
             if self._want_http:
                 self._collector = metrics.register_database(self.db)
                 self.http = BackgroundHttpServer(
-                    create_ops_app(self.health_checks()),
+                    create_ops_app(
+                        self.health_checks(),
+                        (lambda: READINESS.status().to_json()) if self.warmup else None,
+                    ),
                     self.settings.node.bind_address,
                     self.settings.node.http_port,
                     "operations",
@@ -200,6 +223,8 @@ class NodeService:
         except Exception:
             self._stop_parts()
             raise
+        if self.warmup is not None:
+            self.warmup.start()
         self._thread(
             self.dispatcher.run,
             "dicom-node-scheduler",
@@ -215,6 +240,8 @@ class NodeService:
 
     def _stop_parts(self) -> None:
         self._stopping.set()
+        if self.warmup is not None:
+            self.warmup.stop()
         for thread in self._threads:
             thread.join(STOP_TIMEOUT_S)
         self._threads.clear()

@@ -108,6 +108,12 @@ class InferenceSettings(BaseModel):
         "report text and checked by the LLM in one pass (speculative decoding: the same "
         "text in fewer passes); 0 = plain greedy decoding.",
     )
+    self_test: bool = Field(
+        default=True,
+        description="Self-test every model when it is loaded (one image through the vision "
+        "side, a few tokens through each adapter); a model that fails drafts nothing and "
+        "/healthz names the failed check.",
+    )
 
     def runtime_options(self) -> RuntimeOptions:
         """The :class:`inference.RuntimeOptions` these settings describe."""
@@ -452,7 +458,14 @@ class WorkerSettings(BaseModel):
     )
     metrics_port: Port | None = Field(
         default=None,
-        description="Port of a worker's own /metrics (dicom_node worker); none = off.",
+        description="Port of a worker's own /healthz and /metrics (dicom_node worker); "
+        "none = off.",
+    )
+    unhealthy_after_failures: int = Field(
+        default=3,
+        ge=0,
+        description="/healthz answers 503 when the last this many report jobs all failed "
+        "(0 = never).",
     )
 
     @field_validator("queues")

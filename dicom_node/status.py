@@ -137,7 +137,8 @@ def collect_status(
                     instances=study.instance_count,
                     last_received_at=study.last_received_at,
                     state=_study_state(study, jobs[-1] if jobs else None, cutoff),
-                    reason=study.not_reportable_reason,
+                    reason=study.not_reportable_reason
+                    or (jobs[-1].error if jobs and jobs[-1].state is JobState.FAILED else None),
                     jobs=len(jobs),
                 )
             )

@@ -120,9 +120,13 @@ def build_demo_command(
     n: Annotated[int, typer.Option(min=50, help="Phantom studies to generate.")] = 2400,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted build.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     config: ConfigOption = None,
 ) -> None:
-    """Build the demo model: SmolLM2-135M + MiniLM, trained on phantoms, evaluated."""
+    """Build the demo model: SmolLM2-135M + MiniLM, trained on phantoms, evaluated.
+
+    Writes OUT.work/progress.json at each step (read by 'dicom_node serve' and 'status').
+    """
     _settings(config)
     from training import TrainingError
     from training.demo import build_demo
@@ -130,7 +134,8 @@ def build_demo_command(
     precision: Literal["auto"] = "auto"
     try:
         result = build_demo(
-            out, work_dir=work_dir, n_studies=n, resume=resume, device=device, precision=precision
+            out, work_dir=work_dir, n_studies=n, resume=resume, device=device,
+            precision=precision, progress=progress,
         )
     except (TrainingError, OSError) as exc:
         raise _fail(str(exc)) from exc

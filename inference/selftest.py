@@ -116,4 +116,10 @@ def self_test(model: ChestXrayVLM, tokens: int = SELF_TEST_TOKENS) -> SelfTestRe
     return SelfTestResult(tuple(passed), time.perf_counter() - started)
 
 
-__all__ = ["SELF_TEST_TOKENS", "SelfTestError", "SelfTestResult", "self_test", "synthetic_chest_image"]
+__all__ = [
+    "SELF_TEST_TOKENS",
+    "SelfTestError",
+    "SelfTestResult",
+    "self_test",
+    "synthetic_chest_image",
+]

@@ -202,9 +202,10 @@ def lookup_greedy_decode(
 
     The loop owns its KV cache (a :class:`transformers.DynamicCache`) and calls only the
     model's documented forward (``inputs_embeds`` / ``input_ids``, the cache under the name
-    :func:`cache_keyword` finds, ``use_cache``, ``logits_to_keep``), so it depends on nothing ``generate`` passes to its
-    internal loops. It writes the tokens ``generate(inputs_embeds=..., do_sample=False,
-    num_beams=1, repetition_penalty=...)`` writes, up to float rounding.
+    :func:`cache_keyword` finds, ``use_cache``, ``logits_to_keep``), so it depends on
+    nothing ``generate`` passes to its internal loops. It writes the tokens that
+    ``generate(inputs_embeds=..., do_sample=False, num_beams=1, repetition_penalty=...)``
+    writes, up to float rounding.
 
     Parameters
     ----------
@@ -303,7 +304,7 @@ def _greedy(
         extended = torch.tensor([[*generated, *proposal]], dtype=torch.long, device=device)
         scores = torch.cat(
             [
-                processors(extended[:, : len(generated) + i], scores[i : i + 1])
+                processors(extended[:, : len(generated) + i], scores[i : i + 1])  # type: ignore[arg-type]
                 for i in range(scores.shape[0])
             ]
         )

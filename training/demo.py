@@ -34,6 +34,20 @@ from .pipeline import train
 
 logger = logging.getLogger(__name__)
 
+#: The steps of a build, as its progress file names them.
+BUILD_STEPS = (
+    ("base", "unpacking the base models"),
+    ("phantoms", "generating phantom studies"),
+    ("classifier", "training the findings classifier"),
+    ("alignment", "training the aligner"),
+    ("report", "training the report adapter"),
+    ("instruct", "training the dialog adapter"),
+    ("packaging", "packaging the bundle"),
+    ("evaluation", "evaluating on held-out phantoms"),
+)
+#: The file in the work folder that tells how far a build is (read by ``serve``).
+PROGRESS_FILE = "progress.json"
+
 #: Side of the generated phantoms (the model sees 224 px; 320 keeps fine detail for resizing).
 PHANTOM_SIZE = 320
 
@@ -166,6 +180,34 @@ def demo_run_config(
     return run
 
 
+class BuildProgress:
+    """Writes ``progress.json`` in a build's work folder at each step (atomically)."""
+
+    def __init__(self, work: Path) -> None:
+        self.path = work / PROGRESS_FILE
+        self.started = time.time()
+        self._names = dict(BUILD_STEPS)
+        self._order = [key for key, _ in BUILD_STEPS]
+
+    def step(self, key: str) -> None:
+        """Record that step ``key`` (one of :data:`BUILD_STEPS`) begins."""
+        if key not in self._names:
+            return
+        payload = {
+            "step": self._order.index(key) + 1,
+            "steps": len(self._order),
+            "key": key,
+            "name": self._names[key],
+            "build_started": self.started,
+            "updated": time.time(),
+        }
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(payload) + "\n", encoding="utf-8")
+        partial.replace(self.path)
+        logger.info("demo build step %d of %d: %s", payload["step"], payload["steps"],
+                    payload["name"])
+
+
 def update_manifest_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
     """Replace the ``metrics`` of a bundle's manifest (the manifest itself is not checksummed)."""
     path = bundle / MANIFEST_NAME
@@ -217,13 +259,16 @@ def build_demo(
 
     work = work_dir or out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
+    steps = BuildProgress(work)
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    steps.step("base")
     base = work / "base"
     llm_dir, bert_dir = prepare_smollm2(base), prepare_minilm(base)
     timings["base_models_s"] = time.perf_counter() - start
 
     mark = time.perf_counter()
+    steps.step("phantoms")
     phantoms = work / "phantoms"
     if not (phantoms / "phantoms.csv").is_file():
         write_phantoms(
@@ -236,12 +281,13 @@ def build_demo(
     (work / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")
     mark = time.perf_counter()
     ctx, validation, bundle = train(
-        parse_training_config(run), out, resume=resume, progress=progress
+        parse_training_config(run), out, resume=resume, progress=progress, on_stage=steps.step
     )
     timings["training_and_packaging_s"] = time.perf_counter() - mark
     assert bundle is not None
 
     mark = time.perf_counter()
+    steps.step("evaluation")
     test = ctx.splits["test"][:eval_limit] if eval_limit else ctx.splits["test"]
     options = RuntimeOptions(device=device, vision_precision=precision)
     result = evaluate_bundle(
@@ -268,4 +314,12 @@ def build_demo(
     return {"summary": {**headline, **timings}, "evaluation": result, "validation": validation}
 
 
-__all__ = ["DEMO_RUN", "build_demo", "demo_run_config", "update_manifest_metrics"]
+__all__ = [
+    "BUILD_STEPS",
+    "DEMO_RUN",
+    "PROGRESS_FILE",
+    "BuildProgress",
+    "build_demo",
+    "demo_run_config",
+    "update_manifest_metrics",
+]

@@ -40,8 +40,13 @@ STAGE_RUNNERS: dict[str, Callable[[RunContext], dict[str, float]]] = {
 }
 
 
-def run_stages(ctx: RunContext) -> dict[str, dict[str, float]]:
-    """Run the configured stages in order; returns each stage's validation metrics."""
+def run_stages(
+    ctx: RunContext, on_stage: Callable[[str], object] | None = None
+) -> dict[str, dict[str, float]]:
+    """Run the configured stages in order; returns each stage's validation metrics.
+
+    ``on_stage`` is called with each stage's name before it runs (build progress).
+    """
     metrics_path = ctx.run_dir / METRICS_FILE
     metrics: dict[str, dict[str, float]] = {}
     thresholds_path = ctx.run_dir / THRESHOLDS_FILE
@@ -49,6 +54,8 @@ def run_stages(ctx: RunContext) -> dict[str, dict[str, float]]:
         ctx.thresholds = json.loads(thresholds_path.read_text(encoding="utf-8"))
     for stage in ctx.config.run_stages:
         logger.info("stage %s", stage)
+        if on_stage is not None:
+            on_stage(stage)
         started = time.perf_counter()
         metrics[stage] = STAGE_RUNNERS[stage](ctx)
         metrics[stage]["seconds"] = time.perf_counter() - started
@@ -97,6 +104,7 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    on_stage: Callable[[str], object] | None = None,
 ) -> tuple[RunContext, dict[str, dict[str, float]], Path | None]:
     """Run a training configuration and optionally package the result.
 
@@ -110,6 +118,8 @@ def train(
         Continue from the run's checkpoints.
     progress
         Show progress bars.
+    on_stage
+        Called with each stage's name before it runs, then with ``"packaging"``.
 
     Returns
     -------
@@ -117,9 +127,11 @@ def train(
         The run context (with the trained parts), the metrics per stage, the bundle path.
     """
     ctx = build_context(config, resume=resume, progress=progress)
-    metrics = run_stages(ctx)
+    metrics = run_stages(ctx, on_stage)
     bundle = None
     if bundle_dir is not None:
+        if on_stage is not None:
+            on_stage("packaging")
         bundle = package_run(ctx, bundle_dir, {"validation": metrics})
     return ctx, metrics, bundle
 

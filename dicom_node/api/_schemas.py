@@ -65,6 +65,8 @@ class StudySummary(BaseModel):
     received_at: datetime
     instances: int
     status: StudyStatus
+    #: Why a study is not drafted: a failed job's reason, or what a queued one waits for.
+    status_reason: str | None = None
     latest_version: int | None
     latest_kind: ReportKind | None
     updated_at: datetime | None

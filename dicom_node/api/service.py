@@ -50,7 +50,7 @@ from sr_templates import (
     read_report,
 )
 
-from .._privacy import uid_digest
+from .._privacy import describe_exception, uid_digest
 from ..delivery import DeliveryOutcome, deliver_items, enqueue_sr
 from ..errors import NodeError, StaleVersionError
 from ..model_cache import get_model
@@ -128,8 +128,10 @@ ModelProvider = Callable[[], "ChestXrayVLM"]
 def _active_model(settings: Settings, db: Database) -> ChestXrayVLM:
     """The registry's active model version, from the process's model cache (the one the
     embedded worker drafts with, so serve holds one copy and follows promotions)."""
+    from ..model_readiness import require_ready
     from ..registry import active_bundle
 
+    require_ready()  # serve's warm-up may still be building or loading it
     return get_model(settings.inference, bundle=active_bundle(db, settings).bundle)
 #: Threads running dialog turns (generation itself is serialised by the LLM's lock).
 MODEL_THREADS = 4
@@ -376,11 +378,13 @@ class DialogService:
                     .where(ReportVersion.study_id.in_(ids))
                 )
             }
-            jobs: dict[int, str] = {}
-            for study_id, state in session.execute(
-                select(Job.study_id, Job.state).where(Job.study_id.in_(ids)).order_by(Job.id)
+            jobs: dict[int, tuple[str, str | None]] = {}
+            for study_id, state, error in session.execute(
+                select(Job.study_id, Job.state, Job.error)
+                .where(Job.study_id.in_(ids))
+                .order_by(Job.id)
             ):
-                jobs[study_id] = state.value
+                jobs[study_id] = (state.value, error)
             open_counts: dict[int, int] = {}
             for study_id, based_on in session.execute(
                 select(Proposal.study_id, Proposal.based_on_version).where(
@@ -398,9 +402,16 @@ class DialogService:
 
     @staticmethod
     def _summary(
-        study: Study, latest: ReportVersion | None, job_state: str | None, open_proposals: int
+        study: Study,
+        latest: ReportVersion | None,
+        job: tuple[str, str | None] | None,
+        open_proposals: int,
     ) -> StudySummary:
+        from ..model_readiness import READINESS, ModelPhase
+
         status: StudyStatus
+        reason: str | None = None
+        job_state, job_error = job if job is not None else (None, None)
         if latest is not None:
             status = {
                 ReportKind.DRAFT: "drafted",
@@ -408,6 +419,14 @@ class DialogService:
             }.get(latest.kind, "amended")  # type: ignore[assignment]
         elif job_state in ("queued", "running", "failed"):
             status = job_state  # type: ignore[assignment]
+            if job_state == "failed":
+                reason = job_error or "no reason recorded"
+            elif job_state == "queued":
+                model = READINESS.status()
+                if model.phase is ModelPhase.FAILED:
+                    reason = "waiting: the model is not usable (see /healthz)"
+                elif model.phase in (ModelPhase.BUILDING, ModelPhase.LOADING):
+                    reason = f"waiting for the model ({model.phase.value}: {model.detail})"
         else:
             status = "received"
         return StudySummary(
@@ -416,6 +435,7 @@ class DialogService:
             received_at=study.last_received_at,
             instances=study.instance_count,
             status=status,
+            status_reason=reason,
             latest_version=None if latest is None else latest.version,
             latest_kind=None if latest is None else latest.kind,
             updated_at=None if latest is None else latest.created_at,
@@ -452,9 +472,12 @@ class DialogService:
                     select(Proposal).where(Proposal.study_id == study.id).order_by(Proposal.id)
                 )
             )
-            job_state = session.scalar(
-                select(Job.state).where(Job.study_id == study.id).order_by(Job.id.desc())
-            )
+            job_row = session.execute(
+                select(Job.state, Job.error)
+                .where(Job.study_id == study.id)
+                .order_by(Job.id.desc())
+                .limit(1)
+            ).first()
         latest = history[-1] if history else None
         versions = [
             self._version_out(version, by_number.get(version.version - 1))
@@ -469,7 +492,10 @@ class DialogService:
         )
         return StudyDetail(
             study=self._summary(
-                study, latest, None if job_state is None else job_state.value, open_count
+                study,
+                latest,
+                None if job_row is None else (job_row[0].value, job_row[1]),
+                open_count,
             ),
             patient=self._patient(latest),
             current=versions[-1] if versions else None,
@@ -670,11 +696,20 @@ class DialogService:
             return PreparedTurn(reader, study.id, study_uid, message, kind, latest.version)
 
     def _model(self) -> ChestXrayVLM:
-        from inference import BundleError
+        from inference import BundleError, InferenceError
+        from inference.selftest import SelfTestError
+
+        from ..model_readiness import ModelNotReadyError
 
         try:
             return self._model_provider()
-        except BundleError as exc:
+        except ModelNotReadyError as exc:
+            raise ModelUnavailableError(f"{exc}; try again later") from exc
+        except SelfTestError as exc:
+            raise ModelUnavailableError(
+                f"the model failed its self-test ({exc.check}); see the node's log"
+            ) from exc
+        except (BundleError, InferenceError) as exc:
             logger.error("the model bundle cannot be loaded: %s", exc)
             raise ModelUnavailableError("the model cannot be loaded; see the node's log") from exc
 
@@ -737,7 +772,6 @@ class DialogService:
             When a revision has an empty findings or impression section (502); nothing is
             stored.
         """
-        from inference import InferenceError
 
         with self._audited(turn.reader, "post_message", turn.study_uid) as note:
             note.study_id = turn.study_id
@@ -772,13 +806,16 @@ class DialogService:
                     pieces = self._checked_correction(
                         model, analysis, base.indication, listed, turn.text, pieces, on_text
                     )
-            except (InferenceError, OSError) as exc:
+            except ApiError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a model failure is a 503 with its type
                 logger.error(
                     "the model failed on study %s: %s",
-                    uid_digest(turn.study_uid), type(exc).__name__,
+                    uid_digest(turn.study_uid), describe_exception(exc), exc_info=True,
                 )
                 raise ModelUnavailableError(
-                    f"the model cannot process the study ({type(exc).__name__})"
+                    f"the model cannot process the study ({type(exc).__name__}); see the "
+                    "node's log"
                 ) from exc
             answer = clean_generated("".join(pieces))
             proposal: Proposal | None = None

@@ -15,7 +15,7 @@ from .app import (
     is_embedded,
 )
 from .dispatch import Dispatcher, DispatchResult
-from .worker import EmbeddedWorker, run_worker
+from .worker import EmbeddedWorker, probe_model, run_worker
 
 __all__ = [
     "DELIVERY_QUEUE",
@@ -28,5 +28,6 @@ __all__ = [
     "broker_url",
     "configure_app",
     "is_embedded",
+    "probe_model",
     "run_worker",
 ]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .._privacy import describe_exception
 from ..errors import ServiceError, TransientJobError
 from ..model_cache import forget_models, get_model
 from ..settings import Settings
@@ -111,13 +112,29 @@ def active_version() -> tuple[str, Path]:
 
 
 def model() -> ChestXrayVLM:
-    """The process's model: the registry's active version, loaded once per version.
+    """The process's model: the registry's active version, loaded and self-tested once per
+    version.
 
-    See :func:`active_version` for the errors.
+    Raises
+    ------
+    dicom_node.model_readiness.ModelNotReadyError
+        While this process's warm-up is still building or loading the model, or when the
+        model cannot be loaded or fails its self-test: the job waits (it is a transient
+        error) instead of failing.
+    TransientJobError
+        When the database cannot be read (see :func:`active_version`).
     """
+    from inference import InferenceError
+
+    from ..model_readiness import ModelNotReadyError, require_ready
+
     global _in_use
-    _, bundle = active_version()
-    loaded = get_model(settings().inference, bundle=bundle)
+    require_ready()
+    try:
+        _, bundle = active_version()
+        loaded = get_model(settings().inference, bundle=bundle)
+    except InferenceError as exc:
+        raise ModelNotReadyError(f"the model is not usable: {describe_exception(exc)}") from exc
     with _active_lock:
         if _in_use is not None and _in_use != bundle:
             dropped = forget_models(keep=bundle)

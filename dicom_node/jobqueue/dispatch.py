@@ -62,12 +62,22 @@ class Dispatcher:
         The node's database.
     app
         The configured Celery app (:func:`~dicom_node.jobqueue.app.configure_app`).
+    jobs_allowed
+        Whether draft jobs may be sent now (``serve``'s embedded worker: once its model is
+        ready); until then they stay ``queued``. ``None``: always.
     """
 
-    def __init__(self, settings: Settings, db: Database, app: Celery) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        app: Celery,
+        jobs_allowed: Callable[[], bool] | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.app = app
+        self.jobs_allowed = jobs_allowed
         self._delivery_sent: dict[int, datetime] = {}
 
     def _send(self, task: str, args: tuple[object, ...], queue: str) -> bool:
@@ -113,6 +123,8 @@ class Dispatcher:
         running jobs whose worker was lost (started ``worker.stale_job_s`` ago; killed at
         the hard time limit, or its host died), until they used up their attempts.
         """
+        if self.jobs_allowed is not None and not self.jobs_allowed():
+            return 0
         worker = self.settings.worker
         resend_before = now - timedelta(seconds=worker.redispatch_after_s)
         stale_before = now - timedelta(seconds=worker.stale_job_s)

@@ -34,27 +34,70 @@ STOP_TIMEOUT_S = 30.0
 
 
 def preload_model(queues: Sequence[str]) -> None:
-    """Load the model now when `queues` include the ``gpu`` queue.
+    """Load (and self-test) the model now when `queues` include the ``gpu`` queue.
 
-    Raises
-    ------
-    ServiceError
-        When the bundle is missing, malformed or tampered with.
+    A model that cannot be loaded or fails its self-test is logged in one line and left
+    unloaded: the jobs that reach this process wait (``queued``, retried with backoff)
+    instead of failing one by one.
     """
     if GPU_QUEUE in queues:
-        from inference import InferenceError
+        from ..model_readiness import ModelNotReadyError
 
         started = time.perf_counter()
         try:
             model = context.model()
-        except InferenceError as exc:
-            raise ServiceError(f"the worker cannot load the model: {exc}") from exc
+        except ModelNotReadyError as exc:
+            logger.error("worker has no usable model; report jobs wait: %s", exc)
+            return
         logger.info(
             "worker ready with model %s %s (%.1f s)",
             model.name,
             model.version,
             time.perf_counter() - started,
         )
+
+
+def _probe_in_child(settings: Settings) -> tuple[str | None, str]:
+    """Load and self-test the model in a fresh process; ``(failed check or None, detail)``."""
+    from inference.selftest import SelfTestError
+
+    from ..model_readiness import ModelNotReadyError
+
+    context.set_settings(settings)
+    try:
+        loaded = context.model()
+    except ModelNotReadyError as exc:
+        cause = exc.__cause__
+        return (cause.check if isinstance(cause, SelfTestError) else "load"), str(exc)
+    return None, f"{loaded.name} {loaded.version}, loaded and self-tested"
+
+
+def probe_model(settings: Settings) -> bool:
+    """Self-test the model before a prefork worker starts; records the outcome in
+    :data:`~dicom_node.model_readiness.READINESS` (for ``/healthz``) and logs it in one line.
+
+    The model is loaded in a spawned process, which exits afterwards: the pool's children
+    are forked from a parent that never touched torch or ONNX Runtime, and load their own.
+    Returns whether the model passed.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ..model_readiness import READINESS, ModelPhase
+
+    READINESS.set(ModelPhase.LOADING, "loading and self-testing the model")
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            check, detail = pool.submit(_probe_in_child, settings).result()
+    except Exception as exc:  # noqa: BLE001 - the probe process itself died
+        check, detail = "load", f"the self-test process failed ({type(exc).__name__})"
+    if check is not None:
+        logger.error("model self-test failed (%s); report jobs wait: %s", check, detail)
+        READINESS.set(ModelPhase.FAILED, detail, check)
+        return False
+    logger.info("model self-test passed: %s", detail)
+    READINESS.set(ModelPhase.READY, detail)
+    return True
 
 
 class EmbeddedWorker:
@@ -84,10 +127,14 @@ class EmbeddedWorker:
         self._failure: BaseException | None = None
 
     def start(self) -> None:
-        """Load the model, then start consuming in a background thread."""
+        """Start consuming in a background thread.
+
+        The model is made ready by ``serve``'s warm-up
+        (:class:`~dicom_node.model_readiness.ModelWarmup`), not here: the node listens at
+        once, and a job that arrives early waits for the model.
+        """
         if self._thread is not None:
             raise ServiceError("the embedded worker is already running")
-        preload_model(self.queues)
         # One slot per drafting job plus one, so a delivery never waits behind a draft.
         concurrency = self.settings.worker.concurrency + (DELIVERY_QUEUE in self.queues)
         controller = self.app.WorkController(
@@ -177,4 +224,4 @@ def run_worker(
     app.worker_main(argv)
 
 
-__all__ = ["EmbeddedWorker", "preload_model", "run_worker"]
+__all__ = ["EmbeddedWorker", "preload_model", "probe_model", "run_worker"]

@@ -64,6 +64,9 @@ const studyPath = (suffix = "") => `/api/studies/${encodeURIComponent(state.uid)
 function reportFailure(error) {
   if (error instanceof ApiFailure) {
     if (error.status !== 401) setStatus(`${error.status}: ${error.message}`, true);
+  } else if (error instanceof TypeError) {
+    // fetch() rejects with a TypeError when the node cannot be reached at all.
+    setStatus("The node cannot be reached; nothing was sent. Try again in a moment.", true);
   } else {
     setStatus(String(error), true);
   }
@@ -103,7 +106,7 @@ function logout(message) {
 
 // ------------------------------------------------------------------ worklist
 async function loadWorklist() {
-  const response = await api("/api/studies?drafted=true");
+  const response = await api("/api/studies");
   const studies = await response.json();
   const body = $("worklist").querySelector("tbody");
   body.replaceChildren();
@@ -114,9 +117,11 @@ async function loadWorklist() {
     row.append(
       element("td", study.accession_number || "-"),
       element("td", new Date(study.received_at).toLocaleString()),
-      element("td", study.open_proposals ? `${study.status} (${study.open_proposals} open)` : study.status),
+      element("td", study.open_proposals ? `${study.status} (${study.open_proposals} open)`
+        : study.status_reason ? `${study.status}: ${study.status_reason}` : study.status),
       element("td", study.latest_version ?? "-"),
     );
+    row.classList.add(`status-${study.status}`);
     row.classList.toggle("selected", study.study_instance_uid === state.uid);
     row.addEventListener("click", () => openStudy(study.study_instance_uid).catch(reportFailure));
     body.append(row);
@@ -170,7 +175,8 @@ function renderStudy() {
   $("report-version").textContent = current ? String(current.version) : "-";
   $("report-status").textContent = detail.study.status;
   renderDiff($("report-findings"), current && current.diff ? current.diff.findings : null,
-    current ? current.findings_text : "(no report yet)");
+    current ? current.findings_text
+      : `(no report yet: ${detail.study.status}${detail.study.status_reason ? ", " + detail.study.status_reason : ""})`);
   renderDiff($("report-impression"), current && current.diff ? current.diff.impression : null,
     current ? current.impression_text : "");
   $("report-codes-changes").textContent = current ? codeChanges(current.diff) : "";
@@ -309,7 +315,6 @@ function sendMessage(text, intent) {
     const response = await api(studyPath("/messages?stream=true"), {
       method: "POST", json: { text, intent }, headers: { Accept: "text/event-stream" },
     });
-    $("message-input").value = "";
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -335,6 +340,8 @@ function sendMessage(text, intent) {
       }
     }
     bubble.classList.remove("streaming");
+    // Only now is the message stored: until then a failure keeps what the reader typed.
+    if ($("message-input").value === text) $("message-input").value = "";
     await reloadStudy();
     await loadWorklist();
     setStatus(outcome);
