@@ -70,19 +70,30 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Ignored: the handler always writes to the current ``sys.stderr``."""
 
 
-class ScrubFilter(logging.Filter):
-    """Takes patient data out of exception texts before a record is written.
+#: Loggers of the node's own packages: their messages name no patient by construction.
+OWN_LOGGERS = ("dicom_node", "inference", "training", "sr_templates")
 
-    The node's own messages name no patient, but an exception raised by a library on a
-    malformed value (a birth date pydicom cannot parse) quotes that value. An exception
-    passed as a message argument is replaced by its scrubbed description
-    (:func:`~dicom_node._privacy.describe_exception`); an attached traceback is formatted
-    once and scrubbed (:func:`~dicom_node._privacy.scrub_text`, line numbers kept).
+
+class ScrubFilter(logging.Filter):
+    """Takes patient data out of log records before they are written.
+
+    The node's own messages name no patient, but a library that meets a malformed value (a
+    birth date pydicom cannot parse) quotes it, in its own log messages, in its warnings and
+    in its exception texts. Records of other loggers (Python warnings included, see
+    :func:`configure_logging`) are scrubbed whole (:func:`~dicom_node._privacy.scrub_text`);
+    in the node's own records an exception passed as an argument is replaced by its
+    scrubbed description (:func:`~dicom_node._privacy.describe_exception`). An attached
+    traceback is formatted once and scrubbed (line numbers kept).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Scrub the record in place; always keep it."""
-        if isinstance(record.args, tuple) and any(
+        if not record.name.startswith(OWN_LOGGERS):
+            # A library's message may quote the value it choked on (pydicom: "Invalid value
+            # for VR DA: '05.03.1940'"), and Python warnings reach the log the same way.
+            record.msg = scrub_text(record.getMessage())
+            record.args = None
+        elif isinstance(record.args, tuple) and any(
             isinstance(arg, BaseException) for arg in record.args
         ):
             record.args = tuple(
@@ -115,6 +126,7 @@ def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None
     root.addHandler(handler)
     _installed = handler
     root.setLevel(level)
+    logging.captureWarnings(True)  # library warnings go through the scrubbing handler
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -122,6 +134,7 @@ def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None
 __all__ = [
     "QUIET_LOGGERS",
     "TEXT_FORMAT",
+    "OWN_LOGGERS",
     "JsonFormatter",
     "ScrubFilter",
     "StderrHandler",

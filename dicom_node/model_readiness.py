@@ -22,14 +22,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._privacy import describe_exception
 from .errors import NodeError, TransientJobError
 from .settings import DEFAULT_BUNDLE, Settings
+
+if TYPE_CHECKING:
+    from inference import ChestXrayVLM
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +155,12 @@ def demo_work_dir(bundle: Path) -> Path:
     return bundle.with_name(bundle.name + ".work")
 
 
+def demo_build_command(bundle: Path) -> list[str]:
+    """``python -m dicom_node model build-demo --out BUNDLE --resume --no-progress``."""
+    return [sys.executable, "-m", "dicom_node", "model", "build-demo", "--out", str(bundle),
+            "--resume", "--no-progress"]
+
+
 def needs_demo_build(settings: Settings) -> bool:
     """Whether the configured bundle is the default demo model and not built yet."""
     bundle = settings.inference.bundle
@@ -168,17 +179,24 @@ class ModelWarmup:
         Loads and self-tests the model (the jobs' :func:`~dicom_node.jobqueue.context.model`).
     readiness
         The state to update (default: the process's :data:`READINESS`).
+    build_command
+        The command that builds the demo bundle (default :func:`demo_build_command`); it
+        must write the bundle and may write ``progress.json`` in the work folder.
     """
 
     def __init__(
         self,
         settings: Settings,
-        load: object,
+        load: Callable[[], ChestXrayVLM],
         readiness: ModelReadiness | None = None,
+        build_command: Sequence[str] | None = None,
     ) -> None:
         self.settings = settings
         self._load = load
         self.readiness = readiness or READINESS
+        self.build_command = list(
+            build_command or demo_build_command(settings.inference.bundle)
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._build: subprocess.Popen[bytes] | None = None
@@ -216,11 +234,9 @@ class ModelWarmup:
             "first run: building the demo model into %s in the background (log: %s); "
             "studies are received and queued meanwhile", bundle, log_path,
         )
-        command = [sys.executable, "-m", "dicom_node", "model", "build-demo", "--out",
-                   str(bundle), "--resume", "--no-progress"]
         with log_path.open("ab") as log:
             self._build = subprocess.Popen(  # noqa: S603 - our own command line
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.build_command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         while self._build.poll() is None:
@@ -243,7 +259,7 @@ class ModelWarmup:
 
         started = time.perf_counter()
         try:
-            model = self._load()  # type: ignore[operator]
+            model = self._load()
         except SelfTestError as exc:
             logger.error("model self-test failed: %s: %s", exc.check, describe_exception(exc))
             self.readiness.set(ModelPhase.FAILED, describe_exception(exc.__cause__ or exc),
@@ -283,6 +299,7 @@ __all__ = [
     "ModelReadiness",
     "ModelStatus",
     "ModelWarmup",
+    "demo_build_command",
     "demo_work_dir",
     "describe_progress",
     "health_problem",

@@ -96,7 +96,7 @@ class NodeService:
         self.worker = EmbeddedWorker(self.celery, settings) if run_worker else None
         # The model this process drafts or talks with is made ready in the background.
         self.warmup = (
-            ModelWarmup(settings, queue_context.model)
+            ModelWarmup(settings, queue_context.load_model)
             if self.worker is not None or (http and settings.api.enabled)
             else None
         )

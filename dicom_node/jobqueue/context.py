@@ -111,9 +111,33 @@ def active_version() -> tuple[str, Path]:
         return info.version, info.bundle
 
 
+def load_model() -> ChestXrayVLM:
+    """The registry's active version, loaded and self-tested once per version.
+
+    Used by :func:`model` and by ``serve``'s warm-up, which makes the model ready.
+
+    Raises
+    ------
+    inference.InferenceError
+        When the bundle cannot be loaded (:class:`~inference.BundleError`) or the model
+        fails its self-test (:class:`~inference.selftest.SelfTestError`).
+    TransientJobError
+        When the database cannot be read (see :func:`active_version`).
+    """
+    global _in_use
+    _, bundle = active_version()
+    loaded = get_model(settings().inference, bundle=bundle)
+    with _active_lock:
+        if _in_use is not None and _in_use != bundle:
+            dropped = forget_models(keep=bundle)
+            logger.info("switched to model %s %s; %d older model(s) released",
+                        loaded.name, loaded.version, dropped)
+        _in_use = bundle
+    return loaded
+
+
 def model() -> ChestXrayVLM:
-    """The process's model: the registry's active version, loaded and self-tested once per
-    version.
+    """The process's model for a job: :func:`load_model`, once the model may draft.
 
     Raises
     ------
@@ -128,20 +152,11 @@ def model() -> ChestXrayVLM:
 
     from ..model_readiness import ModelNotReadyError, require_ready
 
-    global _in_use
     require_ready()
     try:
-        _, bundle = active_version()
-        loaded = get_model(settings().inference, bundle=bundle)
+        return load_model()
     except InferenceError as exc:
         raise ModelNotReadyError(f"the model is not usable: {describe_exception(exc)}") from exc
-    with _active_lock:
-        if _in_use is not None and _in_use != bundle:
-            dropped = forget_models(keep=bundle)
-            logger.info("switched to model %s %s; %d older model(s) released",
-                        loaded.name, loaded.version, dropped)
-        _in_use = bundle
-    return loaded
 
 
-__all__ = ["active_version", "database", "model", "set_settings", "settings"]
+__all__ = ["active_version", "database", "load_model", "model", "set_settings", "settings"]

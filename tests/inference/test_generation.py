@@ -172,10 +172,21 @@ def test_chat_uses_the_report_as_context(tiny_model: ChestXrayVLM, chest_cr_path
     answer_a = tiny_model.chat(
         [chest_cr_path], "The heart is enlarged.", [], "Is the heart enlarged?", generation=options
     )
-    answer_b = tiny_model.chat(
-        [chest_cr_path], "Lungs are clear.", [], "Is the heart enlarged?", generation=options
-    )
-    assert isinstance(answer_a, str) and isinstance(answer_b, str)
+    # The report is in the prompt the LLM reads, and what the LLM predicts depends on it:
+    # the next-token distribution after the same question differs between two reports.
+    analysis = tiny_model.analyse([chest_cr_path])
+    next_token: list[torch.Tensor] = []
+    for report in ("The heart is enlarged.", "Lungs are clear."):
+        batch = tiny_model._chat_batch(analysis, report, [], "Is the heart enlarged?", None)
+        prompt = tiny_model.prompts.encode(
+            findings=analysis.positive_labels, indication=None, report=report, history=(),
+            instruction="Is the heart enlarged?",
+        )
+        assert report in prompt.text
+        with tiny_model.llm.adapter(tiny_model.tasks["chat"]) as runner, torch.inference_mode():
+            logits = runner(inputs_embeds=batch.inputs_embeds).logits[0, -1]  # type: ignore[operator]
+        next_token.append(torch.softmax(logits.float(), dim=-1))
+    assert float((next_token[0] - next_token[1]).abs().sum()) > 1e-3
     streamed = "".join(
         tiny_model.stream_chat(
             [chest_cr_path],
@@ -186,7 +197,7 @@ def test_chat_uses_the_report_as_context(tiny_model: ChestXrayVLM, chest_cr_path
         )
     ).strip()
     assert streamed == answer_a
-    analysis = tiny_model.analyse([chest_cr_path])  # reused across dialog turns
+    # the analysis is reused across dialog turns
     assert (
         tiny_model.chat(
             analysis, "The heart is enlarged.", [], "Is the heart enlarged?", generation=options

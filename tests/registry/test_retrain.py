@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from registryhelpers import said, seed_signed_off, site_settings, toml_text
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
@@ -16,7 +17,7 @@ from dicom_node.jobqueue import context as queue_context
 from dicom_node.jobqueue.training_tasks import create_run, get_run, send_retrain
 from dicom_node.registry import get_version
 from dicom_node.settings import Settings
-from dicom_node.store import Database, ModelSource, RetrainState
+from dicom_node.store import Database, ModelSource, ModelVersion, RetrainState
 from inference import load_manifest
 
 runner = CliRunner()
@@ -99,15 +100,40 @@ def test_a_retrain_run_learns_from_sign_offs_and_registers_a_candidate(
     provenance = settings.storage.folder / "retrain" / "run-1" / "signed_off" / "provenance.jsonl"
     assert len(provenance.read_text().splitlines()) == 6
 
-    # Both were measured on the same held-out studies, so the gate can compare them.
+    # The registry holds the figures the retrain wrote into the candidate's manifest.
+    assert manifest.metrics["ce_f1_macro"] == metrics["ce_f1_macro"]
+    assert manifest.metrics["baseline"]["ce_f1_macro"] == metrics["baseline"]["ce_f1_macro"]
+
+    # Both figures come from the same held-out studies, so the gate compares them. A candidate
+    # measured worse than the baseline is refused, naming both figures; one measured better
+    # is promoted. (The tiny model's own figures are whatever its random weights score, so
+    # the test sets the candidate's figure on each side of the baseline.)
+    baseline = float(metrics["baseline"]["ce_f1_macro"])
+    studies = int(metrics["n_studies"])
+
+    def candidate_scores(value: float) -> None:
+        with db.session() as session:
+            session.execute(
+                update(ModelVersion)
+                .where(ModelVersion.version == "retrain-1")
+                .values(metrics_json=json.dumps({**metrics, "ce_f1_macro": value}))
+            )
+
+    candidate_scores(baseline - 0.1)
+    refused = runner.invoke(app, ["model", "promote", "retrain-1", "--config", str(config)])
+    assert refused.exit_code == 1
+    assert (
+        f"candidate retrain-1 has CE F1 macro {baseline - 0.1:.3f}, worse than the active "
+        f"version 0.0.0 ({baseline:.3f}; both on the same {studies} held-out studies)"
+    ) in said(refused)
+    assert get_version(db, settings, "0.0.0").active
+
+    candidate_scores(baseline + 0.1)
     promoted = runner.invoke(app, ["model", "promote", "retrain-1", "--config", str(config)])
-    if metrics["ce_f1_macro"] >= metrics["baseline"]["ce_f1_macro"]:
-        assert promoted.exit_code == 0, promoted.output
-        assert "both on the same" in said(promoted)
-    else:
-        assert promoted.exit_code == 1 and "worse than the active version 0.0.0" in (
-            said(promoted)
-        )
+    assert promoted.exit_code == 0, promoted.output
+    assert f"both on the same {studies} held-out studies" in said(promoted)
+    assert get_version(db, settings, "retrain-1").active
+    assert not get_version(db, settings, "0.0.0").active
     db.dispose()
 
 
