@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from ._privacy import uid_digest
+from .image_check import is_model_image
 from .local_study import FRONTAL_VIEWS
 from .store import Database, Job, JobState, Study
 
@@ -50,6 +51,8 @@ class InstanceInfo:
     view_position: str | None
     #: Path relative to the spool folder.
     path: str
+    #: When the instance (or its latest corrected copy) arrived.
+    received_at: datetime
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,13 @@ class StudySnapshot:
 
     @property
     def instance_set_hash(self) -> str:
-        """SHA-256 of the sorted SOP Instance UIDs: the identity of this set of instances."""
-        uids = sorted(info.sop_instance_uid for info in self.instances)
-        return hashlib.sha256("\n".join(uids).encode("ascii", "replace")).hexdigest()
+        """SHA-256 of the sorted SOP Instance UIDs, each with its arrival time: the identity
+        of this set of instances (a corrected copy of an instance makes a new set)."""
+        keys = sorted(
+            f"{info.sop_instance_uid}@{info.received_at.timestamp():.6f}"
+            for info in self.instances
+        )
+        return hashlib.sha256("\n".join(keys).encode("ascii", "replace")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -116,11 +123,19 @@ def route_study(study: StudySnapshot) -> Routing:
     Returns
     -------
     Routing
-        Reportable when a CR/DX chest image (body part CHEST or absent) has View Position PA
-        or AP; its images are every CR/DX chest image, frontal first.
+        Reportable when a CR/DX chest image (CR or DX image storage, Modality CR or DX, body
+        part CHEST or absent) has View Position PA or AP; its images are every such image,
+        frontal first. A Secondary Capture is never a radiograph, whatever its Modality.
     """
-    xrays = [info for info in study.instances if info.modality in REPORTABLE_MODALITIES]
+    labelled = [info for info in study.instances if info.modality in REPORTABLE_MODALITIES]
+    xrays = [info for info in labelled if is_model_image(info.sop_class_uid)]
     if not xrays:
+        if labelled:
+            return Routing(
+                False,
+                "no radiograph: the instances labelled CR/DX are not CR or DX image storage "
+                "(a Secondary Capture is a screenshot, not a radiograph)",
+            )
         found = sorted({info.modality or "none" for info in study.instances})
         return Routing(False, f"no CR or DX image (modality {', '.join(found)})")
     chest = [info for info in xrays if _is_chest_xray(info)]
@@ -161,6 +176,7 @@ def _snapshot(study: Study) -> StudySnapshot:
                 body_part=i.body_part,
                 view_position=i.view_position,
                 path=i.path,
+                received_at=i.received_at,
             )
             for i in study.instances
         ),

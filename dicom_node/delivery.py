@@ -26,8 +26,15 @@
    Errors record status codes, AE titles and addresses only, never patient data, and not the
    peer's Error Comment (free text).
 4. The SR file stays in the outbox until every row of it is ``sent``; then it is deleted
-   (the PACS holds the SR from then on). A row marked ``sending`` by a worker that died is
-   ``pending`` again after ``delivery.claim_timeout_s``.
+   (the PACS holds the SR from then on).
+
+While a sender works on its claimed rows, a heartbeat refreshes their ``updated_at`` every
+``delivery.claim_timeout_s`` / 4 seconds; a ``sending`` row not refreshed for
+``delivery.claim_timeout_s`` belongs to a sender that died and is ``pending`` again
+(:func:`release_claims`). Delivery is therefore **at least once**: a sender killed after
+the PACS stored an SR but before the row was marked ``sent`` leaves the SR to be sent
+again, and the PACS receives the same SOP instance twice (PACS keep one copy, or answer a
+warning).
 
 :func:`delivery_state` summarises the outbox for ``dicom_node status``.
 """
@@ -43,6 +50,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -58,6 +66,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ._privacy import uid_digest
 from .dimse import StatusCategory, StoreResponseStatus, classify_store_status
 from .errors import NodeError, OutboxError, SpoolError
+from .heartbeat import Heartbeat, heartbeat_interval
 from .metrics import DELIVERY_SECONDS
 from .settings import DeliverySettings, PacsDestination, Settings
 from .spool import PATH_DIGEST_CHARS, Spool
@@ -319,21 +328,75 @@ def enqueue_sr(
 
 
 # --------------------------------------------------------------------------- claiming
+def release_claims(
+    db: Database, now: datetime, stale_before: datetime | None = None
+) -> list[int]:
+    """Make ``sending`` rows of senders that stopped ``pending`` again, due now.
+
+    Parameters
+    ----------
+    db
+        The node's database.
+    now
+        The current time (timezone-aware).
+    stale_before
+        Release the rows last refreshed before this time (their sender's heartbeat
+        stopped); ``None`` = every ``sending`` row (``serve`` at start, when its embedded
+        worker is the only sender).
+
+    Returns
+    -------
+    list of int
+        The released row ids. Each is logged as a WARNING: its SR may reach the PACS twice.
+    """
+    with db.session() as session:
+        query = select(OutboxItem.id, OutboxItem.destination, OutboxItem.sr_sop_instance_uid)
+        query = query.where(OutboxItem.state == OutboxState.SENDING)
+        if stale_before is not None:
+            query = query.where(OutboxItem.updated_at < stale_before)
+        rows = session.execute(query.order_by(OutboxItem.id)).all()
+        if not rows:
+            return []
+        released = set(
+            session.scalars(
+                update(OutboxItem)
+                .where(
+                    OutboxItem.id.in_([row[0] for row in rows]),
+                    OutboxItem.state == OutboxState.SENDING,
+                )
+                .values(state=OutboxState.PENDING, next_attempt_at=now, updated_at=now)
+                .returning(OutboxItem.id)
+            )
+        )
+    for row_id, destination, sr_uid in rows:
+        if row_id in released:
+            logger.warning(
+                "outbox entry %d (SR %s to %s) was left 'sending' by a sender that stopped; "
+                "it is sent again (the PACS may receive it twice)",
+                row_id,
+                uid_digest(sr_uid),
+                destination,
+            )
+    return sorted(released)
+
+
+def _touch_claims(db: Database, ids: list[int], now: datetime) -> None:
+    """The heartbeat of a delivery pass: refresh the rows it holds ``sending``."""
+    with db.session() as session:
+        session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id.in_(ids), OutboxItem.state == OutboxState.SENDING)
+            .values(updated_at=now)
+        )
+
+
 def _claim(
     settings: Settings, db: Database, now: datetime, ids: Iterable[int] | None
 ) -> list[_Claimed]:
-    """Recover stale claims, then mark due pending rows ``sending`` and return them."""
+    """Release stale claims, then mark due pending rows ``sending`` and return them."""
     delivery = settings.delivery
-    stale = now - timedelta(seconds=delivery.claim_timeout_s)
+    release_claims(db, now, now - timedelta(seconds=delivery.claim_timeout_s))
     with db.session() as session:
-        recovered = session.execute(
-            update(OutboxItem)
-            .where(OutboxItem.state == OutboxState.SENDING, OutboxItem.updated_at < stale)
-            .values(state=OutboxState.PENDING, updated_at=now)
-        )
-        count = int(getattr(recovered, "rowcount", 0) or 0)
-        if count:
-            logger.warning("%d outbox entr(ies) left 'sending' by a stopped sender", count)
         due = and_(
             OutboxItem.state == OutboxState.PENDING,
             or_(OutboxItem.next_attempt_at.is_(None), OutboxItem.next_attempt_at <= now),
@@ -591,6 +654,31 @@ def _remove_delivered_files(
             outbox.remove(Path(path))
 
 
+def _send_all(
+    settings: Settings,
+    by_destination: dict[str, list[_Claimed]],
+    attempts: dict[int, _Attempt],
+    tls_cache: dict[str, ssl.SSLContext],
+) -> None:
+    """Send the claimed rows, destination by destination, recording each attempt."""
+    for name, items in sorted(by_destination.items()):
+        started = time.perf_counter()
+        try:
+            sent = _send_to(settings, name, items, tls_cache)
+            attempts.update(sent)
+            ok = all(a.outcome is DeliveryOutcome.SENT for a in sent.values())
+            DELIVERY_SECONDS.labels("sent" if ok else "not_sent").observe(
+                time.perf_counter() - started
+            )
+        # A bug here must not leave the rows 'sending' until the claim timeout.
+        except Exception as exc:  # noqa: BLE001
+            logger.exception("unexpected error while delivering to %s", name)
+            for item in items:
+                attempts[item.id] = _Attempt(
+                    DeliveryOutcome.RETRY, f"internal error ({type(exc).__name__})"
+                )
+
+
 def deliver_items(
     settings: Settings,
     db: Database,
@@ -638,23 +726,15 @@ def deliver_items(
         by_destination[item.destination].append(item)
     attempts: dict[int, _Attempt] = {}
     tls_cache: dict[str, ssl.SSLContext] = {}
+    ids = [item.id for item in claimed]
+    heartbeat = Heartbeat(
+        partial(_touch_claims, db, ids),
+        heartbeat_interval(settings.delivery.claim_timeout_s),
+        f"{len(ids)} outbox entr(ies)",
+    )
     try:
-        for name, items in sorted(by_destination.items()):
-            started = time.perf_counter()
-            try:
-                sent = _send_to(settings, name, items, tls_cache)
-                attempts.update(sent)
-                ok = all(a.outcome is DeliveryOutcome.SENT for a in sent.values())
-                DELIVERY_SECONDS.labels("sent" if ok else "not_sent").observe(
-                    time.perf_counter() - started
-                )
-            # A bug here must not leave the rows 'sending' until the claim timeout.
-            except Exception as exc:  # noqa: BLE001
-                logger.exception("unexpected error while delivering to %s", name)
-                for item in items:
-                    attempts[item.id] = _Attempt(
-                        DeliveryOutcome.RETRY, f"internal error ({type(exc).__name__})"
-                    )
+        with heartbeat:
+            _send_all(settings, by_destination, attempts, tls_cache)
     finally:
         for item in claimed:
             attempts.setdefault(
@@ -746,5 +826,6 @@ __all__ = [
     "encode_dicom_file",
     "enqueue_sr",
     "outbox_path",
+    "release_claims",
     "retry_delay",
 ]

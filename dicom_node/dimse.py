@@ -32,6 +32,10 @@ class StoreStatus(IntEnum):
     CANNOT_DECODE = 0xC210
     #: Cannot understand: an identifying UID is missing, invalid or contradicts the request.
     INVALID_IDENTIFIER = 0xC220
+    #: Cannot understand: the instance, or its decoded pixel data, exceeds the node's limits.
+    TOO_LARGE = 0xC230
+    #: Cannot understand: the image lacks what the node needs from it (the reason says what).
+    UNUSABLE_IMAGE = 0xC240
 
 
 class FindStatus(IntEnum):

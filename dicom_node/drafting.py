@@ -3,8 +3,10 @@
 :func:`draft_job` runs one job row (see :mod:`dicom_node.assembly`):
 
 1. **Claim** the row: ``queued`` -> ``running`` in one conditional UPDATE, so two workers
-   given the same job (a redelivered message) never both run it. A ``running`` row whose
-   worker died is claimable again after ``worker.stale_job_s``.
+   given the same job (a redelivered message) never both run it. While the job runs its
+   worker refreshes the row's ``updated_at`` (:func:`touch_job`, a
+   :class:`~dicom_node.heartbeat.Heartbeat`); a ``running`` row not refreshed for
+   ``worker.stale_job_s`` belongs to a worker that died and is claimable again.
 2. **Skip** it (``superseded``) when a newer job of the same study exists: instances arrived
    after it, and the newer job drafts from all of them.
 3. **Read** the job's instances from the spool: every image the job covers is referenced
@@ -86,6 +88,8 @@ class DraftOutcome:
     outbox_ids: list[int] = field(default_factory=list)
     #: Seconds spent in the model (vision and generation).
     inference_seconds: float = 0.0
+    #: What the job could not use (images left out), recorded with the done job.
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,12 @@ class JobImages:
 
 # --------------------------------------------------------------------------- job rows
 def claim_job(db: Database, job_id: int, stale_after_s: float, now: datetime) -> bool:
-    """Set a job ``running`` if it is queued, or running but abandoned; True when claimed."""
+    """Set a job ``running`` if it is queued, or running but abandoned; True when claimed.
+
+    A running job is abandoned when its worker has not refreshed it (:func:`touch_job`)
+    for `stale_after_s` seconds. The claim records `now` as ``started_at``, which
+    identifies this run to :func:`touch_job`.
+    """
     stale_before = now - timedelta(seconds=stale_after_s)
     with db.session() as session:
         result = session.execute(
@@ -111,7 +120,7 @@ def claim_job(db: Database, job_id: int, stale_after_s: float, now: datetime) ->
                 Job.id == job_id,
                 or_(
                     Job.state == JobState.QUEUED,
-                    and_(Job.state == JobState.RUNNING, Job.started_at < stale_before),
+                    and_(Job.state == JobState.RUNNING, Job.updated_at < stale_before),
                 ),
             )
             .values(
@@ -121,6 +130,26 @@ def claim_job(db: Database, job_id: int, stale_after_s: float, now: datetime) ->
                 updated_at=now,
                 error=None,
             )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def touch_job(db: Database, job_id: int, claimed_at: datetime, now: datetime) -> bool:
+    """The heartbeat of a running job: set its ``updated_at`` to `now`.
+
+    Only the run that claimed the job at `claimed_at` (its ``started_at``) is refreshed: a
+    beat never keeps another worker's run, or a finished job, alive. Returns whether the
+    row was refreshed.
+    """
+    with db.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.state == JobState.RUNNING,
+                Job.started_at == claimed_at,
+            )
+            .values(updated_at=now)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -348,7 +377,7 @@ def draft_job(
             logger.info("job %d of study %s superseded by a newer job", job_id, study_tag)
             return DraftOutcome(job_id, JobState.SUPERSEDED)
         outcome = _run(settings, db, model, job, study)
-        finish_job(db, job_id, JobState.DONE)
+        finish_job(db, job_id, JobState.DONE, outcome.note)
         return outcome
     except TransientJobError as exc:
         _record_failure(db, job_id, JobState.QUEUED, scrub_text(str(exc)))
@@ -395,10 +424,20 @@ def _run(
     indication = match.indication if match is not None else None
     started = time.perf_counter()
     try:
-        draft = model.generate_report(images.frontal, indication)
+        from inference import StudyRequest
+
+        analysis = model.analyse(images.frontal, skip_unusable=True)
+        (draft,) = model.generate_reports([StudyRequest(analysis, indication)])
     except InferenceError as exc:
         raise JobError(f"the model cannot use the images of job {job.id}: {exc}") from exc
     seconds = time.perf_counter() - started
+    skipped = describe_unusable(images.frontal, analysis.unusable)
+    if skipped:
+        # Drafted from the usable images; the others are named in the job, the log and
+        # the SR's findings text, so the reader knows what the draft did not look at.
+        logger.warning("job %d: study %s drafted without %s", job.id, study_tag,
+                       "; ".join(skipped))
+        draft.text = _not_assessed(draft.text, skipped, len(images.frontal))
     report, records = draft_to_report(draft)
     latest = latest_version(db, job.study_id)
     sr = build_draft_sr(
@@ -421,12 +460,41 @@ def _run(
         version.version,
         len(ids),
     )
-    return DraftOutcome(job.id, JobState.DONE, version.version, ids, seconds)
+    return DraftOutcome(
+        job.id, JobState.DONE, version.version, ids, seconds,
+        note=f"drafted without {'; '.join(skipped)}" if skipped else None,
+    )
+
+
+def describe_unusable(frontal: Sequence[Dataset], unusable: Sequence[tuple[int, str]]) -> list[str]:
+    """``"series 1 image 2 (pixel data cannot be decoded)"`` for each image left out.
+
+    Images are named by Series Number and Instance Number (what a reader finds them by in
+    the viewer), never by patient data; reasons are scrubbed.
+    """
+    names = []
+    for index, reason in unusable:
+        ds = frontal[index]
+        series = str(ds.get("SeriesNumber", "") or "?").strip()
+        number = str(ds.get("InstanceNumber", "") or index + 1).strip()
+        names.append(f"series {series} image {number} ({scrub_text(reason)})")
+    return names
+
+
+def _not_assessed(text: str, skipped: Sequence[str], total: int) -> str:
+    """The model's text with a statement of the images it could not read."""
+    statement = (
+        f"Not assessed: {len(skipped)} of {total} frontal images could not be read: "
+        + "; ".join(skipped) + "."
+    )
+    findings, impression = split_report_text(text)
+    return f"FINDINGS: {statement} {findings}\nIMPRESSION: {impression}"
 
 
 __all__ = [
     "NO_NARRATIVE",
     "DraftOutcome",
+    "describe_unusable",
     "JobImages",
     "claim_job",
     "draft_job",
@@ -434,4 +502,5 @@ __all__ = [
     "finish_job",
     "load_job_images",
     "split_report_text",
+    "touch_job",
 ]

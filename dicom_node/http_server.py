@@ -88,6 +88,10 @@ class BackgroundHttpServer:
             time.sleep(0.01)  # polling uvicorn's flag, not a synchronisation delay
         logger.info("%s HTTP server on %s:%d", self.name, self.host, self.port)
 
+    def is_alive(self) -> bool:
+        """Whether the server's thread runs (started and not stopped or crashed)."""
+        return self._thread is not None and self._thread.is_alive()
+
     @property
     def url(self) -> str:
         """Base URL of the server."""

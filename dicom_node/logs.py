@@ -4,7 +4,10 @@ The node's own messages name studies and SRs by digests of their UIDs only (see
 :mod:`dicom_node._privacy`) and never patient names or IDs. pynetdicom logs full
 identifiers (C-FIND identifiers hold patient names) at INFO and DEBUG, so its loggers stay
 at WARNING whatever the node's level; Celery's task-received lines show task arguments
-(row ids only) and are kept.
+(row ids only) and are kept. When a peer the node calls (a PACS, the RIS) cannot be
+reached, the node logs one WARNING that names it and says what happens next; pynetdicom's
+two ERROR lines about the same refused connection are dropped
+(:class:`ConnectionFailureFilter`).
 """
 
 from __future__ import annotations
@@ -107,6 +110,48 @@ class ScrubFilter(logging.Filter):
         return True
 
 
+#: pynetdicom's ERROR lines, by logger, for an association the node requested that could
+#: not be set up: the peer refused the connection (``AssociationSocket.connect``) or never
+#: answered the A-ASSOCIATE-RQ.
+CONNECTION_FAILURE_LINES: dict[str, tuple[str, ...]] = {
+    "pynetdicom.transport": (
+        "Association request failed: unable to connect to remote",
+        "TCP Initialisation Error:",
+    ),
+    "pynetdicom.acse": (
+        "ACSE timeout reached while waiting for response to association request",
+    ),
+}
+
+
+class ConnectionFailureFilter(logging.Filter):
+    """Drops pynetdicom's ERROR lines about an association request whose peer is away.
+
+    Only the node requests associations (SR delivery, worklist queries), and each of its
+    callers logs the failure itself, once, naming the peer and the retry (``SR ... not
+    delivered to pacs (attempt 3): PACS pacs (...) cannot be reached ...; next attempt in
+    20 s``). pynetdicom's lines for the same event ("Association request failed: unable to
+    connect to remote", "TCP Initialisation Error: [Errno 111] Connection refused", "ACSE
+    timeout reached ...") would double every retry at ERROR level. Lines that tell more than
+    the node's own (a rejection's reason, a TLS traceback) are kept.
+
+    Parameters
+    ----------
+    prefixes
+        Beginnings of the messages to drop.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to keep the record."""
+        return not (
+            record.levelno == logging.ERROR and str(record.msg).startswith(self.prefixes)
+        )
+
+
 _installed: logging.Handler | None = None
 
 
@@ -129,12 +174,18 @@ def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None
     logging.captureWarnings(True)  # library warnings go through the scrubbing handler
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name, prefixes in CONNECTION_FAILURE_LINES.items():
+        library = logging.getLogger(name)
+        if not any(isinstance(f, ConnectionFailureFilter) for f in library.filters):
+            library.addFilter(ConnectionFailureFilter(prefixes))
 
 
 __all__ = [
+    "CONNECTION_FAILURE_LINES",
     "QUIET_LOGGERS",
     "TEXT_FORMAT",
     "OWN_LOGGERS",
+    "ConnectionFailureFilter",
     "JsonFormatter",
     "ScrubFilter",
     "StderrHandler",

@@ -3,7 +3,8 @@
 ``/healthz`` answers 200 with ``{"status": "ok", "checks": {...}}`` when every check
 passes and 503 with ``"status": "unhealthy"`` and the failing checks otherwise. Checks: the
 database answers, the DICOM server listens, the spool has room, the broker is reachable, the
-embedded worker (when there is one) runs, the model is not failed (its self-test, its build)
+embedded worker (when there is one) and the node's background threads (scheduler, worklist
+poller, dialog API server) run, the model is not failed (its self-test, its build)
 and the last ``worker.unhealthy_after_failures`` report jobs did not all fail. While the model
 is still being built or loaded the answer is 200 with ``"status": "starting"``, and a
 ``"model"`` object tells how far it is. No endpoint shows patient data.

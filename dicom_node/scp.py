@@ -4,11 +4,18 @@
 (``evt_handlers=[(evt.EVT_C_STORE, handle_store, [spool, db])]``); it never raises and
 answers with a named :class:`~dicom_node.dimse.StoreStatus`. On receipt it
 
-1. refuses SOP classes the node does not store, and refuses when the disk is (nearly) full;
-2. parses the data set (its whole structure, so that structurally corrupt data is refused)
-   and checks its identifying UIDs;
+1. refuses SOP classes the node does not store (also over another service's presentation
+   context), data sets larger than ``node.max_instance_bytes`` (a deflated one is measured
+   inflated, in chunks), and refuses when the disk is (nearly) full;
+2. parses the data set (its whole structure, so that structurally corrupt data is refused),
+   checks its identifying UIDs and, for images, what the node will need from them
+   (:mod:`~dicom_node.image_check`: pixel data within ``node.max_pixel_bytes`` and as long
+   as its header claims; for CR/DX images the model reads, parseable display attributes and
+   valid patient dates);
 3. acknowledges, without storing, SRs the node wrote itself (a PACS that auto-forwards
-   everything sends them back) and instances it already holds;
+   everything sends them back) and instances it already holds byte for byte; a copy with
+   different content (a corrected re-send) replaces the stored one and the study is
+   drafted again;
 4. writes the instance atomically to the spool, records it in the database, and only then
    answers success.
 
@@ -26,7 +33,9 @@ import logging
 import re
 import ssl
 import struct
+import threading
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,7 +65,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     SecondaryCaptureImageStorage,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from sr_templates import (
@@ -69,6 +77,8 @@ from sr_templates import (
 from ._privacy import patient_key, uid_digest
 from .dimse import ERROR_COMMENT_MAX_CHARS, StoreStatus
 from .errors import DiskFullError, ServiceError, SpoolError
+from .guarded_server import GuardedAssociationServer
+from .image_check import check_image, inflated_size_within, is_deflated, is_model_image
 from .settings import NodeSettings
 from .spool import Spool
 from .store import Database, InstanceRecord
@@ -248,7 +258,20 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
     return b"\x00" * 128 + b"DICM" + group_length + elements
 
 
-def _store(event: Event, spool: Spool, db: Database) -> Dataset:
+@dataclass(frozen=True)
+class IntakeLimits:
+    """Sizes the SCP accepts (``node.max_instance_bytes``, ``node.max_pixel_bytes``)."""
+
+    max_instance_bytes: int = 256 * 2**20
+    max_pixel_bytes: int = 128 * 2**20
+
+    @classmethod
+    def from_settings(cls, node: NodeSettings) -> IntakeLimits:
+        """The limits of the ``[node]`` settings."""
+        return cls(node.max_instance_bytes, node.max_pixel_bytes)
+
+
+def _store(event: Event, spool: Spool, db: Database, limits: IntakeLimits) -> Dataset:
     request = event.request
     sop_class = str(request.AffectedSOPClassUID)
     calling_ae = str(event.assoc.requestor.ae_title).strip()
@@ -257,14 +280,43 @@ def _store(event: Event, spool: Spool, db: Database) -> Dataset:
         # if the contexts and the list above ever disagree.
         return _status(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "SOP class not stored here")
 
+    context_class = str(event.context.abstract_syntax)
+    if context_class != sop_class:
+        # A C-STORE sent over another service's presentation context (Verification).
+        return _status(
+            StoreStatus.SOP_CLASS_NOT_SUPPORTED, f"C-STORE over the context of {context_class}"
+        )
+
     # The data set exactly as the peer encoded it (no decoding, no re-encoding).
     body = event.encoded_dataset(include_meta=False)
     if not spool.has_room(len(body)):
         logger.error("refusing an instance from %s: the spool disk is full", calling_ae)
         return _status(StoreStatus.OUT_OF_RESOURCES, "disk full")
+    transfer_syntax = str(event.context.transfer_syntax)
+    too_large = len(body) > limits.max_instance_bytes or (
+        is_deflated(transfer_syntax)
+        and not inflated_size_within(body, limits.max_instance_bytes)
+    )
+    if too_large:
+        raise _Refusal(
+            StoreStatus.TOO_LARGE, f"data set larger than limit {limits.max_instance_bytes} bytes"
+        )
 
     ds = _decode(event)
     _check_identity(ds, request)
+    if sop_class in IMAGE_STORAGE_CLASSES:
+        problem = check_image(
+            ds,
+            transfer_syntax,
+            for_model=is_model_image(sop_class) and _code(ds, "Modality") in ("CR", "DX"),
+            max_pixel_bytes=limits.max_pixel_bytes,
+        )
+        if problem is not None:
+            status = (
+                StoreStatus.TOO_LARGE if problem.kind == "too large"
+                else StoreStatus.UNUSABLE_IMAGE
+            )
+            raise _Refusal(status, problem.reason)
     sop_uid = str(ds.SOPInstanceUID)
     study_uid = str(ds.StudyInstanceUID)
     series_uid = str(ds.SeriesInstanceUID)
@@ -277,21 +329,28 @@ def _store(event: Event, spool: Spool, db: Database) -> Dataset:
         )
         return _status(StoreStatus.SUCCESS)
     try:
-        duplicate = db.has_instance(sop_uid)
+        stored = db.stored_instance(sop_uid)
     except SQLAlchemyError as exc:
         logger.error("cannot read the database: %s", type(exc).__name__)
         return _status(StoreStatus.PROCESSING_FAILURE, "database unavailable")
-    if duplicate:
-        logger.info(
-            "instance %s of study %s from %s already stored",
-            uid_digest(sop_uid),
-            uid_digest(study_uid),
-            calling_ae,
-        )
-        return _status(StoreStatus.SUCCESS)
-
-    transfer_syntax = str(event.context.transfer_syntax)
     data = file_meta_bytes(sop_class, sop_uid, transfer_syntax) + body
+    if stored is not None:
+        stored_path, stored_study = stored
+        if stored_study != study_uid:
+            raise _Refusal(
+                StoreStatus.INVALID_IDENTIFIER, "SOPInstanceUID already stored in another study"
+            )
+        if spool.read(Path(stored_path)) == data:
+            logger.info(
+                "instance %s of study %s from %s already stored",
+                uid_digest(sop_uid),
+                uid_digest(study_uid),
+                calling_ae,
+            )
+            return _status(StoreStatus.SUCCESS)
+        return _replace(spool, db, stored_path, data, _record(ds, event, sop_class,
+                        transfer_syntax, calling_ae, Path(stored_path), len(data)))
+
     relative = spool.relative_path(study_uid, series_uid, sop_uid)
     try:
         spool.write(relative, data)
@@ -302,22 +361,7 @@ def _store(event: Event, spool: Spool, db: Database) -> Dataset:
         logger.error("cannot spool instance %s: %s", uid_digest(sop_uid), exc)
         return _status(StoreStatus.PROCESSING_FAILURE, "cannot write the instance")
 
-    record = InstanceRecord(
-        sop_instance_uid=sop_uid,
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        sop_class_uid=sop_class,
-        modality=_code(ds, "Modality"),
-        body_part=_code(ds, "BodyPartExamined"),
-        view_position=_code(ds, "ViewPosition"),
-        accession_number=_text(ds, "AccessionNumber"),
-        patient_key=patient_key(_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")),
-        path=relative.as_posix(),
-        size_bytes=len(data),
-        transfer_syntax_uid=transfer_syntax,
-        calling_ae=calling_ae,
-        received_at=datetime.now(UTC),
-    )
+    record = _record(ds, event, sop_class, transfer_syntax, calling_ae, relative, len(data))
     try:
         is_new = db.record_instance(record)
     except SQLAlchemyError as exc:
@@ -337,6 +381,62 @@ def _store(event: Event, spool: Spool, db: Database) -> Dataset:
     return _status(StoreStatus.SUCCESS)
 
 
+def _record(
+    ds: Dataset,
+    event: Event,
+    sop_class: str,
+    transfer_syntax: str,
+    calling_ae: str,
+    relative: Path,
+    size: int,
+) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        sop_class_uid=sop_class,
+        modality=_code(ds, "Modality"),
+        body_part=_code(ds, "BodyPartExamined"),
+        view_position=_code(ds, "ViewPosition"),
+        accession_number=_text(ds, "AccessionNumber"),
+        patient_key=patient_key(_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")),
+        path=relative.as_posix(),
+        size_bytes=size,
+        transfer_syntax_uid=transfer_syntax,
+        calling_ae=calling_ae,
+        received_at=datetime.now(UTC),
+    )
+
+
+def _replace(
+    spool: Spool, db: Database, stored_path: str, data: bytes, record: InstanceRecord
+) -> Dataset:
+    """Put a corrected copy of a stored instance in place of the first one (same path),
+    then record it: the study is assembled again and its new job supersedes the old one."""
+    try:
+        spool.write(Path(stored_path), data)
+    except DiskFullError:
+        return _status(StoreStatus.OUT_OF_RESOURCES, "disk full")
+    except SpoolError as exc:
+        logger.error("cannot spool instance %s: %s", uid_digest(record.sop_instance_uid), exc)
+        return _status(StoreStatus.PROCESSING_FAILURE, "cannot write the instance")
+    try:
+        db.replace_instance(record)
+    except SQLAlchemyError as exc:
+        # The file is the corrected one already; the row keeps the first copy's arrival
+        # time, so the study is not drafted again until the sender retries.
+        logger.error("cannot record the corrected instance %s: %s",
+                     uid_digest(record.sop_instance_uid), type(exc).__name__)
+        return _status(StoreStatus.PROCESSING_FAILURE, "cannot record the instance")
+    logger.warning(
+        "instance %s of study %s from %s replaced by a copy with different content "
+        "(%d bytes); the study is drafted again",
+        uid_digest(record.sop_instance_uid), uid_digest(record.study_instance_uid),
+        record.calling_ae, record.size_bytes,
+    )
+    return _status(StoreStatus.SUCCESS)
+
+
 def _remove_unrecorded(spool: Spool, db: Database, relative: Path, sop_uid: str) -> None:
     """Delete a file whose row could not be written, unless a concurrent copy recorded it."""
     try:
@@ -347,8 +447,10 @@ def _remove_unrecorded(spool: Spool, db: Database, relative: Path, sop_uid: str)
         spool.remove(relative)
 
 
-def handle_store(event: Event, spool: Spool, db: Database) -> Dataset:
-    """Handle ``EVT_C_STORE``: spool the instance, record it, then answer.
+def handle_store(
+    event: Event, spool: Spool, db: Database, limits: IntakeLimits | None = None
+) -> Dataset:
+    """Handle ``EVT_C_STORE``: check the instance, spool it, record it, then answer.
 
     Parameters
     ----------
@@ -358,6 +460,8 @@ def handle_store(event: Event, spool: Spool, db: Database) -> Dataset:
         Where instances are written.
     db
         Where instances are recorded.
+    limits
+        Largest data set and decoded pixel data accepted (defaults of :class:`IntakeLimits`).
 
     Returns
     -------
@@ -366,7 +470,7 @@ def handle_store(event: Event, spool: Spool, db: Database) -> Dataset:
         Comment on failures. The handler never raises.
     """
     try:
-        return _store(event, spool, db)
+        return _store(event, spool, db, limits or IntakeLimits())
     except _Refusal as refusal:
         logger.warning(
             "refused an instance (0x%04X): %s", int(refusal.status), refusal.comment
@@ -441,7 +545,8 @@ class StoreSCP:
         self._db = db
         self._ssl_context = ssl_context
         self._ae = build_ae(node, calling_aes)
-        self._server: ThreadedAssociationServer | None = None
+        self._server: GuardedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -462,20 +567,29 @@ class StoreSCP:
         if self._server is not None:
             raise RuntimeError("the SCP is already running")
         handlers: list[Any] = [
-            (evt.EVT_C_STORE, handle_store, [self._spool, self._db]),
+            (evt.EVT_C_STORE, handle_store,
+             [self._spool, self._db, IntakeLimits.from_settings(self._node)]),
             (evt.EVT_REJECTED, _log_rejection),
         ]
         try:
-            self._server = self._ae.start_server(
+            server = self._ae.make_server(
                 (self._node.bind_address, self._node.port),
-                block=False,
                 ssl_context=self._ssl_context,
                 evt_handlers=handlers,
+                server_class=GuardedAssociationServer,
             )
         except OSError as exc:
             raise ServiceError(
                 f"cannot listen on {self._node.bind_address}:{self._node.port}: {exc}"
             ) from exc
+        assert isinstance(server, GuardedAssociationServer)
+        server.max_per_peer = self._node.max_connections_per_peer
+        server.first_pdu_timeout = self._node.first_pdu_timeout
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="dicom-node-scp", daemon=True
+        )
+        self._thread.start()
         host, port = self.address
         logger.info(
             "SCP %s listening on %s:%d%s",
@@ -486,12 +600,19 @@ class StoreSCP:
         )
         return host, port
 
+    def is_alive(self) -> bool:
+        """Whether the server is started and its accept thread runs."""
+        return self._server is not None and self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         """Stop accepting associations, end the open ones and close the socket."""
         if self._server is None:
             return
         self._server.shutdown()
         self._server = None
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
         self._ae.shutdown()
         logger.info("SCP %s stopped", self._node.ae_title)
 
@@ -510,6 +631,7 @@ __all__ = [
     "STORAGE_SOP_CLASSES",
     "TRANSFER_SYNTAXES",
     "VERIFICATION_TRANSFER_SYNTAXES",
+    "IntakeLimits",
     "StoreSCP",
     "build_ae",
     "file_meta_bytes",

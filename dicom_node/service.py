@@ -17,22 +17,28 @@
   (:class:`~dicom_node.model_readiness.ModelWarmup`). Draft jobs are handed to the embedded
   worker only once the model is ready; until then studies are received and queued;
 * the **operations HTTP server**: ``/healthz`` and ``/metrics`` on ``node.http_port``;
+  ``/healthz`` also reports every background thread (``"threads"``: the scheduler, the
+  worklist poller, the dialog API's server) that is no longer running;
 * the **dialog API and reader page** on ``api.port``, when ``api.enabled``
   (:mod:`dicom_node.api`).
 
 Everything the node must not lose is in the database before it is acknowledged, so a node
-stopped at any moment resumes where it was.
+stopped at any moment resumes where it was. With the embedded worker, the jobs and SR
+deliveries a stopped node left half done are taken back at start
+(:meth:`~dicom_node.jobqueue.Dispatcher.requeue_abandoned`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
+from ._privacy import describe_exception
 from .api import ApiServer
 from .assembly import AssemblyResult, assemble
 from .errors import ServiceError
@@ -111,7 +117,8 @@ class NodeService:
         self._want_http = http
         self._collector: metrics.DatabaseCollector | None = None
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        #: The node's own background threads, by role ("scheduler", "worklist poller").
+        self._threads: dict[str, threading.Thread] = {}
         self.address: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ passes
@@ -132,9 +139,7 @@ class NodeService:
         """The checks of ``/healthz``."""
 
         def scp() -> str | None:
-            try:
-                _ = self.scp.address
-            except RuntimeError:
+            if not self.scp.is_alive():
                 return "the DICOM server is not running"
             return None
 
@@ -147,6 +152,12 @@ class NodeService:
             if self.worker is None or self.worker.is_alive():
                 return None
             return "the embedded worker is not running"
+
+        def threads() -> str | None:
+            if self._stopping.is_set():
+                return None
+            dead = [role for role, alive in self._thread_liveness().items() if not alive]
+            return f"not running: {', '.join(dead)}" if dead else None
 
         def broker() -> str | None:
             try:
@@ -162,17 +173,39 @@ class NodeService:
             "spool": spool,
             "broker": broker,
             "worker": worker,
+            "threads": threads,
             "jobs": recent_jobs_check(self.db, self.settings.worker.unhealthy_after_failures),
         }
         if self.warmup is not None:
             checks["model"] = lambda: health_problem(READINESS.status())
         return checks
 
+    def _thread_liveness(self) -> dict[str, bool]:
+        """Whether each background thread runs, by role (the embedded worker has its own
+        check)."""
+        alive = {role: thread.is_alive() for role, thread in self._threads.items()}
+        if self.api is not None:
+            alive["dialog API server"] = self.api.is_alive()
+        return alive
+
     # ------------------------------------------------------------------ life cycle
-    def _thread(self, target: object, name: str, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)  # type: ignore[arg-type]
+    def _thread(self, role: str, name: str, target: Callable[..., object], *args: object) -> None:
+        """Start a daemon thread; its end, unless the node is stopping, is logged."""
+
+        def run() -> None:
+            try:
+                target(*args)
+            except BaseException as exc:  # noqa: BLE001 - logged here, shown by /healthz
+                logger.critical(
+                    "the %s thread stopped: %s", role, describe_exception(exc), exc_info=True
+                )
+                return
+            if not self._stopping.is_set():
+                logger.critical("the %s thread ended", role)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
-        self._threads.append(thread)
+        self._threads[role] = thread
 
     def start(self) -> tuple[str, int]:
         """Create tables and folders, then start every part (see the module docstring).
@@ -201,6 +234,10 @@ class NodeService:
         # Studies that became complete while the node was down are queued right away.
         self.assemble_once()
         self._stopping.clear()
+        if self.worker is not None and is_embedded(self.settings):
+            # This process is the only worker: what it left running or sending when it
+            # stopped has no other owner and is taken back now, not after the timeouts.
+            self.dispatcher.requeue_abandoned()
         try:
             if self.worker is not None:
                 self.worker.start()
@@ -226,15 +263,21 @@ class NodeService:
         if self.warmup is not None:
             self.warmup.start()
         self._thread(
-            self.dispatcher.run,
+            "scheduler",
             "dicom-node-scheduler",
+            self.dispatcher.run,
             self._stopping,
             self.settings.node.assembly_interval_s,
             self._assemble_quietly,
         )
         if self.settings.ris is not None:
             self._thread(
-                run_worklist_poller, "dicom-node-worklist", self.settings, self.db, self._stopping
+                "worklist poller",
+                "dicom-node-worklist",
+                run_worklist_poller,
+                self.settings,
+                self.db,
+                self._stopping,
             )
         return self.address
 
@@ -242,7 +285,7 @@ class NodeService:
         self._stopping.set()
         if self.warmup is not None:
             self.warmup.stop()
-        for thread in self._threads:
+        for thread in self._threads.values():
             thread.join(STOP_TIMEOUT_S)
         self._threads.clear()
         if self.api is not None:

@@ -195,6 +195,29 @@ class NodeSettings(BaseModel):
     max_associations: int = Field(
         default=10, ge=1, description="Associations served at the same time."
     )
+    max_connections_per_peer: int = Field(
+        default=8,
+        ge=1,
+        description="Open connections one peer address may hold; more are closed at once "
+        "(idle sockets of one host cannot take every association).",
+    )
+    first_pdu_timeout: Seconds = Field(
+        default=5.0,
+        description="Seconds a new connection may take to send its A-ASSOCIATE-RQ; an idle "
+        "one is closed before it holds an association.",
+    )
+    max_instance_bytes: int = Field(
+        default=256 * 2**20,
+        ge=1024,
+        description="Largest data set stored (after inflating a deflated one); larger ones "
+        "are refused with a reason.",
+    )
+    max_pixel_bytes: int = Field(
+        default=128 * 2**20,
+        ge=1024,
+        description="Largest decoded pixel data of an image for the model (Rows x Columns x "
+        "frames x samples x bytes, checked before decoding); larger ones are refused.",
+    )
     require_called_ae: bool = Field(
         default=False, description="Reject associations not addressed to ae_title."
     )
@@ -301,9 +324,10 @@ class DeliverySettings(BaseModel):
         "response.",
     )
     claim_timeout_s: Seconds = Field(
-        default=600.0,
-        description="An SR marked 'sending' for longer than this (its sender died) is "
-        "pending again.",
+        default=45.0,
+        description="An SR marked 'sending' whose sender has not reported for this long "
+        "(it died) is pending again and sent again (at-least-once delivery); a sender "
+        "reports every claim_timeout_s / 4.",
     )
     batch_size: int = Field(
         default=100, ge=1, description="Most outbox entries sent in one delivery pass."
@@ -448,8 +472,9 @@ class WorkerSettings(BaseModel):
         default=300.0, description="Longest wait between two retries of a job."
     )
     stale_job_s: Seconds = Field(
-        default=1800.0,
-        description="A job running longer than this (its worker died) may be run again.",
+        default=45.0,
+        description="A running job whose worker has not reported for this long (it died) "
+        "is run again; a worker reports every stale_job_s / 4, for at most time_limit_s.",
     )
     redispatch_after_s: Seconds = Field(
         default=600.0,
@@ -605,6 +630,29 @@ class ApiSettings(BaseModel):
     )
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    max_report_chars: int = Field(
+        default=10_000,
+        ge=100,
+        le=1_000_000,
+        description="Longest findings or impression text of an edit (413 above); about 20 "
+        "times a long chest radiograph report.",
+    )
+    max_image_bytes: int = Field(
+        default=128 * 2**20,
+        ge=2**20,
+        description="Largest decoded pixel data of an image the reader page shows (Rows x "
+        "Columns x frames x samples x bytes per sample, checked before decoding; 422 above).",
+    )
+    auth_failure_limit: int = Field(
+        default=10,
+        ge=1,
+        description="Failed bearer tokens one client address may present within "
+        "auth_failure_window_s; further requests from it get 429 with Retry-After.",
+    )
+    auth_failure_window_s: Seconds = Field(
+        default=300.0,
+        description="Seconds a failed bearer token counts against its client address.",
     )
     history_turns: int = Field(
         default=1,

@@ -143,6 +143,13 @@ class Spool:
             created.mkdir(exist_ok=True)
             _fsync_directory(created.parent)
 
+    def read(self, relative: Path) -> bytes | None:
+        """The bytes of a spooled file, or None when it is missing or unreadable."""
+        try:
+            return (self.root / relative).read_bytes()
+        except OSError:
+            return None
+
     def remove(self, relative: Path) -> None:
         """Delete a spooled file (missing files are ignored)."""
         (self.root / relative).unlink(missing_ok=True)

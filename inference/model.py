@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from .bundle import Manifest, load_manifest
 from .config import GenerationConfig, ModelConfig
-from .errors import BundleError, ConfigError, InferenceError
+from .errors import BundleError, ConfigError, InferenceError, PreprocessingError
 from .generation import TextCallback, generate_texts, stream_text
 from .labels import NO_FINDING
 from .llm import LanguageModel, resolve_device
@@ -121,6 +121,8 @@ class StudyAnalysis:
 
     findings: list[FindingPrediction]
     image_tokens: torch.Tensor
+    #: Images left out because they could not be used: (index in the input, reason).
+    unusable: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def positive_labels(self) -> list[str]:
@@ -268,18 +270,42 @@ class ChestXrayVLM:
         )
 
     # ----------------------------------------------------------------------------- vision
-    def analyse(self, images: Sequence[ImageSource]) -> StudyAnalysis:
+    def analyse(
+        self, images: Sequence[ImageSource], *, skip_unusable: bool = False
+    ) -> StudyAnalysis:
         """Preprocess a study's images and run the vision side.
 
         A study's probability for a label is its maximum over the images (a finding seen in
         any view is present); the image tokens are those of the first ``max_images`` images.
 
+        Parameters
+        ----------
+        images
+            The study's images.
+        skip_unusable
+            Leave out images that cannot be used, listing them in
+            :attr:`StudyAnalysis.unusable`, instead of failing the study.
+
         Raises
         ------
         PreprocessingError
-            When an image cannot be used (not an image, empty pixels, bad photometry).
+            When an image cannot be used (not an image, empty pixels, bad photometry), or
+            with ``skip_unusable`` when none can.
         """
-        pixels = load_images(list(images), self.config.preprocess)
+        unusable: list[tuple[int, str]] = []
+        if skip_unusable:
+            usable: list[np.ndarray] = []
+            for index, image in enumerate(images):
+                try:
+                    usable.append(load_images([image], self.config.preprocess))
+                except PreprocessingError as exc:
+                    unusable.append((index, str(exc)))
+            if not usable:
+                reasons = "; ".join(reason for _, reason in unusable)
+                raise PreprocessingError(f"no image of the study can be used ({reasons})")
+            pixels = np.concatenate(usable)
+        else:
+            pixels = load_images(list(images), self.config.preprocess)
         probabilities, embeddings = self.vision(pixels)
         study_probs = probabilities.max(axis=0)
         findings = [
@@ -287,7 +313,7 @@ class ChestXrayVLM:
             for label, p in zip(self.config.classifier.labels, study_probs, strict=True)
         ]
         tokens = torch.from_numpy(np.asarray(embeddings[: self.config.max_images]))
-        return StudyAnalysis(findings, tokens.reshape(-1, tokens.shape[-1]))
+        return StudyAnalysis(findings, tokens.reshape(-1, tokens.shape[-1]), unusable)
 
     # ----------------------------------------------------------------------------- prompts
     def _options(self, generation: GenerationConfig | None, **overrides: Any) -> GenerationConfig:

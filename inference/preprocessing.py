@@ -34,6 +34,10 @@ SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
+#: Largest decoded pixel data preprocessing decodes (Rows x Columns x samples x bytes, read
+#: from the header before decoding): a JPEG 2000 of a few KB may claim 65535 x 65535 pixels.
+MAX_DECODED_PIXEL_BYTES = 256 * 2**20
+
 
 def read_dicom(path: str | PathLike[str]) -> Dataset:
     """Read a DICOM file, raising :class:`PreprocessingError` if it is not one.
@@ -75,6 +79,20 @@ def dataset_to_display(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
         When the dataset holds no image, an empty or undecodable pixel data element, more
         than one frame, or a photometric interpretation other than MONOCHROME1/2.
     """
+    try:
+        return _dataset_to_display(ds, config)
+    except PreprocessingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed header value of any kind
+        # pydicom raises ValueError, TypeError, KeyError, ... for values it cannot convert;
+        # the message names the attribute, never its value (it may be a patient's).
+        raise PreprocessingError(
+            f"image attributes cannot be used ({type(exc).__name__} while applying the "
+            "display chain)"
+        ) from exc
+
+
+def _dataset_to_display(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
     sop = ds.get("SOPClassUID", "unknown SOP class")
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise PreprocessingError(f"dataset has no pixel data, so it is not an image ({sop})")
@@ -84,9 +102,19 @@ def dataset_to_display(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
             f"unsupported photometric interpretation {photometric or '(missing)'!r}: "
             f"chest radiographs must be one of {', '.join(SUPPORTED_PHOTOMETRIC)}"
         )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _header_int(ds, "NumberOfFrames", 1)
     if frames != 1:
         raise PreprocessingError(f"multi-frame image ({frames} frames) is not a radiograph")
+    decoded = (
+        _header_int(ds, "Rows", 0) * _header_int(ds, "Columns", 0)
+        * _header_int(ds, "SamplesPerPixel", 1) * max(1, _header_int(ds, "BitsAllocated", 16))
+        // 8
+    )
+    if decoded > MAX_DECODED_PIXEL_BYTES:
+        raise PreprocessingError(
+            f"decoded pixel data would take {decoded} bytes, more than "
+            f"{MAX_DECODED_PIXEL_BYTES} (an image of that size is not a radiograph)"
+        )
     pixel_bytes = ds.get("PixelData")
     if "PixelData" in ds and not pixel_bytes:
         raise PreprocessingError("pixel data element is empty")
@@ -117,6 +145,18 @@ def dataset_to_display(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
     if photometric == "MONOCHROME1":
         image = 1.0 - image
     return image.astype(np.float32)
+
+
+def _header_int(ds: Dataset, keyword: str, default: int) -> int:
+    """An integer attribute, or ``default`` when absent; PreprocessingError naming it when
+    its value is not an integer."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise PreprocessingError(f"{keyword} is not an integer") from exc
 
 
 def _voi_output_range(ds: Dataset) -> tuple[float, float]:

@@ -25,6 +25,7 @@ from .errors import (
     PayloadTooLargeError,
     StaleVersionConflict,
     StudyNotFoundError,
+    TooManyFailuresError,
 )
 from .server import ApiServer
 from .service import DialogService, ModelProvider, PreparedTurn
@@ -48,6 +49,7 @@ __all__ = [
     "Reader",
     "StaleVersionConflict",
     "StudyNotFoundError",
+    "TooManyFailuresError",
     "classify_message",
     "create_app",
     "token_digest",

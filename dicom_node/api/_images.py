@@ -5,11 +5,19 @@ of PS3.3 C.11.2.1.2 (``center``/``width`` from the request, else the file's firs
 else the 0.5th to 99.5th percentile), MONOCHROME1 is inverted so that air is dark, and the
 image is scaled down to at most ``size`` pixels on its long side. Decoded pixels of the last
 few images are kept in memory, so moving the window sliders does not decode the file again.
+
+A file is untrusted input: its header is checked before anything is decoded
+(:func:`decoded_image_bytes`, :func:`check_decoded_size`), so a JPEG 2000 of a few KB that
+claims 65535 x 65535 pixels is refused instead of allocating gigabytes, and whatever a
+malformed header or pixel stream makes pydicom raise becomes an
+:class:`~dicom_node.api.errors.InvalidInputError` (422) that names the problem.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, pixel_array
 
 from .errors import InvalidInputError, NotFoundError
 
@@ -28,7 +38,25 @@ CACHED_MAX_SIDE = 2048
 #: Largest and default long side of a rendered PNG.
 MAX_RENDER_SIDE = 2048
 DEFAULT_RENDER_SIDE = 1024
+#: Default largest decoded pixel data of an image the API renders (``api.max_image_bytes``).
+MAX_IMAGE_BYTES = 128 * 2**20
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_BITS_ALLOCATED = (1, 8, 16, 32, 64)
+#: What pydicom raises for a header value or pixel stream it cannot convert or decode.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RuntimeError,
+    NotImplementedError,
+    struct.error,
+    BytesLengthException,
+)
+#: What reading a file may raise besides a missing file.
+_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, InvalidDicomError, *_DECODE_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -46,46 +74,170 @@ class DecodedImage:
 
 
 def _first(value: object) -> float | None:
-    """The first value of a (possibly multi-valued) DS attribute, or None."""
+    """The first value of a (possibly multi-valued) DS attribute, or None (also when it is
+    not a finite number)."""
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if len(value) else None
     if value is None:
         return None
     try:
-        return float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
-def decode(path: Path) -> DecodedImage:
-    """Read and decode one image file.
+def _attribute(ds: Dataset, keyword: str) -> object:
+    """The value of `keyword`, or None; ValueError naming it when it cannot be read."""
+    try:
+        return ds.get(keyword)
+    except _DECODE_ERRORS as exc:
+        raise ValueError(f"{keyword} cannot be read ({type(exc).__name__})") from exc
+
+
+def _integer(ds: Dataset, keyword: str, low: int, high: int, default: int | None = None) -> int:
+    value = _attribute(ds, keyword)
+    if value is None or value == "":
+        if default is None:
+            raise ValueError(f"{keyword} is missing")
+        return default
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{keyword} is not an integer") from exc
+    if not low <= number <= high:
+        raise ValueError(f"{keyword} is {number}, not between {low} and {high}")
+    return number
+
+
+def decoded_image_bytes(ds: Dataset) -> int:
+    """Bytes the pixel data of `ds` takes once decoded, from its header alone.
+
+    Rows x Columns x NumberOfFrames x SamplesPerPixel x bytes per sample (BitsAllocated
+    rounded up to whole bytes, as pydicom stores them). Nothing is decoded, so this is the
+    check to make before decoding: a compressed stream of a few KB may claim gigabytes.
+
+    Parameters
+    ----------
+    ds
+        The data set (its pixel data need not be read).
+
+    Returns
+    -------
+    int
+        The size in bytes.
+
+    Raises
+    ------
+    ValueError
+        When an attribute of the computation is missing or not valid; the message names it.
+    """
+    rows = _integer(ds, "Rows", 1, 0xFFFF)
+    columns = _integer(ds, "Columns", 1, 0xFFFF)
+    bits = _integer(ds, "BitsAllocated", 1, 64)
+    if bits not in _BITS_ALLOCATED:
+        raise ValueError(f"BitsAllocated is {bits}, not one of {_BITS_ALLOCATED}")
+    samples = _integer(ds, "SamplesPerPixel", 1, 4, default=1)
+    frames = _integer(ds, "NumberOfFrames", 1, 2**31 - 1, default=1)
+    return rows * columns * frames * samples * -(-bits // 8)
+
+
+def check_decoded_size(ds: Dataset, max_bytes: int) -> int:
+    """Refuse an image whose decoded pixel data would exceed `max_bytes`.
+
+    Parameters
+    ----------
+    ds
+        The data set, before its pixel data are decoded.
+    max_bytes
+        The limit (``api.max_image_bytes``).
+
+    Returns
+    -------
+    int
+        The decoded size (:func:`decoded_image_bytes`).
+
+    Raises
+    ------
+    InvalidInputError
+        When the size attributes are missing or not valid, or the size exceeds the limit
+        (422, with the reason).
+    """
+    try:
+        size = decoded_image_bytes(ds)
+    except ValueError as exc:
+        raise InvalidInputError(f"the image header is not valid: {exc}") from exc
+    if size > max_bytes:
+        raise InvalidInputError(
+            f"the decoded image would take {size} bytes (Rows x Columns x frames x "
+            f"samples x bytes per sample), more than the limit of {max_bytes} "
+            "(api.max_image_bytes)"
+        )
+    return size
+
+
+def _check_greyscale(ds: Dataset) -> str:
+    """The photometric interpretation of a greyscale image with usable pixel attributes."""
+    photometric = str(_safe(ds, "PhotometricInterpretation") or "").strip()
+    if "PixelData" not in ds or photometric not in _MONOCHROME:
+        raise InvalidInputError("the instance is not a greyscale (MONOCHROME1/2) image")
+    try:
+        if _integer(ds, "SamplesPerPixel", 1, 4, default=1) != 1:
+            raise ValueError("SamplesPerPixel is not 1")
+        bits = _integer(ds, "BitsAllocated", 1, 64)
+        _integer(ds, "BitsStored", 1, bits)
+        _integer(ds, "PixelRepresentation", 0, 1)
+        for keyword in ("RescaleSlope", "RescaleIntercept"):
+            value = _attribute(ds, keyword)
+            if value is not None and value != "" and _first(value) is None:
+                raise ValueError(f"{keyword} is not a finite number")
+    except ValueError as exc:
+        raise InvalidInputError(f"the image header is not valid: {exc}") from exc
+    return photometric
+
+
+def decode(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> DecodedImage:
+    """Read and decode one image file (its first frame).
+
+    Parameters
+    ----------
+    path
+        The spooled file.
+    max_bytes
+        Largest decoded pixel data accepted (:func:`check_decoded_size`).
 
     Raises
     ------
     NotFoundError
         When the file is gone from the spool.
     InvalidInputError
-        When it is not a greyscale image pydicom can decode.
+        When it is not a greyscale image pydicom can decode, its header is not valid, or it
+        would decode to more than `max_bytes`.
     """
     try:
         ds = pydicom.dcmread(path)
     except FileNotFoundError as exc:
         raise NotFoundError("the image file is no longer in the spool") from exc
-    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+    except _READ_ERRORS as exc:
         raise InvalidInputError(f"the image cannot be read ({type(exc).__name__})") from exc
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if "PixelData" not in ds or photometric not in _MONOCHROME:
-        raise InvalidInputError("the instance is not a greyscale (MONOCHROME1/2) image")
+    photometric = _check_greyscale(ds)
+    check_decoded_size(ds, max_bytes)
     try:
-        pixels = ds.pixel_array
-    except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
+        pixels = pixel_array(ds, index=0)
+        if pixels.ndim != 2:
+            raise ValueError(f"a frame of {pixels.ndim} dimensions")
+        step = max(1, -(-max(pixels.shape) // CACHED_MAX_SIDE))
+        # Scaled down before the Modality LUT, whose float64 result would otherwise take
+        # four times the memory of a 16-bit image.
+        values = np.asarray(apply_modality_lut(pixels[::step, ::step], ds), dtype=np.float32)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except _DECODE_ERRORS as exc:
         raise InvalidInputError(f"the pixel data cannot be decoded ({type(exc).__name__})") from exc
-    if pixels.ndim == 3:
-        pixels = pixels[0]
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
-    step = max(1, -(-max(values.shape) // CACHED_MAX_SIDE))
-    values = np.ascontiguousarray(values[::step, ::step])
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    values = np.ascontiguousarray(values)
+    if values.size == 0 or not np.isfinite(values).all():
+        raise InvalidInputError("the pixel values are not finite numbers after the Modality LUT")
+    center = _first(_safe(ds, "WindowCenter"))
+    width = _first(_safe(ds, "WindowWidth"))
     low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
     if center is None or width is None or width < 1:
         center, width = (low + high) / 2, max(high - low, 1.0)
@@ -96,13 +248,23 @@ def decode(path: Path) -> DecodedImage:
         default_width=float(width),
         minimum=float(values.min()),
         maximum=float(values.max()),
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
+        rows=rows,
+        columns=columns,
     )
+
+
+def _safe(ds: Dataset, keyword: str) -> object:
+    """An optional attribute's value; None when it cannot be read (the default is used)."""
+    try:
+        return _attribute(ds, keyword)
+    except ValueError:
+        return None
 
 
 def window(image: DecodedImage, center: float, width: float) -> np.ndarray:
     """8-bit display values: the linear VOI function, MONOCHROME1 inverted."""
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise InvalidInputError("the window center and width must be finite numbers")
     if not width >= 1:
         raise InvalidInputError("the window width must be at least 1")
     scaled = (image.pixels - (center - 0.5)) / (width - 1 if width > 1 else 1) + 0.5
@@ -119,13 +281,18 @@ class ImageRenderer:
     ----------
     cache_size
         Decoded images kept in memory.
+    max_image_bytes
+        Largest decoded pixel data of an image (:func:`check_decoded_size`).
     """
 
-    def __init__(self, cache_size: int = 4) -> None:
+    def __init__(self, cache_size: int = 4, max_image_bytes: int = MAX_IMAGE_BYTES) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        if max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes must be >= 1, got {max_image_bytes}")
         self._cache: OrderedDict[tuple[str, int], DecodedImage] = OrderedDict()
         self._size = cache_size
+        self.max_image_bytes = max_image_bytes
         self._lock = threading.Lock()
 
     def decoded(self, path: Path) -> DecodedImage:
@@ -139,7 +306,7 @@ class ImageRenderer:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        image = decode(path)
+        image = decode(path, self.max_image_bytes)
         with self._lock:
             self._cache[key] = image
             while len(self._cache) > self._size:
@@ -178,4 +345,12 @@ class ImageRenderer:
         return buffer.getvalue()
 
 
-__all__ = ["DecodedImage", "ImageRenderer", "decode", "window"]
+__all__ = [
+    "MAX_IMAGE_BYTES",
+    "DecodedImage",
+    "ImageRenderer",
+    "check_decoded_size",
+    "decode",
+    "decoded_image_bytes",
+    "window",
+]

@@ -6,13 +6,14 @@
   (``FINDINGS: ...\\nIMPRESSION: ...``), so the model sees the format it was trained on.
 * :func:`parse_revision` turns the model's answer to a revision request into findings and
   impression texts (see the function for the rule).
-* :func:`report_diff` compares two versions word by word (for highlighting) and line by line
-  (a unified diff, for the command line), using :mod:`difflib`.
+* :func:`word_diff` compares two versions word by word (for highlighting) and
+  :func:`unified_report_diff` sentence by sentence (a unified diff, for the command line),
+  both with the bounded diff of :mod:`._diff`, so a long report cannot make a view of the
+  study slow.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -20,10 +21,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..store.dialog import MessageKind
+from ._diff import diff_opcodes, unified_diff
 
 #: Line breaks kept in generated text; every other control character is dropped.
 _KEPT_CONTROLS = frozenset("\n")
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]", re.UNICODE)
+_WORD = re.compile(r"\w", re.UNICODE)
 
 DiffOp = Literal["equal", "insert", "delete"]
 
@@ -118,13 +121,16 @@ def word_diff(old: str, new: str) -> list[DiffSegment]:
     """Word-level diff of two texts; white space is kept, so the segments join to the texts.
 
     Joining the ``equal`` and ``delete`` segments gives `old`; joining ``equal`` and
-    ``insert`` gives `new`.
+    ``insert`` gives `new`. White space and punctuation left unchanged between two changes
+    are shown as part of the change, so a rewritten phrase is one deletion and one
+    insertion rather than words interleaved with the spaces they share. The cost is
+    bounded (:func:`._diff.diff_opcodes`): very different long texts come out as one
+    replacement of their differing middle.
     """
     a = _TOKEN.findall(old)
     b = _TOKEN.findall(new)
     segments: list[DiffSegment] = []
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, i2, j1, j2 in diff_opcodes(a, b):
         if tag == "equal":
             _append(segments, "equal", "".join(a[i1:i2]))
             continue
@@ -132,7 +138,44 @@ def word_diff(old: str, new: str) -> list[DiffSegment]:
             _append(segments, "delete", "".join(a[i1:i2]))
         if tag in ("insert", "replace"):
             _append(segments, "insert", "".join(b[j1:j2]))
-    return segments
+    return _join_changes(segments)
+
+
+def _join_changes(segments: list[DiffSegment]) -> list[DiffSegment]:
+    """Merge changes separated only by white space or punctuation into one change.
+
+    White space the deleted and inserted text of a change start or end with alike goes
+    back to the unchanged text around it.
+    """
+    joined: list[DiffSegment] = []
+    index = 0
+    while index < len(segments):
+        if segments[index].op == "equal":
+            _append(joined, "equal", segments[index].text)
+            index += 1
+            continue
+        deleted: list[str] = []
+        inserted: list[str] = []
+        while index < len(segments):
+            segment = segments[index]
+            if segment.op == "equal":
+                # Segments alternate, so a filler with a segment after it sits between two
+                # changes.
+                if _WORD.search(segment.text) or index + 1 == len(segments):
+                    break
+                deleted.append(segment.text)
+                inserted.append(segment.text)
+            else:
+                (deleted if segment.op == "delete" else inserted).append(segment.text)
+            index += 1
+        old, new = "".join(deleted), "".join(inserted)
+        lead = _common_space(old, new)
+        trail = _common_space(old[lead:][::-1], new[lead:][::-1])
+        _append(joined, "equal", old[:lead])
+        _append(joined, "delete", old[lead : len(old) - trail])
+        _append(joined, "insert", new[lead : len(new) - trail])
+        _append(joined, "equal", old[len(old) - trail :])
+    return joined
 
 
 def _append(segments: list[DiffSegment], op: DiffOp, text: str) -> None:
@@ -144,15 +187,19 @@ def _append(segments: list[DiffSegment], op: DiffOp, text: str) -> None:
         segments.append(DiffSegment(op, text))
 
 
+def _common_space(a: str, b: str) -> int:
+    """Length of the white space both texts start with, character for character."""
+    length = 0
+    while length < len(a) and length < len(b) and a[length] == b[length] and a[length].isspace():
+        length += 1
+    return length
+
+
 def unified_report_diff(
     old: tuple[str, str], new: tuple[str, str], old_label: str, new_label: str
 ) -> str:
     """A unified diff of two reports ``(findings, impression)``, one sentence per line."""
-    return "".join(
-        difflib.unified_diff(
-            _report_lines(*old), _report_lines(*new), old_label, new_label, lineterm="\n"
-        )
-    )
+    return unified_diff(_report_lines(*old), _report_lines(*new), old_label, new_label)
 
 
 def _report_lines(findings_text: str, impression_text: str) -> list[str]:

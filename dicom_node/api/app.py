@@ -42,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ._auth import Authenticator, Reader
 from ._images import DEFAULT_RENDER_SIDE, MAX_RENDER_SIDE
+from ._ratelimit import FailedTokenLimiter
 from ._schemas import (
     EditRequest,
     ImageInfo,
@@ -54,7 +55,7 @@ from ._schemas import (
     UserOut,
     VersionResult,
 )
-from .errors import ApiError, AuthenticationError, StaleVersionConflict
+from .errors import ApiError, AuthenticationError, StaleVersionConflict, TooManyFailuresError
 from .service import DialogService, PreparedTurn
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _BodyTooLarge(Exception):
-    """Raised inside the app when a request body passes the limit (answered 413)."""
-
-
 def _where(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
@@ -95,8 +92,10 @@ def _where(exc: BaseException) -> str:
 class _Guard:
     """Outer ASGI middleware: body size limit, and 500 answers that log no PHI.
 
-    A body over ``api.max_body_bytes`` (by Content-Length or as it arrives) is answered
-    413; an unhandled error is logged by type and place only, and answered 500.
+    The body is read here, before the app sees the request, and handed on in one piece: a
+    body over ``api.max_body_bytes`` is answered 413 whether its Content-Length says so or
+    it arrives in chunks (reading stops at the limit). An unhandled error is logged by type
+    and place only, and answered 500.
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
@@ -117,27 +116,35 @@ class _Guard:
 
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
+        too_large = f"the request body is larger than {self.limit} bytes"
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._answer(send, 413, f"the request body is larger than {self.limit} bytes")
+            await self._answer(send, 413, too_large)
             return
+        chunks: list[bytes] = []
         received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away before its body was complete
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.limit:
+                await self._answer(send, 413, too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body_given = False
+
+        async def replay_receive() -> Message:
+            nonlocal body_given
+            if not body_given:
+                body_given = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._answer(
-                    send, 413, f"the request body is larger than {self.limit} bytes"
-                )
+            await self.app(scope, replay_receive, tracking_send)
         except Exception as exc:  # noqa: BLE001 - answered 500 and logged without PHI
             route = getattr(scope.get("route"), "path", "(unrouted)")
             logger.error(
@@ -215,9 +222,23 @@ def _stream_turn(service: DialogService, turn: PreparedTurn) -> StreamingRespons
 
 
 def _current_reader(request: Request) -> Reader:
-    """The reader the request's bearer token belongs to (401 otherwise)."""
+    """The reader the request's bearer token belongs to.
+
+    401 for a missing or invalid token; 429 for a client that presented
+    ``api.auth_failure_limit`` invalid tokens within ``api.auth_failure_window_s`` (its
+    token is then not checked). A valid token is never delayed and never counted.
+    """
     authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.reader(request.headers.get("authorization"))
+    limiter: FailedTokenLimiter = request.app.state.token_limiter
+    host = request.client.host if request.client is not None else None
+    limiter.check(host)
+    authorization = request.headers.get("authorization")
+    try:
+        return authenticator.reader(authorization)
+    except AuthenticationError:
+        if authorization:  # a request without a token guesses nothing
+            limiter.record_failure(host)
+        raise
 
 
 #: Route parameter of the authenticated reader.
@@ -247,6 +268,9 @@ def create_app(service: DialogService) -> FastAPI:
     )
     app.state.service = service
     app.state.authenticator = authenticator
+    app.state.token_limiter = FailedTokenLimiter(
+        settings.api.auth_failure_limit, settings.api.auth_failure_window_s
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -254,6 +278,9 @@ def create_app(service: DialogService) -> FastAPI:
         headers = None
         if isinstance(exc, AuthenticationError):
             headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, TooManyFailuresError):
+            headers = {"Retry-After": str(exc.retry_after)}
+        if headers is not None:
             route = getattr(request.scope.get("route"), "path", "(unrouted)")
             logger.warning("%s %s refused: %s", request.method, route, exc)
         if isinstance(exc, StaleVersionConflict):

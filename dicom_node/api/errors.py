@@ -69,6 +69,16 @@ class PayloadTooLargeError(ApiError):
     status_code = 413
 
 
+class TooManyFailuresError(ApiError):
+    """The client presented too many invalid tokens lately; ``retry_after`` is in seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ModelOutputError(ApiError):
     """The model's answer cannot be used as a revision (e.g. an empty section)."""
 
@@ -94,4 +104,5 @@ __all__ = [
     "PayloadTooLargeError",
     "StaleVersionConflict",
     "StudyNotFoundError",
+    "TooManyFailuresError",
 ]

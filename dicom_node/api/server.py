@@ -72,6 +72,10 @@ class ApiServer:
             raise ServiceError("the API server is not running")
         return self._http.url
 
+    def is_alive(self) -> bool:
+        """Whether the API's server thread runs."""
+        return self._http is not None and self._http.is_alive()
+
     def start(self) -> tuple[str, int]:
         """Create missing tables, bind the port and serve in a background thread.
 

@@ -192,7 +192,7 @@ class DialogService:
             lambda: _active_model(settings, db)
         )
         self._analyses = AnalysisCache(settings.api.analysis_cache_size)
-        self.images = ImageRenderer()
+        self.images = ImageRenderer(max_image_bytes=settings.api.max_image_bytes)
         #: Runs dialog turns (model work) off the event loop.
         self.model_executor = ThreadPoolExecutor(MODEL_THREADS, "dicom-node-dialog")
         self._delivery = ThreadPoolExecutor(1, "dicom-node-api-delivery")
@@ -1000,16 +1000,19 @@ class DialogService:
             For an unknown study (404).
         InvalidInputError
             For an empty section, a text the SR cannot hold, or an unknown label (422).
+        PayloadTooLargeError
+            For a section over ``api.max_report_chars`` (413).
         StaleVersionConflict
             When `based_on_version` is not the latest version (409); nothing changes.
         """
         with self._audited(reader, "edit_report", study_uid) as note:
             study = self._study(study_uid)
             note.study_id = study.id
+            new_findings, new_impression = findings_text.strip(), impression_text.strip()
+            self._check_report_length(new_findings, new_impression)
             latest = self._latest(study.id)
             self._check_open_for_changes(latest)
             self._check_based_on(based_on_version, latest, "the edit")
-            new_findings, new_impression = findings_text.strip(), impression_text.strip()
             if not new_findings or not new_impression:
                 raise InvalidInputError("the findings and the impression must not be empty")
             records = revised_findings(
@@ -1022,6 +1025,17 @@ class DialogService:
             note.status_code = 201
             note.detail = f"version {result.version.version}"
             return result
+
+    def _check_report_length(self, findings_text: str, impression_text: str) -> None:
+        """Refuse a section over ``api.max_report_chars`` (413): the limit keeps SRs, the
+        model's prompt and every diff shown with the study bounded."""
+        limit = self.settings.api.max_report_chars
+        for name, text in (("findings", findings_text), ("impression", impression_text)):
+            if len(text) > limit:
+                raise PayloadTooLargeError(
+                    f"the {name} text has {len(text)} characters; the limit is {limit} "
+                    "(api.max_report_chars)"
+                )
 
     def sign_off(self, reader: Reader, study_uid: str, based_on_version: int) -> VersionResult:
         """Sign the latest version off: a verified, complete SR naming the reader.

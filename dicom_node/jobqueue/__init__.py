@@ -14,7 +14,7 @@ from .app import (
     configure_app,
     is_embedded,
 )
-from .dispatch import Dispatcher, DispatchResult
+from .dispatch import Dispatcher, DispatchResult, Requeued
 from .worker import EmbeddedWorker, probe_model, run_worker
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "DispatchResult",
     "Dispatcher",
     "EmbeddedWorker",
+    "Requeued",
     "app",
     "broker_url",
     "configure_app",

@@ -14,7 +14,13 @@ sent. Queues:
 Reliability: ``acks_late`` with ``reject_on_worker_lost`` (a message is acknowledged after
 its task ends, so a worker that dies mid-job leaves it for another), prefetch 1 (a long job
 does not hold others hostage), hard and soft time limits, and retries with exponential
-backoff on transient errors only (in :mod:`~dicom_node.jobqueue.tasks`).
+backoff on transient errors only (in :mod:`~dicom_node.jobqueue.tasks`). A worker that
+dies mid-job is also found by the job's heartbeat (``worker.stale_job_s``), which does not
+wait for the broker's visibility timeout.
+
+Results: the node sends every message with ``ignore_result=True``, so no sender subscribes
+to the result store (job outcomes are in the node's database). Workers still write results
+to ``broker.result_backend`` when one is set; nothing in the node reads them.
 
 The broker is ``broker.url`` (Redis in production). Without one, the app uses kombu's
 SQLAlchemy transport on a SQLite file in the storage folder (:mod:`.transport`):

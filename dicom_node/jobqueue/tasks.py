@@ -2,19 +2,28 @@
 
 ``dicom_node.draft_report(job_id)`` (queue ``gpu``)
     Runs :func:`~dicom_node.drafting.draft_job` with the process's model, then sends the
-    new SR's outbox rows to the ``delivery`` queue. Transient failures (database away) are
+    new SR's outbox rows to the ``delivery`` queue. While the job runs, a heartbeat
+    refreshes its row every ``worker.stale_job_s`` / 4 seconds (for at most
+    ``worker.time_limit_s``), so ``serve`` sees within ``worker.stale_job_s`` that a worker
+    died and sends the job again. Transient failures (database away) are
     retried with exponential backoff up to ``worker.max_retries``; permanent ones (images
     unusable) fail the job at once. A job that hits the soft time limit is failed.
 ``dicom_node.deliver(outbox_ids)`` (queue ``delivery``)
     Runs :func:`~dicom_node.delivery.deliver_items`. A PACS that is down is not a task
     failure: the rows stay pending with their own backoff, and ``serve`` sends them again
     when due (see :mod:`~dicom_node.jobqueue.dispatch`).
+
+Messages are sent without a result subscription (``ignore_result=True``): outcomes live in
+the node's database, and a subscription would tie the sender to the result store (a Redis
+outage longer than its reconnect window ends the subscriber for good).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from celery import Task
@@ -22,8 +31,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..delivery import DeliveryOutcome, deliver_items
-from ..drafting import draft_job, finish_job
+from ..drafting import draft_job, finish_job, touch_job
 from ..errors import JobError, TransientJobError
+from ..heartbeat import Heartbeat, heartbeat_interval
 from ..metrics import INFERENCE_SECONDS, JOB_SECONDS
 from ..store import JobState
 from . import context
@@ -48,7 +58,16 @@ def draft_report(self: Task, job_id: int) -> dict[str, Any]:
     db = context.database()
     started = time.perf_counter()
     try:
-        outcome = draft_job(settings, db, context.model(), job_id)
+        model = context.model()  # before the claim: a first load does not age the claim
+        claimed_at = datetime.now(UTC)  # the claim's time, which names this run's heartbeat
+        heartbeat = Heartbeat(
+            partial(touch_job, db, job_id, claimed_at),
+            heartbeat_interval(settings.worker.stale_job_s),
+            f"job {job_id}",
+            max_s=settings.worker.time_limit_s,
+        )
+        with heartbeat:
+            outcome = draft_job(settings, db, model, job_id, now=claimed_at)
     except SoftTimeLimitExceeded:
         logger.error("job %d hit the soft time limit (%.0f s)", job_id,
                      settings.worker.soft_time_limit_s)
@@ -65,7 +84,9 @@ def draft_report(self: Task, job_id: int) -> dict[str, Any]:
         if outcome.inference_seconds:
             INFERENCE_SECONDS.observe(outcome.inference_seconds)
         if outcome.outbox_ids:
-            deliver.apply_async((outcome.outbox_ids,), queue=DELIVERY_QUEUE)
+            deliver.apply_async(
+                (outcome.outbox_ids,), queue=DELIVERY_QUEUE, ignore_result=True
+            )
     return {
         "job_id": job_id,
         "state": outcome.state.value if outcome.state else None,

@@ -8,8 +8,10 @@ per GPU (``--concurrency 1``). ``--pool threads`` runs the tasks in threads of o
 with one model instead; Celery does not enforce time limits there.
 
 The embedded worker of ``serve`` runs in a thread of the node's process (thread pool, one
-model). Its jobs are bounded by the model's ``max_new_tokens`` rather than by time limits;
-a job whose process died is run again after ``worker.stale_job_s``.
+model). Its jobs are bounded by the model's ``max_new_tokens`` rather than by time limits.
+A job whose worker died is found by its heartbeat within ``worker.stale_job_s`` and sent
+again (:mod:`~dicom_node.jobqueue.dispatch`); with the embedded worker, the only one, a
+restarted ``serve`` takes back the jobs it left running at once.
 """
 
 from __future__ import annotations

@@ -3,12 +3,15 @@
 :class:`Database` wraps a SQLAlchemy engine created once (the SCP's handlers, the assembly loop
 and the status command share it; nothing creates an engine per request). SQLite files run in
 WAL mode with foreign keys on and a busy timeout, so the SCP's association threads can write
-while readers read; PostgreSQL is used through psycopg 3.
+while readers read; PostgreSQL is used through psycopg 3. A SQLite file holds report text and
+patient keys, so it is created readable by its owner only (:func:`private_sqlite_file`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,6 +109,45 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.close()
 
 
+#: Mode of SQLite files the node creates: read and write for the owner only.
+PRIVATE_FILE_MODE = 0o600
+#: Files SQLite keeps next to a database in WAL mode.
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create the SQLite file `path` with mode 0600, or narrow an existing one to 0600.
+
+    SQLite creates a new database file 0644 (less the umask), and its ``-wal`` and ``-shm``
+    files with the database file's mode; so the file is created here first, empty (SQLite
+    takes an empty file as an empty database), and its companions follow it. Existing files
+    of this user with group or other bits are narrowed to 0600, companions included; files
+    of another user are left as they are (opening them may still work, or fail in SQLite).
+
+    Parameters
+    ----------
+    path
+        The database file.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be created or its mode changed.
+    """
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass  # narrowed below when it is ours
+    for candidate in (path, *(Path(f"{path}{suffix}") for suffix in _SQLITE_COMPANIONS)):
+        try:
+            info = candidate.stat()
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077 and info.st_uid == os.geteuid():
+            candidate.chmod(mode & 0o700)
+
+
 def _parse_url(url: str) -> URL:
     try:
         parsed = make_url(url)
@@ -152,11 +194,13 @@ class Database:
                     poolclass=StaticPool, connect_args={"check_same_thread": False}
                 )
             else:
+                file = Path(database).expanduser()
                 try:
-                    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                    private_sqlite_file(file)
                 except OSError as exc:
                     raise DatabaseError(
-                        f"cannot create the folder of the SQLite database {database}: {exc}"
+                        f"cannot create the SQLite database {database}: {exc}"
                     ) from exc
         else:
             kwargs.update(pool_pre_ping=True)
@@ -296,6 +340,57 @@ class Database:
                 },
             )
         return True
+
+    def stored_instance(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        """Spool path and Study Instance UID of a recorded instance, or None."""
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(_INSTANCES.c.path, _STUDIES.c.study_instance_uid)
+                .join(_STUDIES, _STUDIES.c.id == _INSTANCES.c.study_id)
+                .where(_INSTANCES.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def replace_instance(self, record: InstanceRecord) -> None:
+        """Record a corrected copy of an instance already recorded in the same study.
+
+        The row takes the new copy's attributes and arrival time, and the study is opened
+        for assembly again (``last_received_at`` moves on, ``assembled_count`` is cleared),
+        so a new job covers the corrected copy and supersedes the study's earlier job, as a
+        new instance would.
+        """
+        with self._engine.begin() as connection:
+            study_id = connection.execute(
+                select(_INSTANCES.c.study_id).where(
+                    _INSTANCES.c.sop_instance_uid == record.sop_instance_uid
+                )
+            ).scalar_one()
+            connection.execute(
+                update(_INSTANCES)
+                .where(_INSTANCES.c.sop_instance_uid == record.sop_instance_uid)
+                .values(
+                    series_instance_uid=record.series_instance_uid,
+                    modality=record.modality,
+                    body_part=record.body_part,
+                    view_position=record.view_position,
+                    path=record.path,
+                    size_bytes=record.size_bytes,
+                    transfer_syntax_uid=record.transfer_syntax_uid,
+                    calling_ae=record.calling_ae,
+                    received_at=record.received_at,
+                )
+            )
+            connection.execute(
+                update(_STUDIES)
+                .where(_STUDIES.c.id == study_id)
+                .values(
+                    last_received_at=case(
+                        (_STUDIES.c.last_received_at < record.received_at, record.received_at),
+                        else_=_STUDIES.c.last_received_at,
+                    ),
+                    assembled_count=None,
+                )
+            )
 
 
 @dataclass(frozen=True)

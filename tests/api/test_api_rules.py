@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import random
+import time
+
 import pytest
 
 from dicom_node.api import classify_message
+from dicom_node.api._diff import diff_opcodes, unified_diff
 from dicom_node.api._findings import prompt_findings, revised_findings
 from dicom_node.api._text import clean_generated, parse_revision, word_diff
 from dicom_node.reports import FindingRecord
@@ -91,6 +96,41 @@ def test_word_diff_segments_rebuild_both_texts() -> None:
     assert [s.text for s in segments if s.op == "delete"] == ["Small left"]
     assert word_diff("same", "same") == [word_diff("same", "same")[0]]
     assert word_diff("same", "same")[0].op == "equal"
+
+
+def _longest_common_subsequence(a: list[str], b: list[str]) -> int:
+    row = [0] * (len(b) + 1)
+    for x in a:
+        previous, row = row, [0]
+        for j, y in enumerate(b):
+            row.append(previous[j] + 1 if x == y else max(previous[j + 1], row[j]))
+    return row[-1]
+
+
+def test_the_diff_is_a_shortest_edit_script() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        a = rng.choices("abc", k=rng.randint(0, 12))
+        b = rng.choices("abc", k=rng.randint(0, 12))
+        codes = diff_opcodes(a, b)
+        assert [x for _, i1, i2, _, _ in codes for x in a[i1:i2]] == a
+        assert [x for _, _, _, j1, j2 in codes for x in b[j1:j2]] == b
+        equal = [c for c in codes if c[0] == "equal"]
+        assert all(a[i1:i2] == b[j1:j2] for _, i1, i2, j1, j2 in equal)
+        assert sum(i2 - i1 for _, i1, i2, _, _ in equal) == _longest_common_subsequence(a, b)
+
+
+def test_the_diff_of_long_repetitive_texts_is_bounded() -> None:
+    # difflib.SequenceMatcher(autojunk=False) takes minutes on these (cubic time).
+    a, b = ["a", " "] * 20_000, ["b", " "] * 20_000
+    started = time.perf_counter()
+    codes = diff_opcodes(a, b)
+    assert time.perf_counter() - started < 5
+    assert codes[-1][2:5:2] == (len(a), len(b))  # one replace: coarse, still complete
+    lines = [f"{n}\n" for n in "abcdefghij"]
+    changed = lines[:2] + ["x\n"] + lines[3:] + ["k\n"]
+    assert unified_diff(lines, changed, "v1", "v2") == "".join(
+        difflib.unified_diff(lines, changed, "v1", "v2"))
 
 
 def _codes(**presence: str) -> list[FindingRecord]:

@@ -87,8 +87,16 @@ def rg1_j2kr() -> Path:
 
 @pytest.fixture(scope="session")
 def cr_header(rg1_uncr: Path) -> Dataset:
-    """The chest CR's header (no pixel data); deep-copy before changing it."""
-    return pydicom.dcmread(rg1_uncr, stop_before_pixels=True)
+    """The chest CR's header with a small 32 x 32 gradient in place of its pixels (cheap to
+    send; the node refuses a radiograph without pixel data); deep-copy before changing it."""
+    import numpy as np
+
+    ds = pydicom.dcmread(rg1_uncr, stop_before_pixels=True)
+    ds.Rows = ds.Columns = 32
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (np.arange(32 * 32, dtype="<u2") * 4).tobytes()
+    ds["PixelData"].VR = "OW"
+    return ds
 
 
 # --------------------------------------------------------------------------- the node

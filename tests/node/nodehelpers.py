@@ -15,11 +15,12 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian
+from sqlalchemy import select
 
 from dicom_node.scp import StoreSCP
 from dicom_node.settings import Settings, load_settings
 from dicom_node.spool import Spool
-from dicom_node.store import Database, InstanceRecord
+from dicom_node.store import Database, Instance, InstanceRecord
 
 #: The DICOM peers' AE title in the tests.
 SCU_AE = "STORESCU"
@@ -100,6 +101,12 @@ class RunningNode:
 
     def spool_files(self) -> list[Path]:
         return sorted(self.spool.root.rglob("*.dcm"))
+
+
+def instance_rows(node: RunningNode) -> list[Instance]:
+    """The node's instance rows."""
+    with node.db.session() as session:
+        return list(session.scalars(select(Instance)))
 
 
 def node_settings(folder: Path, **overrides: Any) -> Settings:

@@ -35,6 +35,7 @@ def image(
         body_part=body_part,
         view_position=view,
         path=f"{sop}.dcm",
+        received_at=T0,
     )
 
 

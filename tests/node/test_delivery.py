@@ -364,8 +364,9 @@ def test_outbox_claims_and_stale_claims_on_both_databases(
     with database.session() as session:
         row = session.get_one(OutboxItem, row_id)
         row.state, row.updated_at = OutboxState.SENDING, T0
-    assert deliver_due(settings, database, T0 + timedelta(seconds=599)).results == ()
-    late = T0 + timedelta(seconds=601)
+    timeout = settings.delivery.claim_timeout_s
+    assert deliver_due(settings, database, T0 + timedelta(seconds=timeout - 1)).results == ()
+    late = T0 + timedelta(seconds=timeout + 1)
     (result,) = deliver_due(settings, database, late).results
 
     assert result.outcome is DeliveryOutcome.RETRY  # nothing listens on the PACS port

@@ -68,7 +68,7 @@ def test_a_lost_running_job_is_sent_again_then_failed_when_out_of_attempts(
     (job_id,) = assemble(db, 0.0, T0 + timedelta(seconds=1)).jobs_created
     with db.session() as session:  # a worker took it and died (killed at the time limit)
         session.execute(update(Job).values(state=JobState.RUNNING, attempts=1,
-                                           started_at=T0, dispatched_at=T0))
+                                           started_at=T0, updated_at=T0, dispatched_at=T0))
     assert dispatcher.dispatch_once(T0 + timedelta(seconds=100)).jobs == 0  # not stale yet
     assert dispatcher.dispatch_once(T0 + timedelta(seconds=301)).jobs == 1
     with db.session() as session:

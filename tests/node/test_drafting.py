@@ -113,7 +113,9 @@ def test_a_job_retried_after_a_crash_reuses_its_stored_draft(
     # As if the worker died after storing the draft: the row is running and stale.
     with db.session() as session:
         session.execute(
-            update(Job).where(Job.id == job_id).values(state=JobState.RUNNING, started_at=T0)
+            update(Job)
+            .where(Job.id == job_id)
+            .values(state=JobState.RUNNING, started_at=T0, updated_at=T0)
         )
     outcome = draft_job(settings, db, tiny_model, job_id)  # type: ignore[arg-type]
     assert outcome.state is JobState.DONE and outcome.report_version == 1
@@ -153,3 +155,36 @@ def test_no_finding_is_present_only_when_nothing_else_is() -> None:
 )
 def test_model_text_becomes_sr_texts(text: str, expected: tuple[str, str]) -> None:
     assert split_report_text(text) == expected
+
+
+def test_a_corrupt_image_beside_a_good_one_is_named_and_the_study_drafted(
+    settings: Settings, db: Database, receive: Callable[..., None], tiny_model: object,
+    rg1_j2kr: Path,
+) -> None:
+    from pydicom.encaps import encapsulate
+
+    receive("1.2.3.1")
+    corrupt = new_instance(pydicom.dcmread(rg1_j2kr), SOPInstanceUID="1.2.3.2",
+                           ViewPosition="PA", SeriesNumber="7", InstanceNumber="2")
+    corrupt.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(range(256)) * 8])
+    corrupt.StudyInstanceUID = pydicom.dcmread(settings.storage.spool_dir / "1.2.3.1.dcm",
+                                               stop_before_pixels=True).StudyInstanceUID
+    corrupt.save_as(settings.storage.spool_dir / "1.2.3.2.dcm")
+    db.record_instance(record("1.2.3.2", study=str(corrupt.StudyInstanceUID), at=T0,
+                              path="1.2.3.2.dcm"))
+    (job_id,) = assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created
+    outcome = draft_job(settings, db, tiny_model, job_id)  # type: ignore[arg-type]
+    assert outcome.state is JobState.DONE
+    (job,) = jobs(db)
+    assert job.state is JobState.DONE
+    assert job.error is not None and job.error.startswith("drafted without series 7 image 2 (")
+    with db.session() as session:
+        version = session.scalars(select(ReportVersion)).one()
+    assert version.findings_text.startswith(
+        "Not assessed: 1 of 2 frontal images could not be read: series 7 image 2 ("
+    )
+    sr = pydicom.dcmread(settings.storage.reports_dir / version.sr_path)
+    texts: list[str] = []
+    sr.walk(lambda _, element: texts.append(str(element.value))
+            if element.keyword == "TextValue" else None)
+    assert any(t.startswith("Not assessed: 1 of 2 frontal images") for t in texts)

@@ -14,6 +14,7 @@ from nodehelpers import (
     SCU_AE,
     RunningNode,
     dataset_bytes,
+    instance_rows,
     new_instance,
     raw_dicom_file,
     run_storescu,
@@ -38,7 +39,7 @@ from sqlalchemy import func, select
 
 from dicom_node.dimse import StoreStatus
 from dicom_node.scp import file_meta_bytes
-from dicom_node.store import Base, Instance, Study
+from dicom_node.store import Base, Study
 from sr_templates import (
     CHEXPERT_LABELS,
     AlgorithmInfo,
@@ -49,11 +50,6 @@ from sr_templates import (
 )
 
 pytestmark = pytest.mark.network
-
-
-def instance_rows(node: RunningNode) -> list[Instance]:
-    with node.db.session() as session:
-        return list(session.scalars(select(Instance)))
 
 
 def test_echo_with_dcmtk_echoscu(

@@ -5,19 +5,25 @@ from __future__ import annotations
 import configparser
 import importlib.util
 import os
+import stat
 import tomllib
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from kombu import Connection
 from pydantic import BaseModel
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
-from dicom_node.settings import Settings
+from dicom_node.jobqueue.app import broker_url
+from dicom_node.settings import Settings, load_settings
+from dicom_node.store import Database
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 EXAMPLE = DEPLOY / "config.example.toml"
@@ -142,6 +148,55 @@ def test_compose_runs_the_node_and_its_workers_with_health_checks() -> None:
     mounts = services["gpu-worker"]["volumes"]
     assert any(m.startswith("spool:") for m in mounts) and any(
         m.startswith("models:") for m in mounts)
+
+
+def test_compose_publishes_the_node_on_loopback_unless_told_otherwise() -> None:
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text(encoding="utf-8"))[
+        "services"]
+    ports = services["node"]["ports"]
+    assert [port.rsplit(":", 1)[1] for port in ports] == ["11112", "8081", "8080"]
+    # "${DICOM_PUBLISH_ADDRESS:-127.0.0.1}:11112:11112": loopback unless .env names one
+    assert all(port.startswith("${") and ":-127.0.0.1}:" in port for port in ports), ports
+    assert not [name for name, service in services.items()
+                if name != "node" and service.get("ports")]
+
+
+def test_systemd_units_cap_memory_and_create_private_files() -> None:
+    for name in ("dicom-node.service", "dicom-node-worker@.service"):
+        unit = configparser.ConfigParser(strict=False, interpolation=None)
+        unit.read(DEPLOY / "systemd" / name)
+        assert unit["Service"]["UMask"] == "0077"
+        assert unit["Service"]["MemoryMax"].rstrip("G").isdigit()
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, under which SQLite would create its files 0644."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_the_sqlite_database_and_queue_are_private(tmp_path: Path, umask_022: None) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    db.create_all()
+    with db.session() as session:
+        session.execute(text("CREATE TABLE written (x INTEGER)"))
+    with Connection(broker_url(load_settings(None, storage={"folder": tmp_path}))) as queue:
+        queue.SimpleQueue("gpu").put({"job": 1})
+    names = ["node.db", "node.db-wal", "node.db-shm", "broker.sqlite"]
+    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in names}
+    db.dispose()
+    assert modes == dict.fromkeys(names, 0o600)
+
+
+def test_an_existing_world_readable_database_is_narrowed(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "node.db"
+    path.touch(mode=0o644)
+    Database(f"sqlite:///{path}").dispose()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_systemd_units_start_the_node_and_one_worker_per_queue() -> None:

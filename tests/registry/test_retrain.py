@@ -101,7 +101,7 @@ def test_a_retrain_run_learns_from_sign_offs_and_registers_a_candidate(
     assert len(provenance.read_text().splitlines()) == 6
 
     # The registry holds the figures the retrain wrote into the candidate's manifest.
-    assert manifest.metrics["ce_f1_macro"] == metrics["ce_f1_macro"]
+    assert manifest.metrics["test"]["ce_f1_macro"] == metrics["ce_f1_macro"]
     assert manifest.metrics["baseline"]["ce_f1_macro"] == metrics["baseline"]["ce_f1_macro"]
 
     # Both figures come from the same held-out studies, so the gate compares them. A candidate
