@@ -230,6 +230,7 @@ def infer(
             if streaming
             else None,
         )
+        screening = vlm.analyse(datasets).content if vlm.content_check is not None else []
     except (InferenceError, NodeError) as exc:
         raise _fail(str(exc)) from exc
     if streaming:
@@ -249,6 +250,15 @@ def infer(
                 for f in draft.findings
             ],
             "report": draft.text,
+            "content_check": [
+                {
+                    "chest_probability": round(score.chest_probability, 4),
+                    "ood_ratio": round(score.ood_ratio, 3),
+                    "passed": score.is_chest and score.in_distribution,
+                    "verdict": score.describe(),
+                }
+                for score in screening
+            ],
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
@@ -262,6 +272,13 @@ def infer(
             f.label, f"{f.probability:.3f}", f"{f.threshold:.2f}", "yes" if f.positive else ""
         )
     console.print(table)
+    for index, score in enumerate(screening, start=1):
+        console.print(f"content check, image {index}: {score.describe()}", highlight=False)
+    if any(not (s.is_chest and s.in_distribution) for s in screening):
+        console.print(
+            "[bold]Caution:[/] the node would not draft this study (inference.screening = "
+            "refuse) or would draft it with a caution statement (warn).", highlight=False,
+        )
     if not streaming:
         console.print("[bold]Report[/]")
         console.print(draft.text or "(empty)", highlight=False)

@@ -52,7 +52,14 @@ from sr_templates.codes import CHEXPERT_LABELS
 from ._privacy import describe_exception, scrub_text, uid_digest
 from .assembly import REPORTABLE_MODALITIES
 from .delivery import enqueue_sr
-from .errors import JobError, OutboxError, ReportStoreError, StaleVersionError, TransientJobError
+from .errors import (
+    NOT_DRAFTED_PREFIX,
+    JobError,
+    OutboxError,
+    ReportStoreError,
+    StaleVersionError,
+    TransientJobError,
+)
 from .local_study import FRONTAL_VIEWS
 from .reports import FindingRecord, latest_version, store_report_version
 from .settings import Settings
@@ -61,6 +68,7 @@ from .worklist import resolve_worklist
 
 if TYPE_CHECKING:
     from inference import ChestXrayVLM, DraftReport
+    from inference.content_check import ContentScore
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,8 @@ NO_NARRATIVE = "No narrative text was generated; see the coded findings."
 _UNPRINTABLE = re.compile("[\x00-\x09\x0b\x0e-\x1f\x7f-\x9f]")
 #: How often storing a draft is retried when a reader's amendment lands at the same moment.
 STORE_ATTEMPTS = 3
+#: The statement a draft of a screened-out image opens with (``inference.screening = warn``).
+CAUTION_STATEMENT = "CAUTION: outside the model's training distribution"
 
 
 @dataclass(frozen=True)
@@ -423,14 +433,31 @@ def _run(
     match = resolve_worklist(settings, db, study)
     indication = match.indication if match is not None else None
     started = time.perf_counter()
+    refuse = settings.inference.screening == "refuse"
     try:
         from inference import StudyRequest
+        from inference.model import NotChestError
 
-        analysis = model.analyse(images.frontal, skip_unusable=True)
+        try:
+            analysis = model.analyse(
+                images.frontal, skip_unusable=True, leave_out_non_chest=refuse
+            )
+        except NotChestError as exc:
+            raise JobError(f"{NOT_DRAFTED_PREFIX}{exc}") from exc
+        outside = analysis.out_of_distribution + [s for s in analysis.content if not s.is_chest]
+        if outside and refuse:
+            raise JobError(
+                f"{NOT_DRAFTED_PREFIX}{len(outside)} image(s) {outside[0].describe()} "
+                "(inference.screening = refuse)"
+            )
         (draft,) = model.generate_reports([StudyRequest(analysis, indication)])
     except InferenceError as exc:
         raise JobError(f"the model cannot use the images of job {job.id}: {exc}") from exc
     seconds = time.perf_counter() - started
+    if outside:
+        logger.warning("job %d: study %s drafted with a caution: %s", job.id, study_tag,
+                       outside[0].describe())
+        draft.text = _with_caution(draft.text, outside)
     skipped = describe_unusable(images.frontal, analysis.unusable)
     if skipped:
         # Drafted from the usable images; the others are named in the job, the log and
@@ -481,6 +508,13 @@ def describe_unusable(frontal: Sequence[Dataset], unusable: Sequence[tuple[int, 
     return names
 
 
+def _with_caution(text: str, outside: Sequence[ContentScore]) -> str:
+    """The model's text with the caution statement first (``inference.screening = warn``)."""
+    findings, impression = split_report_text(text)
+    statement = f"{CAUTION_STATEMENT} ({outside[0].describe()}); interpret with caution."
+    return f"FINDINGS: {statement} {findings}\nIMPRESSION: {statement} {impression}"
+
+
 def _not_assessed(text: str, skipped: Sequence[str], total: int) -> str:
     """The model's text with a statement of the images it could not read."""
     statement = (
@@ -492,6 +526,7 @@ def _not_assessed(text: str, skipped: Sequence[str], total: int) -> str:
 
 
 __all__ = [
+    "CAUTION_STATEMENT",
     "NO_NARRATIVE",
     "DraftOutcome",
     "describe_unusable",

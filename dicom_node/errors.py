@@ -65,6 +65,11 @@ class StaleVersionError(ReportStoreError):
         self.latest = latest
 
 
+#: How the reason of a job the content check kept from drafting begins. Such a job is
+#: ``failed``, but it is the image's doing, not the node's: ``/healthz`` does not count it.
+NOT_DRAFTED_PREFIX = "not drafted: "
+
+
 class JobError(NodeError):
     """A report job cannot be run (its images are gone, the model refused them, ...)."""
 

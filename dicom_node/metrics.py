@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from .errors import NOT_DRAFTED_PREFIX
 from .store import Database, Instance, Job, JobState, OutboxItem, OutboxState, Study
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ def failure_kind(error: str | None) -> str:
     """
     if not error:
         return "unknown"
+    if error.startswith(NOT_DRAFTED_PREFIX):
+        return "not drafted"
     if error.startswith("unexpected error: "):
         return error.removeprefix("unexpected error: ").split(":", 1)[0].strip() or "unknown"
     head = re.sub(r"\d+", "N", error.split(":", 1)[0]).strip()

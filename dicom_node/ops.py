@@ -23,6 +23,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
+from .errors import NOT_DRAFTED_PREFIX
 from .store import Database, Job, JobState
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,11 @@ def recent_jobs_check(db: Database, count: int) -> HealthCheck:
                 )
         except SQLAlchemyError as exc:
             return f"cannot read the jobs ({type(exc).__name__})"
-        if len(rows) < count or any(state is not JobState.FAILED for state, _ in rows):
-            return None
+        if len(rows) < count or any(
+            state is not JobState.FAILED or (error or "").startswith(NOT_DRAFTED_PREFIX)
+            for state, error in rows
+        ):
+            return None  # a study the content check kept from drafting is not a node failure
         return f"the last {count} report jobs failed (latest: {rows[0][1] or 'no reason'})"
 
     return check

@@ -108,6 +108,14 @@ class InferenceSettings(BaseModel):
         "report text and checked by the LLM in one pass (speculative decoding: the same "
         "text in fewer passes); 0 = plain greedy decoding.",
     )
+    screening: Literal["refuse", "warn"] = Field(
+        default="refuse",
+        description="Images the bundle's content check finds are not frontal chest "
+        "radiographs, or outside the model's training distribution: refuse = left out, and "
+        "a study with no image left, or with one outside the distribution, is not drafted "
+        "(its job fails with the reason); warn = drafted with a prominent caution statement "
+        "in the SR and on the reader page.",
+    )
     self_test: bool = Field(
         default=True,
         description="Self-test every model when it is loaded (one image through the vision "

@@ -101,10 +101,29 @@ class Manifest:
         return self.root / VISION_WEIGHTS
 
     @property
+    def content_check(self) -> Path | None:
+        """Path of the content check (:mod:`inference.content_check`), or ``None``."""
+        name = self.raw.get("vision", {}).get("content_check")
+        return self.root / name if name else None
+
+    @property
     def lookup_table(self) -> Path | None:
         """Path of the n-gram table for lookup decoding, or ``None`` when the bundle has none."""
         name = self.raw.get("llm", {}).get("lookup_table")
         return self.root / name if name else None
+
+
+def attach_file(root: str | PathLike[str], name: str, section: str, key: str) -> None:
+    """Record a file written into a bundle after packaging: its checksum, and its name
+    under ``manifest[section][key]`` (the manifest itself is not checksummed)."""
+    bundle = Path(root)
+    path = bundle / MANIFEST_NAME
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest.setdefault(section, {})[key] = name
+    manifest["files"][name] = sha256_file(bundle / name)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    partial.replace(path)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -339,6 +358,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LLM_DIR",
     "LOOKUP_TABLE",
+    "attach_file",
     "MANIFEST_NAME",
     "Manifest",
     "TOKENIZER_DIR",

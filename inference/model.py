@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from .bundle import Manifest, load_manifest
 from .config import GenerationConfig, ModelConfig
+from .content_check import ContentCheck, ContentScore
 from .errors import BundleError, ConfigError, InferenceError, PreprocessingError
 from .generation import TextCallback, generate_texts, stream_text
 from .labels import NO_FINDING
@@ -101,6 +102,10 @@ class RuntimeOptions:
             raise ConfigError(f"lookup_tokens must be >= 0, got {self.lookup_tokens}")
 
 
+class NotChestError(PreprocessingError):
+    """No image of a study passes the content check: none is a frontal chest radiograph."""
+
+
 @dataclass(frozen=True)
 class FindingPrediction:
     """One CheXpert label's probability and the bundle's decision threshold for it."""
@@ -123,6 +128,13 @@ class StudyAnalysis:
     image_tokens: torch.Tensor
     #: Images left out because they could not be used: (index in the input, reason).
     unusable: list[tuple[int, str]] = field(default_factory=list)
+    #: The content check of each image used, in input order (empty without a check).
+    content: list[ContentScore] = field(default_factory=list)
+
+    @property
+    def out_of_distribution(self) -> list[ContentScore]:
+        """The used images the content check puts outside the training distribution."""
+        return [score for score in self.content if not score.in_distribution]
 
     @property
     def positive_labels(self) -> list[str]:
@@ -190,6 +202,8 @@ class ChestXrayVLM:
     lookup
         N-gram drafts for single-sequence greedy decoding (:mod:`inference.speculative`);
         ``None`` decodes one token per forward pass.
+    content_check
+        Screens images before drafting (:mod:`inference.content_check`); ``None``: none.
     """
 
     def __init__(
@@ -203,6 +217,7 @@ class ChestXrayVLM:
         name: str = "unnamed",
         version: str = "0",
         lookup: LookupDecoding | None = None,
+        content_check: ContentCheck | None = None,
     ) -> None:
         if llm.hidden_size != config.llm_hidden_size:
             raise InferenceError(
@@ -218,6 +233,7 @@ class ChestXrayVLM:
         self.name = name
         self.version = version
         self.lookup = lookup
+        self.content_check = content_check
 
     @classmethod
     def from_bundle(
@@ -267,11 +283,18 @@ class ChestXrayVLM:
             name=manifest.name,
             version=manifest.version,
             lookup=lookup,
+            content_check=(
+                ContentCheck.load(manifest.content_check) if manifest.content_check else None
+            ),
         )
 
     # ----------------------------------------------------------------------------- vision
     def analyse(
-        self, images: Sequence[ImageSource], *, skip_unusable: bool = False
+        self,
+        images: Sequence[ImageSource],
+        *,
+        skip_unusable: bool = False,
+        leave_out_non_chest: bool = True,
     ) -> StudyAnalysis:
         """Preprocess a study's images and run the vision side.
 
@@ -284,7 +307,9 @@ class ChestXrayVLM:
             The study's images.
         skip_unusable
             Leave out images that cannot be used, listing them in
-            :attr:`StudyAnalysis.unusable`, instead of failing the study.
+            :attr:`StudyAnalysis.unusable`, instead of failing the study; with a content
+            check and ``leave_out_non_chest``, images it finds are not frontal chest
+            radiographs are left out too (:class:`NotChestError` when none is left).
 
         Raises
         ------
@@ -293,11 +318,14 @@ class ChestXrayVLM:
             with ``skip_unusable`` when none can.
         """
         unusable: list[tuple[int, str]] = []
+        used = list(range(len(images)))
         if skip_unusable:
             usable: list[np.ndarray] = []
+            used = []
             for index, image in enumerate(images):
                 try:
                     usable.append(load_images([image], self.config.preprocess))
+                    used.append(index)
                 except PreprocessingError as exc:
                     unusable.append((index, str(exc)))
             if not usable:
@@ -307,13 +335,28 @@ class ChestXrayVLM:
         else:
             pixels = load_images(list(images), self.config.preprocess)
         probabilities, embeddings = self.vision(pixels)
+        content: list[ContentScore] = []
+        if self.content_check is not None:
+            content = self.content_check.score(np.asarray(embeddings))
+            if skip_unusable and leave_out_non_chest:
+                keep = [i for i, score in enumerate(content) if score.is_chest]
+                for i, score in enumerate(content):
+                    if not score.is_chest:
+                        unusable.append((used[i], score.describe()))
+                if not keep:
+                    reasons = "; ".join(reason for _, reason in sorted(unusable))
+                    raise NotChestError(f"no image of the study can be used ({reasons})")
+                probabilities = np.asarray(probabilities)[keep]
+                embeddings = np.asarray(embeddings)[keep]
+                content = [content[i] for i in keep]
+                unusable.sort()
         study_probs = probabilities.max(axis=0)
         findings = [
             FindingPrediction(label, float(p), self.thresholds[label])
             for label, p in zip(self.config.classifier.labels, study_probs, strict=True)
         ]
         tokens = torch.from_numpy(np.asarray(embeddings[: self.config.max_images]))
-        return StudyAnalysis(findings, tokens.reshape(-1, tokens.shape[-1]), unusable)
+        return StudyAnalysis(findings, tokens.reshape(-1, tokens.shape[-1]), unusable, content)
 
     # ----------------------------------------------------------------------------- prompts
     def _options(self, generation: GenerationConfig | None, **overrides: Any) -> GenerationConfig:
@@ -588,6 +631,7 @@ def bundle_summary(path: str | Path) -> dict[str, Any]:
         "exporter": manifest.exporter,
         "int8_vision": manifest.vision_onnx_int8 is not None,
         "lookup_table": manifest.lookup_table is not None,
+        "content_check": manifest.content_check is not None,
         "metrics": manifest.metrics,
     }
 
@@ -597,6 +641,7 @@ __all__ = [
     "ChestXrayVLM",
     "DraftReport",
     "FindingPrediction",
+    "NotChestError",
     "ImageSource",
     "RuntimeOptions",
     "StudyAnalysis",

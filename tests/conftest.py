@@ -42,6 +42,30 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def screened_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle with a content check fitted on phantom frontals against synthetic
+    negatives (its own random vision tower computes the embeddings)."""
+    import shutil
+
+    import numpy as np
+
+    from inference.bundle import load_manifest
+    from inference.preprocessing import preprocess_display_image
+    from training.content import fit_bundle_content_check
+    from training.phantoms._generate import PhantomConfig, generate_phantom
+
+    bundle = tmp_path_factory.mktemp("bundles") / "screened"
+    shutil.copytree(tiny_bundle, bundle)
+    config = load_manifest(bundle, verify=False).config.preprocess
+    phantoms = [
+        preprocess_display_image(generate_phantom(7, i, PhantomConfig(size=256)).image, config)
+        for i in range(90)
+    ]
+    fit_bundle_content_check(bundle, np.stack(phantoms[:60]), np.stack(phantoms[60:]))
+    return bundle
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_bundle: Path):  # type: ignore[no-untyped-def]
     """The tiny bundle loaded with the ONNX Runtime vision path on CPU."""
     from inference import ChestXrayVLM, RuntimeOptions

@@ -18,6 +18,7 @@ from inference import NgramTable, package_bundle
 from inference.bundle import LOOKUP_TABLE
 
 from .config import TrainingConfig
+from .content import fit_bundle_content_check
 from .context import RunContext, build_context
 from .errors import CheckpointError
 from .stages import (
@@ -74,8 +75,9 @@ def _adapter_dir(stage_dir: Path, name: str) -> Path:
 
 
 def package_run(ctx: RunContext, out_dir: Path, metrics: dict[str, Any] | None = None) -> Path:
-    """Write the run's model as a bundle (vision ONNX + int8, weights, LLM, adapters and
-    the report stage's n-gram table for lookup decoding)."""
+    """Write the run's model as a bundle (vision ONNX + int8, weights, LLM, adapters, the
+    report stage's n-gram table for lookup decoding, and the content check fitted on the
+    training and validation images, :mod:`training.content`)."""
     adapters = {
         name: _adapter_dir(ctx.stage_dir(name), name)
         for name in ("report", "instruct")
@@ -83,7 +85,7 @@ def package_run(ctx: RunContext, out_dir: Path, metrics: dict[str, Any] | None =
     }
     table_path = ctx.stage_dir("report") / LOOKUP_TABLE
     ctx.tower.eval()
-    return package_bundle(
+    bundle = package_bundle(
         out_dir,
         config=ctx.model_config,
         tower=ctx.tower.cpu(),
@@ -96,6 +98,9 @@ def package_run(ctx: RunContext, out_dir: Path, metrics: dict[str, Any] | None =
         metrics=metrics,
         lookup_table=NgramTable.load(table_path) if table_path.is_file() else None,
     )
+    # Which images the model should not draft: fitted on the bundle's own vision model.
+    fit_bundle_content_check(bundle, ctx.images["train"], ctx.images["val"], seed=ctx.config.seed)
+    return bundle
 
 
 def train(

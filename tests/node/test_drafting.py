@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from nodehelpers import T0, new_instance, node_settings, record
@@ -188,3 +189,56 @@ def test_a_corrupt_image_beside_a_good_one_is_named_and_the_study_drafted(
     sr.walk(lambda _, element: texts.append(str(element.value))
             if element.keyword == "TextValue" else None)
     assert any(t.startswith("Not assessed: 1 of 2 frontal images") for t in texts)
+
+
+def _image_instance(source: pydicom.Dataset, sop: str, image: np.ndarray) -> pydicom.Dataset:
+    ds = new_instance(source, SOPInstanceUID=sop, ViewPosition="PA")
+    ds.Rows, ds.Columns = image.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.PixelData = (image * 4095).astype("<u2").tobytes()
+    ds["PixelData"].VR = "OW"
+    return ds
+
+
+@pytest.mark.parametrize("screening", ["refuse", "warn"])
+def test_a_skull_film_is_not_drafted_or_is_drafted_with_a_caution_by_setting(
+    tmp_path: Path, rg1_uncr: Path, screened_bundle: Path, screening: str
+) -> None:
+    from dicom_node.drafting import CAUTION_STATEMENT
+    from dicom_node.errors import NOT_DRAFTED_PREFIX
+    from dicom_node.ops import recent_jobs_check
+    from inference import ChestXrayVLM, RuntimeOptions
+    from training.phantoms.negatives import negative_images
+
+    settings = node_settings(tmp_path / "node", inference={"screening": screening},
+                             worker={"unhealthy_after_failures": 1})
+    db = Database(settings.database_url)
+    db.create_all()
+    model = ChestXrayVLM.from_bundle(screened_bundle, RuntimeOptions(device="cpu"))
+    source = pydicom.dcmread(rg1_uncr)
+    (skull,) = negative_images(1, size=256, seed=11)
+    target = settings.storage.spool_dir / "9.9.1.dcm"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _image_instance(source, "9.9.1", skull).save_as(target)
+    db.record_instance(record("9.9.1", study=str(source.StudyInstanceUID), at=T0,
+                              path="9.9.1.dcm"))
+    (job_id,) = assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created
+    if screening == "refuse":
+        with pytest.raises(JobError, match="not a frontal chest radiograph"):
+            draft_job(settings, db, model, job_id)
+        (job,) = jobs(db)
+        assert job.state is JobState.FAILED and (job.error or "").startswith(NOT_DRAFTED_PREFIX)
+        # a film the check kept from drafting is the image's doing, not the node's
+        assert recent_jobs_check(db, 1)() is None
+        return
+    outcome = draft_job(settings, db, model, job_id)
+    assert outcome.state is JobState.DONE
+    with db.session() as session:
+        version = session.scalars(select(ReportVersion)).one()
+    assert version.findings_text.startswith(CAUTION_STATEMENT)
+    assert version.impression_text.startswith(CAUTION_STATEMENT)
+    assert "not a frontal chest radiograph" in version.findings_text

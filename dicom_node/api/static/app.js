@@ -173,6 +173,9 @@ function renderStudy() {
     : detail.study.study_instance_uid;
   const current = detail.current;
   $("report-version").textContent = current ? String(current.version) : "-";
+  // The node opens a screened draft with this statement (inference.screening = warn).
+  $("report-caution").hidden = !(current && current.findings_text.startsWith(
+    "CAUTION: outside the model's training distribution"));
   $("report-status").textContent = detail.study.status;
   renderDiff($("report-findings"), current && current.diff ? current.diff.findings : null,
     current ? current.findings_text
