@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: Most chest images of a split used to fit the check.
 MAX_POSITIVES = {"train": 400, "val": 200}
+#: Fewest chest images per split the check is fitted on.
+MIN_IMAGES = 16
 #: Synthetic negatives per split.
 NEGATIVES = {"train": 280, "val": 140}
 
@@ -45,8 +47,11 @@ def fit_bundle_content_check(
     val_images: np.ndarray,
     *,
     seed: int = 0,
-) -> ContentCheck:
+) -> ContentCheck | None:
     """Fit the content check of ``bundle`` and write it into the bundle (checksummed).
+
+    Returns None, and writes nothing, when a split has fewer than :data:`MIN_IMAGES`
+    images: a check fitted on so few would refuse what it has not seen by chance.
 
     Parameters
     ----------
@@ -58,6 +63,12 @@ def fit_bundle_content_check(
     seed
         Seed of the negatives and of the subsample.
     """
+    if len(train_images) < MIN_IMAGES or len(val_images) < MIN_IMAGES:
+        logger.warning(
+            "no content check for %s: %d training and %d validation images, fewer than %d",
+            bundle, len(train_images), len(val_images), MIN_IMAGES,
+        )
+        return None
     manifest = load_manifest(bundle, verify=False)
     ort = OrtOptions()
     onnx_file = select_vision_onnx(manifest, "auto", ort)
@@ -88,4 +99,4 @@ def fit_bundle_content_check(
     return check
 
 
-__all__ = ["MAX_POSITIVES", "NEGATIVES", "fit_bundle_content_check"]
+__all__ = ["MAX_POSITIVES", "MIN_IMAGES", "NEGATIVES", "fit_bundle_content_check"]
