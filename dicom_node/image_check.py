@@ -45,6 +45,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     DigitalXRayImageStorageForProcessing,
 )
 
+from .raw_values import raw_text
+
 #: Storage SOP classes whose images go to the model (a Secondary Capture never does, even
 #: labelled CR: it is a screenshot, not a radiograph).
 MODEL_IMAGE_CLASSES = frozenset(
@@ -84,23 +86,6 @@ def is_model_image(sop_class_uid: str) -> bool:
     return sop_class_uid in MODEL_IMAGE_CLASSES
 
 
-def _raw(ds: Dataset, keyword: str) -> bytes | str | None:
-    item = ds.get_item(keyword)
-    if item is None or item.value is None:
-        return None
-    value = item.value
-    return value if isinstance(value, bytes | str) else None
-
-
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = _raw(ds, keyword)
-    if value is None:
-        return None
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    text = text.strip(" \x00")
-    return text or None
-
-
 def _us(ds: Dataset, keyword: str) -> int | None:
     """An unsigned short (US) from its two raw little endian bytes."""
     item = ds.get_item(keyword)
@@ -136,7 +121,7 @@ def _valid_date(text: str) -> bool:
 
 def _check_copied(ds: Dataset) -> ImageProblem | None:
     for keyword, kind in _COPIED:
-        text = _text(ds, keyword)
+        text = raw_text(ds, keyword)
         if text is None:
             continue
         if kind == "DA":
@@ -163,7 +148,7 @@ def _pixel_geometry(ds: Dataset) -> tuple[int, int, int, int, int]:
         raise ValueError("Rows and Columns")
     if bits not in (1, 8, 16, 32, 64):
         raise ValueError("BitsAllocated")
-    frames_text = _text(ds, "NumberOfFrames")
+    frames_text = raw_text(ds, "NumberOfFrames")
     frames = 1
     if frames_text is not None:
         if not _IS.match(frames_text) or int(frames_text) < 1:
@@ -228,7 +213,7 @@ def check_image(
     if not for_model:
         return None
     samples = _us(ds, "SamplesPerPixel") or 1
-    photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
+    photometric = (raw_text(ds, "PhotometricInterpretation") or "").upper()
     if samples != 1 or photometric not in MONOCHROME:
         return ImageProblem("unusable", "not grayscale: need MONOCHROME1/2, 1 sample")
     try:
@@ -238,7 +223,7 @@ def check_image(
     if not bits_stored or bits_stored > (_us(ds, "BitsAllocated") or 0):
         return ImageProblem("unusable", "BitsStored missing or not valid")
     for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
-        text = _text(ds, keyword)
+        text = raw_text(ds, keyword)
         if text is None:
             continue
         try:

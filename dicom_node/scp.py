@@ -79,6 +79,7 @@ from .dimse import ERROR_COMMENT_MAX_CHARS, StoreStatus
 from .errors import DiskFullError, ServiceError, SpoolError
 from .guarded_server import GuardedAssociationServer
 from .image_check import check_image, inflated_size_within, is_deflated, is_model_image
+from .raw_values import raw_text
 from .settings import NodeSettings
 from .spool import Spool
 from .store import Database, InstanceRecord
@@ -145,20 +146,12 @@ def _status(status: StoreStatus, comment: str | None = None) -> Dataset:
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
-    """An attribute's text straight from its bytes, stripped; ``None`` when absent or empty.
+    """An attribute's raw text (:func:`~dicom_node.raw_values.raw_text`).
 
-    pydicom's value conversion is skipped: it validates as it converts (about 20 us per
-    UID) and may put an invalid value into a warning, and identifiers of the patient must
-    never reach a log. The node validates the UIDs itself (:func:`_check_identity`) and only
-    compares or stores the other values as text.
+    The node validates the UIDs itself (:func:`_check_identity`) and only compares or stores
+    the other values as text.
     """
-    item = ds.get_item(keyword)
-    if item is None or item.value is None:
-        return None
-    value = item.value
-    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-    text = text.strip(" \x00")
-    return text or None
+    return raw_text(ds, keyword)
 
 
 def _code(ds: Dataset, keyword: str) -> str | None:

@@ -69,6 +69,7 @@ from sr_templates import WorklistInfo
 from ._privacy import patient_key, uid_digest
 from .dimse import FIND_PENDING_STATUSES, FindStatus
 from .errors import NodeError, RisUnavailableError, WorklistError, WorklistQueryError
+from .raw_values import raw_text
 from .settings import RisSettings, Settings
 from .store import Database, IndicationSource, Study, WorklistEntry
 from .tls import client_context
@@ -255,17 +256,6 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return text or None
 
 
-def _raw_text(ds: Dataset, keyword: str) -> str | None:
-    """An identifier's text from its bytes, so pydicom never puts its value into a warning."""
-    item = ds.get_item(keyword)
-    if item is None or item.value is None:
-        return None
-    value = item.value
-    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-    text = text.strip(" \x00")
-    return text or None
-
-
 def choose_indication(ds: Dataset) -> tuple[str | None, IndicationSource | None]:
     """Apply the indication rule to a worklist identifier.
 
@@ -303,7 +293,7 @@ def parse_identifier(ds: Dataset, fetched_at: datetime) -> WorklistItem | None:
         ``None`` when the identifier has neither an accession number nor a Study Instance
         UID (nothing could match it).
     """
-    accession = _raw_text(ds, "AccessionNumber")
+    accession = raw_text(ds, "AccessionNumber")
     study_uid = _text(ds, "StudyInstanceUID")
     if not accession and not study_uid:
         return None
@@ -316,7 +306,7 @@ def parse_identifier(ds: Dataset, fetched_at: datetime) -> WorklistItem | None:
     return WorklistItem(
         accession_number=accession,
         study_instance_uid=study_uid,
-        patient_key=patient_key(_raw_text(ds, "PatientID"), _raw_text(ds, "IssuerOfPatientID")),
+        patient_key=patient_key(raw_text(ds, "PatientID"), raw_text(ds, "IssuerOfPatientID")),
         requested_procedure_id=_text(ds, "RequestedProcedureID"),
         requested_procedure_description=_text(ds, "RequestedProcedureDescription"),
         indication=indication,

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -76,6 +77,24 @@ class Requeued:
     failed: tuple[int, ...]
     #: Outbox rows put back to ``pending`` (their SR may reach the PACS twice).
     deliveries: tuple[int, ...]
+
+
+def _fail_lost_jobs(session: Any, limit: int, now: datetime, *conditions: Any) -> list[int]:
+    """Fail the running jobs (matching ``conditions``) that used up their ``limit`` attempts;
+    returns their ids."""
+    return list(
+        session.scalars(
+            update(Job)
+            .where(Job.state == JobState.RUNNING, Job.attempts >= limit, *conditions)
+            .values(
+                state=JobState.FAILED,
+                error=f"the worker was lost {limit} times (time limit or crash)",
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(Job.id)
+        )
+    )
 
 
 class Dispatcher:
@@ -128,23 +147,7 @@ class Dispatcher:
         """Fail lost running jobs that used up their attempts (their worker keeps dying)."""
         limit = self.settings.worker.max_retries + 1
         with self.db.session() as session:
-            failed = list(
-                session.scalars(
-                    update(Job)
-                    .where(
-                        Job.state == JobState.RUNNING,
-                        Job.updated_at < stale_before,
-                        Job.attempts >= limit,
-                    )
-                    .values(
-                        state=JobState.FAILED,
-                        error=f"the worker was lost {limit} times (time limit or crash)",
-                        finished_at=now,
-                        updated_at=now,
-                    )
-                    .returning(Job.id)
-                )
-            )
+            failed = _fail_lost_jobs(session, limit, now, Job.updated_at < stale_before)
         for job_id in sorted(failed):
             logger.error("job %d failed: its worker was lost %d times", job_id, limit)
 
@@ -271,19 +274,7 @@ class Dispatcher:
         now = now or datetime.now(UTC)
         limit = self.settings.worker.max_retries + 1
         with self.db.session() as session:
-            failed = list(
-                session.scalars(
-                    update(Job)
-                    .where(Job.state == JobState.RUNNING, Job.attempts >= limit)
-                    .values(
-                        state=JobState.FAILED,
-                        error=f"the worker was lost {limit} times (time limit or crash)",
-                        finished_at=now,
-                        updated_at=now,
-                    )
-                    .returning(Job.id)
-                )
-            )
+            failed = _fail_lost_jobs(session, limit, now)
             requeued = session.execute(
                 update(Job)
                 .where(Job.state == JobState.RUNNING)

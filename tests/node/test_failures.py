@@ -21,6 +21,7 @@ import httpx
 import pytest
 from nodehelpers import node_settings, run_storescu
 from sqlalchemy import select
+from support.orthanc import wait_until
 
 from dicom_node.model_cache import forget_models
 from dicom_node.model_readiness import READINESS, ModelPhase
@@ -33,17 +34,6 @@ pytestmark = pytest.mark.network
 
 TOKEN = "reader-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def _settings(folder: Path, bundle: Path, **sections: Any) -> Any:
@@ -113,7 +103,7 @@ def test_a_decoder_broken_at_job_time_fails_the_job_with_a_reason_everywhere(
     )
     service = node(settings)
     ops, api = _urls(service)
-    _wait_for(lambda: READINESS.status().phase is ModelPhase.READY, 60, "the model")
+    wait_until(lambda: READINESS.status().phase is ModelPhase.READY, 60, "the model")
     assert httpx.get(f"{ops}/healthz", timeout=10).status_code == 200
     host, port = service.address or ("", 0)
     sent = run_storescu(dcmtk, dcmtk_env, (host, port, settings.node.ae_title), rg1_uncr)
@@ -123,7 +113,7 @@ def test_a_decoder_broken_at_job_time_fails_the_job_with_a_reason_everywhere(
         rows = _jobs(service)
         return rows if rows and rows[-1].state not in (JobState.QUEUED, JobState.RUNNING) else []
 
-    (job,) = _wait_for(finished, 60, "the job to end")
+    (job,) = wait_until(finished, 60, "the job to end")
     assert job.state is JobState.FAILED
     assert job.error is not None and "KeyError" in job.error
     assert job.error.startswith("unexpected error")
@@ -155,7 +145,7 @@ def test_a_decoder_broken_at_start_is_found_by_the_self_test_and_jobs_wait(
         answer = httpx.get(f"{ops}/healthz", timeout=10)
         return answer if answer.status_code == 503 else None
 
-    health = _wait_for(unhealthy, 60, "/healthz to report the model")
+    health = wait_until(unhealthy, 60, "/healthz to report the model")
     assert health.json()["checks"]["model"].startswith("adapter:report failed: KeyError")
     assert health.json()["model"]["phase"] == "failed"
     assert [r.getMessage() for r in caplog.records if "self-test" in r.getMessage()]
@@ -163,7 +153,7 @@ def test_a_decoder_broken_at_start_is_found_by_the_self_test_and_jobs_wait(
     host, port = service.address or ("", 0)
     sent = run_storescu(dcmtk, dcmtk_env, (host, port, settings.node.ae_title), rg1_uncr)
     assert sent.returncode == 0, sent.stdout + sent.stderr  # studies are still received
-    (job,) = _wait_for(lambda: _jobs(service), 30, "the study's job")
+    (job,) = wait_until(lambda: _jobs(service), 30, "the study's job")
     time.sleep(1.5)  # fifteen dispatcher passes: none hands the job to the broken model
     (job,) = _jobs(service)
     assert job.state is JobState.QUEUED and job.attempts == 0 and job.dispatched_at is None
@@ -205,12 +195,12 @@ def test_a_first_run_listens_at_once_and_drafts_once_the_build_ends(
         body = httpx.get(f"{ops}/healthz", timeout=10).json()
         return body if "step 3 of 8" in body["model"]["detail"] else None
 
-    body = _wait_for(building, 30, "the build's progress on /healthz")
+    body = wait_until(building, 30, "the build's progress on /healthz")
     assert body["status"] == "starting" and body["model"]["phase"] == "building"
     host, port = service.address or ("", 0)
     sent = run_storescu(dcmtk, dcmtk_env, (host, port, settings.node.ae_title), rg1_uncr)
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    (job,) = _wait_for(lambda: _jobs(service), 30, "the study's job")
+    (job,) = wait_until(lambda: _jobs(service), 30, "the study's job")
     time.sleep(1.0)
     (job,) = _jobs(service)
     assert job.state is JobState.QUEUED  # accepted and queued, waiting for the model
@@ -218,7 +208,7 @@ def test_a_first_run_listens_at_once_and_drafts_once_the_build_ends(
     assert row["status"] == "queued" and "waiting for the model (building" in row["status_reason"]
 
     release.touch()
-    _wait_for(lambda: _jobs(service)[0].state is JobState.DONE, 120, "the draft")
+    wait_until(lambda: _jobs(service)[0].state is JobState.DONE, 120, "the draft")
     body = httpx.get(f"{ops}/healthz", timeout=10).json()
     assert body["status"] == "ok" and body["model"]["phase"] == "ready"
     (row,) = httpx.get(f"{api}/api/studies", headers=AUTH, timeout=10).json()
