@@ -46,6 +46,12 @@ class SignOffRequest(_Request):
     """Sign the current version off."""
 
     based_on_version: int = Field(ge=1, description="The version being signed.")
+    shown_sha256: str | None = Field(
+        default=None,
+        description="The content_sha256 of the version the reader was shown in the sign-off "
+        "confirmation; when given, the sign-off is refused (409) unless the SR would hold "
+        "exactly that text and those coded findings.",
+    )
 
 
 class UserOut(BaseModel):
@@ -121,6 +127,10 @@ class VersionOut(BaseModel):
     sr_sop_instance_uid: str
     findings: list[FindingOut]
     diff: ReportDiff | None = Field(description="Changes against the previous version.")
+    content_sha256: str = Field(
+        description="SHA-256 of what a signed SR of this version holds: findings text, "
+        "impression text and each coded finding's presence (see report_content_sha256)."
+    )
 
 
 class MessageOut(BaseModel):

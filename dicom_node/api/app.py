@@ -402,8 +402,9 @@ def create_app(service: DialogService) -> FastAPI:
 
     @api.post("/studies/{study_uid}/signoff", status_code=201)
     def sign_off(reader: ReaderDep, study_uid: str, body: SignOffRequest) -> VersionResult:
-        """Sign the latest version off (409 when stale or already signed)."""
-        return service.sign_off(reader, study_uid, body.based_on_version)
+        """Sign the latest version off (409 when stale, already signed, or not what the
+        reader was shown)."""
+        return service.sign_off(reader, study_uid, body.based_on_version, body.shown_sha256)
 
     app.include_router(api)
     return app

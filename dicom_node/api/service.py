@@ -29,6 +29,8 @@ result comes from an LRU cache.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +125,24 @@ logger = logging.getLogger(__name__)
 
 #: Returns the process's model (loaded on first use).
 ModelProvider = Callable[[], "ChestXrayVLM"]
+
+
+def report_content_sha256(
+    findings_text: str, impression_text: str, records: Sequence[FindingRecord]
+) -> str:
+    """SHA-256 of what an SR of a version holds for the reader: both texts, and each coded
+    finding's label and presence (probabilities are the model's and do not change)."""
+    canonical = json.dumps(
+        {
+            "findings_text": findings_text,
+            "impression_text": impression_text,
+            "findings": sorted([r.label, r.presence] for r in records),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _active_model(settings: Settings, db: Database) -> ChestXrayVLM:
@@ -583,6 +603,9 @@ class DialogService:
             verified=version.kind is ReportKind.SIGNOFF,
             sr_sop_instance_uid=version.sr_sop_instance_uid,
             findings=self._findings_out(records),
+            content_sha256=report_content_sha256(
+                version.findings_text, version.impression_text, records
+            ),
             diff=None
             if previous is None
             else self._diff(
@@ -1037,8 +1060,17 @@ class DialogService:
                     "(api.max_report_chars)"
                 )
 
-    def sign_off(self, reader: Reader, study_uid: str, based_on_version: int) -> VersionResult:
+    def sign_off(
+        self,
+        reader: Reader,
+        study_uid: str,
+        based_on_version: int,
+        shown_sha256: str | None = None,
+    ) -> VersionResult:
         """Sign the latest version off: a verified, complete SR naming the reader.
+
+        With ``shown_sha256`` (the :func:`report_content_sha256` of what the confirmation
+        showed), the sign-off goes through only when the SR would hold exactly that content.
 
         Raises
         ------
@@ -1058,6 +1090,14 @@ class DialogService:
             latest = self._latest(study.id)
             self._check_open_for_changes(latest)
             self._check_based_on(based_on_version, latest, "the sign-off")
+            records = findings_from_json(latest.findings_json)
+            if shown_sha256 is not None and shown_sha256 != report_content_sha256(
+                latest.findings_text, latest.impression_text, records
+            ):
+                raise ConflictError(
+                    "the report you were shown is not the one that would be signed; reload "
+                    "the study and review it again"
+                )
             result = self._new_version(
                 reader, study, latest, ReportKind.SIGNOFF, latest.findings_text,
                 latest.impression_text, findings_from_json(latest.findings_json),

@@ -387,7 +387,20 @@ def test_edit_then_sign_off_gives_a_verified_sr_with_the_verifying_observer(
     assert forbidden.status_code == 403
     assert state_counts(api.db) == before
 
-    signed = api.client.post(api.path("/signoff"), json={"based_on_version": 2}, headers=auth())
+    # The sign-off must hold what the confirmation showed: another content hash is refused.
+    shown = api.client.get(api.path(), headers=auth()).json()["current"]
+    assert shown["version"] == 2 and len(shown["content_sha256"]) == 64
+    not_shown = api.client.post(
+        api.path("/signoff"),
+        json={"based_on_version": 2, "shown_sha256": "0" * 64}, headers=auth(),
+    )
+    assert not_shown.status_code == 409
+    assert "not the one that would be signed" in not_shown.json()["detail"]
+    assert state_counts(api.db) == before
+    signed = api.client.post(
+        api.path("/signoff"),
+        json={"based_on_version": 2, "shown_sha256": shown["content_sha256"]}, headers=auth(),
+    )
     assert signed.status_code == 201, signed.text
     assert signed.json()["version"]["version"] == 3
     assert signed.json()["version"]["verified"] is True

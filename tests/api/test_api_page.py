@@ -145,3 +145,61 @@ def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
         assert errors == [], errors
     finally:
         context.close()
+
+
+EDITED_FINDINGS = "Right upper lobe nodule, 2 cm. Recommend CT."
+
+
+def test_an_unsaved_edit_blocks_sign_off_and_the_signed_sr_holds_the_saved_edit(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
+    browser: Any, start_api_server: Callable[..., ApiServer],
+) -> None:
+    from sr_templates import VERIFIED_SERIES_DESCRIPTION, read_report
+
+    settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
+    db = Database(settings.database_url)
+    db.create_all()
+    try:
+        study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        orthanc.upload(study.image)
+        deliver_draft(settings, db, study.draft)
+        server = start_api_server(settings, db)
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(server.url)
+            page.fill("#token", JANE_TOKEN)
+            page.click("#login-button")
+            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
+            sync_api.expect(page.locator("#report-version")).to_have_text("1")
+            page.click("#edit-button")
+            page.fill("#edit-findings", EDITED_FINDINGS)
+            # unsaved: sign-off is refused, and says why
+            sync_api.expect(page.locator("#sign-button")).to_be_disabled()
+            sync_api.expect(page.locator("#sign-hint")).to_be_visible()
+            # a reload of the study (the worklist's refresh, a colleague's change) keeps it
+            page.click("#refresh-button")
+            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
+            sync_api.expect(page.locator("#edit-findings")).to_have_value(EDITED_FINDINGS)
+            page.click("#save-edit")
+            sync_api.expect(page.locator("#report-version")).to_have_text("2")
+            sync_api.expect(page.locator("#sign-button")).to_be_enabled()
+            # the confirmation shows exactly what the SR will hold
+            page.click("#sign-button")
+            sync_api.expect(page.locator("#review-findings")).to_have_text(EDITED_FINDINGS)
+            sync_api.expect(page.locator("#review-codes li")).to_have_count(14)
+            shown = page.inner_text("#review-findings")
+            page.click("#sign-confirm")
+            sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 3")
+            assert errors == [], errors
+        finally:
+            context.close()
+        srs = orthanc.wait_for_srs(study.study_uid, 3)
+        (signed,) = [sr for sr in srs if sr.SeriesDescription == VERIFIED_SERIES_DESCRIPTION]
+        assert signed.VerificationFlag == "VERIFIED"
+        assert read_report(signed).findings_text == shown == EDITED_FINDINGS
+    finally:
+        db.dispose()

@@ -12,6 +12,8 @@ const state = {
   imageUrl: null,   // current object URL
   imageRequest: 0,  // sequence number: only the newest rendering is shown
   busy: false,
+  edit: null,       // {uid, version} while the reader edits the report text (unsaved)
+  review: null,     // {version, sha256} of the report the sign-off confirmation shows
 };
 
 const $ = (id) => document.getElementById(id);
@@ -184,11 +186,17 @@ function renderStudy() {
     current ? current.impression_text : "");
   $("report-codes-changes").textContent = current ? codeChanges(current.diff) : "";
   const signed = detail.study.status === "signed";
-  $("edit-button").disabled = !current || signed;
-  $("sign-button").disabled = !current || signed || !(state.user && state.user.may_sign);
-  $("sign-confirm").hidden = true;
-  $("edit-form").hidden = true;
-  $("report").hidden = false;
+  if (state.edit && (!current || state.edit.uid !== state.uid || signed)) state.edit = null;
+  const editing = Boolean(state.edit);
+  $("edit-button").disabled = !current || signed || editing;
+  // An unsaved edit is never signed: sign-off waits until it is saved or discarded.
+  $("sign-button").disabled = !current || signed || editing
+    || !(state.user && state.user.may_sign);
+  $("sign-hint").hidden = !editing;
+  $("sign-review").hidden = true;
+  // A reload (a dialog turn, a colleague's change) keeps an edit in progress on screen.
+  $("edit-form").hidden = !editing;
+  $("report").hidden = editing;
 
   const findings = $("findings").querySelector("tbody");
   findings.replaceChildren();
@@ -354,10 +362,33 @@ function sendMessage(text, intent) {
 // ------------------------------------------------------------------ edit and sign-off
 function startEdit() {
   const current = state.detail.current;
+  state.edit = { uid: state.uid, version: current.version };
   $("edit-findings").value = current.findings_text;
   $("edit-impression").value = current.impression_text;
-  $("report").hidden = true;
-  $("edit-form").hidden = false;
+  renderStudy();
+}
+
+function discardEdit() {
+  state.edit = null;
+  renderStudy();
+}
+
+function reviewSignOff() {
+  if (state.edit) {
+    setStatus("Save or discard your edit first: an unsaved edit is never signed.", true);
+    return;
+  }
+  const current = state.detail.current;
+  $("review-version").textContent = String(current.version);
+  $("review-findings").textContent = current.findings_text;
+  $("review-impression").textContent = current.impression_text;
+  const codes = $("review-codes");
+  codes.replaceChildren();
+  for (const finding of current.findings) {
+    codes.append(element("li", `${finding.label}: ${finding.presence}`));
+  }
+  state.review = { version: current.version, sha256: current.content_sha256 };
+  $("sign-review").hidden = false;
 }
 
 function saveEdit() {
@@ -371,6 +402,7 @@ function saveEdit() {
       },
     });
     const result = await response.json();
+    state.edit = null;
     await reloadStudy();
     await loadWorklist();
     setStatus(`Version ${result.version.version} stored`);
@@ -379,9 +411,13 @@ function saveEdit() {
 
 function signOff() {
   return guarded(async () => {
+    if (!state.review) return;
+    // What the confirmation showed is what the node must sign (409 otherwise).
     const response = await api(studyPath("/signoff"), {
-      method: "POST", json: { based_on_version: state.detail.current.version },
+      method: "POST",
+      json: { based_on_version: state.review.version, shown_sha256: state.review.sha256 },
     });
+    state.review = null;
     const result = await response.json();
     await reloadStudy();
     await loadWorklist();
@@ -460,10 +496,14 @@ document.addEventListener("DOMContentLoaded", () => {
     sendMessage(text, $("intent").value);
   });
   $("edit-button").addEventListener("click", startEdit);
-  $("cancel-edit").addEventListener("click", () => renderStudy());
+  $("cancel-edit").addEventListener("click", discardEdit);
   $("save-edit").addEventListener("click", saveEdit);
-  $("sign-button").addEventListener("click", () => { $("sign-confirm").hidden = false; });
+  $("sign-button").addEventListener("click", reviewSignOff);
   $("sign-confirm").addEventListener("click", signOff);
+  $("sign-cancel").addEventListener("click", () => {
+    state.review = null;
+    $("sign-review").hidden = true;
+  });
   $("wl-center").addEventListener("input", scheduleRender);
   $("wl-width").addEventListener("input", scheduleRender);
   $("zoom").addEventListener("input", applyZoom);
