@@ -163,6 +163,11 @@ class ProposalOut(BaseModel):
     decided_at: datetime | None
     accepted_version: int | None
     diff: ReportDiff | None
+    unmet_statements: list[str] = Field(
+        default_factory=list,
+        description="Findings the reader's correction stated that the proposal still gets "
+        "wrong (the labeler's reading of its text), e.g. ['Pleural Effusion'].",
+    )
 
 
 class ImageOut(BaseModel):

@@ -510,6 +510,15 @@ class DialogService:
             and latest is not None
             and p.based_on_version == latest.version
         )
+        # The reader's message that led to each proposal: the user message before the answer
+        # that carries the proposal.
+        instructions: dict[int, str] = {}
+        asked: str | None = None
+        for message in messages:
+            if message.role is MessageRole.USER:
+                asked = message.text
+            elif message.proposal_id is not None and asked is not None:
+                instructions[message.proposal_id] = asked
         return StudyDetail(
             study=self._summary(
                 study,
@@ -522,7 +531,9 @@ class DialogService:
             versions=versions,
             messages=[self._message_out(message) for message in messages],
             proposals=[
-                self._proposal_out(p, by_number.get(p.based_on_version), latest)
+                self._proposal_out(
+                    p, by_number.get(p.based_on_version), latest, instructions.get(p.id)
+                )
                 for p in proposals
             ],
             images=[
@@ -628,10 +639,22 @@ class DialogService:
         )
 
     def _proposal_out(
-        self, proposal: Proposal, base: ReportVersion | None, latest: ReportVersion | None
+        self,
+        proposal: Proposal,
+        base: ReportVersion | None,
+        latest: ReportVersion | None,
+        instruction: str | None = None,
     ) -> ProposalOut:
         records = findings_from_json(proposal.findings_json)
+        unmet: list[str] = []
+        if instruction is not None and proposal.kind is MessageKind.CORRECTION:
+            from training.instruct.stated_findings import unmet_statements
+
+            unmet = list(unmet_statements(
+                f"{proposal.findings_text}\n{proposal.impression_text}", instruction
+            ))
         return ProposalOut(
+            unmet_statements=unmet,
             id=proposal.id,
             kind=proposal.kind,
             based_on_version=proposal.based_on_version,
@@ -894,7 +917,9 @@ class DialogService:
                 kind=turn.kind,
                 message=self._message_out(asked),
                 answer=self._message_out(answered),
-                proposal=None if proposal is None else self._proposal_out(proposal, base, latest),
+                proposal=None
+                if proposal is None
+                else self._proposal_out(proposal, base, latest, turn.text),
             )
 
     @staticmethod

@@ -294,6 +294,13 @@ def test_a_correction_the_answer_ignores_is_redrafted_from_the_corrected_finding
     done = events[-1][1]
     assert done["answer"]["text"] == chosen
     assert done["proposal"]["status"] == "open"
+    # The proposal says which of the reader's statements it still leaves unmet, in the turn's
+    # answer and in the study the page loads.
+    expected = list(unmet_statements(chosen, text))
+    assert expected == ["Cardiomegaly"]  # the tiny model writes no such finding
+    assert done["proposal"]["unmet_statements"] == expected
+    (listed,) = api.client.get(api.path(), headers=auth()).json()["proposals"]
+    assert listed["unmet_statements"] == expected
 
 
 # --------------------------------------------------------------------------- accept

@@ -253,6 +253,11 @@ function proposalCard(proposal) {
   card.append(element("h3", "Findings"), findings, element("h3", "Impression"), impression);
   const codes = codeChanges(proposal.diff);
   if (codes) card.append(element("p", codes, "muted"));
+  if (proposal.unmet_statements && proposal.unmet_statements.length) {
+    // The model did not do all the reader asked: say which findings, before any accept.
+    card.append(element("p", `Not as you stated: ${proposal.unmet_statements.join(", ")}`,
+      "unmet"));
+  }
   if (proposal.status === "open" && !proposal.stale) {
     const actions = element("div", null, "actions");
     const accept = element("button", "Accept", "accept");
