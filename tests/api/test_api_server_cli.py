@@ -20,9 +20,9 @@ from apihelpers import (
 from support.peers import free_port
 from typer.testing import CliRunner
 
-from dicom_node.amend_cli import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, TOKEN_ENV
 from dicom_node.api import ApiServer
 from dicom_node.cli import app
+from dicom_node.cli.amend import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, TOKEN_ENV
 from dicom_node.errors import ServiceError, SettingsError
 from dicom_node.settings import load_settings
 from dicom_node.store import Database

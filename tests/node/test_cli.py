@@ -18,7 +18,7 @@ runner = CliRunner()
 
 def test_console_script_is_installed() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "--help"],
+        [sys.executable, "-m", "dicom_node", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -47,13 +47,12 @@ from support.peers import free_port
 
 from dicom_node import logs as node_logs
 from dicom_node.assembly import assemble
-from dicom_node.cli import app as _cli  # noqa: F401 - loads node_cli (importing it first is circular)
+from dicom_node.cli.node import LISTENING_PREFIX
 from dicom_node.delivery import DeliveryOutcome, deliver_items, enqueue_sr, release_claims
 from dicom_node.dimse import StoreResponseStatus
 from dicom_node.drafting import claim_job, touch_job
 from dicom_node.heartbeat import Heartbeat
 from dicom_node.jobqueue import Dispatcher, configure_app
-from dicom_node.node_cli import LISTENING_PREFIX
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Job, JobState, OutboxItem, OutboxState
 from sr_templates import CHEXPERT_LABELS, AlgorithmInfo, Finding, Presence, Report, build_draft_sr

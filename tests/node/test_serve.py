@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
-from dicom_node.node_cli import HTTP_PREFIX, LISTENING_PREFIX
+from dicom_node.cli.node import HTTP_PREFIX, LISTENING_PREFIX
 from dicom_node.service import NodeService
 from dicom_node.store import Instance, Job
 

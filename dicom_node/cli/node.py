@@ -6,24 +6,18 @@ inference stack is not imported here.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from .cli import ConfigOption, _fail, app, console
-from .errors import NodeError
-from .logs import configure_logging
-from .settings import Settings, load_settings
+from ..errors import NodeError
+from ..settings import Settings
+from ._app import ConfigOption, _fail, _node_settings, app, console, stop_on_signal
 
 #: Line printed (and flushed) once the SCP listens; scripts and tests read the port from it.
 LISTENING_PREFIX = "dicom_node listening on"
@@ -31,37 +25,6 @@ LISTENING_PREFIX = "dicom_node listening on"
 HTTP_PREFIX = "dicom_node http on"
 #: Line printed after that with the base URL of the dialog API and reader page (if enabled).
 API_PREFIX = "dicom_node api on"
-
-
-def _node_settings(config: Path | None, **overrides: object) -> Settings:
-    """Load settings and configure logging, without importing the inference stack."""
-    try:
-        settings = load_settings(config, **overrides)
-    except NodeError as exc:
-        raise _fail(str(exc)) from exc
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-@contextlib.contextmanager
-def stop_on_signal() -> Iterator[threading.Event]:
-    """An event that SIGINT or SIGTERM sets while the block runs (for long-running commands).
-
-    The previous signal handlers are restored when the block ends.
-    """
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {
-        signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 #: The first demo build as measured by a first-run ``serve`` on this machine class (2 vCPU AMD
@@ -76,8 +39,8 @@ def _check_bundle(settings: Settings) -> None:
     Only the default bundle (``models/demo``) is built when missing, in the background by the
     node's model warm-up; a missing bundle configured elsewhere is an error.
     """
-    from .model_readiness import demo_work_dir, needs_demo_build
-    from .settings import DEFAULT_BUNDLE
+    from ..model_readiness import demo_work_dir, needs_demo_build
+    from ..settings import DEFAULT_BUNDLE
 
     bundle = settings.inference.bundle
     if (bundle / "manifest.json").exists():
@@ -126,8 +89,8 @@ def serve(
         node={"port": port, "ae_title": ae_title, "bind_address": bind_address},
         storage={"folder": storage},
     )
-    from .jobqueue import is_embedded
-    from .service import NodeService
+    from ..jobqueue import is_embedded
+    from ..service import NodeService
 
     if is_embedded(settings) or settings.api.enabled:
         _check_bundle(settings)
@@ -181,7 +144,7 @@ def worker(
     if queues is not None:
         overrides["queues"] = [name.strip() for name in queues.split(",") if name.strip()]
     settings = _node_settings(config, worker=overrides)
-    from .jobqueue import GPU_QUEUE, configure_app, is_embedded, run_worker
+    from ..jobqueue import GPU_QUEUE, configure_app, is_embedded, run_worker
 
     if is_embedded(settings):
         raise _fail(
@@ -197,9 +160,9 @@ def worker(
         )
     if pool not in ("prefork", "threads"):
         raise _fail(f"--pool must be prefork or threads, got {pool!r}")
-    from .jobqueue import probe_model
-    from .model_readiness import READINESS, health_problem
-    from .ops import HealthCheck
+    from ..jobqueue import probe_model
+    from ..model_readiness import READINESS, health_problem
+    from ..ops import HealthCheck
 
     app_ = configure_app(settings)
     consumed = list(settings.worker.queues)
@@ -210,8 +173,8 @@ def worker(
             consumed.remove(GPU_QUEUE)  # report jobs stay queued for a worker with a good model
     http = None
     if settings.worker.metrics_port is not None:
-        from .http_server import BackgroundHttpServer
-        from .ops import create_ops_app
+        from ..http_server import BackgroundHttpServer
+        from ..ops import create_ops_app
 
         http = BackgroundHttpServer(
             create_ops_app(checks, lambda: READINESS.status().to_json()),
@@ -246,7 +209,7 @@ def worker(
 
 def _model_line(settings: Settings) -> dict[str, str]:
     """The configured bundle as ``status`` shows it: present, or how far its build is."""
-    from .model_readiness import demo_work_dir, describe_progress, needs_demo_build, read_progress
+    from ..model_readiness import demo_work_dir, describe_progress, needs_demo_build, read_progress
 
     bundle = settings.inference.bundle
     manifest = bundle / "manifest.json"
@@ -275,9 +238,9 @@ def status(
     settings = _node_settings(config)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .delivery import delivery_state
-    from .status import collect_status
-    from .store import Database
+    from ..delivery import delivery_state
+    from ..status import collect_status
+    from ..store import Database
 
     try:
         db = Database(settings.database_url)

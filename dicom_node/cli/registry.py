@@ -21,11 +21,11 @@ import typer
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from .cli import ConfigOption, _fail, _quiet_libraries, app, console, model_app
-from .errors import NodeError
-from .logs import configure_logging
-from .settings import Settings, load_settings
-from .store import Database
+from ..errors import NodeError
+from ..logs import configure_logging
+from ..settings import Settings, load_settings
+from ..store import Database
+from ._app import ConfigOption, _fail, _quiet_libraries, app, console, model_app
 
 retrain_app = typer.Typer(
     help="Retrain the model on signed-off reports; 'retrain status' shows the runs.",
@@ -88,7 +88,7 @@ def model_list(
     settings = _load(config)
     from inference import InferenceError
 
-    from .registry import ensure_initial_version, list_versions
+    from ..registry import ensure_initial_version, list_versions
 
     with _database(settings) as db:
         try:
@@ -133,8 +133,8 @@ def model_register(
     settings = _load(config)
     from inference import InferenceError
 
-    from .registry import ensure_initial_version, register_bundle
-    from .store import ModelSource
+    from ..registry import ensure_initial_version, register_bundle
+    from ..store import ModelSource
 
     with _database(settings) as db:
         try:
@@ -169,7 +169,7 @@ def model_promote(
     settings = _load(config)
     from inference import InferenceError
 
-    from .registry import PromotionRefusedError, promote
+    from ..registry import PromotionRefusedError, promote
 
     with _database(settings) as db:
         try:
@@ -195,7 +195,7 @@ def model_rollback(config: ConfigOption = None) -> None:
     settings = _load(config)
     from inference import InferenceError
 
-    from .registry import rollback
+    from ..registry import rollback
 
     with _database(settings) as db:
         try:
@@ -248,9 +248,9 @@ def retrain(
     if ctx.invoked_subcommand is not None:
         return
     settings = _load(config)
-    from .jobqueue import configure_app, is_embedded
-    from .jobqueue import context as queue_context
-    from .jobqueue.training_tasks import (
+    from ..jobqueue import configure_app, is_embedded
+    from ..jobqueue import context as queue_context
+    from ..jobqueue.training_tasks import (
         RetrainError,
         create_run,
         fail_run,
@@ -258,7 +258,7 @@ def retrain(
         parse_stages,
         send_retrain,
     )
-    from .jobqueue.training_tasks import retrain as retrain_task
+    from ..jobqueue.training_tasks import retrain as retrain_task
 
     try:
         stage_names = parse_stages(stages)
@@ -318,7 +318,7 @@ def retrain_status(
 ) -> None:
     """Show retrain runs: state, progress, phase, candidate version and the log's tail."""
     settings = _load(config)
-    from .jobqueue.training_tasks import RetrainError, get_run, list_runs
+    from ..jobqueue.training_tasks import RetrainError, get_run, list_runs
 
     with _database(settings) as db:
         runs = list_runs(db, limit)

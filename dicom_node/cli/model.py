@@ -1,10 +1,5 @@
-"""The ``dicom_node`` command line.
-
-Subcommands: ``model init|verify|info``, ``infer`` and ``config check`` here; ``serve`` and
-``status`` in :mod:`dicom_node.node_cli`; the training commands in
-:mod:`dicom_node.training_cli`. Later parts of the product add ``worker`` and the amend
-commands.
-"""
+"""Model and local commands: ``model init|verify|info``, ``infer``, ``phantoms`` and
+``config check``."""
 
 from __future__ import annotations
 
@@ -12,75 +7,25 @@ import json
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .errors import NodeError
-from .logs import configure_logging
-from .settings import Settings, load_settings
-
-app = typer.Typer(
-    name="dicom_node",
-    help="PACS-integrated DICOM node that drafts chest X-ray reports.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+from ..errors import NodeError
+from ..settings import load_settings
+from ._app import (
+    ConfigOption,
+    _fail,
+    _quiet_libraries,
+    _settings,
+    app,
+    config_app,
+    console,
+    err_console,
+    model_app,
 )
-model_app = typer.Typer(help="Build, check and describe model bundles.", no_args_is_help=True)
-config_app = typer.Typer(help="Validate configuration.", no_args_is_help=True)
-app.add_typer(model_app, name="model")
-app.add_typer(config_app, name="config")
-
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="TOML or YAML config file (default: $DICOM_NODE_CONFIG).",
-        dir_okay=False,
-    ),
-]
-
-
-def _quiet_libraries() -> None:
-    """Silence progress bars and exporter chatter that would drown the command's output."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-def _setup(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
-    _quiet_libraries()
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _settings(config: Path | None, **overrides: object) -> Settings:
-    try:
-        settings = load_settings(config, **overrides)
-    except NodeError as exc:
-        raise _fail(str(exc)) from exc
-    _setup(settings)
-    return settings
 
 
 # --------------------------------------------------------------------------- model init
@@ -207,7 +152,7 @@ def infer(
     settings = _settings(config, inference=overrides)
     from inference import ChestXrayVLM, InferenceError
 
-    from .local_study import read_study, sample_study
+    from ..local_study import read_study, sample_study
 
     bundle = settings.inference.bundle
     if not bundle.exists():
@@ -348,17 +293,3 @@ def config_check(
     except NodeError as exc:
         raise _fail(str(exc)) from exc
     console.print_json(settings.model_dump_json())
-
-
-# Training commands (train, evaluate, model build-demo) and node commands (serve, status)
-# register themselves on ``app``.
-from . import amend_cli, node_cli, registry_cli, training_cli  # noqa: E402,F401
-
-
-def main() -> None:
-    """Console entry point."""
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -27,10 +27,9 @@ from urllib.parse import quote
 
 import typer
 
-from .cli import ConfigOption, _fail, app, console
-from .errors import NodeError
-from .node_cli import _node_settings, stop_on_signal
-from .settings import Settings
+from ..errors import NodeError
+from ..settings import Settings
+from ._app import ConfigOption, _fail, _node_settings, app, console, stop_on_signal
 
 if TYPE_CHECKING:
     import httpx
@@ -233,7 +232,7 @@ def api(
     )
     if not settings.api.users:
         raise _fail("api.users is empty: configure at least one user and token", EXIT_USAGE)
-    from .api import ApiServer
+    from ..api import ApiServer
 
     with stop_on_signal() as stop:
         server = ApiServer(settings)

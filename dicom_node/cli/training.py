@@ -12,7 +12,7 @@ from typing import Annotated, Literal, cast
 
 import typer
 
-from .cli import ConfigOption, _fail, _settings, app, console, model_app
+from ._app import ConfigOption, _fail, _settings, app, console, model_app
 
 
 @app.command("train")
