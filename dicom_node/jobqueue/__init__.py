@@ -11,9 +11,9 @@ from .app import (
     TRAINING_QUEUE,
     app,
     broker_url,
-    configure_app,
     is_embedded,
 )
+from .configure import configure_app
 from .dispatch import Dispatcher, DispatchResult, Requeued
 from .worker import EmbeddedWorker, probe_model, run_worker
 

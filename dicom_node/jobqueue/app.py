@@ -1,8 +1,8 @@
 """The node's Celery app: broker, queues, reliability options.
 
-One module-level app carries the task definitions (:mod:`dicom_node.jobqueue.tasks`);
-:func:`configure_app` points it at the configured broker before a worker starts or a task is
-sent. Queues:
+One module-level app carries the task definitions (:mod:`dicom_node.jobqueue.tasks`, which
+import it); :func:`~dicom_node.jobqueue.configure.configure_app` registers them and points the
+app at the configured broker before a worker starts or a task is sent. Queues:
 
 ``gpu``
     report drafting (:func:`~dicom_node.drafting.draft_job`): workers on GPU hosts;
@@ -131,22 +131,6 @@ def _drop_pooled_connections() -> None:
         amqp._producer_pool = None
 
 
-def configure_app(settings: Settings) -> Celery:
-    """Point the app at the settings' broker (call before sending tasks or starting workers).
-
-    Also records the settings for the tasks of this process
-    (:func:`dicom_node.jobqueue.context.set_settings`).
-    """
-    from . import context, tasks, training_tasks  # noqa: F401  (registers the tasks)
-
-    _drop_pooled_connections()
-    app.conf.update(celery_config(settings))
-    tasks.draft_report.max_retries = settings.worker.max_retries
-    tasks.draft_report.retry_backoff_max = int(settings.worker.retry_backoff_max_s)
-    context.set_settings(settings)
-    return app
-
-
 __all__ = [
     "APP_NAME",
     "DELIVERY_QUEUE",
@@ -156,7 +140,6 @@ __all__ = [
     "app",
     "broker_url",
     "celery_config",
-    "configure_app",
     "is_embedded",
     "result_backend",
 ]

@@ -107,7 +107,7 @@ class Dispatcher:
     db
         The node's database.
     app
-        The configured Celery app (:func:`~dicom_node.jobqueue.app.configure_app`).
+        The configured Celery app (:func:`~dicom_node.jobqueue.configure.configure_app`).
     jobs_allowed
         Whether draft jobs may be sent now (``serve``'s embedded worker: once its model is
         ready); until then they stay ``queued``. ``None``: always.
