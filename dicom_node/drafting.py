@@ -444,7 +444,7 @@ def _run(
             )
         except NotChestError as exc:
             raise JobError(f"{NOT_DRAFTED_PREFIX}{exc}") from exc
-        outside = analysis.out_of_distribution + [s for s in analysis.content if not s.is_chest]
+        outside = [s for s in analysis.content if not (s.is_chest and s.in_distribution)]
         if outside and refuse:
             raise JobError(
                 f"{NOT_DRAFTED_PREFIX}{len(outside)} image(s) {outside[0].describe()} "

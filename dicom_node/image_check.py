@@ -96,7 +96,7 @@ def _us(ds: Dataset, keyword: str) -> int | None:
         return value
     if isinstance(value, bytes) and len(value) == 2:
         return int(struct.unpack("<H", value)[0])
-    raise ValueError(keyword)
+    raise ValueError(f"{keyword} cannot be read")
 
 
 def _numbers(text: str, pattern: re.Pattern[str]) -> list[float]:
@@ -145,26 +145,37 @@ def _pixel_geometry(ds: Dataset) -> tuple[int, int, int, int, int]:
     bits = _us(ds, "BitsAllocated")
     samples = _us(ds, "SamplesPerPixel")
     if not rows or not columns:
-        raise ValueError("Rows and Columns")
+        raise ValueError("Rows or Columns missing or 0")
     if bits not in (1, 8, 16, 32, 64):
-        raise ValueError("BitsAllocated")
+        raise ValueError("BitsAllocated is not 1, 8, 16, 32 or 64")
     frames_text = raw_text(ds, "NumberOfFrames")
     frames = 1
     if frames_text is not None:
         if not _IS.match(frames_text) or int(frames_text) < 1:
-            raise ValueError("NumberOfFrames")
+            raise ValueError("NumberOfFrames is not a positive integer")
         frames = int(frames_text)
     return rows, columns, frames, samples or 1, bits
 
 
 def decoded_pixel_bytes(ds: Dataset) -> int:
-    """Bytes the decoded pixel data of ``ds`` takes (its header's claim).
+    """Memory the decoded pixel data of ``ds`` takes (its header's claim), the one rule of the
+    SCP, the worker's door and the API's image routes.
+
+    Rows x Columns x frames x samples x bytes per sample, BitsAllocated rounded up to whole
+    bytes as decoders return them (1-bit data decodes to a byte per pixel). Nothing is
+    decoded: a compressed stream of a few KB may claim gigabytes.
 
     Raises
     ------
     ValueError
         When a geometry attribute is missing or malformed; the message names it.
     """
+    rows, columns, frames, samples, bits = _pixel_geometry(ds)
+    return rows * columns * frames * samples * -(-bits // 8)
+
+
+def _native_pixel_bytes(ds: Dataset) -> int:
+    """Length native (uncompressed) Pixel Data must have: bits packed, rounded up once."""
     rows, columns, frames, samples, bits = _pixel_geometry(ds)
     return math.ceil(rows * columns * frames * samples * bits / 8)
 
@@ -193,12 +204,13 @@ def check_image(
     if ds.get_item("PixelData") is None:
         return ImageProblem("unusable", "the image has no Pixel Data") if for_model else None
     try:
-        needed = decoded_pixel_bytes(ds)
+        decoded = decoded_pixel_bytes(ds)
+        needed = _native_pixel_bytes(ds)
     except ValueError as exc:
-        return ImageProblem("unusable", f"{exc} missing or not valid")
-    if needed > max_pixel_bytes:
+        return ImageProblem("unusable", str(exc))
+    if decoded > max_pixel_bytes:
         return ImageProblem(
-            "too large", f"pixel data {needed} bytes > limit {max_pixel_bytes}"
+            "too large", f"pixel data {decoded} bytes > limit {max_pixel_bytes}"
         )
     item = ds.get_item("PixelData")
     raw = item.value if item is not None else None
@@ -221,7 +233,7 @@ def check_image(
     except ValueError:
         bits_stored = None
     if not bits_stored or bits_stored > (_us(ds, "BitsAllocated") or 0):
-        return ImageProblem("unusable", "BitsStored missing or not valid")
+        return ImageProblem("unusable", "BitsStored missing or over BitsAllocated")
     for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
         text = raw_text(ds, keyword)
         if text is None:

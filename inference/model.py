@@ -132,11 +132,6 @@ class StudyAnalysis:
     content: list[ContentScore] = field(default_factory=list)
 
     @property
-    def out_of_distribution(self) -> list[ContentScore]:
-        """The used images the content check puts outside the training distribution."""
-        return [score for score in self.content if not score.in_distribution]
-
-    @property
     def positive_labels(self) -> list[str]:
         """Positive findings other than "No Finding", in the classifier's label order.
 

@@ -7,7 +7,8 @@ image is scaled down to at most ``size`` pixels on its long side. Decoded pixels
 few images are kept in memory, so moving the window sliders does not decode the file again.
 
 A file is untrusted input: its header is checked before anything is decoded
-(:func:`decoded_image_bytes`, :func:`check_decoded_size`), so a JPEG 2000 of a few KB that
+(:func:`check_decoded_size`, on the SCP's rule
+:func:`dicom_node.image_check.decoded_pixel_bytes`), so a JPEG 2000 of a few KB that
 claims 65535 x 65535 pixels is refused instead of allocating gigabytes, and whatever a
 malformed header or pixel stream makes pydicom raise becomes an
 :class:`~dicom_node.api.errors.InvalidInputError` (422) that names the problem.
@@ -31,6 +32,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, pixel_array
 
+from ..image_check import decoded_pixel_bytes
 from .errors import InvalidInputError, NotFoundError
 
 #: Longest side of the decoded pixels kept in memory.
@@ -41,7 +43,6 @@ DEFAULT_RENDER_SIDE = 1024
 #: Default largest decoded pixel data of an image the API renders (``api.max_image_bytes``).
 MAX_IMAGE_BYTES = 128 * 2**20
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-_BITS_ALLOCATED = (1, 8, 16, 32, 64)
 #: What pydicom raises for a header value or pixel stream it cannot convert or decode.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
@@ -110,38 +111,6 @@ def _integer(ds: Dataset, keyword: str, low: int, high: int, default: int | None
     return number
 
 
-def decoded_image_bytes(ds: Dataset) -> int:
-    """Bytes the pixel data of `ds` takes once decoded, from its header alone.
-
-    Rows x Columns x NumberOfFrames x SamplesPerPixel x bytes per sample (BitsAllocated
-    rounded up to whole bytes, as pydicom stores them). Nothing is decoded, so this is the
-    check to make before decoding: a compressed stream of a few KB may claim gigabytes.
-
-    Parameters
-    ----------
-    ds
-        The data set (its pixel data need not be read).
-
-    Returns
-    -------
-    int
-        The size in bytes.
-
-    Raises
-    ------
-    ValueError
-        When an attribute of the computation is missing or not valid; the message names it.
-    """
-    rows = _integer(ds, "Rows", 1, 0xFFFF)
-    columns = _integer(ds, "Columns", 1, 0xFFFF)
-    bits = _integer(ds, "BitsAllocated", 1, 64)
-    if bits not in _BITS_ALLOCATED:
-        raise ValueError(f"BitsAllocated is {bits}, not one of {_BITS_ALLOCATED}")
-    samples = _integer(ds, "SamplesPerPixel", 1, 4, default=1)
-    frames = _integer(ds, "NumberOfFrames", 1, 2**31 - 1, default=1)
-    return rows * columns * frames * samples * -(-bits // 8)
-
-
 def check_decoded_size(ds: Dataset, max_bytes: int) -> int:
     """Refuse an image whose decoded pixel data would exceed `max_bytes`.
 
@@ -155,7 +124,8 @@ def check_decoded_size(ds: Dataset, max_bytes: int) -> int:
     Returns
     -------
     int
-        The decoded size (:func:`decoded_image_bytes`).
+        The decoded size (:func:`dicom_node.image_check.decoded_pixel_bytes`, the rule
+        the SCP applies too).
 
     Raises
     ------
@@ -164,7 +134,7 @@ def check_decoded_size(ds: Dataset, max_bytes: int) -> int:
         (422, with the reason).
     """
     try:
-        size = decoded_image_bytes(ds)
+        size = decoded_pixel_bytes(ds)
     except ValueError as exc:
         raise InvalidInputError(f"the image header is not valid: {exc}") from exc
     if size > max_bytes:
@@ -351,6 +321,5 @@ __all__ = [
     "ImageRenderer",
     "check_decoded_size",
     "decode",
-    "decoded_image_bytes",
     "window",
 ]

@@ -128,6 +128,16 @@ def start_node(
         node.db.dispose()
 
 
+@pytest.fixture
+def services() -> Iterator[list[Any]]:
+    """Node services (:class:`dicom_node.service.NodeService`) a test started; stopped at
+    teardown."""
+    started: list[Any] = []
+    yield started
+    for service in started:
+        service.stop()
+
+
 # --------------------------------------------------------------------------- pynetdicom SCU
 @pytest.fixture
 def scu_store() -> Callable[..., int]:

@@ -172,3 +172,20 @@ def run_storescu(
     )
 
 
+def make_draft_sr(header: Dataset) -> Dataset:
+    """A draft SR of the chest CR `header`: a normal report, every finding coded absent."""
+    from sr_templates import AlgorithmInfo, Finding, Presence, Report, build_draft_sr
+    from sr_templates.codes import CHEXPERT_LABELS
+
+    report = Report(
+        findings_text="No focal consolidation. No pleural effusion.",
+        impression_text="No acute cardiopulmonary abnormality.",
+        findings=tuple(
+            Finding(label=label, presence=Presence.ABSENT, probability=0.01)
+            for label in CHEXPERT_LABELS
+        ),
+        language="en",
+        indication="Cough",
+    )
+    return build_draft_sr([header], report, AlgorithmInfo(name="cxr-vlm", version="test"))
+

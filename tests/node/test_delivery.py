@@ -19,7 +19,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from nodehelpers import T0, node_settings, record
+from nodehelpers import T0, make_draft_sr, node_settings, record
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
@@ -42,7 +42,6 @@ from dicom_node.delivery import (
 from dicom_node.dimse import StoreResponseStatus
 from dicom_node.settings import DeliverySettings, Settings
 from dicom_node.store import Database, OutboxItem, OutboxState
-from sr_templates import CHEXPERT_LABELS, AlgorithmInfo, Finding, Presence, Report, build_draft_sr
 
 pytestmark = pytest.mark.network
 
@@ -130,17 +129,7 @@ def db(node_folder: Path) -> Iterator[Database]:
 @pytest.fixture
 def draft_sr(cr_header: Dataset, db: Database) -> Dataset:
     """A draft SR of the chest CR, whose study the node has recorded."""
-    report = Report(
-        findings_text="No focal consolidation. No pleural effusion.",
-        impression_text="No acute cardiopulmonary abnormality.",
-        findings=tuple(
-            Finding(label=label, presence=Presence.ABSENT, probability=0.01)
-            for label in CHEXPERT_LABELS
-        ),
-        language="en",
-        indication="Cough",
-    )
-    sr = build_draft_sr([cr_header], report, AlgorithmInfo(name="cxr-vlm", version="test"))
+    sr = make_draft_sr(cr_header)
     db.record_instance(record(str(cr_header.SOPInstanceUID), study=str(sr.StudyInstanceUID)))
     return sr
 
@@ -346,17 +335,7 @@ def test_outbox_claims_and_stale_claims_on_both_databases(
 ) -> None:
     settings = settings_for(tmp_path / "node", {"main": free_port()})
     database.record_instance(record("1.2.3.1", study=str(cr_header.StudyInstanceUID)))
-    sr = build_draft_sr(
-        [cr_header],
-        Report(
-            findings_text="Clear lungs.", impression_text="Normal.", language="en",
-            findings=tuple(
-                Finding(label=label, presence=Presence.ABSENT, probability=0.01)
-                for label in CHEXPERT_LABELS
-            ),
-        ),
-        AlgorithmInfo(name="cxr-vlm", version="test"),
-    )
+    sr = make_draft_sr(cr_header)
     (row_id,) = enqueue_sr(database, settings.storage.outbox_dir, sr, ["main"], now=T0)
     assert delivery_state(database, T0).due == 1
 

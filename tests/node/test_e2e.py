@@ -74,15 +74,6 @@ def orthancs(tmp_path: Path, loopback_preload: dict[str, str]) -> Iterator[Calla
         server.stop()
 
 
-@pytest.fixture
-def services() -> Iterator[list[NodeService]]:
-    """Nodes started by a test; stopped at teardown."""
-    started: list[NodeService] = []
-    yield started
-    for service in started:
-        service.stop()
-
-
 def e2e_settings(folder: Path, tiny_bundle: Path, port: int, **sections: Any) -> Settings:
     base: dict[str, Any] = {
         "node": {"port": port, "ae_title": NODE_AE, "stable_seconds": 0.5,

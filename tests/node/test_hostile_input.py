@@ -128,7 +128,7 @@ def _raw_file(tmp_path: Path, ds: Dataset, name: str, syntax: str = ExplicitVRLi
 @pytest.mark.parametrize(
     ("case", "raw_values", "says"),
     [
-        ("frames", {"NumberOfFrames": "abc"}, "NumberOfFrames missing or not valid"),
+        ("frames", {"NumberOfFrames": "abc"}, "NumberOfFrames is not a positive integer"),
         ("slope", {"RescaleSlope": "abc"}, "RescaleSlope is not a decimal number"),
         ("window", {"WindowCenter": "x1y2"}, "WindowCenter is not a decimal number"),
         ("birth-date", {"PatientBirthDate": "1940-03-05"},

@@ -78,14 +78,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture
-def services() -> Iterator[list[NodeService]]:
-    started: list[NodeService] = []
-    yield started
-    for service in started:
-        service.stop()
-
-
 def _done(node: NodeService) -> int:
     with node.db.session() as session:
         return int(

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodehelpers import T0, new_instance, node_settings, record, run_storescu
+from nodehelpers import T0, make_draft_sr, new_instance, node_settings, record, run_storescu
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
@@ -55,7 +55,6 @@ from dicom_node.heartbeat import Heartbeat
 from dicom_node.jobqueue import Dispatcher, configure_app
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Job, JobState, OutboxItem, OutboxState
-from sr_templates import CHEXPERT_LABELS, AlgorithmInfo, Finding, Presence, Report, build_draft_sr
 
 pytestmark = pytest.mark.network
 
@@ -318,25 +317,10 @@ def test_a_node_restarted_with_its_own_worker_takes_back_what_it_left_half_done(
 
 
 # --------------------------------------------------------------------------- delivery
-def _sr(header: Dataset) -> Dataset:
-    """A draft SR of the chest CR `header`."""
-    return build_draft_sr(
-        [header],
-        Report(
-            findings_text="Clear lungs.", impression_text="Normal.", language="en",
-            findings=tuple(
-                Finding(label=label, presence=Presence.ABSENT, probability=0.01)
-                for label in CHEXPERT_LABELS
-            ),
-        ),
-        AlgorithmInfo(name="cxr-vlm", version="test"),
-    )
-
-
 def _queue_sr(settings: Settings, db: Database, header: Dataset) -> int:
     """The SR of `header`'s study in the outbox for the destination ``pacs``."""
     db.record_instance(record("2.1", study=str(header.StudyInstanceUID)))
-    (row_id,) = enqueue_sr(db, settings.storage.outbox_dir, _sr(header), ["pacs"], now=T0)
+    (row_id,) = enqueue_sr(db, settings.storage.outbox_dir, make_draft_sr(header), ["pacs"], now=T0)
     return row_id
 
 
