@@ -13,6 +13,7 @@ Layout (relationship, value type, concept name)::
         CONTAINS TEXT  Finding = findings text                        CID 7002
         CONTAINS CODE  Finding = <CheXpert concept>                   one per label
           HAS CONCEPT MOD  CODE  Presence = Present/Absent/Undetermined  CID 240
+                                              or Not evaluated (extension)
           HAS PROPERTIES   NUM   Probability (0..1)                   when known
           INFERRED FROM    IMAGE Source of Measurement                one per source image
       CONTAINS CONTAINER Impressions                                  CID 7001
@@ -57,6 +58,7 @@ _PRESENCE_CONCEPTS = {
     Presence.PRESENT: codes.PRESENT,
     Presence.ABSENT: codes.ABSENT,
     Presence.UNCERTAIN: codes.UNDETERMINED,
+    Presence.NOT_ASSESSED: codes.NOT_EVALUATED,
 }
 
 

@@ -66,6 +66,8 @@ __all__ = [
     "INDICATIONS_FOR_PROCEDURE",
     "LANGUAGE_NAMES",
     "LANGUAGE_OF_CONTENT",
+    "NOT_ASSESSED_CODES",
+    "NOT_EVALUATED",
     "OBSERVER_TYPE",
     "OBSERVER_TYPE_DEVICE",
     "OBSERVER_TYPE_PERSON",
@@ -250,6 +252,10 @@ PRESENCE = CodedConcept("705057003", "SCT", "Presence")
 PRESENT = CodedConcept("52101004", "SCT", "Present")
 ABSENT = CodedConcept("272519000", "SCT", "Absent")
 UNDETERMINED = CodedConcept("373068000", "SCT", "Undetermined")
+#: "The report does not say": CID 240 is extensible, and SNOMED CT's "Not evaluated" (also in
+#: CID 3703) is the value it lacks. Omitting the presence modifier would not do: a coded
+#: finding without one asserts the finding.
+NOT_EVALUATED = CodedConcept("373121007", "SCT", "Not evaluated")
 
 # Presence values the reader accepts: CID 240, the DCM equivalents and RadLex.
 PRESENT_CODES: frozenset[tuple[str, str]] = frozenset(
@@ -266,7 +272,10 @@ UNCERTAIN_CODES: frozenset[tuple[str, str]] = frozenset(
         ("RADLEX", "RID39110"),  # indeterminate
     }
 )
-PRESENCE_CODES = PRESENT_CODES | ABSENCE_CODES | UNCERTAIN_CODES
+NOT_ASSESSED_CODES: frozenset[tuple[str, str]] = frozenset(
+    {code_key(NOT_EVALUATED), ("SCT", "261665006")}  # Unknown
+)
+PRESENCE_CODES = PRESENT_CODES | ABSENCE_CODES | UNCERTAIN_CODES | NOT_ASSESSED_CODES
 
 #: Concept name of the model's probability that a finding is present (a NUM item).
 PROBABILITY = CodedConcept("122157", "DCM", "Probability")

@@ -159,6 +159,8 @@ def _presence(key: tuple[str, str] | None) -> Presence | None:
         return Presence.ABSENT
     if key in codes.UNCERTAIN_CODES:
         return Presence.UNCERTAIN
+    if key in codes.NOT_ASSESSED_CODES:
+        return Presence.NOT_ASSESSED
     return None
 
 

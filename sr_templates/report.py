@@ -22,11 +22,16 @@ __all__ = ["CompletionFlag", "Finding", "Presence", "Report", "VerificationFlag"
 
 
 class Presence(StrEnum):
-    """Whether a finding is present, as in the CheXpert labels (1, 0, -1)."""
+    """Whether a finding is present, as in the CheXpert labels (1, 0, -1, blank).
+
+    ``NOT_ASSESSED`` is CheXpert's blank: the report does not say. A draft codes every label,
+    so a finding its text does not mention is coded as not assessed rather than left out.
+    """
 
     PRESENT = "present"
     ABSENT = "absent"
     UNCERTAIN = "uncertain"
+    NOT_ASSESSED = "not_assessed"
 
 
 class CompletionFlag(StrEnum):
@@ -52,7 +57,8 @@ class Finding:
     label
         One of :data:`sr_templates.codes.CHEXPERT_LABELS`, e.g. ``"Pleural Effusion"``.
     presence
-        Present, absent or uncertain; a string such as ``"present"`` is converted.
+        Present, absent, uncertain or not assessed; a string such as ``"present"`` is
+        converted.
     probability
         The model's probability that the finding is present, in [0, 1]; ``None`` when the
         finding was not produced by the model (e.g. added by a radiologist).

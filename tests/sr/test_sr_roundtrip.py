@@ -150,3 +150,30 @@ def test_algorithm_parameters_round_trip_sorted(cr_source, draft_report):
     assert read.algorithm is not None
     assert list(read.algorithm.parameters) == ["a", "z"]
     assert read.algorithm.parameters["a"] == "first=with equals"
+
+
+def test_every_presence_round_trips_and_not_assessed_is_coded(
+    cr_source, algorithm, make_findings, validate_sr
+):
+    findings = list(make_findings())
+    presences = list(Presence)
+    findings = [
+        dataclasses.replace(finding, presence=presences[i % len(presences)])
+        if finding.label != "No Finding"
+        else dataclasses.replace(finding, presence=Presence.ABSENT)
+        for i, finding in enumerate(findings)
+    ]
+    report = Report(
+        findings_text="Heart size normal.",
+        impression_text="No acute abnormality.",
+        findings=tuple(findings),
+    )
+    sr = build_draft_sr([cr_source], report, algorithm)
+    path = validate_sr(sr, "draft-presences")
+
+    read = read_report(pydicom.dcmread(path))
+
+    assert [f.presence for f in read.findings] == [f.presence for f in findings]
+    # "Not assessed" is written as SNOMED CT "Not evaluated", never left uncoded (a coded
+    # finding without a presence modifier would read as present).
+    assert b"373121007" in path.read_bytes()
