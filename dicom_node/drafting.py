@@ -46,8 +46,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from sr_templates import AlgorithmInfo, Finding, Report, SRError, build_draft_sr
-from sr_templates.codes import CHEXPERT_LABELS
+from sr_templates import AlgorithmInfo, Finding, Presence, Report, SRError, build_draft_sr
 
 from ._privacy import describe_exception, scrub_text, uid_digest
 from .assembly import REPORTABLE_MODALITIES
@@ -60,6 +59,7 @@ from .errors import (
     StaleVersionError,
     TransientJobError,
 )
+from .finding_codes import code_findings
 from .local_study import FRONTAL_VIEWS
 from .reports import FindingRecord, latest_version, store_report_version
 from .settings import Settings
@@ -72,8 +72,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The CheXpert label that means no other finding.
-NO_FINDING = "No Finding"
 #: Findings text of a draft when the model wrote no narrative (the coded findings remain).
 NO_NARRATIVE = "No narrative text was generated; see the coded findings."
 #: Characters a DICOM text value (LT/ST/UT) cannot hold: C0 controls but CR, LF and FF; DEL;
@@ -264,34 +262,30 @@ def split_report_text(text: str) -> tuple[str, str]:
 
 
 def draft_to_report(draft: DraftReport) -> tuple[Report, list[FindingRecord]]:
-    """The SR content of a model draft: texts, and each label present or absent.
+    """The SR content of a model draft: texts, and each label coded from the text.
 
-    A label is present when its probability reaches the bundle's threshold, except
-    "No Finding", which is present exactly when no other label is (an SR cannot claim both).
+    The codes follow the draft's own text, read by the labeler (:func:`code_findings`), as
+    for every later version; the classifier's probability and threshold stay with each
+    label as the model's.
     """
     findings_text, impression_text = split_report_text(draft.text)
-    by_label = {f.label: f for f in draft.findings}
-    # "No Finding" is present exactly when no other finding is (its own probability is kept).
-    any_positive = any(f.positive for f in draft.findings if f.label != NO_FINDING)
-    coded: list[Finding] = []
-    records: list[FindingRecord] = []
-    for label in CHEXPERT_LABELS:
-        prediction = by_label.get(label)
-        if prediction is None:
-            continue
-        positive = not any_positive if label == NO_FINDING else prediction.positive
-        presence = "present" if positive else "absent"
-        coded.append(Finding(label, presence, prediction.probability))  # type: ignore[arg-type]
-        records.append(
-            FindingRecord(label, presence, prediction.probability, prediction.threshold)
-        )
+    model = [
+        FindingRecord(f.label, Presence.NOT_ASSESSED.value, f.probability, f.threshold)
+        for f in draft.findings
+    ]
+    records = code_findings(findings_text, impression_text, model=model)
+    coded = tuple(
+        Finding(r.label, Presence(r.presence), r.probability)
+        for r in records
+        if r.probability is not None
+    )
     report = Report(
         findings_text=findings_text,
         impression_text=impression_text,
         indication=draft.indication,
-        findings=tuple(coded),
+        findings=coded,
     )
-    return report, records
+    return report, [r for r in records if r.probability is not None]
 
 
 def _algorithm(model: ChestXrayVLM) -> AlgorithmInfo:

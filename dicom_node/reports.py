@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 import pydicom
@@ -38,17 +39,36 @@ logger = logging.getLogger(__name__)
 REPORT_SUFFIX = ".dcm"
 
 
+class FindingSource(StrEnum):
+    """Where a version's code for a finding comes from (see :mod:`dicom_node.finding_codes`)."""
+
+    #: The version's text, read by the labeler.
+    TEXT = "text"
+    #: The reader's explicit choice.
+    READER = "reader"
+    #: The classifier's threshold: only versions stored before codes followed the text.
+    MODEL = "model"
+
+
 @dataclass(frozen=True)
 class FindingRecord:
     """One coded finding of a report version, as stored with it."""
 
     label: str
-    #: ``present``, ``absent`` or ``uncertain``.
+    #: ``present``, ``absent``, ``uncertain`` or ``not_assessed``.
     presence: str
-    #: The model's probability; None when a reader set the finding.
+    #: The model's probability (never the reader's); None when the model gave none.
     probability: float | None = None
     #: The bundle's decision threshold for the label, when known.
     threshold: float | None = None
+    #: Who decided the presence.
+    source: FindingSource = FindingSource.TEXT
+    #: What the labeler reads in the version's text; None when the text does not mention it.
+    text_presence: str | None = None
+    #: The reader confirmed this code against a text that reads otherwise.
+    confirmed: bool = False
+    #: Who chose the presence (the reader's display name, a DICOM PN) when source is reader.
+    chosen_by: str | None = None
 
 
 def report_path(sop_instance_uid: str) -> Path:
@@ -66,6 +86,10 @@ def findings_to_json(findings: Sequence[FindingRecord]) -> str:
                 "presence": f.presence,
                 "probability": f.probability,
                 "threshold": f.threshold,
+                "source": f.source.value,
+                "text_presence": f.text_presence,
+                "confirmed": f.confirmed,
+                "chosen_by": f.chosen_by,
             }
             for f in findings
         ]
@@ -80,6 +104,11 @@ def findings_from_json(text: str) -> list[FindingRecord]:
             presence=str(item["presence"]),
             probability=None if item.get("probability") is None else float(item["probability"]),
             threshold=None if item.get("threshold") is None else float(item["threshold"]),
+            # Rows stored before codes followed the text carry the classifier's codes.
+            source=FindingSource(item.get("source", FindingSource.MODEL.value)),
+            text_presence=None if item.get("text_presence") is None else str(item["text_presence"]),
+            confirmed=bool(item.get("confirmed", False)),
+            chosen_by=None if item.get("chosen_by") is None else str(item["chosen_by"]),
         )
         for item in json.loads(text)
     ]
@@ -257,6 +286,7 @@ def _check_latest(db: Database, study_id: int, based_on: int | None) -> None:
 __all__ = [
     "REPORT_SUFFIX",
     "FindingRecord",
+    "FindingSource",
     "findings_from_json",
     "findings_to_json",
     "latest_version",

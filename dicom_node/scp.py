@@ -68,6 +68,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
 from sr_templates import (
+    ADDENDUM_SERIES_DESCRIPTION,
     AMENDED_SERIES_DESCRIPTION,
     DEFAULT_MANUFACTURER,
     DRAFT_SERIES_DESCRIPTION,
@@ -120,7 +121,12 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 VERIFICATION_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 #: Series Descriptions of the SR series the node writes (drafts, amendments, sign-offs).
 OWN_SR_SERIES_DESCRIPTIONS = frozenset(
-    {DRAFT_SERIES_DESCRIPTION, AMENDED_SERIES_DESCRIPTION, VERIFIED_SERIES_DESCRIPTION}
+    {
+        DRAFT_SERIES_DESCRIPTION,
+        AMENDED_SERIES_DESCRIPTION,
+        VERIFIED_SERIES_DESCRIPTION,
+        ADDENDUM_SERIES_DESCRIPTION,
+    }
 )
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")

@@ -2,7 +2,9 @@
 
 The node drafts a report with the vision-language model, stores it as an *unverified draft
 SR* in the image study (:func:`build_draft_sr`), and replaces it with *amended SRs*
-(:func:`build_amended_sr`) as the radiologist edits and finally signs it off. A parser
+(:func:`build_amended_sr`) as the radiologist edits and finally signs it off. A signed report
+never changes; an *addendum SR* (:func:`build_addendum_sr`) repeats it unchanged, adds the
+addendum, names it as predecessor and is signed off itself. A parser
 (:func:`read_report`) turns these SRs, and other TID 2000 style SRs, back into a
 :class:`Report`. The package depends only on pydicom and highdicom, and builds every SR with
 highdicom's classes.
@@ -17,9 +19,9 @@ The SRs are **Comprehensive SR** (1.2.840.10008.5.1.4.1.1.88.33), content templa
 * Comprehensive SR is the SR class PACS, viewers and RIS interfaces support most widely;
   Enhanced SR and Comprehensive 3D SR are less often among the storage SOP classes a PACS
   accepts (DCMTK's storescu even needs ``-R`` to propose Comprehensive 3D SR at all).
-* Comprehensive SR allows by-reference relationships, which later addenda can use to point
-  at the draft's items. The tree written today uses by-value relationships only, so moving
-  to Enhanced SR would need no change to the content.
+* Comprehensive SR allows by-reference relationships, which addenda could use to point at
+  the report's items. The tree written today (addenda included) uses by-value relationships
+  only, so moving to Enhanced SR would need no change to the content.
 
 See ``docs/sr.md`` for the content tree, the codes and the error policy.
 """
@@ -32,6 +34,7 @@ from sr_templates.errors import (
     InconsistentSourcesError,
     InvalidTextError,
     MissingSourceAttributeError,
+    NotSignedError,
     SRError,
     TextTooLongError,
     UnsupportedDocumentError,
@@ -39,8 +42,17 @@ from sr_templates.errors import (
     WorklistMismatchError,
 )
 from sr_templates.reader import read_report
-from sr_templates.report import CompletionFlag, Finding, Presence, Report, VerificationFlag
+from sr_templates.report import (
+    Addendum,
+    CompletionFlag,
+    Finding,
+    Presence,
+    Report,
+    VerificationFlag,
+)
 from sr_templates.writer import (
+    ADDENDUM_SERIES_DESCRIPTION,
+    ADDENDUM_SERIES_NUMBER,
     AMENDED_SERIES_DESCRIPTION,
     AMENDED_SERIES_NUMBER,
     DEFAULT_MANUFACTURER,
@@ -49,11 +61,14 @@ from sr_templates.writer import (
     SPECIFIC_CHARACTER_SET,
     TEXT_VALUE_MAX_BYTES,
     VERIFIED_SERIES_DESCRIPTION,
+    build_addendum_sr,
     build_amended_sr,
     build_draft_sr,
 )
 
 __all__ = [
+    "ADDENDUM_SERIES_DESCRIPTION",
+    "ADDENDUM_SERIES_NUMBER",
     "AMENDED_SERIES_DESCRIPTION",
     "AMENDED_SERIES_NUMBER",
     "CHEXPERT_LABELS",
@@ -64,6 +79,7 @@ __all__ = [
     "SPECIFIC_CHARACTER_SET",
     "TEXT_VALUE_MAX_BYTES",
     "VERIFIED_SERIES_DESCRIPTION",
+    "Addendum",
     "AlgorithmInfo",
     "CompletionFlag",
     "EmptyReportError",
@@ -72,6 +88,7 @@ __all__ = [
     "InconsistentSourcesError",
     "InvalidTextError",
     "MissingSourceAttributeError",
+    "NotSignedError",
     "PersonInfo",
     "Presence",
     "Report",
@@ -83,6 +100,7 @@ __all__ = [
     "VerifierInfo",
     "WorklistInfo",
     "WorklistMismatchError",
+    "build_addendum_sr",
     "build_amended_sr",
     "build_draft_sr",
     "read_report",

@@ -12,16 +12,27 @@ Layout (relationship, value type, concept name)::
       CONTAINS CONTAINER Findings                                     CID 7001
         CONTAINS TEXT  Finding = findings text                        CID 7002
         CONTAINS CODE  Finding = <CheXpert concept>                   one per label
+          HAS OBS CONTEXT  ...   person observer: who chose the presence  TID 1002
+                                 (only when a reader chose it)
           HAS CONCEPT MOD  CODE  Presence = Present/Absent/Undetermined  CID 240
                                               or Not evaluated (extension)
           HAS PROPERTIES   NUM   Probability (0..1)                   when known
           INFERRED FROM    IMAGE Source of Measurement                one per source image
       CONTAINS CONTAINER Impressions                                  CID 7001
         CONTAINS TEXT  Impression = impression text                   CID 7002
+      CONTAINS CONTAINER Addendum (addendum SRs only, oldest first)  CID 7001
+        HAS OBS CONTEXT  ...   person observer: the author            TID 1001/1002/1003
+        CONTAINS TEXT  Comment = addendum text                        CID 7002 extended
 
 TID 4019 sits on the root so that the algorithm's name, version and parameters stay in every
 amendment, whichever findings the radiologist keeps. All relationships are by value, so the
 tree is valid in Enhanced SR as well as in Comprehensive SR.
+
+An addendum SR is not rebuilt from a Report: it copies the root items of the signed SR
+unchanged (:func:`addendum_root`), earlier Addendum sections included, and appends one new
+Addendum section (:func:`addendum_section`). Each Addendum section carries the time it was
+written as Observation DateTime (0040,A032), and the root carries the time of the signed
+content, because the Content Date and Time of the new SR are those of the newest addendum.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from highdicom.sr import (
     CodeContentItem,
     CodedConcept,
     ContainerContentItem,
+    ContentSequence,
     DeviceObserverIdentifyingAttributes,
     ImageContentItem,
     LanguageOfContentItemAndDescendants,
@@ -49,6 +61,7 @@ from pydicom.sequence import Sequence as DataElementSequence
 
 from sr_templates import codes
 from sr_templates.context import AlgorithmInfo, PersonInfo
+from sr_templates.errors import UnsupportedDocumentError
 from sr_templates.report import Finding, Presence, Report
 
 #: Template identifier of the root container.
@@ -121,7 +134,11 @@ def _coded_finding(finding: Finding, images: Sequence[tuple[str, str]]) -> CodeC
         value=_fresh(codes.FINDING_CONCEPTS[finding.label]),
         relationship_type=RelationshipTypeValues.CONTAINS,
     )
-    children: list[Dataset] = [
+    children: list[Dataset] = []
+    if finding.observer is not None:
+        # The reader chose this presence: their own observer context on the finding.
+        children.extend(_observation_context(None, finding.observer))
+    children += [
         CodeContentItem(
             name=_fresh(codes.PRESENCE),
             value=_fresh(_PRESENCE_CONCEPTS[finding.presence]),
@@ -215,4 +232,84 @@ def build_content(
     )
     items.append(_section(codes.IMPRESSIONS, [_text(codes.IMPRESSION, report.impression_text)]))
     root.ContentSequence = DataElementSequence(items)
+    return root
+
+
+def addendum_section(
+    text: str, author: PersonInfo, observation_datetime: str
+) -> ContainerContentItem:
+    """Build one Addendum section (CID 7001 heading) for the root of an addendum SR.
+
+    Parameters
+    ----------
+    text
+        The addendum text; it must already have been checked.
+    author
+        Who wrote the addendum: the person observer of the section (TID 2000 row 9 allows an
+        Observation Context, TID 1001, in each section).
+    observation_datetime
+        When the addendum was written, as a DICOM DT value; written as the section's
+        Observation DateTime (0040,A032).
+
+    Returns
+    -------
+    highdicom.sr.ContainerContentItem
+        The section, with relationship CONTAINS.
+    """
+    section = _section(
+        codes.ADDENDUM,
+        [*_observation_context(None, author), _text(codes.ADDENDUM_TEXT, text)],
+    )
+    section.add_new("ObservationDateTime", "DT", observation_datetime)
+    return section
+
+
+def addendum_root(
+    signed: Dataset, section: Dataset, *, observation_datetime: str
+) -> ContainerContentItem:
+    """Build the root container of an addendum SR: the signed SR's content plus `section`.
+
+    The root's concept name, continuity and template identification, and every item of its
+    Content Sequence (earlier Addendum sections included) are copies of those of `signed`, so
+    the signed content reaches the new SR unchanged, whatever this package understands of it.
+
+    Parameters
+    ----------
+    signed
+        The signed SR (or an earlier addendum SR); it is not modified.
+    section
+        The new Addendum section, appended after the copied items.
+    observation_datetime
+        When the signed content was observed, as a DICOM DT value (the signed SR's own root
+        Observation DateTime, else its Content Date and Time); written as the root's
+        Observation DateTime (0040,A032), since the new SR's Content Date and Time are those
+        of the addendum (PS3.3 Table C.17-6 asks for it on content copied into a successor).
+
+    Returns
+    -------
+    highdicom.sr.ContainerContentItem
+        The root content item, for the ``content`` argument of highdicom's SR classes.
+
+    Raises
+    ------
+    UnsupportedDocumentError
+        If highdicom cannot read a content item of `signed`.
+    """
+    root = ContainerContentItem(
+        name=CodedConcept.from_dataset(signed.ConceptNameCodeSequence[0]),
+        is_content_continuous=signed.get("ContinuityOfContent") == "CONTINUOUS",
+    )
+    if "ContentTemplateSequence" in signed:
+        root.ContentTemplateSequence = copy.deepcopy(signed.ContentTemplateSequence)
+    root.add_new("ObservationDateTime", "DT", observation_datetime)
+    try:
+        # highdicom content items, deep copies of those of `signed`.
+        items = list(ContentSequence.from_sequence(signed.get("ContentSequence", []), copy=True))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # highdicom's message may quote a value of the document, so it is only chained.
+        raise UnsupportedDocumentError(
+            "signed holds a content item that highdicom cannot read as an SR content item "
+            f"({type(error).__name__}), so its content cannot be copied into the addendum SR"
+        ) from error
+    root.ContentSequence = DataElementSequence([*items, section])
     return root

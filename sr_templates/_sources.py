@@ -17,7 +17,13 @@ from typing import NamedTuple
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    BasicTextSRStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+)
 
 from sr_templates._privacy import uid_digest
 from sr_templates.errors import (
@@ -106,6 +112,17 @@ _CARRIED_OVER_KEYWORDS = (
     "ClinicalTrialSubjectReadingID",
     "ClinicalTrialTimePointID",
     "ClinicalTrialTimePointDescription",
+)
+
+#: SR classes whose content a Comprehensive SR can hold (Comprehensive 3D SR only without
+#: SCOORD3D items, which :func:`check_copyable_content` checks).
+_COPYABLE_SR_CLASSES = frozenset(
+    {BasicTextSRStorage, EnhancedSRStorage, ComprehensiveSRStorage, Comprehensive3DSRStorage}
+)
+#: Value types of the Comprehensive SR IOD (PS3.3 A.35.3.3.1.1).
+_COMPREHENSIVE_VALUE_TYPES = frozenset(
+    "TEXT CODE NUM DATETIME DATE TIME UIDREF PNAME COMPOSITE IMAGE WAVEFORM SCOORD TCOORD "
+    "CONTAINER".split()
 )
 
 _WHY_IDENTITY = "which the SR needs to reference it"
@@ -340,3 +357,107 @@ def predecessor_chain(previous: Dataset) -> list[Dataset]:
         )
     )
     return chain
+
+
+def check_copyable_content(signed: Dataset) -> None:
+    """Check that the content tree of `signed` can be copied into a Comprehensive SR.
+
+    Raises
+    ------
+    UnsupportedDocumentError
+        If `signed` is not a Basic Text, Enhanced, Comprehensive or Comprehensive 3D SR, or
+        its tree holds a value type Comprehensive SR does not allow (SCOORD3D) or a
+        by-reference relationship (which highdicom cannot copy as a content item).
+    """
+    sop_class = str(signed.get("SOPClassUID", ""))
+    if sop_class not in _COPYABLE_SR_CLASSES:
+        raise UnsupportedDocumentError(
+            f"signed has SOP class {sop_class} ({UID(sop_class).name or 'unknown'}); an "
+            "addendum copies the content of a Basic Text, Enhanced, Comprehensive or "
+            "Comprehensive 3D SR only"
+        )
+
+    def walk(items: Sequence[Dataset]) -> None:
+        for item in items:
+            value_type = item.get("ValueType")
+            if value_type is None:
+                raise UnsupportedDocumentError(
+                    "signed holds a by-reference relationship; an addendum copies by-value "
+                    "content only"
+                )
+            if value_type not in _COMPREHENSIVE_VALUE_TYPES:
+                raise UnsupportedDocumentError(
+                    f"signed holds a {value_type} content item, which a Comprehensive SR "
+                    "(the addendum SR) cannot hold"
+                )
+            walk(item.get("ContentSequence", []))
+
+    walk(signed.get("ContentSequence", []))
+
+
+def observation_datetime(document: Dataset) -> str:
+    """Return when the root content of an SR was observed, as a DICOM DT value, or ``""``.
+
+    That is the root's Observation DateTime (0040,A032) when present (an addendum SR keeps
+    the time of the signed report there), else its Content Date and Content Time, with its
+    Timezone Offset From UTC when present (PS3.3 Table C.17-6: an item without Observation
+    DateTime has that of the higher items, or the Content Date and Time).
+    """
+    observed = str(document.get("ObservationDateTime", "") or "").strip()
+    if observed:
+        return observed
+    date = str(document.get("ContentDate", "") or "").strip()
+    time = str(document.get("ContentTime", "") or "").strip()
+    if not date or not time:
+        return ""
+    offset = str(document.get("TimezoneOffsetFromUTC", "") or "").strip()
+    return f"{date}{time}{offset}"
+
+
+def content_observation_datetime(signed: Dataset) -> str:
+    """Return when the content of `signed` was observed (:func:`observation_datetime`).
+
+    Raises
+    ------
+    MissingSourceAttributeError
+        If `signed` has neither an Observation DateTime nor a Content Date and Time.
+    """
+    if not str(signed.get("ObservationDateTime", "") or "").strip():
+        why = "which dates the signed content in the addendum SR"
+        _require(signed, "ContentDate", "signed", non_empty=True, why=why)
+        _require(signed, "ContentTime", "signed", non_empty=True, why=why)
+    return observation_datetime(signed)
+
+
+def mark_addended(addendum: Dataset, signed: Dataset, purpose: Dataset) -> None:
+    """Give the predecessor references of an addendum SR their Purpose of Reference.
+
+    The reference to `signed` gets `purpose` (CID 7009 "Addended report"); the references
+    to the predecessors of `signed` keep the purposes `signed` gives them, if any. Purpose
+    of Reference Code Sequence (0040,A170) is an optional attribute of each Referenced SOP
+    Sequence item of the Predecessor Documents Sequence.
+
+    Parameters
+    ----------
+    addendum
+        The addendum SR, changed in place.
+    signed
+        The SR it adds to.
+    purpose
+        The coded purpose of the reference to `signed`; a copy is written.
+    """
+    earlier = {
+        str(instance.ReferencedSOPInstanceUID): instance.PurposeOfReferenceCodeSequence
+        for study in signed.get("PredecessorDocumentsSequence", [])
+        for series in study.get("ReferencedSeriesSequence", [])
+        for instance in series.get("ReferencedSOPSequence", [])
+        if instance.get("PurposeOfReferenceCodeSequence")
+    }
+    for study in addendum.get("PredecessorDocumentsSequence", []):
+        for series in study.get("ReferencedSeriesSequence", []):
+            for instance in series.get("ReferencedSOPSequence", []):
+                uid = str(instance.ReferencedSOPInstanceUID)
+                if uid == str(signed.SOPInstanceUID):
+                    instance.PurposeOfReferenceCodeSequence = [copy.deepcopy(purpose)]
+                elif uid in earlier:
+                    instance.PurposeOfReferenceCodeSequence = copy.deepcopy(earlier[uid])

@@ -47,7 +47,14 @@ def check_max_text_bytes(max_text_bytes: int) -> None:
         )
 
 
-def check_text(field: str, value: str, *, required: bool, max_bytes: int) -> None:
+def check_text(
+    field: str,
+    value: str,
+    *,
+    required: bool,
+    max_bytes: int,
+    why_required: str = "a report SR needs a findings and an impression text",
+) -> None:
     """Check that a report text can be written as the value of a TEXT content item.
 
     Parameters
@@ -60,6 +67,8 @@ def check_text(field: str, value: str, *, required: bool, max_bytes: int) -> Non
         Whether an empty text is an error.
     max_bytes
         Largest allowed size in bytes of the UTF-8 encoded, even-padded value.
+    why_required
+        Why the text is required, appended to the message of an empty text.
 
     Raises
     ------
@@ -72,9 +81,7 @@ def check_text(field: str, value: str, *, required: bool, max_bytes: int) -> Non
     """
     if not value:
         if required:
-            raise EmptyReportError(
-                f"{field} is empty; a report SR needs a findings and an impression text"
-            )
+            raise EmptyReportError(f"{field} is empty; {why_required}")
         return
     index = disallowed_character(value, TEXT_CONTROLS)
     if index is not None:

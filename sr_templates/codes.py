@@ -39,6 +39,10 @@ from pydicom.sr.coding import snomed_mapping as _snomed_mapping
 __all__ = [
     "ABSENCE_CODES",
     "ABSENT",
+    "ADDENDED_REPORT",
+    "ADDENDUM",
+    "ADDENDUM_HEADINGS",
+    "ADDENDUM_TEXT",
     "ALGORITHM_MANUFACTURER",
     "ALGORITHM_NAME",
     "ALGORITHM_PARAMETERS",
@@ -174,6 +178,19 @@ CLINICAL_INFORMATION_HEADINGS: frozenset[tuple[str, str]] = frozenset(
         ("DCM", "121060"),  # History
     }
 )
+
+#: Section heading of an addendum to a signed report, CID 7001. Current editions of CID 7001
+#: list the LOINC code; (121078, DCM, "Addendum") is the code older editions listed.
+ADDENDUM = CodedConcept("55107-7", "LN", "Addendum")
+#: Concept name of the TEXT item holding an addendum's text. TID 2002 takes TEXT concept names
+#: from CID 7002, a *baseline* group; each of its members classifies the statement (finding,
+#: impression, recommendation, ...), which an addendum need not be, so the unclassified DCM
+#: "Comment" is used instead (an extension of CID 7002; see docs/sr.md, "Addenda").
+ADDENDUM_TEXT = CodedConcept("121106", "DCM", "Comment")
+#: Purpose of reference of the signed SR in an addendum SR's Predecessor Documents Sequence,
+#: CID 7009 "Purpose of Reference to Predecessor Report" (HL7 v2 ADDENDUM).
+ADDENDED_REPORT = CodedConcept("121361", "DCM", "Addended report")
+ADDENDUM_HEADINGS: frozenset[tuple[str, str]] = frozenset({code_key(ADDENDUM), ("DCM", "121078")})
 
 # --- language (TID 1204) ------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ __all__ = [
     "InconsistentSourcesError",
     "InvalidTextError",
     "MissingSourceAttributeError",
+    "NotSignedError",
     "SRError",
     "TextTooLongError",
     "UnsupportedDocumentError",
@@ -95,3 +96,10 @@ class InconsistentFindingsError(SRError):
 
 class UnsupportedDocumentError(SRError):
     """A dataset is not an SR document this package can read or amend."""
+
+
+class NotSignedError(SRError):
+    """An addendum was requested for an SR that is not signed off (Verification Flag VERIFIED).
+
+    An unsigned report is amended (:func:`sr_templates.build_amended_sr`), not added to.
+    """

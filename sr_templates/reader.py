@@ -15,6 +15,11 @@ Report) and reads other TID 2000 style SRs on a best-effort basis:
   presence modifier and probability are read when present (a finding without presence
   modifier is present).
 * By-reference relationships (items without a Value Type) are skipped.
+* An Addendum section of the root (CID 7001, LOINC 55107-7 or the older DCM 121078) becomes
+  an :class:`~sr_templates.report.Addendum`: its narrative, its person observer and its
+  Observation DateTime (inherited from the root, else the Content Date and Time, when the
+  section has none, as PS3.3 defines). Coded findings inside an addendum are not part of the
+  report's findings; a warning says how many were left out.
 
 Values that do not fit the dataclasses (e.g. a verifier name not in ``Family^Given`` form)
 are left out with a warning that names the field, never the value.
@@ -22,17 +27,27 @@ are left out with a warning that names the field, never the value.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DT
 
 from sr_templates import codes
 from sr_templates._privacy import uid_digest
+from sr_templates._sources import observation_datetime
 from sr_templates.context import AlgorithmInfo, PersonInfo, VerifierInfo
 from sr_templates.errors import UnsupportedDocumentError
-from sr_templates.report import CompletionFlag, Finding, Presence, Report, VerificationFlag
+from sr_templates.report import (
+    Addendum,
+    CompletionFlag,
+    Finding,
+    Presence,
+    Report,
+    VerificationFlag,
+)
 
 __all__ = ["read_report"]
 
@@ -189,7 +204,13 @@ def _finding(item: Dataset) -> Finding | None:
                 logger.warning("probability of %r has an unknown unit or range; left out", label)
                 continue
             probability = number * factor
-    return Finding(label=label, presence=presence, probability=probability)
+    persons = _context_persons(item)
+    return Finding(
+        label=label,
+        presence=presence,
+        probability=probability,
+        observer=persons[0] if persons else None,
+    )
 
 
 def _coded_findings(container: Dataset) -> Iterator[Finding]:
@@ -318,6 +339,57 @@ def _predecessors(ds: Dataset) -> tuple[str, ...]:
     )
 
 
+def _datetime(value: str) -> dt.datetime | None:
+    """A DICOM DT value as a datetime (aware when it has a UTC offset), or None if invalid."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        parsed = DT(value)
+    except ValueError:
+        logger.warning("an Observation DateTime is not a valid DT value; left out")
+        return None
+    return dt.datetime(
+        parsed.year,
+        parsed.month,
+        parsed.day,
+        parsed.hour,
+        parsed.minute,
+        parsed.second,
+        parsed.microsecond,
+        tzinfo=parsed.tzinfo,
+    )
+
+
+def _context_persons(container: Dataset | Sequence[Dataset]) -> tuple[PersonInfo, ...]:
+    """The person observers in the HAS OBS CONTEXT items of a container (or of root items)."""
+    items = list(_children(container)) if isinstance(container, Dataset) else container
+    observers = _observers(
+        [item for item in items if item.get("RelationshipType") == _HAS_OBS_CONTEXT]
+    )
+    return tuple(
+        person
+        for person in (_person(observer) for observer in observers if observer.kind == "person")
+        if person is not None
+    )
+
+
+def _addendum(section: Dataset, inherited_datetime: str) -> Addendum:
+    persons = _context_persons(section)
+    observed = str(section.get("ObservationDateTime", "") or "").strip() or inherited_datetime
+    left_out = sum(1 for _ in _coded_findings(section))
+    if left_out:
+        logger.warning(
+            "%d coded finding(s) inside an addendum are not part of the report's findings",
+            left_out,
+        )
+    return Addendum(
+        text=_narrative(section),
+        author=persons[0] if persons else None,
+        datetime=_datetime(observed),
+    )
+
+
 def _field_only(error: Exception) -> str:
     # Error messages of the dataclasses name the field first ("PersonInfo.name must ...");
     # keep only that part, in case a message ever quotes a value.
@@ -365,6 +437,7 @@ def read_report(ds: Dataset) -> Report:
     clinical_texts: list[str] = []
     other_texts: list[str] = []
     findings: list[Finding] = []
+    addenda: list[Addendum] = []
     has_findings_section = False
     for item in root_items:
         relationship, value_type, name = item.get("RelationshipType"), item.ValueType, _name(item)
@@ -372,6 +445,9 @@ def read_report(ds: Dataset) -> Report:
             if name == codes.code_key(codes.LANGUAGE_OF_CONTENT):
                 language = (_code_value(item) or ("", ""))[1] or None
         elif relationship == _CONTAINS and value_type == "CONTAINER":
+            if name in codes.ADDENDUM_HEADINGS:
+                addenda.append(_addendum(item, observation_datetime(ds)))
+                continue
             if name in codes.FINDINGS_HEADINGS:
                 has_findings_section = True
                 findings_texts.append(_narrative(item))
@@ -411,17 +487,14 @@ def read_report(ds: Dataset) -> Report:
     observers = _observers(
         [item for item in root_items if item.get("RelationshipType") == _HAS_OBS_CONTEXT]
     )
-    persons = tuple(
-        person
-        for person in (_person(observer) for observer in observers if observer.kind == "person")
-        if person is not None
-    )
+    persons = _context_persons(root_items)
     report = Report(
         findings_text=findings_text,
         impression_text="\n".join(text for text in impression_texts if text),
         indication="\n".join(text for text in clinical_texts if text) or None,
         findings=tuple(unique.values()),
         language=language,
+        addenda=tuple(addenda),
         sop_instance_uid=str(ds.SOPInstanceUID) if "SOPInstanceUID" in ds else None,
         predecessors=_predecessors(ds),
         completion=CompletionFlag(
@@ -435,9 +508,10 @@ def read_report(ds: Dataset) -> Report:
         algorithm=_algorithm(root_items, observers),
     )
     logger.debug(
-        "read SR %s: %d coded finding(s), %d predecessor(s)",
+        "read SR %s: %d coded finding(s), %d addend(a), %d predecessor(s)",
         uid_digest(report.sop_instance_uid),
         len(report.findings),
+        len(report.addenda),
         len(report.predecessors),
     )
     return report

@@ -1,6 +1,6 @@
 """The report as plain data: what the writer encodes and the reader decodes.
 
-A :class:`Report` holds the report *content* (texts, coded findings, language) and the
+A :class:`Report` holds the report *content* (texts, coded findings, language, addenda) and the
 *document state* of the SR it was read from (SOP Instance UID, predecessors, flags, observers,
 verifiers, algorithm). The writer encodes the content; it derives the document state from its
 own arguments (the previous SR, the amender, the sign-off) and ignores those fields of the
@@ -11,6 +11,7 @@ Report gives back that Report with the document state filled in.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,7 +19,7 @@ from enum import StrEnum
 from sr_templates.codes import CHEXPERT_LABELS, FINDING_CONCEPTS
 from sr_templates.context import AlgorithmInfo, PersonInfo, VerifierInfo
 
-__all__ = ["CompletionFlag", "Finding", "Presence", "Report", "VerificationFlag"]
+__all__ = ["Addendum", "CompletionFlag", "Finding", "Presence", "Report", "VerificationFlag"]
 
 
 class Presence(StrEnum):
@@ -62,11 +63,15 @@ class Finding:
     probability
         The model's probability that the finding is present, in [0, 1]; ``None`` when the
         finding was not produced by the model (e.g. added by a radiologist).
+    observer
+        The person who chose the presence, when a reader chose it rather than it following
+        the report text (written as the finding's own person observer context, TID 1002).
     """
 
     label: str
     presence: Presence
     probability: float | None = None
+    observer: PersonInfo | None = None
 
     def __post_init__(self) -> None:
         if self.label not in FINDING_CONCEPTS:
@@ -86,6 +91,48 @@ class Finding:
                     f"probability of {self.label!r} must lie in [0, 1], got {probability}"
                 )
             object.__setattr__(self, "probability", probability)
+        if self.observer is not None and not isinstance(self.observer, PersonInfo):
+            raise TypeError(
+                f"observer of {self.label!r} must be a PersonInfo or None, "
+                f"got {type(self.observer).__name__}"
+            )
+
+
+@dataclass(frozen=True)
+class Addendum:
+    """A text appended to a signed report in a later SR (:func:`sr_templates.build_addendum_sr`).
+
+    Leading and trailing white space of the text is removed, as for the report texts; the
+    writer rejects an empty text.
+
+    Parameters
+    ----------
+    text
+        The addendum's text.
+    author
+        Who wrote the addendum (the person observer of the addendum section), if recorded.
+    datetime
+        When the addendum was written (Observation DateTime of the addendum section), if
+        recorded.
+    """
+
+    text: str
+    author: PersonInfo | None = None
+    datetime: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"Addendum.text must be a str, got {type(self.text).__name__}")
+        object.__setattr__(self, "text", self.text.strip())
+        if self.author is not None and not isinstance(self.author, PersonInfo):
+            raise TypeError(
+                f"Addendum.author must be a PersonInfo or None, got {type(self.author).__name__}"
+            )
+        if self.datetime is not None and not isinstance(self.datetime, dt.datetime):
+            raise TypeError(
+                "Addendum.datetime must be a datetime.datetime or None, "
+                f"got {type(self.datetime).__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -110,6 +157,10 @@ class Report:
     language
         RFC 5646 tag of the language of the texts, e.g. ``"en"``, ``"de"``, ``"ja"``; ``None``
         when an SR read from elsewhere does not say.
+    addenda
+        Addenda appended to the signed report, oldest first. Only
+        :func:`sr_templates.build_addendum_sr` writes them; the draft and amendment builders
+        refuse a Report that has any, since a report is amended before it is signed.
     sop_instance_uid
         Document state, set by the reader: SOP Instance UID of the SR.
     predecessors
@@ -131,6 +182,7 @@ class Report:
     indication: str | None = None
     findings: tuple[Finding, ...] = ()
     language: str | None = "en"
+    addenda: tuple[Addendum, ...] = ()
     sop_instance_uid: str | None = None
     predecessors: tuple[str, ...] = ()
     completion: CompletionFlag = CompletionFlag.PARTIAL
@@ -156,6 +208,13 @@ class Report:
                     f"Report.findings must hold Finding objects, got {type(finding).__name__}"
                 )
         object.__setattr__(self, "findings", findings)
+        addenda = tuple(self.addenda)
+        for addendum in addenda:
+            if not isinstance(addendum, Addendum):
+                raise TypeError(
+                    f"Report.addenda must hold Addendum objects, got {type(addendum).__name__}"
+                )
+        object.__setattr__(self, "addenda", addenda)
         object.__setattr__(self, "predecessors", tuple(str(uid) for uid in self.predecessors))
         object.__setattr__(self, "observers", tuple(self.observers))
         object.__setattr__(self, "verifiers", tuple(self.verifiers))

@@ -1,6 +1,6 @@
-"""Build the draft SR of a report and the amended SRs that replace it.
+"""Build the draft SR of a report, the amended SRs that replace it and addenda to it once signed.
 
-Both builders return a :class:`highdicom.sr.ComprehensiveSR` (see the package docstring for
+Every builder returns a :class:`highdicom.sr.ComprehensiveSR` (see the package docstring for
 why Comprehensive SR). Nothing is written to disk and nothing is sent; the caller saves the
 object (``sr.save_as(path)``) or stores it to the PACS. The SR is encoded with Specific
 Character Set ``ISO_IR 192`` (UTF-8), so report text and names in any script are stored
@@ -16,17 +16,21 @@ import warnings
 from collections.abc import Sequence
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
-from highdicom.sr import ComprehensiveSR
+from highdicom.sr import ComprehensiveSR, ContainerContentItem
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DT
 
 from sr_templates import codes
-from sr_templates._content import build_content
+from sr_templates._content import addendum_root, addendum_section, build_content
 from sr_templates._privacy import uid_digest
 from sr_templates._sources import (
     amendment_evidence,
+    check_copyable_content,
     check_previous,
     check_sources,
+    content_observation_datetime,
+    mark_addended,
     predecessor_chain,
     previous_image_references,
 )
@@ -35,14 +39,17 @@ from sr_templates._validation import (
     check_findings,
     check_max_text_bytes,
     check_report_texts,
+    check_text,
 )
 from sr_templates._vr import check_lo
 from sr_templates.context import AlgorithmInfo, PersonInfo, VerifierInfo, WorklistInfo
-from sr_templates.errors import WorklistMismatchError
+from sr_templates.errors import NotSignedError, UnsupportedDocumentError, WorklistMismatchError
 from sr_templates.reader import read_report
-from sr_templates.report import Report
+from sr_templates.report import Report, VerificationFlag
 
 __all__ = [
+    "ADDENDUM_SERIES_DESCRIPTION",
+    "ADDENDUM_SERIES_NUMBER",
     "AMENDED_SERIES_DESCRIPTION",
     "AMENDED_SERIES_NUMBER",
     "DEFAULT_MANUFACTURER",
@@ -51,6 +58,7 @@ __all__ = [
     "SPECIFIC_CHARACTER_SET",
     "TEXT_VALUE_MAX_BYTES",
     "VERIFIED_SERIES_DESCRIPTION",
+    "build_addendum_sr",
     "build_amended_sr",
     "build_draft_sr",
 ]
@@ -67,6 +75,10 @@ DRAFT_SERIES_DESCRIPTION = "AI DRAFT REPORT - NOT VERIFIED"
 AMENDED_SERIES_DESCRIPTION = "AMENDED DRAFT REPORT - NOT VERIFIED"
 #: Series Description of signed-off SRs.
 VERIFIED_SERIES_DESCRIPTION = "VERIFIED REPORT (AI-ASSISTED DRAFT)"
+#: Series Number of addendum SRs (each one a new series).
+ADDENDUM_SERIES_NUMBER = 9902
+#: Series Description of addendum SRs: a signed report with one or more addenda.
+ADDENDUM_SERIES_DESCRIPTION = "VERIFIED REPORT WITH ADDENDUM"
 #: Manufacturer (0008,0070) of the equipment that creates the SRs.
 DEFAULT_MANUFACTURER = "cxr-dicom-node"
 #: Specific Character Set of every SR: UTF-8.
@@ -133,6 +145,21 @@ def _content_date_time(
     return content_datetime.date(), content_datetime.time()
 
 
+def _dt_value(value: datetime.datetime) -> str:
+    """A datetime as a DICOM DT value (with its UTC offset when `value` is aware)."""
+    return str(DT(value))
+
+
+def _refuse_addenda(report: Report) -> None:
+    # Addenda exist only after sign-off, and only build_addendum_sr writes them; dropping
+    # them silently here would lose clinical text.
+    if report.addenda:
+        raise ValueError(
+            "report.addenda must be empty: a report is drafted and amended before it is "
+            "signed, and addenda to a signed report are written by build_addendum_sr"
+        )
+
+
 def _make_sr(
     *,
     evidence: Sequence[Dataset],
@@ -152,12 +179,9 @@ def _make_sr(
     sign_off: VerifierInfo | None,
     content_datetime: datetime.datetime | None,
 ) -> ComprehensiveSR:
-    check_lo("manufacturer", manufacturer)
-    _suppress_person_name_warning()
     content = build_content(
         report, language=language, algorithm=algorithm, person=person, images=images
     )
-    content_date, content_time = _content_date_time(content_datetime)
     uses_private_scheme = any(
         codes.FINDING_CONCEPTS[finding.label].scheme_designator == codes.CHEXPERT_SCHEME
         for finding in report.findings
@@ -174,6 +198,44 @@ def _make_sr(
         if uses_private_scheme
         else None
     )
+    return _make_document(
+        evidence=evidence,
+        content=content,
+        algorithm=algorithm,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        series_description=series_description,
+        requested_procedures=requested_procedures,
+        previous_versions=previous_versions,
+        sign_off=sign_off,
+        content_datetime=content_datetime,
+        coding_schemes=coding_schemes,
+    )
+
+
+def _make_document(
+    *,
+    evidence: Sequence[Dataset],
+    content: ContainerContentItem,
+    algorithm: AlgorithmInfo | None,
+    series_instance_uid: str | None,
+    series_number: int,
+    sop_instance_uid: str | None,
+    instance_number: int,
+    manufacturer: str,
+    series_description: str,
+    requested_procedures: Sequence[Dataset] | None,
+    previous_versions: Sequence[Dataset] | None,
+    sign_off: VerifierInfo | None,
+    content_datetime: datetime.datetime | None,
+    coding_schemes: Sequence[CodingSchemeIdentificationItem] | None,
+) -> ComprehensiveSR:
+    check_lo("manufacturer", manufacturer)
+    _suppress_person_name_warning()
+    content_date, content_time = _content_date_time(content_datetime)
     signed = sign_off is not None
     sr = ComprehensiveSR(
         evidence=evidence,
@@ -195,7 +257,7 @@ def _make_sr(
         software_versions=algorithm.version if algorithm else None,
         content_date=content_date,
         content_time=content_time,
-        coding_schemes=coding_schemes,
+        coding_schemes=list(coding_schemes) if coding_schemes else None,
         specific_character_set=SPECIFIC_CHARACTER_SET,
     )
     return sr
@@ -231,9 +293,9 @@ def build_draft_sr(
         classes (CR, DX, Secondary Capture, ...). Pixel data is not needed.
     report
         The report. Its findings text, impression text and language are required, and its
-        findings must hold all 14 CheXpert labels, each with a probability. Its document
-        state fields (``sop_instance_uid``, ``predecessors``, flags, observers, verifiers,
-        ``algorithm``) are ignored.
+        findings must hold all 14 CheXpert labels, each with a probability, and it has no
+        addenda. Its document state fields (``sop_instance_uid``, ``predecessors``, flags,
+        observers, verifiers, ``algorithm``) are ignored.
     algorithm
         The algorithm that drafted the report; recorded as device observer, TID 4019
         Algorithm Identification and in the SR's equipment attributes.
@@ -276,12 +338,13 @@ def build_draft_sr(
     InconsistentFindingsError
         If the coded findings are incomplete, repeated or contradictory.
     TypeError, ValueError
-        For arguments of the wrong type or out of range.
+        For arguments of the wrong type or out of range, or a report with addenda.
     """
     if not isinstance(report, Report):
         raise TypeError(f"report must be a Report, got {type(report).__name__}")
     if not isinstance(algorithm, AlgorithmInfo):
         raise TypeError(f"algorithm must be an AlgorithmInfo, got {type(algorithm).__name__}")
+    _refuse_addenda(report)
     check_max_text_bytes(max_text_bytes)
     sources = list(source_images)
     check_sources(sources)
@@ -354,8 +417,9 @@ def build_amended_sr(
     report
         The amended report: texts, language and the coded findings the amended text supports
         (any subset of the CheXpert labels; probabilities are optional). Typically
-        ``dataclasses.replace(read_report(previous), findings_text=..., findings=...)``. Its
-        document state fields are ignored.
+        ``dataclasses.replace(read_report(previous), findings_text=..., findings=...)``. It
+        has no addenda (a report is amended before it is signed). Its document state fields
+        are ignored.
     amender
         The person who amended the report.
     sign_off
@@ -392,7 +456,7 @@ def build_amended_sr(
     InconsistentFindingsError
         If a label repeats or "No Finding" is present together with a pathology.
     TypeError, ValueError
-        For arguments of the wrong type or out of range.
+        For arguments of the wrong type or out of range, or a report with addenda.
     """
     if not isinstance(previous, Dataset):
         raise TypeError(f"previous must be a pydicom Dataset, got {type(previous).__name__}")
@@ -402,6 +466,7 @@ def build_amended_sr(
         raise TypeError(f"amender must be a PersonInfo, got {type(amender).__name__}")
     if sign_off is not None and not isinstance(sign_off, VerifierInfo):
         raise TypeError(f"sign_off must be a VerifierInfo or None, got {type(sign_off).__name__}")
+    _refuse_addenda(report)
     check_max_text_bytes(max_text_bytes)
     previous_report = read_report(previous)
     check_previous(previous)
@@ -442,5 +507,169 @@ def build_amended_sr(
         uid_digest(previous.SOPInstanceUID),
         len(predecessors),
         len(report.findings),
+    )
+    return sr
+
+
+def build_addendum_sr(
+    signed: Dataset,
+    text: str,
+    author: PersonInfo,
+    sign_off: VerifierInfo,
+    *,
+    series_number: int = ADDENDUM_SERIES_NUMBER,
+    instance_number: int = 1,
+    manufacturer: str | None = None,
+    sop_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
+    content_datetime: datetime.datetime | None = None,
+    max_text_bytes: int = TEXT_VALUE_MAX_BYTES,
+) -> ComprehensiveSR:
+    """Build an SR that adds an addendum to a signed report, which itself stays unchanged.
+
+    A signed report is never changed in place. The addendum SR is a new instance in a new
+    series of the same study (Series Description :data:`ADDENDUM_SERIES_DESCRIPTION`). Its
+    content is a copy of the content of `signed`, item for item (texts, indication, coded
+    findings with presence and probability, language, observers, TID 4019 algorithm
+    identification, image references and any earlier addenda), followed by a new Addendum
+    section (CID 7001 heading (55107-7, LN, "Addendum")) with the author as person observer,
+    the text as a TEXT item (121106, DCM, "Comment") and the time it was written as
+    Observation DateTime. Its Predecessor Documents Sequence names the predecessors `signed`
+    names, then `signed`, with Purpose of Reference (121361, DCM, "Addended report"). It is
+    COMPLETE, VERIFIED and FINAL; its Verifying Observer Sequence holds the verifiers of
+    `signed`, with their original Verification DateTime, followed by `sign_off`, verified at
+    `content_datetime`. See docs/sr.md, "Addenda".
+
+    Parameters
+    ----------
+    signed
+        The signed report: a VERIFIED SR that this package can read and that references the
+        images it reports on (a report signed with :func:`build_amended_sr`, or an earlier
+        addendum SR). It is not modified.
+    text
+        The addendum text; surrounding white space is removed.
+    author
+        Who wrote the addendum.
+    sign_off
+        Who signs the addendum SR off (often the author).
+    series_number
+        Series Number of the new series.
+    instance_number
+        Instance Number of the SR.
+    manufacturer
+        Manufacturer of the equipment creating the SR; by default that of `signed`, or
+        :data:`DEFAULT_MANUFACTURER`.
+    sop_instance_uid
+        SOP Instance UID to use; a new UID by default.
+    series_instance_uid
+        Series Instance UID to use; a new UID by default.
+    content_datetime
+        When the addendum is written and signed: Content Date and Time, the Addendum
+        section's Observation DateTime and the new Verification DateTime; now by default.
+    max_text_bytes
+        Largest size in bytes of the addendum text; see :func:`build_draft_sr`.
+
+    Returns
+    -------
+    highdicom.sr.ComprehensiveSR
+        The addendum SR.
+
+    Raises
+    ------
+    UnsupportedDocumentError
+        If `signed` is not an SR, is not of an SR class whose content a Comprehensive SR can
+        hold, holds a content item that cannot be copied (SCOORD3D, a by-reference
+        relationship, an item highdicom cannot read), names no verifying observer, or
+        references no images of its study.
+    NotSignedError
+        If `signed` is not VERIFIED.
+    MissingSourceAttributeError
+        If `signed` lacks a patient or study attribute, or its Content Date and Time.
+    EmptyReportError, InvalidTextError, TextTooLongError
+        If `text` is empty, holds a disallowed character or is too long.
+    TypeError, ValueError
+        For arguments of the wrong type or out of range.
+    """
+    if not isinstance(signed, Dataset):
+        raise TypeError(f"signed must be a pydicom Dataset, got {type(signed).__name__}")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not isinstance(author, PersonInfo):
+        raise TypeError(f"author must be a PersonInfo, got {type(author).__name__}")
+    if not isinstance(sign_off, VerifierInfo):
+        raise TypeError(f"sign_off must be a VerifierInfo, got {type(sign_off).__name__}")
+    if content_datetime is None:
+        content_datetime = datetime.datetime.now()
+    elif not isinstance(content_datetime, datetime.datetime):
+        raise TypeError("content_datetime must be a datetime.datetime or None")
+    check_max_text_bytes(max_text_bytes)
+    signed_report = read_report(signed)
+    if signed_report.verification is not VerificationFlag.VERIFIED:
+        raise NotSignedError(
+            "signed is not a signed report (its Verification Flag is not VERIFIED); an "
+            "unsigned report is amended with build_amended_sr, not given an addendum"
+        )
+    if not signed.get("VerifyingObserverSequence"):
+        raise UnsupportedDocumentError(
+            "signed is VERIFIED but names no Verifying Observer, which a verified SR must"
+        )
+    check_copyable_content(signed)
+    check_previous(signed)
+    text = text.strip()
+    check_text(
+        "text",
+        text,
+        required=True,
+        max_bytes=max_text_bytes,
+        why_required="an addendum needs a text",
+    )
+    observed = content_observation_datetime(signed)
+    references = previous_image_references(signed)
+    predecessors = predecessor_chain(signed)
+    requested = None
+    if "ReferencedRequestSequence" in signed:
+        requested = [copy.deepcopy(item) for item in signed.ReferencedRequestSequence]
+    content = addendum_root(
+        signed,
+        addendum_section(text, author, _dt_value(content_datetime)),
+        observation_datetime=observed,
+    )
+    sr = _make_document(
+        evidence=amendment_evidence(signed, references),
+        content=content,
+        algorithm=signed_report.algorithm,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=manufacturer or str(signed.get("Manufacturer") or DEFAULT_MANUFACTURER),
+        series_description=ADDENDUM_SERIES_DESCRIPTION,
+        requested_procedures=requested,
+        previous_versions=predecessors,
+        sign_off=sign_off,
+        content_datetime=content_datetime,
+        coding_schemes=None,
+    )
+    mark_addended(sr, signed, codes.ADDENDED_REPORT)
+    if "CodingSchemeIdentificationSequence" in signed:
+        # The copied content uses the coding schemes `signed` declares (e.g. 99CHEXPERT).
+        sr.CodingSchemeIdentificationSequence = copy.deepcopy(
+            signed.CodingSchemeIdentificationSequence
+        )
+    # highdicom writes one verifying observer, verified at the time of building. PS3.3 states
+    # no order for the items of the Verifying Observer Sequence (each has its own
+    # Verification DateTime); they are kept in the order of signing, earlier ones unchanged.
+    (new_verifier,) = sr.VerifyingObserverSequence
+    new_verifier.VerificationDateTime = _dt_value(content_datetime)
+    sr.VerifyingObserverSequence = [
+        *(copy.deepcopy(item) for item in signed.VerifyingObserverSequence),
+        new_verifier,
+    ]
+    logger.info(
+        "built addendum SR %s to signed SR %s (%d predecessor(s), %d addend(a) in all)",
+        uid_digest(sr.SOPInstanceUID),
+        uid_digest(signed.SOPInstanceUID),
+        len(predecessors),
+        len(signed_report.addenda) + 1,
     )
     return sr

@@ -37,8 +37,14 @@ class EditRequest(_Request):
     impression_text: str
     findings: dict[str, str] | None = Field(
         default=None,
-        description="Label -> present/absent/uncertain, set explicitly; others follow the "
-        "text (see docs/amend_loop.md).",
+        description="The reader's choices, label -> present/absent/uncertain/not_assessed; "
+        "they stay the reader's until changed. Other findings follow the text (see "
+        "docs/amend_loop.md).",
+    )
+    confirm: list[str] = Field(
+        default_factory=list,
+        description="Labels whose code the reader confirms although the text reads "
+        "otherwise (resolves a disagreement before sign-off).",
     )
 
 
@@ -83,9 +89,22 @@ class FindingOut(BaseModel):
     """A coded finding of a report version or proposal."""
 
     label: str
-    presence: str
-    probability: float | None
-    threshold: float | None
+    presence: str = Field(description="present, absent, uncertain or not_assessed.")
+    probability: float | None = Field(
+        description="The model's probability that the finding is present (the classifier's, "
+        "never the reader's)."
+    )
+    threshold: float | None = Field(description="The model's decision threshold.")
+    source: str = Field(description="Who decided the presence: text, reader (or model, for "
+                        "versions stored before codes followed the text).")
+    text_presence: str | None = Field(
+        description="What the labeler reads in the text; null when the text does not say."
+    )
+    confirmed: bool = Field(description="The reader confirmed the code against the text.")
+    disagrees: bool = Field(
+        description="The text states the finding otherwise and the reader has not confirmed "
+        "the code; sign-off is refused while any finding disagrees."
+    )
 
 
 class DiffSegmentOut(BaseModel):
@@ -113,6 +132,21 @@ class ReportDiff(BaseModel):
     unified: str
 
 
+class AddendumOut(BaseModel):
+    """An addendum to a signed report, as its SR holds it."""
+
+    text: str
+    author: str | None = Field(description="Who wrote and verified the addendum (DICOM PN).")
+    written_at: datetime | None
+
+
+class AddendumRequest(_Request):
+    """An addendum to the signed report."""
+
+    based_on_version: int = Field(ge=1, description="The signed version it follows.")
+    text: str = Field(description="The addendum's text.")
+
+
 class VersionOut(BaseModel):
     """One version of the study's report."""
 
@@ -127,6 +161,10 @@ class VersionOut(BaseModel):
     sr_sop_instance_uid: str
     findings: list[FindingOut]
     diff: ReportDiff | None = Field(description="Changes against the previous version.")
+    addenda: list[AddendumOut] = Field(
+        default_factory=list,
+        description="The addenda an addendum version holds, oldest first (read from its SR).",
+    )
     content_sha256: str = Field(
         description="SHA-256 of what a signed SR of this version holds: findings text, "
         "impression text and each coded finding's presence (see report_content_sha256)."
@@ -238,6 +276,8 @@ class ProposalResult(BaseModel):
 
 __all__ = [
     "DiffSegmentOut",
+    "AddendumOut",
+    "AddendumRequest",
     "EditRequest",
     "FindingChange",
     "FindingOut",

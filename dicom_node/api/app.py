@@ -15,6 +15,7 @@ POST     /api/studies/{uid}/proposals/{id}/accept       new version from a propo
 POST     /api/studies/{uid}/proposals/{id}/reject       close a proposal
 PUT      /api/studies/{uid}/report                      direct edit (201)
 POST     /api/studies/{uid}/signoff                     verified final version (201)
+POST     /api/studies/{uid}/addenda                     addendum to the signed report (201)
 =======  =============================================  ==========================================
 
 Model work runs in the service's executor, database and SR work in the server's thread
@@ -44,6 +45,7 @@ from ._auth import Authenticator, Reader
 from ._images import DEFAULT_RENDER_SIDE, MAX_RENDER_SIDE
 from ._ratelimit import FailedTokenLimiter
 from ._schemas import (
+    AddendumRequest,
     EditRequest,
     ImageInfo,
     MessageRequest,
@@ -55,7 +57,13 @@ from ._schemas import (
     UserOut,
     VersionResult,
 )
-from .errors import ApiError, AuthenticationError, StaleVersionConflict, TooManyFailuresError
+from .errors import (
+    ApiError,
+    AuthenticationError,
+    FindingsDisagreeConflict,
+    StaleVersionConflict,
+    TooManyFailuresError,
+)
 from .service import DialogService, PreparedTurn
 
 logger = logging.getLogger(__name__)
@@ -285,6 +293,8 @@ def create_app(service: DialogService) -> FastAPI:
             logger.warning("%s %s refused: %s", request.method, route, exc)
         if isinstance(exc, StaleVersionConflict):
             content["latest_version"] = exc.latest
+        if isinstance(exc, FindingsDisagreeConflict):
+            content["disagreements"] = exc.labels
         return JSONResponse(content, status_code=exc.status_code, headers=headers)
 
     @app.middleware("http")
@@ -397,13 +407,19 @@ def create_app(service: DialogService) -> FastAPI:
         """Store the reader's own text as the next version (409 when stale)."""
         return service.edit(
             reader, study_uid, body.based_on_version, body.findings_text,
-            body.impression_text, body.findings,
+            body.impression_text, body.findings, body.confirm,
         )
+
+    @api.post("/studies/{study_uid}/addenda", status_code=201)
+    def add_addendum(reader: ReaderDep, study_uid: str, body: AddendumRequest) -> VersionResult:
+        """Add an addendum to the signed report: a new verified SR naming the signed one
+        (409 when the report is not signed or the version is stale)."""
+        return service.add_addendum(reader, study_uid, body.based_on_version, body.text)
 
     @api.post("/studies/{study_uid}/signoff", status_code=201)
     def sign_off(reader: ReaderDep, study_uid: str, body: SignOffRequest) -> VersionResult:
-        """Sign the latest version off (409 when stale, already signed, or not what the
-        reader was shown)."""
+        """Sign the latest version off (409 when stale, already signed, not what the reader
+        was shown, or while a finding's code and text disagree)."""
         return service.sign_off(reader, study_uid, body.based_on_version, body.shown_sha256)
 
     app.include_router(api)

@@ -53,6 +53,14 @@ class StaleVersionConflict(ConflictError):
         self.latest = latest
 
 
+class FindingsDisagreeConflict(ConflictError):
+    """Sign-off refused: the text states some findings otherwise than their codes."""
+
+    def __init__(self, message: str, labels: list[str]) -> None:
+        super().__init__(message)
+        self.labels = labels
+
+
 class NoReportError(ConflictError):
     """The study has no report version yet (its draft is not written)."""
 
@@ -95,6 +103,7 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "ConflictError",
+    "FindingsDisagreeConflict",
     "ForbiddenError",
     "InvalidInputError",
     "ModelOutputError",

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydicom.dataset import Dataset
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -48,6 +49,7 @@ from sr_templates import (
     Presence,
     SRError,
     VerifierInfo,
+    build_addendum_sr,
     build_amended_sr,
     read_report,
 )
@@ -55,9 +57,17 @@ from sr_templates import (
 from .._privacy import describe_exception, uid_digest
 from ..delivery import DeliveryOutcome, deliver_items, enqueue_sr
 from ..errors import NodeError, StaleVersionError
+from ..finding_codes import (
+    FindingChoiceError,
+    code_findings,
+    correction_choices,
+    disagreements,
+    disagrees,
+)
 from ..model_cache import get_model
 from ..reports import (
     FindingRecord,
+    FindingSource,
     findings_from_json,
     findings_to_json,
     latest_version,
@@ -84,9 +94,10 @@ from ..store import (
 from ._analysis import AnalysisCache
 from ._auth import Reader
 from ._classify import Intent, classify_message
-from ._findings import prompt_findings, revised_findings
+from ._findings import prompt_findings
 from ._images import ImageRenderer
 from ._schemas import (
+    AddendumOut,
     DiffSegmentOut,
     FindingChange,
     FindingOut,
@@ -107,6 +118,7 @@ from ._text import clean_generated, parse_revision, report_context, unified_repo
 from .errors import (
     ApiError,
     ConflictError,
+    FindingsDisagreeConflict,
     ForbiddenError,
     InvalidInputError,
     ModelOutputError,
@@ -163,6 +175,8 @@ NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "DOC", "OT"})
 FRONTAL_VIEWS = ("PA", "AP")
 #: Longest audit detail stored.
 AUDIT_DETAIL_CHARS = 300
+#: Versions that are signed: their SR is VERIFIED and never changes; an addendum follows.
+SIGNED_KINDS = frozenset({ReportKind.SIGNOFF, ReportKind.ADDENDUM})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +196,29 @@ class _AuditNote:
     study_id: int | None = None
     status_code: int = 200
     detail: str | None = None
+    #: One audit row each: the coded findings a new version changed.
+    code_changes: list[str] = dataclasses.field(default_factory=list)
+
+
+def _code_changes(
+    version: int, before: Sequence[FindingRecord], after: Sequence[FindingRecord]
+) -> list[str]:
+    """What a new version changed in the coded findings, one line per label, naming who
+    decided (text or reader)."""
+    old = {r.label: r for r in before}
+    changes = []
+    for record in after:
+        previous = old.get(record.label)
+        if previous is None or (previous.presence, previous.source) != (
+            record.presence, record.source
+        ) or previous.confirmed != record.confirmed:
+            was = "none" if previous is None else previous.presence
+            confirmed = ", confirmed against the text" if record.confirmed else ""
+            changes.append(
+                f"version {version}: {record.label} {was} -> {record.presence} "
+                f"({record.source.value}{confirmed})"
+            )
+    return changes
 
 
 def _now() -> datetime:
@@ -252,6 +289,11 @@ class DialogService:
                 reader, action, study_uid, note.study_id, AuditOutcome.OK, note.status_code,
                 note.detail,
             )
+            for change in note.code_changes:
+                self._write_audit(
+                    reader, "change_code", study_uid, note.study_id, AuditOutcome.OK,
+                    note.status_code, change,
+                )
 
     def _write_audit(
         self,
@@ -306,9 +348,10 @@ class DialogService:
 
     @staticmethod
     def _check_open_for_changes(latest: ReportVersion) -> None:
-        if latest.kind is ReportKind.SIGNOFF:
+        if latest.kind in SIGNED_KINDS:
             raise ConflictError(
-                f"the report is signed off (version {latest.version}); it cannot be changed"
+                f"the report is signed off (version {latest.version}); it cannot be changed, "
+                "only an addendum can be added"
             )
 
     @staticmethod
@@ -436,6 +479,7 @@ class DialogService:
             status = {
                 ReportKind.DRAFT: "drafted",
                 ReportKind.SIGNOFF: "signed",
+                ReportKind.ADDENDUM: "signed",
             }.get(latest.kind, "amended")  # type: ignore[assignment]
         elif job_state in ("queued", "running", "failed"):
             status = job_state  # type: ignore[assignment]
@@ -565,7 +609,8 @@ class DialogService:
         return [
             FindingOut(
                 label=r.label, presence=r.presence, probability=r.probability,
-                threshold=r.threshold,
+                threshold=r.threshold, source=r.source.value, text_presence=r.text_presence,
+                confirmed=r.confirmed, disagrees=disagrees(r),
             )
             for r in records
         ]
@@ -601,6 +646,25 @@ class DialogService:
             ),
         )
 
+    def _addenda_out(self, version: ReportVersion) -> list[AddendumOut]:
+        """The addenda an addendum version's SR holds, read from the SR itself: the page
+        shows what the PACS holds."""
+        if version.kind is not ReportKind.ADDENDUM:
+            return []
+        try:
+            report = read_report(read_report_sr(self.settings.storage.reports_dir, version))
+        except (NodeError, SRError) as exc:
+            logger.warning("the addenda of a version cannot be read: %s", type(exc).__name__)
+            return []
+        return [
+            AddendumOut(
+                text=addendum.text,
+                author=None if addendum.author is None else addendum.author.name,
+                written_at=addendum.datetime,
+            )
+            for addendum in report.addenda
+        ]
+
     def _version_out(self, version: ReportVersion, previous: ReportVersion | None) -> VersionOut:
         records = findings_from_json(version.findings_json)
         return VersionOut(
@@ -611,7 +675,8 @@ class DialogService:
             findings_text=version.findings_text,
             impression_text=version.impression_text,
             indication=version.indication,
-            verified=version.kind is ReportKind.SIGNOFF,
+            verified=version.kind in SIGNED_KINDS,
+            addenda=self._addenda_out(version),
             sr_sop_instance_uid=version.sr_sop_instance_uid,
             findings=self._findings_out(records),
             content_sha256=report_content_sha256(
@@ -874,9 +939,14 @@ class DialogService:
                         "the model's revision has an empty findings or impression section; "
                         "nothing was stored, please rephrase"
                     )
-                records = revised_findings(
-                    findings_from_json(base.findings_json), turn.kind, findings_text,
-                    impression_text,
+                # A correction's statements are the reader's choices; every proposal's other
+                # codes follow its own text.
+                records = code_findings(
+                    findings_text, impression_text,
+                    previous=findings_from_json(base.findings_json),
+                    choices=correction_choices(turn.text)
+                    if turn.kind is MessageKind.CORRECTION else None,
+                    reader=turn.reader.display_name,
                 )
                 proposal = Proposal(
                     study_id=turn.study_id,
@@ -993,6 +1063,10 @@ class DialogService:
                 )
             note.status_code = 201
             note.detail = f"proposal {proposal_id} -> version {result.version.version}"
+            note.code_changes = _code_changes(
+                result.version.version, findings_from_json(latest.findings_json),
+                findings_from_json(proposal.findings_json),
+            )
             return result
 
     def reject(self, reader: Reader, study_uid: str, proposal_id: int) -> ProposalOut:
@@ -1039,8 +1113,13 @@ class DialogService:
         findings_text: str,
         impression_text: str,
         findings: dict[str, str] | None = None,
+        confirm: Sequence[str] = (),
     ) -> VersionResult:
         """Store the reader's own text as the next report version and send its SR.
+
+        The codes follow the new text (:func:`~dicom_node.finding_codes.code_findings`),
+        except for the reader's choices: earlier ones, `findings` (label -> presence) and the
+        labels in `confirm`, whose code the reader keeps against a text that reads otherwise.
 
         Raises
         ------
@@ -1063,15 +1142,22 @@ class DialogService:
             self._check_based_on(based_on_version, latest, "the edit")
             if not new_findings or not new_impression:
                 raise InvalidInputError("the findings and the impression must not be empty")
-            records = revised_findings(
-                findings_from_json(latest.findings_json), None, new_findings, new_impression,
-                findings,
-            )
+            try:
+                records = code_findings(
+                    new_findings, new_impression,
+                    previous=findings_from_json(latest.findings_json),
+                    choices=findings, confirm=confirm, reader=reader.display_name,
+                )
+            except FindingChoiceError as exc:
+                raise InvalidInputError(str(exc)) from exc
             result = self._new_version(
                 reader, study, latest, ReportKind.EDIT, new_findings, new_impression, records
             )
             note.status_code = 201
             note.detail = f"version {result.version.version}"
+            note.code_changes = _code_changes(
+                result.version.version, findings_from_json(latest.findings_json), records
+            )
             return result
 
     def _check_report_length(self, findings_text: str, impression_text: str) -> None:
@@ -1116,6 +1202,13 @@ class DialogService:
             self._check_open_for_changes(latest)
             self._check_based_on(based_on_version, latest, "the sign-off")
             records = findings_from_json(latest.findings_json)
+            disagreeing = disagreements(records)
+            if disagreeing:
+                raise FindingsDisagreeConflict(
+                    f"the text and the codes disagree for {', '.join(disagreeing)}: choose for "
+                    "each whether the code follows the text or stays as coded, then sign",
+                    disagreeing,
+                )
             if shown_sha256 is not None and shown_sha256 != report_content_sha256(
                 latest.findings_text, latest.impression_text, records
             ):
@@ -1132,6 +1225,64 @@ class DialogService:
             note.detail = f"version {result.version.version} signed"
             return result
 
+    def add_addendum(
+        self, reader: Reader, study_uid: str, based_on_version: int, text: str
+    ) -> VersionResult:
+        """Add an addendum to the signed report: a new verified SR that holds the signed
+        report unchanged, every earlier addendum and this one, names the signed SR as its
+        predecessor and the reader as its verifying observer (see docs/sr.md, Addenda).
+
+        Raises
+        ------
+        ForbiddenError
+            When the reader may not sign (403): an addendum is verified by its author.
+        StudyNotFoundError
+            For an unknown study (404).
+        ConflictError, StaleVersionConflict
+            When the report is not signed off yet, or `based_on_version` is not the latest
+            version (409); nothing changes.
+        InvalidInputError, PayloadTooLargeError
+            For an empty text or one the SR cannot hold (422), or one over
+            ``api.max_report_chars`` (413).
+        """
+        with self._audited(reader, "add_addendum", study_uid) as note:
+            if not reader.may_sign:
+                raise ForbiddenError("this user may not sign reports, nor addenda, off")
+            study = self._study(study_uid)
+            note.study_id = study.id
+            addendum = text.strip()
+            limit = self.settings.api.max_report_chars
+            if len(addendum) > limit:
+                raise PayloadTooLargeError(
+                    f"the addendum has {len(addendum)} characters; the limit is {limit} "
+                    "(api.max_report_chars)"
+                )
+            latest = self._latest(study.id)
+            if latest.kind not in SIGNED_KINDS:
+                raise ConflictError(
+                    f"version {latest.version} is not signed off; change the report itself, "
+                    "an addendum follows a signed report"
+                )
+            self._check_based_on(based_on_version, latest, "the addendum")
+            if not addendum:
+                raise InvalidInputError("the addendum must not be empty")
+            signed = read_report_sr(self.settings.storage.reports_dir, latest)
+            person = PersonInfo(reader.display_name, reader.organization, login_name=reader.name)
+            try:
+                sr = build_addendum_sr(
+                    signed, addendum, person,
+                    VerifierInfo(reader.display_name, reader.organization),
+                )
+            except (SRError, TypeError, ValueError) as exc:
+                raise InvalidInputError(f"the addendum cannot be stored: {exc}") from exc
+            result = self._store_and_send(
+                reader, study, latest, ReportKind.ADDENDUM, sr, latest.findings_text,
+                latest.impression_text, findings_from_json(latest.findings_json),
+            )
+            note.status_code = 201
+            note.detail = f"version {result.version.version}: addendum to {latest.version}"
+            return result
+
     def _new_version(
         self,
         reader: Reader,
@@ -1144,8 +1295,7 @@ class DialogService:
         *,
         sign_off: bool = False,
     ) -> VersionResult:
-        reports_dir = self.settings.storage.reports_dir
-        previous = read_report_sr(reports_dir, latest)
+        previous = read_report_sr(self.settings.storage.reports_dir, latest)
         person = PersonInfo(reader.display_name, reader.organization, login_name=reader.name)
         verifier = VerifierInfo(reader.display_name, reader.organization) if sign_off else None
         try:
@@ -1153,21 +1303,42 @@ class DialogService:
                 read_report(previous),
                 findings_text=findings_text,
                 impression_text=impression_text,
+                # A reader's choice is written as their observation (who chose it).
                 findings=tuple(
-                    Finding(r.label, Presence(r.presence), r.probability) for r in records
+                    Finding(
+                        r.label, Presence(r.presence), r.probability,
+                        observer=PersonInfo(r.chosen_by)
+                        if r.source is FindingSource.READER and r.chosen_by else None,
+                    )
+                    for r in records
                 ),
             )
             sr = build_amended_sr(previous, report, person, sign_off=verifier)
         except (SRError, TypeError) as exc:
             raise InvalidInputError(f"the report cannot be stored: {exc}") from exc
+        return self._store_and_send(reader, study, latest, kind, sr, report.findings_text,
+                                    report.impression_text, records)
+
+    def _store_and_send(
+        self,
+        reader: Reader,
+        study: Study,
+        latest: ReportVersion,
+        kind: ReportKind,
+        sr: Dataset,
+        findings_text: str,
+        impression_text: str,
+        records: Sequence[FindingRecord],
+    ) -> VersionResult:
+        """Keep `sr` as the version after `latest`, then queue it for the PACS."""
         try:
             row = store_report_version(
                 self.db,
-                reports_dir,
+                self.settings.storage.reports_dir,
                 sr,
                 kind=kind,
-                findings_text=report.findings_text,
-                impression_text=report.impression_text,
+                findings_text=findings_text,
+                impression_text=impression_text,
                 findings=records,
                 based_on=latest.version,
                 indication=latest.indication,

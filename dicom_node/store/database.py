@@ -41,6 +41,7 @@ from sqlalchemy.pool import StaticPool
 from .._privacy import uid_digest
 from ..errors import DatabaseError
 from .models import Base, Instance, Study
+from .upgrade import widen_state_checks
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +231,8 @@ class Database:
         return f"Database({self.safe_url!r})"
 
     def create_all(self) -> None:
-        """Create the tables that do not exist yet (existing tables are left as they are).
+        """Create the tables that do not exist yet, and let existing ones accept this release's
+        state values (:func:`~dicom_node.store.upgrade.widen_state_checks`).
 
         Raises
         ------
@@ -239,6 +241,8 @@ class Database:
         """
         try:
             Base.metadata.create_all(self._engine)
+            # Tables of an earlier release: their state constraints learn the new values.
+            widen_state_checks(self._engine)
         except SQLAlchemyError as exc:
             raise DatabaseError(f"cannot create the tables in {self.safe_url}: {exc}") from exc
 

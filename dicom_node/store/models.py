@@ -197,6 +197,8 @@ class ReportKind(enum.StrEnum):
     EDIT = "edit"
     #: Signed off: the verified final report.
     SIGNOFF = "signoff"
+    #: An addendum to the signed report: a new verified SR naming the signed one.
+    ADDENDUM = "addendum"
 
 
 class ReportVersion(Base):

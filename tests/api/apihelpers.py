@@ -19,7 +19,14 @@ from sqlalchemy import func, select
 
 from dicom_node._privacy import patient_key
 from dicom_node.api import DialogService
-from dicom_node.reports import FindingRecord, store_report_version
+from dicom_node.finding_codes import code_findings
+from dicom_node.reports import (
+    FindingRecord,
+    latest_version,
+    read_report_sr,
+    store_report_version,
+    version_history,
+)
 from dicom_node.settings import Settings, load_settings
 from dicom_node.spool import Spool
 from dicom_node.store import (
@@ -31,6 +38,7 @@ from dicom_node.store import (
     Proposal,
     ReportKind,
     ReportVersion,
+    Study,
 )
 from sr_templates import AlgorithmInfo, Finding, Presence, Report, build_draft_sr
 
@@ -108,7 +116,7 @@ def seed_drafted_study(
     """Do what the node and the draft job do: spool the image, record it, store the draft.
 
     The image is a copy of `source` with new UIDs and the test patient; the draft SR is built
-    from it with the model's finding probabilities (presence by the bundle's thresholds).
+    from it with the model's finding probabilities, each finding coded from the draft text.
     """
     image = pydicom.dcmread(source)
     image.StudyInstanceUID = generate_uid()
@@ -144,19 +152,15 @@ def seed_drafted_study(
         )
     )
     analysis = model.analyse([path])
-    pathology = any(f.positive and f.label not in ("No Finding", "Support Devices")
-                    for f in analysis.findings)
-    records = []
-    for finding in analysis.findings:
-        present = finding.positive and not (finding.label == "No Finding" and pathology)
-        records.append(
-            FindingRecord(
-                label=finding.label,
-                presence="present" if present else "absent",
-                probability=finding.probability,
-                threshold=finding.threshold,
-            )
-        )
+    # As the draft job does: the codes follow the draft's text, the model's probabilities stay.
+    records = code_findings(
+        DRAFT_FINDINGS,
+        DRAFT_IMPRESSION,
+        model=[
+            FindingRecord(f.label, "not_assessed", f.probability, f.threshold)
+            for f in analysis.findings
+        ],
+    )
     report = Report(
         findings_text=DRAFT_FINDINGS,
         impression_text=DRAFT_IMPRESSION,
@@ -280,3 +284,37 @@ class ApiUnderTest:
 
     def path(self, suffix: str = "", study_uid: str | None = None) -> str:
         return f"/api/studies/{study_uid or self.study.study_uid}{suffix}"
+
+
+# --------------------------------------------------------------------------- requests
+def post_message(api: ApiUnderTest, text: str, intent: str = "auto", token: str = JANE_TOKEN,
+                 study_uid: str | None = None) -> Any:
+    return api.client.post(
+        api.path("/messages", study_uid), json={"text": text, "intent": intent},
+        headers=auth(token),
+    )
+
+
+def propose(api: ApiUnderTest, text: str = "There is no pleural effusion.") -> dict[str, Any]:
+    response = post_message(api, text)
+    assert response.status_code == 200, response.text
+    proposal = response.json()["proposal"]
+    assert proposal is not None
+    return dict(proposal)
+
+
+def version_sr(api: ApiUnderTest, version: int) -> tuple[pydicom.Dataset, Any]:
+    """The stored SR of a report version and its row."""
+    study_id = latest_version_row(api).study_id
+    row = next(v for v in version_history(api.db, study_id) if v.version == version)
+    return read_report_sr(api.settings.storage.reports_dir, row), row
+
+
+def latest_version_row(api: ApiUnderTest) -> Any:
+    with api.db.session() as session:
+        study_id = session.scalar(
+            select(Study.id).where(Study.study_instance_uid == api.study.study_uid)
+        )
+    row = latest_version(api.db, int(study_id))
+    assert row is not None
+    return row

@@ -27,56 +27,20 @@ from apihelpers import (
     all_text,
     audit_rows,
     auth,
+    latest_version_row,
+    post_message,
     predecessor_uids,
+    propose,
     state_counts,
     validate_sr_file,
+    version_sr,
 )
 from PIL import Image
 
 from dicom_node.api._text import clean_generated, report_context
-from dicom_node.reports import latest_version, read_report_sr
 from dicom_node.store import MessageKind
 from sr_templates import read_report
 from training.instruct import choose_correction, unmet_statements
-
-
-def post_message(api: ApiUnderTest, text: str, intent: str = "auto", token: str = JANE_TOKEN,
-                 study_uid: str | None = None) -> Any:
-    return api.client.post(
-        api.path("/messages", study_uid), json={"text": text, "intent": intent},
-        headers=auth(token),
-    )
-
-
-def propose(api: ApiUnderTest, text: str = "There is no pleural effusion.") -> dict[str, Any]:
-    response = post_message(api, text)
-    assert response.status_code == 200, response.text
-    proposal = response.json()["proposal"]
-    assert proposal is not None
-    return dict(proposal)
-
-
-def version_sr(api: ApiUnderTest, version: int) -> tuple[pydicom.Dataset, Any]:
-    """The stored SR of a report version and its row."""
-    from dicom_node.reports import version_history
-
-    study_id = latest_version_row(api).study_id
-    row = next(v for v in version_history(api.db, study_id) if v.version == version)
-    return read_report_sr(api.settings.storage.reports_dir, row), row
-
-
-def latest_version_row(api: ApiUnderTest) -> Any:
-    from sqlalchemy import select
-
-    from dicom_node.store import Study
-
-    with api.db.session() as session:
-        study_id = session.scalar(
-            select(Study.id).where(Study.study_instance_uid == api.study.study_uid)
-        )
-    row = latest_version(api.db, int(study_id))
-    assert row is not None
-    return row
 
 
 def validated(api: ApiUnderTest, sr: pydicom.Dataset, name: str) -> str:
@@ -181,12 +145,13 @@ def test_a_question_is_answered_by_the_model_and_the_report_stays(
     assert result["proposal"] is None
     assert result["message"]["text"] == "Is the heart enlarged?"
     assert result["message"]["author"] == "jane" and result["message"]["based_on_version"] == 1
-    # The answer is the model's, with the current report and the indication in context.
+    # The answer is the model's, with the current report, the indication and the findings
+    # the current version codes present (the draft's text states a pleural effusion).
     analysis = tiny_model.analyse([api.study.image_path])
     context = report_context(DRAFT_FINDINGS, DRAFT_IMPRESSION, MessageKind.QUESTION)
     expected = clean_generated(
         tiny_model.chat(analysis, context, [], "Is the heart enlarged?",
-                        indication="Cough and fever.")
+                        indication="Cough and fever.", findings=("Pleural Effusion",))
     )
     assert expected and result["answer"]["text"] == expected
     assert result["answer"]["role"] == "assistant" and result["answer"]["author"] is None
@@ -240,8 +205,16 @@ def test_requests_are_classified_and_answered_with_proposals(
     proposal = result["proposal"]
     if kind == "summary":  # a summary is proposed as the new impression
         assert proposal["findings_text"] == DRAFT_FINDINGS
-    # Rewordings keep the coded findings.
-    assert proposal["diff"]["findings_changes"] == []
+    # A rewording's codes follow its own text, read by the labeler; none is carried over
+    # from the draft. (The tiny model's words mention few findings: not assessed.)
+    from dicom_node.finding_codes import text_presence
+
+    read = text_presence(proposal["findings_text"], proposal["impression_text"])
+    for finding in proposal["findings"]:
+        assert finding["source"] == "text"
+        if finding["label"] != "No Finding":
+            assert finding["presence"] == read.get(finding["label"], "not_assessed")
+        assert not finding["disagrees"]
 
 
 def test_answers_stream_as_server_sent_events(api: ApiUnderTest) -> None:
@@ -539,18 +512,31 @@ def test_every_action_is_audited_and_the_log_names_no_patient(
     rejected = propose(api, "the heart is enlarged")
     assert api.client.post(api.path(f"/proposals/{rejected['id']}/reject"),
                            headers=auth()).status_code == 200
-    assert api.client.post(api.path("/signoff"), json={"based_on_version": 2},
+    # The tiny model's proposal still states the effusion the reader denied: sign-off waits
+    # for the reader's choice, which is a saved version of its own.
+    refused = api.client.post(api.path("/signoff"), json={"based_on_version": 2}, headers=auth())
+    assert refused.status_code == 409 and refused.json()["disagreements"] == ["Pleural Effusion"]
+    version = api.client.get(api.path(), headers=auth()).json()["versions"][-1]
+    assert api.client.put(api.path("/report"), headers=auth(), json={
+        "based_on_version": 2, "findings_text": version["findings_text"],
+        "impression_text": version["impression_text"], "confirm": ["Pleural Effusion"],
+    }).status_code == 201
+    assert api.client.post(api.path("/signoff"), json={"based_on_version": 3},
                            headers=auth()).status_code == 201
     assert api.client.get("/api/studies/1.2.3.4.5", headers=auth()).status_code == 404
 
     rows = audit_rows(api.db)
-    assert [(r.action, r.outcome, r.status_code) for r in rows] == [
+    actions = [(r.action, r.outcome, r.status_code) for r in rows if r.action != "change_code"]
+    assert actions == [
         ("view_study", "ok", 200),
         ("post_message", "ok", 200),
         ("post_message", "ok", 200),
         ("accept_proposal", "ok", 201),
         ("post_message", "ok", 200),
         ("reject_proposal", "ok", 200),
+        ("sign_off", "refused", 409),
+        ("view_study", "ok", 200),
+        ("edit_report", "ok", 201),
         ("sign_off", "ok", 201),
         ("view_study", "refused", 404),
     ]
@@ -559,6 +545,13 @@ def test_every_action_is_audited_and_the_log_names_no_patient(
     assert rows[-1].study_instance_uid == "1.2.3.4.5" and rows[-1].study_id is None
     assert rows[3].detail == f"proposal {proposal['id']} -> version 2"
     assert rows[1].at <= rows[-1].at
+    # Every code change is audited with who, when and which version: the accepted
+    # correction made Pleural Effusion the reader's "absent", the edit confirmed it.
+    changes = [r.detail for r in rows if r.action == "change_code"]
+    assert "version 2: Pleural Effusion present -> absent (reader)" in changes
+    assert "version 3: Pleural Effusion absent -> absent (reader, confirmed against the text)" \
+        in changes
+    assert all(r.user == "jane" and r.at is not None for r in rows if r.action == "change_code")
 
     logged = all_text(caplog.records)
     assert caplog.records, "the API logs its requests"
@@ -609,9 +602,19 @@ def test_the_dialog_runs_on_postgresql(pg_api: ApiUnderTest) -> None:
     stale = api.client.post(api.path(f"/proposals/{second['id']}/accept"), headers=auth())
     assert stale.status_code == 409 and state_counts(api.db) == before
     assert post_message(api, "").status_code == 422 and state_counts(api.db) == before
-    signed = api.client.post(api.path("/signoff"), json={"based_on_version": 2}, headers=auth())
+    # The proposal still states the effusion the reader denied: the reader lets the code
+    # follow the text before signing.
+    assert api.client.post(api.path("/signoff"), json={"based_on_version": 2},
+                           headers=auth()).status_code == 409
+    version = api.client.get(api.path(), headers=auth()).json()["versions"][-1]
+    assert api.client.put(api.path("/report"), headers=auth(), json={
+        "based_on_version": 2, "findings_text": version["findings_text"],
+        "impression_text": version["impression_text"],
+        "findings": {"Pleural Effusion": "present"},
+    }).status_code == 201
+    signed = api.client.post(api.path("/signoff"), json={"based_on_version": 3}, headers=auth())
     assert signed.status_code == 201
-    sr, _ = version_sr(api, 3)
+    sr, _ = version_sr(api, 4)
     assert sr.VerificationFlag == "VERIFIED"
     listed = api.client.get("/api/studies?drafted=true", headers=auth()).json()
     assert [s["status"] for s in listed] == ["signed"]

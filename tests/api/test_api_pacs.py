@@ -47,24 +47,25 @@ def deliver_draft(settings: Settings, db: Database, draft: Any) -> None:
     assert [r.outcome.value for r in report.results] == ["sent"], report
 
 
-def check_chain(orthanc: Orthanc, study_uid: str, reader: str) -> None:
-    """Orthanc holds draft, amendment and signed SR of the study, each naming its
-    predecessors, next to the image."""
-    srs = orthanc.wait_for_srs(study_uid, 3)
-    assert len(srs) == 3, f"Orthanc holds {len(srs)} SR(s) of the study"
+def check_chain(orthanc: Orthanc, study_uid: str, reader: str, count: int = 3) -> None:
+    """Orthanc holds the draft, `count` - 2 amendments and the signed SR of the study, each
+    naming all its predecessors, next to the image."""
+    srs = orthanc.wait_for_srs(study_uid, count)
+    assert len(srs) == count, f"Orthanc holds {len(srs)} SR(s) of the study"
     by_depth = sorted(srs, key=lambda sr: len(predecessor_uids(sr)))
-    draft, amended, signed = by_depth
-    assert predecessor_uids(draft) == []
-    assert predecessor_uids(amended) == [str(draft.SOPInstanceUID)]
-    assert predecessor_uids(signed) == [str(draft.SOPInstanceUID), str(amended.SOPInstanceUID)]
+    for depth, sr in enumerate(by_depth):
+        assert predecessor_uids(sr) == [str(x.SOPInstanceUID) for x in by_depth[:depth]]
     assert [sr.SeriesDescription for sr in by_depth] == [
-        DRAFT_SERIES_DESCRIPTION, AMENDED_SERIES_DESCRIPTION, VERIFIED_SERIES_DESCRIPTION
+        DRAFT_SERIES_DESCRIPTION, *[AMENDED_SERIES_DESCRIPTION] * (count - 2),
+        VERIFIED_SERIES_DESCRIPTION,
     ]
-    assert [sr.VerificationFlag for sr in by_depth] == ["UNVERIFIED", "UNVERIFIED", "VERIFIED"]
+    assert [sr.VerificationFlag for sr in by_depth] == ["UNVERIFIED"] * (count - 1) + [
+        "VERIFIED"]
+    signed = by_depth[-1]
     assert str(signed.VerifyingObserverSequence[0].VerifyingObserverName) == reader
     assert {str(sr.StudyInstanceUID) for sr in srs} == {study_uid}
     modalities = sorted(series["Modality"] for series in orthanc.study_series(study_uid))
-    assert modalities == ["CR", "SR", "SR", "SR"]
+    assert modalities == ["CR"] + ["SR"] * count
 
 
 def test_accepted_and_signed_versions_arrive_in_orthanc(
@@ -85,14 +86,21 @@ def test_accepted_and_signed_versions_arrive_in_orthanc(
             accepted = client.post(f"{base}/proposals/{proposal['id']}/accept", headers=auth())
             assert accepted.status_code == 201
             assert accepted.json()["destinations"] == ["orthanc"]
-            signed = client.post(f"{base}/signoff", json={"based_on_version": 2},
+            # The tiny model's text still states the effusion: the reader keeps the code.
+            version = accepted.json()["version"]
+            confirmed = client.put(f"{base}/report", headers=auth(), json={
+                "based_on_version": 2, "findings_text": version["findings_text"],
+                "impression_text": version["impression_text"],
+                "confirm": ["Pleural Effusion"]})
+            assert confirmed.status_code == 201, confirmed.text
+            signed = client.post(f"{base}/signoff", json={"based_on_version": 3},
                                  headers=auth())
             assert signed.status_code == 201
-        check_chain(orthanc, study.study_uid, "Doe^Jane")
+        check_chain(orthanc, study.study_uid, "Doe^Jane", count=4)
         service.close()  # waits for the background deliveries to record their outcome
         with db.session() as session:
             states = list(session.scalars(select(OutboxItem.state).order_by(OutboxItem.id)))
-        assert states == [OutboxState.SENT] * 3
+        assert states == [OutboxState.SENT] * 4
         assert not any(settings.storage.outbox_dir.rglob("*.dcm"))
     finally:
         service.close()

@@ -1,8 +1,9 @@
 """The reader page end to end in a real headless Chromium (Debian's `chromium`, Playwright).
 
 The page is served by ApiServer on a free port; the reader logs in with a token, opens the
-drafted study, moves the window slider, asks a question, requests a correction, accepts it
-and signs off. Orthanc then holds the study's chain of SRs: draft, amendment, signed.
+drafted study, moves the window slider, asks a question, requests a correction, accepts it,
+chooses the codes where text and codes disagree and signs off. Orthanc then holds the
+study's chain of SRs, and the tests read what the PACS holds, not what the page says.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def test_reader_page_asks_corrects_accepts_and_signs(
         deliver_draft(settings, db, study.draft)
         server = start_api_server(settings, db)
         _drive_the_page(browser, server.url, study.study_uid)
-        check_chain(orthanc, study.study_uid, "Doe^Jane")
+        check_chain(orthanc, study.study_uid, "Doe^Jane", count=4)
     finally:
         db.dispose()
 
@@ -134,14 +135,24 @@ def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
         if os.environ.get(SCREENSHOT_ENV):  # a picture of the page for a person to look at
             page.screenshot(path=os.environ[SCREENSHOT_ENV], full_page=True)
 
-        # Sign-off in two clicks: version 3, verified.
+        # The tiny model's proposal kept the effusion the reader denied: the row is marked,
+        # and sign-off asks which code the SR holds before it shows the confirmation.
+        sync_api.expect(page.locator('#findings tr.disagrees')).to_have_count(1)
         page.click("#sign-button")
+        sync_api.expect(page.locator("#resolve-review")).to_be_visible()
+        sync_api.expect(page.locator("#sign-review")).to_be_hidden()
+        page.check('#resolve-table input[value="code"]')
+        page.click("#resolve-apply")
+        sync_api.expect(page.locator("#sign-review")).to_be_visible()
+        sync_api.expect(page.locator("#review-version")).to_have_text("3")
+        sync_api.expect(page.locator("#review-codes")).to_contain_text(
+            "Pleural Effusion: absent (you)")
         page.click("#sign-confirm")
-        sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 3")
-        sync_api.expect(page.locator("#report-version")).to_have_text("3")
+        sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 4")
+        sync_api.expect(page.locator("#report-version")).to_have_text("4")
         sync_api.expect(page.locator("#report-status")).to_have_text("signed")
         sync_api.expect(page.locator("#sign-button")).to_be_disabled()
-        sync_api.expect(page.locator("#versions li")).to_have_count(3)
+        sync_api.expect(page.locator("#versions li")).to_have_count(4)
         assert errors == [], errors
     finally:
         context.close()
@@ -201,5 +212,112 @@ def test_an_unsaved_edit_blocks_sign_off_and_the_signed_sr_holds_the_saved_edit(
         (signed,) = [sr for sr in srs if sr.SeriesDescription == VERIFIED_SERIES_DESCRIPTION]
         assert signed.VerificationFlag == "VERIFIED"
         assert read_report(signed).findings_text == shown == EDITED_FINDINGS
+    finally:
+        db.dispose()
+
+
+def _sr_codes(sr: Any) -> dict[str, str]:
+    from sr_templates import read_report
+
+    return {f.label: f.presence.value for f in read_report(sr).findings}
+
+
+def _by_version(orthanc: Orthanc, study_uid: str, count: int) -> list[Any]:
+    """The study's SRs in Orthanc, oldest first (each names all its predecessors)."""
+    from apihelpers import predecessor_uids
+
+    srs = orthanc.wait_for_srs(study_uid, count)
+    assert len(srs) == count, f"Orthanc holds {len(srs)} SR(s), expected {count}"
+    return sorted(srs, key=lambda sr: len(predecessor_uids(sr)))
+
+
+def test_codes_follow_the_reader_into_the_pacs_and_stale_proposals_are_refused(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
+    browser: Any, start_api_server: Callable[..., ApiServer],
+) -> None:
+    settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
+    db = Database(settings.database_url)
+    db.create_all()
+    try:
+        study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        orthanc.upload(study.image)
+        deliver_draft(settings, db, study.draft)
+        server = start_api_server(settings, db)
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(server.url)
+            page.fill("#token", JANE_TOKEN)
+            page.click("#login-button")
+            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
+            sync_api.expect(page.locator("#report-version")).to_have_text("1")
+            effusion = page.locator('#findings tr[data-label="Pleural Effusion"]')
+            sync_api.expect(effusion.locator("select")).to_have_value("present")
+
+            # Two proposals on version 1; accepting the correction outdates the rewrite.
+            page.fill("#message-input", "Please rephrase the findings.")
+            page.click("#send")
+            sync_api.expect(page.locator("#status")).to_have_text("Proposal 1 ready")
+            page.fill("#message-input", "There is no pleural effusion.")
+            page.click("#send")
+            sync_api.expect(page.locator("#status")).to_have_text("Proposal 2 ready")
+            page.locator('.proposal[data-id="2"] button.accept').click()
+            sync_api.expect(page.locator("#report-version")).to_have_text("2")
+            outdated = page.locator('.proposal[data-id="1"]')
+            sync_api.expect(outdated).to_contain_text("open, outdated")
+            sync_api.expect(outdated.locator("button.accept")).to_have_count(0)
+            # The page offers no accept; the API refuses one all the same.
+            stale = page.request.post(
+                f"{server.url}/api/studies/{study.study_uid}/proposals/1/accept",
+                headers={"Authorization": f"Bearer {JANE_TOKEN}"},
+            )
+            assert stale.status == 409 and "latest_version" in stale.json()
+
+            # The accepted correction codes the effusion absent, as the reader's.
+            sync_api.expect(effusion.locator("select")).to_have_value("absent")
+            sync_api.expect(effusion).to_contain_text("you")
+
+            # A presence set by hand: saved at once as version 3.
+            fracture = page.locator('#findings tr[data-label="Fracture"] select')
+            fracture.select_option("uncertain")
+            sync_api.expect(page.locator("#report-version")).to_have_text("3")
+            sync_api.expect(page.locator('#findings tr[data-label="Fracture"] select')
+                            ).to_have_value("uncertain")
+
+            # The proposal's text still states the effusion: sign-off asks for a choice,
+            # and refuses to go on without one.
+            sync_api.expect(effusion).to_have_class("absent disagrees")
+            page.click("#sign-button")
+            sync_api.expect(page.locator("#resolve-review")).to_be_visible()
+            page.click("#resolve-apply")
+            sync_api.expect(page.locator("#status")).to_contain_text("Choose for Pleural Effusion")
+            sync_api.expect(page.locator("#report-version")).to_have_text("3")
+            page.check('#resolve-table input[value="text"]')
+            page.click("#resolve-apply")
+            sync_api.expect(page.locator("#sign-review")).to_be_visible()
+            sync_api.expect(page.locator("#review-version")).to_have_text("4")
+            sync_api.expect(page.locator("#review-codes")).to_contain_text(
+                "Pleural Effusion: present (you)")
+            sync_api.expect(page.locator("#review-codes")).to_contain_text(
+                "Fracture: uncertain (you)")
+            page.click("#sign-confirm")
+            sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 5")
+            sync_api.expect(page.locator("#findings select:enabled")).to_have_count(0)
+            assert errors == [], errors
+        finally:
+            context.close()
+
+        draft, corrected, by_hand, chosen, signed = _by_version(orthanc, study.study_uid, 5)
+        assert _sr_codes(draft)["Pleural Effusion"] == "present"
+        assert _sr_codes(corrected)["Pleural Effusion"] == "absent"
+        assert _sr_codes(by_hand)["Fracture"] == "uncertain"
+        assert _sr_codes(draft)["Fracture"] == "not_assessed"
+        final = _sr_codes(signed)
+        assert signed.VerificationFlag == "VERIFIED"
+        assert final["Pleural Effusion"] == "present" and final["Fracture"] == "uncertain"
+        assert final == _sr_codes(chosen)
     finally:
         db.dispose()

@@ -10,9 +10,10 @@ import pytest
 
 from dicom_node.api import classify_message
 from dicom_node.api._diff import diff_opcodes, unified_diff
-from dicom_node.api._findings import prompt_findings, revised_findings
+from dicom_node.api._findings import prompt_findings
 from dicom_node.api._text import clean_generated, parse_revision, word_diff
-from dicom_node.reports import FindingRecord
+from dicom_node.finding_codes import code_findings, disagreements
+from dicom_node.reports import FindingRecord, FindingSource
 from dicom_node.store import MessageKind
 from sr_templates import CHEXPERT_LABELS
 
@@ -140,28 +141,43 @@ def _codes(**presence: str) -> list[FindingRecord]:
     ]
 
 
-def test_corrections_recode_what_the_text_states_and_keep_the_rest() -> None:
+def test_codes_follow_the_text_and_nothing_is_kept_from_the_draft() -> None:
     current = _codes(Pleural_Effusion="present", Support_Devices="present")
     revised = {
         r.label: r
-        for r in revised_findings(
-            current, C, "No pleural effusion. Moderate cardiomegaly.", "Cardiomegaly."
+        for r in code_findings(
+            "No pleural effusion. Moderate cardiomegaly.", "Cardiomegaly.", previous=current
         )
     }
     assert revised["Pleural Effusion"].presence == "absent"
     assert revised["Cardiomegaly"].presence == "present"
-    assert revised["Support Devices"].presence == "present"  # not mentioned: kept
+    # Not mentioned: not assessed, never the draft's code.
+    assert revised["Support Devices"].presence == "not_assessed"
     assert revised["No Finding"].presence == "absent"
     assert revised["Cardiomegaly"].probability == 0.5  # the model's probability stays
+    assert {r.source for r in revised.values()} == {FindingSource.TEXT}
 
 
-def test_a_normal_text_makes_no_finding_present_and_rewrites_keep_codes() -> None:
+def test_a_normal_text_makes_no_finding_present_and_reader_choices_win() -> None:
     current = _codes(Pleural_Effusion="present")
-    normal = {r.label: r.presence for r in revised_findings(
-        current, C, "No pleural effusion.", "No acute cardiopulmonary process.")}
+    normal = {r.label: r.presence for r in code_findings(
+        "No pleural effusion.", "No acute cardiopulmonary process.", previous=current)}
     assert normal["Pleural Effusion"] == "absent" and normal["No Finding"] == "present"
-    assert revised_findings(current, E, "No pleural effusion.", "Normal.") == current
-    assert revised_findings(current, S, "x", "Normal.") == current
+    chosen = {r.label: r for r in code_findings(
+        "No pleural effusion.", "Normal.", previous=current,
+        choices={"Edema": "uncertain", "Pleural Effusion": "present"})}
+    assert (chosen["Edema"].presence, chosen["Edema"].source) == ("uncertain", "reader")
+    # The reader codes an effusion the text denies: the two disagree until confirmed.
+    assert disagreements(list(chosen.values())) == ["Pleural Effusion"]
+    assert chosen["No Finding"].presence == "absent"  # an uncertain edema is abnormal
+    confirmed = code_findings("No pleural effusion.", "Normal.", previous=list(
+        chosen.values()), confirm=["Pleural Effusion"])
+    assert disagreements(confirmed) == []
+    # A choice carries to the next version; a new text reading lapses the confirmation.
+    later = code_findings("Possible small pleural effusion.", "x.", previous=confirmed)
+    effusion = {r.label: r for r in later}["Pleural Effusion"]
+    assert (effusion.presence, effusion.source) == ("present", "reader")
+    assert disagreements(later) == ["Pleural Effusion"]
 
 
 def test_prompt_lists_the_current_codes_with_a_correction_applied() -> None:

@@ -132,15 +132,25 @@ def _draft(text: str, positive: set[str]) -> DraftReport:
     return DraftReport(text, findings, "cough", "demo", "1.0")
 
 
-def test_no_finding_is_present_only_when_nothing_else_is() -> None:
-    report, records = draft_to_report(_draft("FINDINGS: x.\nIMPRESSION: y.", {"No Finding",
-                                                                          "Cardiomegaly"}))
+def test_the_draft_codes_follow_its_text_and_keep_the_model_probabilities() -> None:
+    # The classifier calls No Finding and Cardiomegaly positive; the text says otherwise.
+    report, records = draft_to_report(_draft(
+        "FINDINGS: Small left pleural effusion. No pneumothorax.\n"
+        "IMPRESSION: Small left pleural effusion.",
+        {"No Finding", "Cardiomegaly"},
+    ))
     presence = {r.label: r.presence for r in records}
-    assert presence == {"No Finding": "absent", "Cardiomegaly": "present",
-                        "Pleural Effusion": "absent"}
-    assert {r.label: r.probability for r in records}["No Finding"] == 0.9
-    _, records = draft_to_report(_draft("FINDINGS: x.", set()))
-    assert {r.label: r.presence for r in records}["No Finding"] == "present"
+    assert presence == {"No Finding": "absent", "Cardiomegaly": "not_assessed",
+                        "Pleural Effusion": "present"}
+    assert all(r.source == "text" for r in records)
+    # The probabilities stay the model's, whatever the text says.
+    assert {r.label: r.probability for r in records} == {
+        "No Finding": 0.9, "Cardiomegaly": 0.9, "Pleural Effusion": 0.1}
+    assert {f.label: f.presence for f in report.findings} == presence
+    _, records = draft_to_report(_draft("FINDINGS: Lungs clear. Heart size normal.", set()))
+    presence = {r.label: r.presence for r in records}
+    assert presence == {"No Finding": "present", "Cardiomegaly": "absent",
+                        "Pleural Effusion": "not_assessed"}
     assert report.indication == "cough"
 
 

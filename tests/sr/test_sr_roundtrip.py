@@ -177,3 +177,28 @@ def test_every_presence_round_trips_and_not_assessed_is_coded(
     # "Not assessed" is written as SNOMED CT "Not evaluated", never left uncoded (a coded
     # finding without a presence modifier would read as present).
     assert b"373121007" in path.read_bytes()
+
+
+def test_a_readers_choice_is_written_as_their_observation_and_read_back(
+    cr_source, algorithm, draft_report, validate_sr
+):
+    reader = PersonInfo("Doe^Jane", "Radiology", login_name="jane")
+    draft = build_draft_sr([cr_source], draft_report, algorithm)
+    chosen = tuple(
+        dataclasses.replace(f, presence=Presence.UNCERTAIN, observer=reader)
+        if f.label == "Fracture" else f
+        for f in draft_report.findings
+    )
+    amended = build_amended_sr(
+        draft, dataclasses.replace(draft_report, findings=chosen), reader
+    )
+    path = validate_sr(amended, "amended-reader-choice")
+
+    read = read_report(pydicom.dcmread(path))
+
+    fracture = read.finding("Fracture")
+    assert fracture is not None and fracture.presence is Presence.UNCERTAIN
+    assert fracture.observer is not None and fracture.observer.name == "Doe^Jane"
+    assert fracture.observer.login_name == "jane"
+    # Codes that follow the text name no person.
+    assert all(f.observer is None for f in read.findings if f.label != "Fracture")

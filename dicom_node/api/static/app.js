@@ -194,19 +194,16 @@ function renderStudy() {
     || !(state.user && state.user.may_sign);
   $("sign-hint").hidden = !editing;
   $("sign-review").hidden = true;
+  $("resolve-review").hidden = true;
   // A reload (a dialog turn, a colleague's change) keeps an edit in progress on screen.
   $("edit-form").hidden = !editing;
   $("report").hidden = editing;
 
   const findings = $("findings").querySelector("tbody");
   findings.replaceChildren();
+  const locked = !current || signed || editing;
   for (const finding of current ? current.findings : []) {
-    const row = element("tr", null, finding.presence);
-    const probability = finding.probability === null ? "-"
-      : `${(finding.probability * 100).toFixed(1)} %` + (finding.threshold === null ? ""
-        : ` (threshold ${(finding.threshold * 100).toFixed(0)} %)`);
-    row.append(element("td", finding.label), element("td", finding.presence), element("td", probability));
-    findings.append(row);
+    findings.append(findingRow(finding, locked));
   }
 
   const versions = $("versions");
@@ -229,6 +226,67 @@ function renderStudy() {
   for (const proposal of detail.proposals) {
     proposals.append(proposalCard(proposal));
   }
+}
+
+const PRESENCES = ["present", "absent", "uncertain", "not_assessed"];
+const PRESENCE_NAMES = { present: "present", absent: "absent", uncertain: "uncertain",
+  not_assessed: "not assessed" };
+
+function presenceName(value) {
+  return value === null || value === undefined ? "\u2014" : (PRESENCE_NAMES[value] || value);
+}
+
+// One row of the coded findings: a presence control (the reader's choice), what the text
+// says, who set the code, and the model's probability, labelled as the model's.
+function findingRow(finding, locked) {
+  const row = element("tr", null, finding.presence);
+  row.dataset.label = finding.label;
+  row.classList.toggle("disagrees", finding.disagrees);
+  const select = document.createElement("select");
+  select.className = "presence";
+  select.setAttribute("aria-label", `Presence of ${finding.label}`);
+  for (const value of PRESENCES) {
+    const option = element("option", PRESENCE_NAMES[value]);
+    option.value = value;
+    option.selected = value === finding.presence;
+    select.append(option);
+  }
+  select.disabled = locked;
+  select.addEventListener("change", () => setPresence(finding.label, select.value));
+  const said = element("td", presenceName(finding.text_presence)
+    + (finding.disagrees ? " \u2260 code" : ""), finding.disagrees ? "disagree" : null);
+  const source = finding.source === "reader"
+    ? (finding.confirmed ? "you (confirmed)" : "you") : finding.source;
+  const probability = finding.probability === null ? "\u2014"
+    : `${(finding.probability * 100).toFixed(0)} %`;
+  const cell = element("td");
+  cell.append(select);
+  const model = element("td", probability, "num");
+  if (finding.threshold !== null) {
+    model.title = `model probability; threshold ${(finding.threshold * 100).toFixed(0)} %`;
+  }
+  row.append(element("td", finding.label), cell, said, element("td", source), model);
+  return row;
+}
+
+// A presence chosen by hand is saved at once, as the next version (the reader's choice).
+function setPresence(label, presence) {
+  return guarded(async () => {
+    const current = state.detail.current;
+    const response = await api(studyPath("/report"), {
+      method: "PUT",
+      json: {
+        based_on_version: current.version,
+        findings_text: current.findings_text,
+        impression_text: current.impression_text,
+        findings: { [label]: presence },
+      },
+    });
+    const result = await response.json();
+    await reloadStudy();
+    await loadWorklist();
+    setStatus(`${label}: ${presenceName(presence)} (version ${result.version.version})`);
+  });
 }
 
 function messageBubble(role, text, meta) {
@@ -384,16 +442,83 @@ function reviewSignOff() {
     return;
   }
   const current = state.detail.current;
+  const disagreeing = current.findings.filter((finding) => finding.disagrees);
+  if (disagreeing.length) {
+    showResolve(disagreeing);
+    return;
+  }
+  $("resolve-review").hidden = true;
   $("review-version").textContent = String(current.version);
   $("review-findings").textContent = current.findings_text;
   $("review-impression").textContent = current.impression_text;
   const codes = $("review-codes");
   codes.replaceChildren();
   for (const finding of current.findings) {
-    codes.append(element("li", `${finding.label}: ${finding.presence}`));
+    const by = finding.source === "reader" ? "you" : finding.source;
+    codes.append(element("li", `${finding.label}: ${presenceName(finding.presence)} (${by})`));
   }
   state.review = { version: current.version, sha256: current.content_sha256 };
   $("sign-review").hidden = false;
+}
+
+// Sign-off asks for an explicit choice for each finding whose code and text disagree.
+function showResolve(disagreeing) {
+  const body = $("resolve-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const finding of disagreeing) {
+    const row = element("tr");
+    row.dataset.label = finding.label;
+    row.dataset.text = finding.text_presence;
+    const choice = (value, text) => {
+      const cell = element("td");
+      const label = element("label");
+      const radio = document.createElement("input");
+      radio.type = "radio";
+      radio.name = `resolve-${finding.label}`;
+      radio.value = value;
+      label.append(radio, ` ${text}`);
+      cell.append(label);
+      return cell;
+    };
+    row.append(element("td", finding.label),
+      choice("text", presenceName(finding.text_presence)),
+      choice("code", presenceName(finding.presence)));
+    body.append(row);
+  }
+  $("sign-review").hidden = true;
+  $("resolve-review").hidden = false;
+}
+
+function applyResolve() {
+  const rows = [...$("resolve-table").querySelectorAll("tbody tr")];
+  const findings = {};
+  const confirm = [];
+  for (const row of rows) {
+    const chosen = row.querySelector("input:checked");
+    if (!chosen) {
+      setStatus(`Choose for ${row.dataset.label}: follow the text or keep the code.`, true);
+      return undefined;
+    }
+    if (chosen.value === "text") findings[row.dataset.label] = row.dataset.text;
+    else confirm.push(row.dataset.label);
+  }
+  return guarded(async () => {
+    const current = state.detail.current;
+    await api(studyPath("/report"), {
+      method: "PUT",
+      json: {
+        based_on_version: current.version,
+        findings_text: current.findings_text,
+        impression_text: current.impression_text,
+        findings,
+        confirm,
+      },
+    });
+    $("resolve-review").hidden = true;
+    await reloadStudy();
+    // The choices are a version of their own: review exactly that before signing.
+    reviewSignOff();
+  });
 }
 
 function saveEdit() {
@@ -505,6 +630,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("save-edit").addEventListener("click", saveEdit);
   $("sign-button").addEventListener("click", reviewSignOff);
   $("sign-confirm").addEventListener("click", signOff);
+  $("resolve-apply").addEventListener("click", applyResolve);
+  $("resolve-cancel").addEventListener("click", () => { $("resolve-review").hidden = true; });
   $("sign-cancel").addEventListener("click", () => {
     state.review = null;
     $("sign-review").hidden = true;
