@@ -5,6 +5,7 @@
 
     dicom_node ask 1.2.3.4 "Is the heart enlarged?"
     dicom_node amend 1.2.3.4 "there is no effusion" --accept
+    dicom_node amend 1.2.3.4 "Compared with the prior, unchanged." --addendum
 
 The URL defaults to ``http://<api.bind_address>:<api.port>`` of the settings; the token comes
 from ``--token``, ``$DICOM_NODE_API_TOKEN``, or the one user of ``[api.users]`` configured
@@ -158,6 +159,9 @@ def _print_proposal(proposal: dict[str, Any]) -> None:
         sys.stdout.write(
             f"coded finding {change['label']}: {change['before']} -> {change['after']}\n"
         )
+    unmet = proposal.get("unmet_statements") or []
+    if unmet:
+        sys.stdout.write(f"not as you stated: {', '.join(unmet)}\n")
     sys.stdout.flush()
 
 
@@ -165,11 +169,21 @@ def _print_proposal(proposal: dict[str, Any]) -> None:
 def amend(
     study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
     instruction: Annotated[
-        str, typer.Argument(help="The change, e.g. 'there is no effusion', 'summarise'.")
+        str,
+        typer.Argument(help="The change, e.g. 'there is no effusion', 'summarise'; with "
+                       "--addendum, the addendum's text."),
     ],
     accept: Annotated[
         bool,
         typer.Option("--accept", help="Accept the proposal: a new SR version goes to the PACS."),
+    ] = False,
+    addendum: Annotated[
+        bool,
+        typer.Option(
+            "--addendum",
+            help="Add the text as an addendum to the signed report: a new verified SR that "
+            "names the signed one (the model is not asked).",
+        ),
     ] = False,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -180,8 +194,30 @@ def amend(
     """Ask the model to revise a study's report; print the proposal as a diff.
 
     With --accept the proposal becomes the report's next version at once (exit 1, and no
-    change, when the report changed meanwhile).
+    change, when the report changed meanwhile). With --addendum the text is appended to the
+    signed report as an addendum (exit 1 when the report is not signed off).
     """
+    if addendum and accept:
+        raise _fail("--addendum and --accept exclude each other", EXIT_USAGE)
+    study_path = f"/api/studies/{quote(study_uid, safe='')}"
+    if addendum:
+        with _client(config, url, token, timeout) as client:
+            detail = _request(client, "GET", study_path)
+            current = detail.get("current") or {}
+            added = _request(client, "POST", f"{study_path}/addenda", {
+                "based_on_version": int(current.get("version") or 0) or 1,
+                "text": instruction,
+            })
+        if as_json:
+            sys.stdout.write(json.dumps(added, indent=2) + "\n")
+            return
+        sent = added["destinations"]
+        console.print(
+            f"addendum stored: report version {added['version']['version']}"
+            + (f", queued for {', '.join(sent)}" if sent else ", no PACS destination"),
+            highlight=False,
+        )
+        return
     with _client(config, url, token, timeout) as client:
         result = _request(
             client, "POST", _messages_path(study_uid), {"text": instruction, "intent": "amend"}
@@ -194,7 +230,7 @@ def amend(
             accepted = _request(
                 client,
                 "POST",
-                f"/api/studies/{quote(study_uid, safe='')}/proposals/{proposal['id']}/accept",
+                f"{study_path}/proposals/{proposal['id']}/accept",
             )
     if as_json:
         sys.stdout.write(json.dumps({"turn": result, "accepted": accepted}, indent=2) + "\n")

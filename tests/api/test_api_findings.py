@@ -6,12 +6,16 @@ what the PACS receives, not what the API says.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 from apihelpers import (
     DRAFT_FINDINGS,
     DRAFT_IMPRESSION,
+    PATIENT_ID,
     ApiUnderTest,
+    audit_rows,
     auth,
     propose,
     version_sr,
@@ -141,3 +145,54 @@ def test_unknown_labels_and_presences_are_refused_with_the_reason(api: ApiUnderT
     assert bad.status_code == 422 and "Dragons" in bad.json()["detail"]
     bad = edit(api, 1, confirm=["Dragons"])
     assert bad.status_code == 422 and "Dragons" in bad.json()["detail"]
+
+
+def test_an_addendum_names_the_signed_sr_and_never_changes_it(
+    api: ApiUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    from apihelpers import all_text, predecessor_uids
+
+    caplog.set_level(logging.DEBUG)
+    path = api.path("/addenda")
+    refused = api.client.post(path, json={"based_on_version": 1, "text": "Late note."},
+                              headers=auth())
+    assert refused.status_code == 409 and "not signed off" in refused.json()["detail"]
+    assert api.client.post(api.path("/signoff"), json={"based_on_version": 1},
+                           headers=auth()).status_code == 201
+    signed_sr, signed_row = version_sr(api, 2)
+    signed_file = (api.settings.storage.reports_dir / signed_row.sr_path).read_bytes()
+    # No proposal and no edit on a signed report: only an addendum.
+    assert api.client.post(api.path("/messages"), json={"text": "There is no effusion."},
+                           headers=auth()).status_code == 409
+    assert edit(api, 2, findings={"Fracture": "present"}).status_code == 409
+    assert api.client.post(path, json={"based_on_version": 2, "text": "  "},
+                           headers=auth()).status_code == 422
+    first = api.client.post(path, json={"based_on_version": 2, "text": "Prior reviewed."},
+                            headers=auth())
+    assert first.status_code == 201, first.text
+    stale = api.client.post(path, json={"based_on_version": 2, "text": "Again."},
+                            headers=auth())
+    assert stale.status_code == 409 and stale.json()["latest_version"] == 3
+    second = api.client.post(path, json={"based_on_version": 3, "text": "Called Dr. X."},
+                             headers=auth())
+    assert second.status_code == 201
+    assert [a["text"] for a in second.json()["version"]["addenda"]] == [
+        "Prior reviewed.", "Called Dr. X."]
+
+    first_sr, _ = version_sr(api, 3)
+    second_sr, _ = version_sr(api, 4)
+    assert predecessor_uids(second_sr)[-2:] == [
+        str(signed_sr.SOPInstanceUID), str(first_sr.SOPInstanceUID)]
+    assert second_sr.VerificationFlag == "VERIFIED"
+    report = read_report(second_sr)
+    assert report.findings_text == read_report(signed_sr).findings_text
+    assert [a.text for a in report.addenda] == ["Prior reviewed.", "Called Dr. X."]
+    # The signed SR's file is the same bytes as before any addendum.
+    assert (api.settings.storage.reports_dir / signed_row.sr_path).read_bytes() == signed_file
+    actions = [r.action for r in audit_rows(api.db)]
+    assert actions.count("add_addendum") == 5  # 2 stored, 3 refused, all audited
+    # The application log names neither the patient nor what the reader wrote.
+    logged = all_text(caplog.records)
+    assert "add_addendum by jane" in logged
+    for secret in ("Prior reviewed", "Called Dr. X", PATIENT_ID, "Zyxwvu"):
+        assert secret not in logged

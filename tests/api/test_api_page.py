@@ -321,3 +321,82 @@ def test_codes_follow_the_reader_into_the_pacs_and_stale_proposals_are_refused(
         assert final == _sr_codes(chosen)
     finally:
         db.dispose()
+
+
+ADDENDUM = "Compared with the prior study, the effusion is unchanged."
+
+
+def test_an_addendum_chain_reaches_orthanc_with_its_predecessors(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
+    browser: Any, start_api_server: Callable[..., ApiServer],
+) -> None:
+    import subprocess
+
+    from apihelpers import predecessor_uids
+
+    from sr_templates import read_report
+
+    settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
+    db = Database(settings.database_url)
+    db.create_all()
+    try:
+        study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        orthanc.upload(study.image)
+        deliver_draft(settings, db, study.draft)
+        server = start_api_server(settings, db)
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(server.url)
+            page.fill("#token", JANE_TOKEN)
+            page.click("#login-button")
+            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
+            sync_api.expect(page.locator("#addendum-button")).to_be_hidden()
+            page.click("#sign-button")
+            page.click("#sign-confirm")
+            sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 2")
+            # Signed: no edit, no presence change, no proposal; an addendum only.
+            sync_api.expect(page.locator("#edit-button")).to_be_disabled()
+            sync_api.expect(page.locator("#findings select:enabled")).to_have_count(0)
+            page.click("#addendum-button")
+            page.fill("#addendum-text", ADDENDUM)
+            page.click("#addendum-review")
+            sync_api.expect(page.locator("#addendum-shown")).to_have_text(ADDENDUM)
+            page.click("#addendum-sign")
+            sync_api.expect(page.locator("#status")).to_have_text(
+                "Addendum signed as version 3")
+            sync_api.expect(page.locator("#addenda li")).to_have_count(1)
+            page.click("#addendum-button")
+            page.fill("#addendum-text", "Discussed with the referring physician.")
+            page.click("#addendum-review")
+            page.click("#addendum-sign")
+            sync_api.expect(page.locator("#status")).to_have_text(
+                "Addendum signed as version 4")
+            sync_api.expect(page.locator("#addenda li")).to_have_count(2)
+            sync_api.expect(page.locator("#addenda")).to_contain_text(ADDENDUM)
+            assert errors == [], errors
+        finally:
+            context.close()
+
+        draft, signed, first, second = _by_version(orthanc, study.study_uid, 4)
+        assert predecessor_uids(first) == [str(draft.SOPInstanceUID),
+                                           str(signed.SOPInstanceUID)]
+        assert predecessor_uids(second) == [str(draft.SOPInstanceUID),
+                                            str(signed.SOPInstanceUID),
+                                            str(first.SOPInstanceUID)]
+        assert [sr.VerificationFlag for sr in (signed, first, second)] == ["VERIFIED"] * 3
+        # The signed report's content is carried unchanged, the addenda after it.
+        assert read_report(second).findings_text == read_report(signed).findings_text
+        path = tmp_path / "second.dcm"
+        second.save_as(path, enforce_file_format=True)
+        dump = subprocess.run(["dsrdump", "+Pl", "+Pc", str(path)], capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+        assert dump.count("Addendum") >= 2 and ADDENDUM in dump
+        assert "Predecessor Docs    : 3" in dump and "Verification Flag   : VERIFIED" in dump
+        # One verifying observer per signature: the sign-off, then each addendum.
+        assert len(second.VerifyingObserverSequence) == 3
+    finally:
+        db.dispose()

@@ -112,6 +112,31 @@ def test_amend_prints_the_diff_and_accept_stores_version_2(
     assert stale.status_code == 409
 
 
+def test_amend_addendum_adds_a_verified_sr_after_sign_off_only(
+    served: tuple[ApiServer, str, Database], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, study_uid, db = served
+    monkeypatch.setenv(TOKEN_ENV, JANE_TOKEN)
+    text = "Compared with the prior of 2024-01-02, the effusion is unchanged."
+    early = runner.invoke(app, ["amend", study_uid, text, "--addendum", "--url", server.url])
+    assert early.exit_code == EXIT_REFUSED
+    assert "not signed off" in early.output and state_counts(db)["versions"] == 1
+    signed = httpx.post(f"{server.url}/api/studies/{study_uid}/signoff",
+                        json={"based_on_version": 1}, headers=auth(), timeout=30)
+    assert signed.status_code == 201, signed.text
+    added = runner.invoke(app, ["amend", study_uid, text, "--addendum", "--url", server.url])
+    assert added.exit_code == 0, added.output
+    assert "addendum stored: report version 3" in added.stdout
+    detail = httpx.get(f"{server.url}/api/studies/{study_uid}", headers=auth(), timeout=10).json()
+    current = detail["current"]
+    assert current["kind"] == "addendum" and current["verified"]
+    assert [a["text"] for a in current["addenda"]] == [text]
+    assert current["addenda"][0]["author"] == "Doe^Jane"
+    both = runner.invoke(app, ["amend", study_uid, "x", "--addendum", "--accept",
+                               "--url", server.url])
+    assert both.exit_code == EXIT_USAGE
+
+
 def test_two_readers_accepting_on_one_version_at_once_one_wins(
     served: tuple[ApiServer, str, Database],
 ) -> None:

@@ -14,6 +14,8 @@ const state = {
   busy: false,
   edit: null,       // {uid, version} while the reader edits the report text (unsaved)
   review: null,     // {version, sha256} of the report the sign-off confirmation shows
+  addendum: false,  // the addendum form is open
+  addendumShown: null,  // {version, text} the addendum confirmation shows
 };
 
 const $ = (id) => document.getElementById(id);
@@ -135,6 +137,10 @@ async function loadWorklist() {
 async function openStudy(uid) {
   const changed = uid !== state.uid;
   state.uid = uid;
+  if (changed) {
+    state.addendum = false;
+    state.addendumShown = null;
+  }
   for (const row of $("worklist").querySelectorAll("tbody tr")) {
     row.classList.toggle("selected", row.dataset.uid === uid);
   }
@@ -198,6 +204,22 @@ function renderStudy() {
   // A reload (a dialog turn, a colleague's change) keeps an edit in progress on screen.
   $("edit-form").hidden = !editing;
   $("report").hidden = editing;
+
+  // A signed report takes addenda only; each is a signed version of its own.
+  const addenda = current ? current.addenda || [] : [];
+  $("report-addenda").hidden = !addenda.length;
+  $("addenda").replaceChildren(...addenda.map((addendum) => {
+    const item = element("li", null, "addendum");
+    const when = addendum.written_at ? new Date(addendum.written_at).toLocaleString() : "";
+    item.append(element("span", `${(addendum.author || "").replaceAll("^", " ")} \u00b7 ${when}`,
+      "meta"), element("div", addendum.text, "text"));
+    return item;
+  }));
+  const maySign = Boolean(state.user && state.user.may_sign);
+  $("addendum-button").hidden = !signed;
+  $("addendum-button").disabled = !maySign || state.addendum;
+  $("addendum-button").title = maySign ? "" : "Only a reader who may sign can add an addendum";
+  $("addendum-form").hidden = !(signed && state.addendum);
 
   const findings = $("findings").querySelector("tbody");
   findings.replaceChildren();
@@ -521,6 +543,48 @@ function applyResolve() {
   });
 }
 
+function startAddendum() {
+  state.addendum = true;
+  $("addendum-text").value = "";
+  $("addendum-confirm").hidden = true;
+  renderStudy();
+}
+
+function cancelAddendum() {
+  state.addendum = false;
+  renderStudy();
+}
+
+function reviewAddendum() {
+  const text = $("addendum-text").value.trim();
+  if (!text) {
+    setStatus("Write the addendum first.", true);
+    return;
+  }
+  $("addendum-version").textContent = String(state.detail.current.version);
+  $("addendum-shown").textContent = text;
+  state.addendumShown = { version: state.detail.current.version, text };
+  $("addendum-confirm").hidden = false;
+}
+
+function signAddendum() {
+  return guarded(async () => {
+    const shown = state.addendumShown;
+    if (!shown) return;
+    // Exactly the text the confirmation showed, on exactly that version (409 otherwise).
+    const response = await api(studyPath("/addenda"), {
+      method: "POST",
+      json: { based_on_version: shown.version, text: shown.text },
+    });
+    const result = await response.json();
+    state.addendum = false;
+    state.addendumShown = null;
+    await reloadStudy();
+    await loadWorklist();
+    setStatus(`Addendum signed as version ${result.version.version}`);
+  });
+}
+
 function saveEdit() {
   return guarded(async () => {
     const response = await api(studyPath("/report"), {
@@ -631,6 +695,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("sign-button").addEventListener("click", reviewSignOff);
   $("sign-confirm").addEventListener("click", signOff);
   $("resolve-apply").addEventListener("click", applyResolve);
+  $("addendum-button").addEventListener("click", startAddendum);
+  $("addendum-cancel").addEventListener("click", cancelAddendum);
+  $("addendum-review").addEventListener("click", reviewAddendum);
+  $("addendum-sign").addEventListener("click", signAddendum);
+  $("addendum-text").addEventListener("input", () => { $("addendum-confirm").hidden = true; });
   $("resolve-cancel").addEventListener("click", () => { $("resolve-review").hidden = true; });
   $("sign-cancel").addEventListener("click", () => {
     state.review = null;
