@@ -9,7 +9,7 @@ that importing the package stays cheap: :mod:`dicom_node.scp` (C-STORE/C-ECHO SC
 (``dicom_node serve``) and :mod:`dicom_node.status`.
 """
 
-from .errors import (
+from dicom_node.errors import (
     DatabaseError,
     DiskFullError,
     NodeError,
@@ -22,7 +22,7 @@ from .errors import (
     WorklistError,
     WorklistQueryError,
 )
-from .settings import (
+from dicom_node.settings import (
     BrokerSettings,
     CallingAESettings,
     DatabaseSettings,

@@ -1,5 +1,5 @@
 """``python -m dicom_node``: the ``dicom_node`` command."""
 
-from .cli import main
+from dicom_node.cli import main
 
 main()

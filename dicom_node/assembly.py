@@ -26,10 +26,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
-from ._privacy import uid_digest
-from .image_check import is_model_image
-from .local_study import FRONTAL_VIEWS
-from .store import Database, Job, JobState, Study
+from dicom_node._privacy import uid_digest
+from dicom_node.image_check import is_model_image
+from dicom_node.local_study import FRONTAL_VIEWS
+from dicom_node.store import Database, Job, JobState, Study
 
 logger = logging.getLogger(__name__)
 

@@ -46,12 +46,10 @@ from pydicom.dataset import Dataset
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from sr_templates import AlgorithmInfo, Finding, Presence, Report, SRError, build_draft_sr
-
-from ._privacy import describe_exception, scrub_text, uid_digest
-from .assembly import REPORTABLE_MODALITIES
-from .delivery import enqueue_sr
-from .errors import (
+from dicom_node._privacy import describe_exception, scrub_text, uid_digest
+from dicom_node.assembly import REPORTABLE_MODALITIES
+from dicom_node.delivery import enqueue_sr
+from dicom_node.errors import (
     NOT_DRAFTED_PREFIX,
     JobError,
     OutboxError,
@@ -59,12 +57,13 @@ from .errors import (
     StaleVersionError,
     TransientJobError,
 )
-from .finding_codes import code_findings
-from .local_study import FRONTAL_VIEWS
-from .reports import FindingRecord, latest_version, store_report_version
-from .settings import Settings
-from .store import Database, Instance, Job, JobState, ReportKind, ReportVersion, Study
-from .worklist import resolve_worklist
+from dicom_node.finding_codes import code_findings
+from dicom_node.local_study import FRONTAL_VIEWS
+from dicom_node.reports import FindingRecord, latest_version, store_report_version
+from dicom_node.settings import Settings
+from dicom_node.store import Database, Instance, Job, JobState, ReportKind, ReportVersion, Study
+from dicom_node.worklist import resolve_worklist
+from sr_templates import AlgorithmInfo, Finding, Presence, Report, SRError, build_draft_sr
 
 if TYPE_CHECKING:
     from inference import ChestXrayVLM, DraftReport
@@ -419,7 +418,7 @@ def _run(
     existing = _existing_version(db, job.id)
     if existing is not None:
         # A retry after a crash: the draft exists; make sure it is in the outbox.
-        from .reports import read_report_sr
+        from dicom_node.reports import read_report_sr
 
         sr = read_report_sr(settings.storage.reports_dir, existing)
         ids = enqueue_sr(db, settings.storage.outbox_dir, sr, destinations, job_id=job.id)

@@ -29,10 +29,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
+from dicom_node.errors import NodeError
+from dicom_node.reports import FindingRecord, FindingSource
 from sr_templates import CHEXPERT_LABELS, Presence
-
-from .errors import NodeError
-from .reports import FindingRecord, FindingSource
 
 #: The label that means "no abnormality".
 NO_FINDING = "No Finding"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
 
-from ._privacy import describe_exception
+from dicom_node._privacy import describe_exception
 
 logger = logging.getLogger(__name__)
 

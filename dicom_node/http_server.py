@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from .errors import ServiceError
+from dicom_node.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 

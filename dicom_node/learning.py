@@ -46,10 +46,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
-from ._privacy import uid_digest
-from .errors import NodeError
-from .reports import findings_from_json
-from .store import (
+from dicom_node._privacy import uid_digest
+from dicom_node.errors import NodeError
+from dicom_node.reports import findings_from_json
+from dicom_node.store import (
     Database,
     DialogMessage,
     Instance,

@@ -10,7 +10,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from .errors import StudyInputError
+from dicom_node.errors import StudyInputError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 
-from ._privacy import describe_exception, scrub_text
+from dicom_node._privacy import describe_exception, scrub_text
 
 #: Log line format of the text logs.
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

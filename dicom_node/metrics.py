@@ -19,8 +19,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import NOT_DRAFTED_PREFIX
-from .store import Database, Instance, Job, JobState, OutboxItem, OutboxState, Study
+from dicom_node.errors import NOT_DRAFTED_PREFIX
+from dicom_node.store import Database, Instance, Job, JobState, OutboxItem, OutboxState, Study
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._privacy import describe_exception
-from .settings import InferenceSettings
+from dicom_node._privacy import describe_exception
+from dicom_node.settings import InferenceSettings
 
 if TYPE_CHECKING:
     from inference import ChestXrayVLM

@@ -29,9 +29,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._privacy import describe_exception
-from .errors import NodeError, TransientJobError
-from .settings import DEFAULT_BUNDLE, Settings
+from dicom_node._privacy import describe_exception
+from dicom_node.errors import NodeError, TransientJobError
+from dicom_node.settings import DEFAULT_BUNDLE, Settings
 
 if TYPE_CHECKING:
     from inference import ChestXrayVLM

@@ -22,9 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import metrics
-from .errors import NOT_DRAFTED_PREFIX
-from .store import Database, Job, JobState
+from dicom_node import metrics
+from dicom_node.errors import NOT_DRAFTED_PREFIX
+from dicom_node.store import Database, Job, JobState
 
 logger = logging.getLogger(__name__)
 

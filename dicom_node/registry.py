@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from .errors import NodeError
-from .settings import DEFAULT_BUNDLE, Settings
-from .store import Base, Database, ModelSource, ModelVersion, RetrainRun
+from dicom_node.errors import NodeError
+from dicom_node.settings import DEFAULT_BUNDLE, Settings
+from dicom_node.store import Base, Database, ModelSource, ModelVersion, RetrainRun
 
 if TYPE_CHECKING:
     from inference import Manifest

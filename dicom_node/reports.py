@@ -27,11 +27,11 @@ from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from ._privacy import uid_digest
-from .delivery import encode_dicom_file
-from .errors import ReportStoreError, SpoolError, StaleVersionError
-from .spool import Spool
-from .store import Database, ReportKind, ReportVersion, Study
+from dicom_node._privacy import uid_digest
+from dicom_node.delivery import encode_dicom_file
+from dicom_node.errors import ReportStoreError, SpoolError, StaleVersionError
+from dicom_node.spool import Spool
+from dicom_node.store import Database, ReportKind, ReportVersion, Study
 
 logger = logging.getLogger(__name__)
 

@@ -67,6 +67,15 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node._privacy import patient_key, uid_digest
+from dicom_node.dimse import ERROR_COMMENT_MAX_CHARS, StoreStatus
+from dicom_node.errors import DiskFullError, ServiceError, SpoolError
+from dicom_node.guarded_server import GuardedAssociationServer
+from dicom_node.image_check import check_image, inflated_size_within, is_deflated, is_model_image
+from dicom_node.raw_values import raw_text
+from dicom_node.settings import NodeSettings
+from dicom_node.spool import Spool
+from dicom_node.store import Database, InstanceRecord
 from sr_templates import (
     ADDENDUM_SERIES_DESCRIPTION,
     AMENDED_SERIES_DESCRIPTION,
@@ -74,16 +83,6 @@ from sr_templates import (
     DRAFT_SERIES_DESCRIPTION,
     VERIFIED_SERIES_DESCRIPTION,
 )
-
-from ._privacy import patient_key, uid_digest
-from .dimse import ERROR_COMMENT_MAX_CHARS, StoreStatus
-from .errors import DiskFullError, ServiceError, SpoolError
-from .guarded_server import GuardedAssociationServer
-from .image_check import check_image, inflated_size_within, is_deflated, is_model_image
-from .raw_values import raw_text
-from .settings import NodeSettings
-from .spool import Spool
-from .store import Database, InstanceRecord
 
 logger = logging.getLogger(__name__)
 

@@ -37,22 +37,22 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import metrics
-from ._privacy import describe_exception
-from .api import ApiServer
-from .assembly import AssemblyResult, assemble
-from .errors import ServiceError
-from .http_server import BackgroundHttpServer
-from .jobqueue import Dispatcher, EmbeddedWorker, configure_app, is_embedded
-from .jobqueue import context as queue_context
-from .model_readiness import READINESS, ModelWarmup, health_problem
-from .ops import HealthCheck, create_ops_app, database_check, recent_jobs_check
-from .scp import StoreSCP
-from .settings import Settings
-from .spool import Spool
-from .store import Database
-from .tls import server_context
-from .worklist import run_worklist_poller
+from dicom_node import metrics
+from dicom_node._privacy import describe_exception
+from dicom_node.api import ApiServer
+from dicom_node.assembly import AssemblyResult, assemble
+from dicom_node.errors import ServiceError
+from dicom_node.http_server import BackgroundHttpServer
+from dicom_node.jobqueue import Dispatcher, EmbeddedWorker, configure_app, is_embedded
+from dicom_node.jobqueue import context as queue_context
+from dicom_node.model_readiness import READINESS, ModelWarmup, health_problem
+from dicom_node.ops import HealthCheck, create_ops_app, database_check, recent_jobs_check
+from dicom_node.scp import StoreSCP
+from dicom_node.settings import Settings
+from dicom_node.spool import Spool
+from dicom_node.store import Database
+from dicom_node.tls import server_context
+from dicom_node.worklist import run_worklist_poller
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from .errors import SettingsError
+from dicom_node.errors import SettingsError
 
 if TYPE_CHECKING:
     from inference import RuntimeOptions

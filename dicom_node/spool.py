@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import DiskFullError, SpoolError
+from dicom_node.errors import DiskFullError, SpoolError
 
 logger = logging.getLogger(__name__)
 

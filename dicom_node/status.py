@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from ._privacy import uid_digest
-from .store import Database, Job, JobState, OutboxItem, OutboxState, Study
+from dicom_node._privacy import uid_digest
+from dicom_node.store import Database, Job, JobState, OutboxItem, OutboxState, Study
 
 #: Study state while instances are still arriving.
 STUDY_RECEIVING = "receiving"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ssl
 
-from .errors import ServiceError
-from .settings import TlsSettings
+from dicom_node.errors import ServiceError
+from dicom_node.settings import TlsSettings
 
 
 def _load_chain(context: ssl.SSLContext, tls: TlsSettings) -> None:

@@ -64,15 +64,14 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node._privacy import patient_key, uid_digest
+from dicom_node.dimse import FIND_PENDING_STATUSES, FindStatus
+from dicom_node.errors import NodeError, RisUnavailableError, WorklistError, WorklistQueryError
+from dicom_node.raw_values import raw_text
+from dicom_node.settings import RisSettings, Settings
+from dicom_node.store import Database, IndicationSource, Study, WorklistEntry
+from dicom_node.tls import client_context
 from sr_templates import WorklistInfo
-
-from ._privacy import patient_key, uid_digest
-from .dimse import FIND_PENDING_STATUSES, FindStatus
-from .errors import NodeError, RisUnavailableError, WorklistError, WorklistQueryError
-from .raw_values import raw_text
-from .settings import RisSettings, Settings
-from .store import Database, IndicationSource, Study, WorklistEntry
-from .tls import client_context
 
 logger = logging.getLogger(__name__)
 

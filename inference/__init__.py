@@ -6,8 +6,8 @@ self-describing, checksummed model bundle. This package imports nothing from ``t
 or ``dicom_node``.
 """
 
-from .bundle import Manifest, load_manifest, verify_files
-from .config import (
+from inference.bundle import Manifest, load_manifest, verify_files
+from inference.config import (
     AlignerConfig,
     ClassifierConfig,
     GenerationConfig,
@@ -16,7 +16,7 @@ from .config import (
     PromptConfig,
     VisionConfig,
 )
-from .errors import (
+from inference.errors import (
     BundleError,
     BundleIntegrityError,
     ConfigError,
@@ -24,9 +24,9 @@ from .errors import (
     PreprocessingError,
     RuntimeUnavailableError,
 )
-from .labels import CHEXPERT_LABELS, NO_FINDING
-from .llm import LanguageModel
-from .model import (
+from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from inference.llm import LanguageModel
+from inference.model import (
     ChatRequest,
     ChestXrayVLM,
     DraftReport,
@@ -37,16 +37,16 @@ from .model import (
     TorchVisionRunner,
     bundle_summary,
 )
-from .multimodal import IGNORE_INDEX, MultimodalBatch, assemble_batch
-from .onnx_export import export_vision_onnx
-from .onnx_runtime import OnnxVisionRunner, OrtOptions
-from .packaging import load_vision_tower, package_bundle
-from .preprocessing import dataset_to_display, load_images, preprocess_dataset, read_dicom
-from .prompt import EncodedPrompt, PromptBuilder, Turn
-from .speculative import LookupDecoding, NgramTable
-from .tiny import build_tiny_bundle
-from .verify import VerificationResult, verify_vision_parity
-from .vision import VisionTower
+from inference.multimodal import IGNORE_INDEX, MultimodalBatch, assemble_batch
+from inference.onnx_export import export_vision_onnx
+from inference.onnx_runtime import OnnxVisionRunner, OrtOptions
+from inference.packaging import load_vision_tower, package_bundle
+from inference.preprocessing import dataset_to_display, load_images, preprocess_dataset, read_dicom
+from inference.prompt import EncodedPrompt, PromptBuilder, Turn
+from inference.speculative import LookupDecoding, NgramTable
+from inference.tiny import build_tiny_bundle
+from inference.verify import VerificationResult, verify_vision_parity
+from inference.vision import VisionTower
 
 __all__ = [
     "AlignerConfig",

@@ -33,8 +33,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
-from .errors import BundleError, BundleIntegrityError, ConfigError
+from inference.config import ModelConfig
+from inference.errors import BundleError, BundleIntegrityError, ConfigError
 
 logger = logging.getLogger(__name__)
 

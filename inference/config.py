@@ -14,8 +14,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from .errors import ConfigError
-from .labels import CHEXPERT_LABELS
+from inference.errors import ConfigError
+from inference.labels import CHEXPERT_LABELS
 
 AlignerKind = Literal["qformer", "linear", "mlp"]
 ResizeMode = Literal["pad", "crop"]

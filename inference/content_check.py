@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError, InferenceError
+from inference.errors import BundleError, InferenceError
 
 #: File name of the check in a bundle.
 CONTENT_CHECK_FILE = "content_check.json"

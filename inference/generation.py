@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from transformers import TextIteratorStreamer, TextStreamer
 
-from .config import GenerationConfig
-from .llm import LanguageModel
-from .multimodal import MultimodalBatch
-from .speculative import LookupDecoding, lookup_greedy_decode, supports_lookup
+from inference.config import GenerationConfig
+from inference.llm import LanguageModel
+from inference.multimodal import MultimodalBatch
+from inference.speculative import LookupDecoding, lookup_greedy_decode, supports_lookup
 
 TextCallback = Callable[[str], None]
 

@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .errors import InferenceError
+from inference.errors import InferenceError
 
 logger = logging.getLogger(__name__)
 

@@ -24,20 +24,20 @@ import numpy as np
 import torch
 from pydicom.dataset import Dataset
 
-from .bundle import Manifest, load_manifest
-from .config import GenerationConfig, ModelConfig
-from .content_check import ContentCheck, ContentScore
-from .errors import BundleError, ConfigError, InferenceError, PreprocessingError
-from .generation import TextCallback, generate_texts, stream_text
-from .labels import NO_FINDING
-from .llm import LanguageModel, resolve_device
-from .multimodal import MultimodalBatch, assemble_batch
-from .onnx_runtime import OnnxVisionRunner, OrtOptions, choose_providers
-from .packaging import load_vision_tower
-from .preprocessing import load_images
-from .prompt import EncodedPrompt, PromptBuilder, Turn
-from .speculative import LookupDecoding, NgramTable
-from .vision import VisionTower
+from inference.bundle import Manifest, load_manifest
+from inference.config import GenerationConfig, ModelConfig
+from inference.content_check import ContentCheck, ContentScore
+from inference.errors import BundleError, ConfigError, InferenceError, PreprocessingError
+from inference.generation import TextCallback, generate_texts, stream_text
+from inference.labels import NO_FINDING
+from inference.llm import LanguageModel, resolve_device
+from inference.multimodal import MultimodalBatch, assemble_batch
+from inference.onnx_runtime import OnnxVisionRunner, OrtOptions, choose_providers
+from inference.packaging import load_vision_tower
+from inference.preprocessing import load_images
+from inference.prompt import EncodedPrompt, PromptBuilder, Turn
+from inference.speculative import LookupDecoding, NgramTable
+from inference.vision import VisionTower
 
 logger = logging.getLogger(__name__)
 

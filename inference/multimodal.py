@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .prompt import EncodedPrompt
+from inference.prompt import EncodedPrompt
 
 IGNORE_INDEX = -100
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import InferenceError
-from .vision import VisionTower
+from inference.errors import InferenceError
+from inference.vision import VisionTower
 
 logger = logging.getLogger(__name__)
 

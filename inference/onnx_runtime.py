@@ -8,8 +8,8 @@ from os import PathLike
 
 import numpy as np
 
-from .errors import InferenceError, RuntimeUnavailableError
-from .onnx_export import INPUT_NAME, OUTPUT_NAMES
+from inference.errors import InferenceError, RuntimeUnavailableError
+from inference.onnx_export import INPUT_NAME, OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .bundle import (
+from inference.bundle import (
     ADAPTERS_DIR,
     LLM_DIR,
     LOOKUP_TABLE,
@@ -25,12 +25,12 @@ from .bundle import (
     copy_tree,
     write_manifest,
 )
-from .config import ModelConfig
-from .errors import BundleError
-from .onnx_export import export_vision_onnx
-from .quantize import quantize_vision_onnx
-from .speculative import NgramTable
-from .vision import VisionTower
+from inference.config import ModelConfig
+from inference.errors import BundleError
+from inference.onnx_export import export_vision_onnx
+from inference.quantize import quantize_vision_onnx
+from inference.speculative import NgramTable
+from inference.vision import VisionTower
 
 logger = logging.getLogger(__name__)
 

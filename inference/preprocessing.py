@@ -24,8 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from .config import PreprocessConfig
-from .errors import PreprocessingError
+from inference.config import PreprocessConfig
+from inference.errors import PreprocessingError
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from .config import PromptConfig
-from .errors import InferenceError
+from inference.config import PromptConfig
+from inference.errors import InferenceError
 
 Role = Literal["user", "assistant"]
 

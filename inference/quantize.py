@@ -15,7 +15,7 @@ import tempfile
 from os import PathLike
 from pathlib import Path
 
-from .errors import InferenceError, RuntimeUnavailableError
+from inference.errors import InferenceError, RuntimeUnavailableError
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .errors import InferenceError
-from .generation import generate_ids
+from inference.errors import InferenceError
+from inference.generation import generate_ids
 
 if TYPE_CHECKING:
-    from .model import ChestXrayVLM
+    from inference.model import ChestXrayVLM
 
 #: Tokens generated per adapter.
 SELF_TEST_TOKENS = 4

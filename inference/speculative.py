@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-from .errors import BundleError, InferenceError
+from inference.errors import BundleError, InferenceError
 
 TABLE_FORMAT = "ngram-draft-table"
 TABLE_VERSION = 1

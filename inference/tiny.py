@@ -20,7 +20,7 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .config import (
+from inference.config import (
     AlignerConfig,
     AlignerKind,
     GenerationConfig,
@@ -28,10 +28,10 @@ from .config import (
     PreprocessConfig,
     VisionConfig,
 )
-from .labels import CHEXPERT_LABELS
-from .packaging import package_bundle
-from .speculative import NgramTable
-from .vision import VisionTower
+from inference.labels import CHEXPERT_LABELS
+from inference.packaging import package_bundle
+from inference.speculative import NgramTable
+from inference.vision import VisionTower
 
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|pad|>"

@@ -8,11 +8,11 @@ from typing import Literal
 
 import numpy as np
 
-from .bundle import load_manifest
-from .errors import BundleError
-from .model import TorchVisionRunner
-from .onnx_runtime import OnnxVisionRunner, OrtOptions
-from .packaging import load_vision_tower
+from inference.bundle import load_manifest
+from inference.errors import BundleError
+from inference.model import TorchVisionRunner
+from inference.onnx_runtime import OnnxVisionRunner, OrtOptions
+from inference.packaging import load_vision_tower
 
 
 @dataclass

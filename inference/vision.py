@@ -21,8 +21,8 @@ from transformers import (
     PretrainedConfig,
 )
 
-from .config import AlignerConfig, ClassifierConfig, ModelConfig, VisionConfig
-from .errors import ConfigError
+from inference.config import AlignerConfig, ClassifierConfig, ModelConfig, VisionConfig
+from inference.errors import ConfigError
 
 
 class VisionEncoder(nn.Module):

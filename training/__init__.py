@@ -6,8 +6,8 @@ model from :mod:`inference`; nothing in :mod:`inference` imports from here. Entr
 :func:`training.demo.build_demo`.
 """
 
-from .errors import CheckpointError, DatasetError, TrainingConfigError, TrainingError
-from .records import StudyRecord
+from training.errors import CheckpointError, DatasetError, TrainingConfigError, TrainingError
+from training.records import StudyRecord
 
 __all__ = [
     "CheckpointError",

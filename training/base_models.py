@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import TrainingError
+from training.errors import TrainingError
 
 logger = logging.getLogger(__name__)
 

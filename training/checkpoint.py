@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from training.errors import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -38,8 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from inference import ModelConfig
 from inference.errors import ConfigError
-
-from .errors import TrainingConfigError
+from training.errors import TrainingConfigError
 
 StageName = Literal["classifier", "alignment", "report", "instruct"]
 STAGE_ORDER: tuple[StageName, ...] = ("classifier", "alignment", "report", "instruct")

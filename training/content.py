@@ -23,8 +23,7 @@ from inference.content_check import (
 from inference.model import select_vision_onnx
 from inference.onnx_runtime import OnnxVisionRunner, OrtOptions
 from inference.preprocessing import preprocess_display_image
-
-from .phantoms.negatives import negative_images
+from training.phantoms.negatives import negative_images
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inference import CHEXPERT_LABELS, ModelConfig, PromptBuilder, VisionTower
-
-from .config import StageConfig, TrainingConfig
-from .data import (
+from training.config import StageConfig, TrainingConfig
+from training.data import (
     Split,
     load_dicom_folder,
     load_mimic_cxr,
@@ -24,10 +23,10 @@ from .data import (
     load_phantom_csv,
     split_records,
 )
-from .errors import DatasetError, TrainingConfigError
-from .images import load_image_cache
-from .loop import StageTrainer
-from .records import StudyRecord
+from training.errors import DatasetError, TrainingConfigError
+from training.images import load_image_cache
+from training.loop import StageTrainer
+from training.records import StudyRecord
 
 logger = logging.getLogger(__name__)
 

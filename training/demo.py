@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from inference.bundle import MANIFEST_NAME
-
-from .base_models import prepare_minilm, prepare_smollm2
-from .config import parse_training_config
-from .evaluate import evaluate_bundle, summary
-from .pipeline import train
+from training.base_models import prepare_minilm, prepare_smollm2
+from training.config import parse_training_config
+from training.evaluate import evaluate_bundle, summary
+from training.pipeline import train
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +253,7 @@ def build_demo(
         Show progress bars.
     """
     from inference import RuntimeOptions
-
-    from .phantoms import PhantomConfig, write_phantoms
+    from training.phantoms import PhantomConfig, write_phantoms
 
     work = work_dir or out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)

@@ -21,16 +21,15 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from inference import CHEXPERT_LABELS, ChatRequest, ChestXrayVLM, RuntimeOptions, StudyRequest
-
-from .data import (
+from training.data import (
     load_dicom_folder,
     load_mimic_cxr,
     load_mimic_split,
     load_phantom_csv,
     split_records,
 )
-from .errors import DatasetError
-from .evaluation import (
+from training.errors import DatasetError
+from training.evaluation import (
     bert_score,
     bleu_scores,
     bootstrap_ci,
@@ -40,15 +39,15 @@ from .evaluation import (
     meteor_scores,
     rouge_l_scores,
 )
-from .images import preprocess_file
-from .instruct import (
+from training.images import preprocess_file
+from training.instruct import (
     InstructConfig,
     apply_stated_findings,
     build_instruct_examples,
     choose_correction,
     unmet_statements,
 )
-from .records import NEGATIVE, POSITIVE, StudyRecord
+from training.records import NEGATIVE, POSITIVE, StudyRecord
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 
 from inference import PreprocessConfig, PreprocessingError, preprocess_dataset, read_dicom
 from inference.preprocessing import preprocess_display_image
-
-from .errors import DatasetError
+from training.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

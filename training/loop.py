@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (
+from training.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointState,
     capture_rng,
@@ -31,8 +31,8 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .config import StageConfig
-from .curves import plot_loss_curves
+from training.config import StageConfig
+from training.curves import plot_loss_curves
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,11 @@ from typing import Any
 
 from inference import NgramTable, package_bundle
 from inference.bundle import LOOKUP_TABLE
-
-from .config import TrainingConfig
-from .content import fit_bundle_content_check
-from .context import RunContext, build_context
-from .errors import CheckpointError
-from .stages import (
+from training.config import TrainingConfig
+from training.content import fit_bundle_content_check
+from training.context import RunContext, build_context
+from training.errors import CheckpointError
+from training.stages import (
     run_alignment_stage,
     run_classifier_stage,
     run_instruct_stage,

@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from typing import Final, Literal
 
 from inference.report_sections import parse_report
-
-from .evaluation.labeler import label_report
-from .records import POSITIVE, StudyRecord
+from training.evaluation.labeler import label_report
+from training.records import POSITIVE, StudyRecord
 
 TargetOrder = Literal["as_written", "findings_first"]
 

@@ -34,8 +34,7 @@ import torch
 from transformers import AutoTokenizer
 
 from inference import RuntimeOptions, VisionTower, load_manifest
-
-from .config import (
+from training.config import (
     DataConfig,
     InstructStage,
     ModelSection,
@@ -44,13 +43,13 @@ from .config import (
     StagesConfig,
     TrainingConfig,
 )
-from .context import RunContext, resolve_device, seed_everything
-from .data import load_dicom_folder, load_mimic_cxr, load_phantom_csv, split_records
-from .errors import DatasetError, TrainingConfigError
-from .images import load_image_cache
-from .pipeline import METRICS_FILE, package_run
-from .records import StudyRecord
-from .stages.lora import (
+from training.context import RunContext, resolve_device, seed_everything
+from training.data import load_dicom_folder, load_mimic_cxr, load_phantom_csv, split_records
+from training.errors import DatasetError, TrainingConfigError
+from training.images import load_image_cache
+from training.pipeline import METRICS_FILE, package_run
+from training.records import StudyRecord
+from training.stages.lora import (
     TextExample,
     _fit_adapter,
     instruct_examples,
@@ -410,7 +409,7 @@ def retrain(plan: RetrainPlan, progress: ProgressFn | None = None) -> RetrainRes
     inference.BundleError
         When the starting bundle is missing or damaged.
     """
-    from .evaluate import evaluate_bundle, summary
+    from training.evaluate import evaluate_bundle, summary
 
     def phase(name: str) -> None:
         logger.info("retrain: %s", name)
@@ -516,7 +515,7 @@ def _write_candidate_metrics(
     held_site: int,
     held_total: int,
 ) -> None:
-    from .demo import update_manifest_metrics
+    from training.demo import update_manifest_metrics
 
     update_manifest_metrics(
         bundle,

@@ -9,10 +9,10 @@ SR version that names its predecessor and goes to the PACS. See ``docs/amend_loo
 >>> host, port = server.start()                      # doctest: +SKIP
 """
 
-from ._auth import Reader, token_digest
-from ._classify import Intent, classify_message
-from .app import create_app
-from .errors import (
+from dicom_node.api._auth import Reader, token_digest
+from dicom_node.api._classify import Intent, classify_message
+from dicom_node.api.app import create_app
+from dicom_node.api.errors import (
     ApiError,
     AuthenticationError,
     ConflictError,
@@ -27,8 +27,8 @@ from .errors import (
     StudyNotFoundError,
     TooManyFailuresError,
 )
-from .server import ApiServer
-from .service import DialogService, ModelProvider, PreparedTurn
+from dicom_node.api.server import ApiServer
+from dicom_node.api.service import DialogService, ModelProvider, PreparedTurn
 
 __all__ = [
     "ApiError",

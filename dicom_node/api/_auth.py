@@ -12,8 +12,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from ..settings import ApiSettings, ApiUser
-from .errors import AuthenticationError
+from dicom_node.api.errors import AuthenticationError
+from dicom_node.settings import ApiSettings, ApiUser
 
 
 @dataclass(frozen=True)

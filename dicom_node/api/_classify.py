@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from ..store.dialog import MessageKind
+from dicom_node.store.dialog import MessageKind
 
 #: How the client wants a message taken: classified, always a question, or always a request.
 Intent = Literal["auto", "question", "amend"]

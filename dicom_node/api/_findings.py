@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dicom_node.finding_codes import NO_FINDING
+from dicom_node.reports import FindingRecord
+from dicom_node.store.dialog import MessageKind
 from sr_templates import CHEXPERT_LABELS, Presence
-
-from ..finding_codes import NO_FINDING
-from ..reports import FindingRecord
-from ..store.dialog import MessageKind
 
 
 def prompt_findings(

@@ -32,8 +32,8 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, pixel_array
 
-from ..image_check import decoded_pixel_bytes
-from .errors import InvalidInputError, NotFoundError
+from dicom_node.api.errors import InvalidInputError, NotFoundError
+from dicom_node.image_check import decoded_pixel_bytes
 
 #: Longest side of the decoded pixels kept in memory.
 CACHED_MAX_SIDE = 2048

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from .errors import TooManyFailuresError
+from dicom_node.api.errors import TooManyFailuresError
 
 logger = logging.getLogger(__name__)
 

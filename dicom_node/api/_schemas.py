@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..store.dialog import MessageKind, MessageRole, ProposalStatus
-from ..store.models import ReportKind
+from dicom_node.store.dialog import MessageKind, MessageRole, ProposalStatus
+from dicom_node.store.models import ReportKind
 
 #: Draft status of a study in the worklist.
 StudyStatus = Literal["received", "queued", "running", "failed", "drafted", "amended", "signed"]

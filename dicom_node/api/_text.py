@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ..store.dialog import MessageKind
-from ._diff import diff_opcodes, unified_diff
+from dicom_node.api._diff import diff_opcodes, unified_diff
+from dicom_node.store.dialog import MessageKind
 
 #: Line breaks kept in generated text; every other control character is dropped.
 _KEPT_CONTROLS = frozenset("\n")

@@ -41,10 +41,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from ._auth import Authenticator, Reader
-from ._images import DEFAULT_RENDER_SIDE, MAX_RENDER_SIDE
-from ._ratelimit import FailedTokenLimiter
-from ._schemas import (
+from dicom_node.api._auth import Authenticator, Reader
+from dicom_node.api._images import DEFAULT_RENDER_SIDE, MAX_RENDER_SIDE
+from dicom_node.api._ratelimit import FailedTokenLimiter
+from dicom_node.api._schemas import (
     AddendumRequest,
     EditRequest,
     ImageInfo,
@@ -57,14 +57,14 @@ from ._schemas import (
     UserOut,
     VersionResult,
 )
-from .errors import (
+from dicom_node.api.errors import (
     ApiError,
     AuthenticationError,
     FindingsDisagreeConflict,
     StaleVersionConflict,
     TooManyFailuresError,
 )
-from .service import DialogService, PreparedTurn
+from dicom_node.api.service import DialogService, PreparedTurn
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ id), never patient data or report text: they reach the audit log and the client.
 
 from __future__ import annotations
 
-from ..errors import NodeError
+from dicom_node.errors import NodeError
 
 
 class ApiError(NodeError):

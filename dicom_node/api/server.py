@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import ServiceError
-from ..http_server import BackgroundHttpServer
-from ..settings import Settings
-from ..store import Database
-from .app import create_app
-from .service import DialogService, ModelProvider
+from dicom_node.api.app import create_app
+from dicom_node.api.service import DialogService, ModelProvider
+from dicom_node.errors import ServiceError
+from dicom_node.http_server import BackgroundHttpServer
+from dicom_node.settings import Settings
+from dicom_node.store import Database
 
 logger = logging.getLogger(__name__)
 

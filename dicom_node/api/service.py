@@ -43,60 +43,13 @@ from pydicom.dataset import Dataset
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from sr_templates import (
-    Finding,
-    PersonInfo,
-    Presence,
-    SRError,
-    VerifierInfo,
-    build_addendum_sr,
-    build_amended_sr,
-    read_report,
-)
-
-from .._privacy import describe_exception, uid_digest
-from ..delivery import DeliveryOutcome, deliver_items, enqueue_sr
-from ..errors import NodeError, StaleVersionError
-from ..finding_codes import (
-    FindingChoiceError,
-    code_findings,
-    correction_choices,
-    disagreements,
-    disagrees,
-)
-from ..model_cache import get_model
-from ..reports import (
-    FindingRecord,
-    FindingSource,
-    findings_from_json,
-    findings_to_json,
-    latest_version,
-    read_report_sr,
-    store_report_version,
-    version_history,
-)
-from ..settings import Settings
-from ..store import (
-    AuditEvent,
-    AuditOutcome,
-    Database,
-    DialogMessage,
-    Instance,
-    Job,
-    MessageKind,
-    MessageRole,
-    Proposal,
-    ProposalStatus,
-    ReportKind,
-    ReportVersion,
-    Study,
-)
-from ._analysis import AnalysisCache
-from ._auth import Reader
-from ._classify import Intent, classify_message
-from ._findings import prompt_findings
-from ._images import ImageRenderer
-from ._schemas import (
+from dicom_node._privacy import describe_exception, uid_digest
+from dicom_node.api._analysis import AnalysisCache
+from dicom_node.api._auth import Reader
+from dicom_node.api._classify import Intent, classify_message
+from dicom_node.api._findings import prompt_findings
+from dicom_node.api._images import ImageRenderer
+from dicom_node.api._schemas import (
     AddendumOut,
     DiffSegmentOut,
     FindingChange,
@@ -114,8 +67,14 @@ from ._schemas import (
     VersionOut,
     VersionResult,
 )
-from ._text import clean_generated, parse_revision, report_context, unified_report_diff, word_diff
-from .errors import (
+from dicom_node.api._text import (
+    clean_generated,
+    parse_revision,
+    report_context,
+    unified_report_diff,
+    word_diff,
+)
+from dicom_node.api.errors import (
     ApiError,
     ConflictError,
     FindingsDisagreeConflict,
@@ -128,6 +87,52 @@ from .errors import (
     PayloadTooLargeError,
     StaleVersionConflict,
     StudyNotFoundError,
+)
+from dicom_node.delivery import DeliveryOutcome, deliver_items, enqueue_sr
+from dicom_node.errors import NodeError, StaleVersionError
+from dicom_node.finding_codes import (
+    FindingChoiceError,
+    code_findings,
+    correction_choices,
+    disagreements,
+    disagrees,
+)
+from dicom_node.model_cache import get_model
+from dicom_node.reports import (
+    FindingRecord,
+    FindingSource,
+    findings_from_json,
+    findings_to_json,
+    latest_version,
+    read_report_sr,
+    store_report_version,
+    version_history,
+)
+from dicom_node.settings import Settings
+from dicom_node.store import (
+    AuditEvent,
+    AuditOutcome,
+    Database,
+    DialogMessage,
+    Instance,
+    Job,
+    MessageKind,
+    MessageRole,
+    Proposal,
+    ProposalStatus,
+    ReportKind,
+    ReportVersion,
+    Study,
+)
+from sr_templates import (
+    Finding,
+    PersonInfo,
+    Presence,
+    SRError,
+    VerifierInfo,
+    build_addendum_sr,
+    build_amended_sr,
+    read_report,
 )
 
 if TYPE_CHECKING:
@@ -160,8 +165,8 @@ def report_content_sha256(
 def _active_model(settings: Settings, db: Database) -> ChestXrayVLM:
     """The registry's active model version, from the process's model cache (the one the
     embedded worker drafts with, so serve holds one copy and follows promotions)."""
-    from ..model_readiness import require_ready
-    from ..registry import active_bundle
+    from dicom_node.model_readiness import require_ready
+    from dicom_node.registry import active_bundle
 
     require_ready()  # serve's warm-up may still be building or loading it
     return get_model(settings.inference, bundle=active_bundle(db, settings).bundle)
@@ -470,7 +475,7 @@ class DialogService:
         job: tuple[str, str | None] | None,
         open_proposals: int,
     ) -> StudySummary:
-        from ..model_readiness import READINESS, ModelPhase
+        from dicom_node.model_readiness import READINESS, ModelPhase
 
         status: StudyStatus
         reason: str | None = None
@@ -807,10 +812,9 @@ class DialogService:
             return PreparedTurn(reader, study.id, study_uid, message, kind, latest.version)
 
     def _model(self) -> ChestXrayVLM:
+        from dicom_node.model_readiness import ModelNotReadyError
         from inference import BundleError, InferenceError
         from inference.selftest import SelfTestError
-
-        from ..model_readiness import ModelNotReadyError
 
         try:
             return self._model_provider()

@@ -14,8 +14,8 @@ imports nothing but :mod:`._app` from this package, so any of them may be import
 
 from __future__ import annotations
 
-from . import amend, model, node, registry, training  # noqa: F401 - register the commands
-from ._app import app
+from dicom_node.cli import amend, model, node, registry, training  # noqa: F401 - register the commands
+from dicom_node.cli._app import app
 
 
 def main() -> None:

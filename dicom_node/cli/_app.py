@@ -18,9 +18,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..errors import NodeError
-from ..logs import configure_logging
-from ..settings import Settings, load_settings
+from dicom_node.errors import NodeError
+from dicom_node.logs import configure_logging
+from dicom_node.settings import Settings, load_settings
 
 app = typer.Typer(
     name="dicom_node",

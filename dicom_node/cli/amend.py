@@ -28,9 +28,9 @@ from urllib.parse import quote
 
 import typer
 
-from ..errors import NodeError
-from ..settings import Settings
-from ._app import ConfigOption, _fail, _node_settings, app, console, stop_on_signal
+from dicom_node.cli._app import ConfigOption, _fail, _node_settings, app, console, stop_on_signal
+from dicom_node.errors import NodeError
+from dicom_node.settings import Settings
 
 if TYPE_CHECKING:
     import httpx
@@ -268,7 +268,7 @@ def api(
     )
     if not settings.api.users:
         raise _fail("api.users is empty: configure at least one user and token", EXIT_USAGE)
-    from ..api import ApiServer
+    from dicom_node.api import ApiServer
 
     with stop_on_signal() as stop:
         server = ApiServer(settings)

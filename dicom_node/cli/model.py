@@ -13,9 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import NodeError
-from ..settings import load_settings
-from ._app import (
+from dicom_node.cli._app import (
     ConfigOption,
     _fail,
     _quiet_libraries,
@@ -26,6 +24,8 @@ from ._app import (
     err_console,
     model_app,
 )
+from dicom_node.errors import NodeError
+from dicom_node.settings import load_settings
 
 
 # --------------------------------------------------------------------------- model init
@@ -150,9 +150,8 @@ def infer(
     """Print finding probabilities and a draft report for the DICOM files of one study."""
     overrides = {"bundle": model, "device": device, "vision_backend": vision_backend}
     settings = _settings(config, inference=overrides)
+    from dicom_node.local_study import read_study, sample_study
     from inference import ChestXrayVLM, InferenceError
-
-    from ..local_study import read_study, sample_study
 
     bundle = settings.inference.bundle
     if not bundle.exists():

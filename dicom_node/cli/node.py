@@ -15,9 +15,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import NodeError
-from ..settings import Settings
-from ._app import ConfigOption, _fail, _node_settings, app, console, stop_on_signal
+from dicom_node.cli._app import ConfigOption, _fail, _node_settings, app, console, stop_on_signal
+from dicom_node.errors import NodeError
+from dicom_node.settings import Settings
 
 #: Line printed (and flushed) once the SCP listens; scripts and tests read the port from it.
 LISTENING_PREFIX = "dicom_node listening on"
@@ -39,8 +39,8 @@ def _check_bundle(settings: Settings) -> None:
     Only the default bundle (``models/demo``) is built when missing, in the background by the
     node's model warm-up; a missing bundle configured elsewhere is an error.
     """
-    from ..model_readiness import demo_work_dir, needs_demo_build
-    from ..settings import DEFAULT_BUNDLE
+    from dicom_node.model_readiness import demo_work_dir, needs_demo_build
+    from dicom_node.settings import DEFAULT_BUNDLE
 
     bundle = settings.inference.bundle
     if (bundle / "manifest.json").exists():
@@ -89,8 +89,8 @@ def serve(
         node={"port": port, "ae_title": ae_title, "bind_address": bind_address},
         storage={"folder": storage},
     )
-    from ..jobqueue import is_embedded
-    from ..service import NodeService
+    from dicom_node.jobqueue import is_embedded
+    from dicom_node.service import NodeService
 
     if is_embedded(settings) or settings.api.enabled:
         _check_bundle(settings)
@@ -144,7 +144,7 @@ def worker(
     if queues is not None:
         overrides["queues"] = [name.strip() for name in queues.split(",") if name.strip()]
     settings = _node_settings(config, worker=overrides)
-    from ..jobqueue import GPU_QUEUE, configure_app, is_embedded, run_worker
+    from dicom_node.jobqueue import GPU_QUEUE, configure_app, is_embedded, run_worker
 
     if is_embedded(settings):
         raise _fail(
@@ -160,9 +160,9 @@ def worker(
         )
     if pool not in ("prefork", "threads"):
         raise _fail(f"--pool must be prefork or threads, got {pool!r}")
-    from ..jobqueue import probe_model
-    from ..model_readiness import READINESS, health_problem
-    from ..ops import HealthCheck
+    from dicom_node.jobqueue import probe_model
+    from dicom_node.model_readiness import READINESS, health_problem
+    from dicom_node.ops import HealthCheck
 
     app_ = configure_app(settings)
     consumed = list(settings.worker.queues)
@@ -173,8 +173,8 @@ def worker(
             consumed.remove(GPU_QUEUE)  # report jobs stay queued for a worker with a good model
     http = None
     if settings.worker.metrics_port is not None:
-        from ..http_server import BackgroundHttpServer
-        from ..ops import create_ops_app
+        from dicom_node.http_server import BackgroundHttpServer
+        from dicom_node.ops import create_ops_app
 
         http = BackgroundHttpServer(
             create_ops_app(checks, lambda: READINESS.status().to_json()),
@@ -209,7 +209,12 @@ def worker(
 
 def _model_line(settings: Settings) -> dict[str, str]:
     """The configured bundle as ``status`` shows it: present, or how far its build is."""
-    from ..model_readiness import demo_work_dir, describe_progress, needs_demo_build, read_progress
+    from dicom_node.model_readiness import (
+        demo_work_dir,
+        describe_progress,
+        needs_demo_build,
+        read_progress,
+    )
 
     bundle = settings.inference.bundle
     manifest = bundle / "manifest.json"
@@ -238,9 +243,9 @@ def status(
     settings = _node_settings(config)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ..delivery import delivery_state
-    from ..status import collect_status
-    from ..store import Database
+    from dicom_node.delivery import delivery_state
+    from dicom_node.status import collect_status
+    from dicom_node.store import Database
 
     try:
         db = Database(settings.database_url)

@@ -21,11 +21,11 @@ import typer
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import NodeError
-from ..logs import configure_logging
-from ..settings import Settings, load_settings
-from ..store import Database
-from ._app import ConfigOption, _fail, _quiet_libraries, app, console, model_app
+from dicom_node.cli._app import ConfigOption, _fail, _quiet_libraries, app, console, model_app
+from dicom_node.errors import NodeError
+from dicom_node.logs import configure_logging
+from dicom_node.settings import Settings, load_settings
+from dicom_node.store import Database
 
 retrain_app = typer.Typer(
     help="Retrain the model on signed-off reports; 'retrain status' shows the runs.",
@@ -86,9 +86,8 @@ def model_list(
     The first use registers the configured bundle (inference.bundle) as the active version.
     """
     settings = _load(config)
+    from dicom_node.registry import ensure_initial_version, list_versions
     from inference import InferenceError
-
-    from ..registry import ensure_initial_version, list_versions
 
     with _database(settings) as db:
         try:
@@ -131,10 +130,9 @@ def model_register(
 ) -> None:
     """Copy a bundle into the registry as a new, inactive version (promote it to use it)."""
     settings = _load(config)
+    from dicom_node.registry import ensure_initial_version, register_bundle
+    from dicom_node.store import ModelSource
     from inference import InferenceError
-
-    from ..registry import ensure_initial_version, register_bundle
-    from ..store import ModelSource
 
     with _database(settings) as db:
         try:
@@ -167,9 +165,8 @@ def model_promote(
     compared, unless --force is given.
     """
     settings = _load(config)
+    from dicom_node.registry import PromotionRefusedError, promote
     from inference import InferenceError
-
-    from ..registry import PromotionRefusedError, promote
 
     with _database(settings) as db:
         try:
@@ -193,9 +190,8 @@ def model_promote(
 def model_rollback(config: ConfigOption = None) -> None:
     """Make the version that was active before the current one active again."""
     settings = _load(config)
+    from dicom_node.registry import rollback
     from inference import InferenceError
-
-    from ..registry import rollback
 
     with _database(settings) as db:
         try:
@@ -248,9 +244,9 @@ def retrain(
     if ctx.invoked_subcommand is not None:
         return
     settings = _load(config)
-    from ..jobqueue import configure_app, is_embedded
-    from ..jobqueue import context as queue_context
-    from ..jobqueue.training_tasks import (
+    from dicom_node.jobqueue import configure_app, is_embedded
+    from dicom_node.jobqueue import context as queue_context
+    from dicom_node.jobqueue.training_tasks import (
         RetrainError,
         create_run,
         fail_run,
@@ -258,7 +254,7 @@ def retrain(
         parse_stages,
         send_retrain,
     )
-    from ..jobqueue.training_tasks import retrain as retrain_task
+    from dicom_node.jobqueue.training_tasks import retrain as retrain_task
 
     try:
         stage_names = parse_stages(stages)
@@ -318,7 +314,7 @@ def retrain_status(
 ) -> None:
     """Show retrain runs: state, progress, phase, candidate version and the log's tail."""
     settings = _load(config)
-    from ..jobqueue.training_tasks import RetrainError, get_run, list_runs
+    from dicom_node.jobqueue.training_tasks import RetrainError, get_run, list_runs
 
     with _database(settings) as db:
         runs = list_runs(db, limit)

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, cast
 
 import typer
 
-from ._app import ConfigOption, _fail, _settings, app, console, model_app
+from dicom_node.cli._app import ConfigOption, _fail, _settings, app, console, model_app
 
 
 @app.command("train")

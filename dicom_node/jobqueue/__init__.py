@@ -5,7 +5,7 @@ See :mod:`.app` for queues and reliability options, :mod:`.tasks` for the tasks,
 embedded and standalone workers.
 """
 
-from .app import (
+from dicom_node.jobqueue.app import (
     DELIVERY_QUEUE,
     GPU_QUEUE,
     TRAINING_QUEUE,
@@ -13,9 +13,9 @@ from .app import (
     broker_url,
     is_embedded,
 )
-from .configure import configure_app
-from .dispatch import Dispatcher, DispatchResult, Requeued
-from .worker import EmbeddedWorker, probe_model, run_worker
+from dicom_node.jobqueue.configure import configure_app
+from dicom_node.jobqueue.dispatch import Dispatcher, DispatchResult, Requeued
+from dicom_node.jobqueue.worker import EmbeddedWorker, probe_model, run_worker
 
 __all__ = [
     "DELIVERY_QUEUE",

@@ -36,8 +36,8 @@ from typing import Any
 
 from celery import Celery
 
-from ..settings import Settings
-from . import transport
+from dicom_node.jobqueue import transport
+from dicom_node.settings import Settings
 
 #: Name of the Celery app (task names are prefixed with it).
 APP_NAME = "dicom_node"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from ..settings import Settings
-from . import context, tasks, training_tasks  # noqa: F401  (importing them registers the tasks)
-from .app import _drop_pooled_connections, app, celery_config
+from dicom_node.jobqueue import context, tasks, training_tasks  # noqa: F401  (importing them registers the tasks)
+from dicom_node.jobqueue.app import _drop_pooled_connections, app, celery_config
+from dicom_node.settings import Settings
 
 
 def configure_app(settings: Settings) -> Celery:

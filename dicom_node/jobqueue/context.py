@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .._privacy import describe_exception
-from ..errors import ServiceError, TransientJobError
-from ..model_cache import forget_models, get_model
-from ..settings import Settings
-from ..store import Database
+from dicom_node._privacy import describe_exception
+from dicom_node.errors import ServiceError, TransientJobError
+from dicom_node.model_cache import forget_models, get_model
+from dicom_node.settings import Settings
+from dicom_node.store import Database
 
 if TYPE_CHECKING:
     from inference import ChestXrayVLM
@@ -84,7 +84,7 @@ def active_version() -> tuple[str, Path]:
     TransientJobError
         When the database cannot be read and there is no earlier answer.
     """
-    from ..registry import active_bundle
+    from dicom_node.registry import active_bundle
 
     global _active
     config = settings()
@@ -148,9 +148,8 @@ def model() -> ChestXrayVLM:
     TransientJobError
         When the database cannot be read (see :func:`active_version`).
     """
+    from dicom_node.model_readiness import ModelNotReadyError, require_ready
     from inference import InferenceError
-
-    from ..model_readiness import ModelNotReadyError, require_ready
 
     require_ready()
     try:

@@ -43,11 +43,11 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from .._privacy import describe_exception
-from ..delivery import release_claims
-from ..settings import Settings
-from ..store import Database, Job, JobState, OutboxItem, OutboxState
-from .app import APP_NAME, DELIVERY_QUEUE, GPU_QUEUE
+from dicom_node._privacy import describe_exception
+from dicom_node.delivery import release_claims
+from dicom_node.jobqueue.app import APP_NAME, DELIVERY_QUEUE, GPU_QUEUE
+from dicom_node.settings import Settings
+from dicom_node.store import Database, Job, JobState, OutboxItem, OutboxState
 
 logger = logging.getLogger(__name__)
 

@@ -30,14 +30,14 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..delivery import DeliveryOutcome, deliver_items
-from ..drafting import draft_job, finish_job, touch_job
-from ..errors import JobError, TransientJobError
-from ..heartbeat import Heartbeat, heartbeat_interval
-from ..metrics import INFERENCE_SECONDS, JOB_SECONDS
-from ..store import JobState
-from . import context
-from .app import APP_NAME, DELIVERY_QUEUE, app
+from dicom_node.delivery import DeliveryOutcome, deliver_items
+from dicom_node.drafting import draft_job, finish_job, touch_job
+from dicom_node.errors import JobError, TransientJobError
+from dicom_node.heartbeat import Heartbeat, heartbeat_interval
+from dicom_node.jobqueue import context
+from dicom_node.jobqueue.app import APP_NAME, DELIVERY_QUEUE, app
+from dicom_node.metrics import INFERENCE_SECONDS, JOB_SECONDS
+from dicom_node.store import JobState
 
 logger = logging.getLogger(__name__)
 

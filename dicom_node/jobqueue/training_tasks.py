@@ -38,11 +38,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import NodeError
-from ..settings import Settings
-from ..store import Database, ModelSource, RetrainRun, RetrainState
-from . import context
-from .app import APP_NAME, TRAINING_QUEUE, app
+from dicom_node.errors import NodeError
+from dicom_node.jobqueue import context
+from dicom_node.jobqueue.app import APP_NAME, TRAINING_QUEUE, app
+from dicom_node.settings import Settings
+from dicom_node.store import Database, ModelSource, RetrainRun, RetrainState
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def create_run(
     now: datetime | None = None,
 ) -> RetrainRunInfo:
     """Record a queued retrain run and return it."""
-    from ..registry import ensure_registry_tables
+    from dicom_node.registry import ensure_registry_tables
 
     now = now or datetime.now(UTC)
     ensure_registry_tables(db)
@@ -200,7 +200,7 @@ def get_run(db: Database, run_id: int | None = None) -> RetrainRunInfo:
     RetrainError
         When there is no such run (or none at all).
     """
-    from ..registry import ensure_registry_tables
+    from dicom_node.registry import ensure_registry_tables
 
     ensure_registry_tables(db)
     with db.session() as session:
@@ -217,7 +217,7 @@ def get_run(db: Database, run_id: int | None = None) -> RetrainRunInfo:
 
 def list_runs(db: Database, limit: int = 10) -> list[RetrainRunInfo]:
     """The newest runs, newest first."""
-    from ..registry import ensure_registry_tables
+    from dicom_node.registry import ensure_registry_tables
 
     ensure_registry_tables(db)
     with db.session() as session:
@@ -245,7 +245,7 @@ def send_retrain(settings: Settings, run_id: int) -> None:
     kombu.exceptions.OperationalError
         When the broker cannot be reached (after one quick retry).
     """
-    from .dispatch import PUBLISH_RETRY_POLICY
+    from dicom_node.jobqueue.dispatch import PUBLISH_RETRY_POLICY
 
     hard = settings.retrain.time_limit_s
     retrain.apply_async(
@@ -367,7 +367,7 @@ def _finish(db: Database, log: _RunLog, state: RetrainState, **values: object) -
 
 
 def _candidate_name(db: Database, settings: Settings, run_id: int) -> str:
-    from ..registry import VersionNotFoundError, get_version, registry_dir
+    from dicom_node.registry import VersionNotFoundError, get_version, registry_dir
 
     name = f"retrain-{run_id}"
     try:
@@ -421,10 +421,9 @@ def run_retrain(settings: Settings, db: Database, run_id: int) -> RetrainRunInfo
 
 
 def _run(settings: Settings, db: Database, run: RetrainRunInfo, log: _RunLog) -> str:
+    from dicom_node.learning import collect_signed_off, export_learning_set
+    from dicom_node.registry import active_bundle, register_bundle
     from training.retrain import RetrainPlan, retrain
-
-    from ..learning import collect_signed_off, export_learning_set
-    from ..registry import active_bundle, register_bundle
 
     config = settings.retrain
     base_data = config.base_data if config.max_base_studies > 0 else None

@@ -17,7 +17,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy.engine import make_url
 
-from ..store.database import private_sqlite_file
+from dicom_node.store.database import private_sqlite_file
 
 #: URL scheme of this transport (``nodesqla+sqlite:///path``).
 SCHEME = "nodesqla"

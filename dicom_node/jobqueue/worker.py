@@ -24,10 +24,10 @@ from typing import Literal
 
 from celery import Celery
 
-from ..errors import ServiceError
-from ..settings import Settings
-from . import context
-from .app import DELIVERY_QUEUE, GPU_QUEUE
+from dicom_node.errors import ServiceError
+from dicom_node.jobqueue import context
+from dicom_node.jobqueue.app import DELIVERY_QUEUE, GPU_QUEUE
+from dicom_node.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def preload_model(queues: Sequence[str]) -> None:
     instead of failing one by one.
     """
     if GPU_QUEUE in queues:
-        from ..model_readiness import ModelNotReadyError
+        from dicom_node.model_readiness import ModelNotReadyError
 
         started = time.perf_counter()
         try:
@@ -61,9 +61,8 @@ def preload_model(queues: Sequence[str]) -> None:
 
 def _probe_in_child(settings: Settings) -> tuple[str | None, str]:
     """Load and self-test the model in a fresh process; ``(failed check or None, detail)``."""
+    from dicom_node.model_readiness import ModelNotReadyError
     from inference.selftest import SelfTestError
-
-    from ..model_readiness import ModelNotReadyError
 
     context.set_settings(settings)
     try:
@@ -85,7 +84,7 @@ def probe_model(settings: Settings) -> bool:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from ..model_readiness import READINESS, ModelPhase
+    from dicom_node.model_readiness import READINESS, ModelPhase
 
     READINESS.set(ModelPhase.LOADING, "loading and self-testing the model")
     try:

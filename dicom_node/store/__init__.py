@@ -6,8 +6,8 @@
 ``proposals`` and ``audit_events``.
 """
 
-from .database import SUPPORTED_BACKENDS, Database, InstanceRecord
-from .dialog import (
+from dicom_node.store.database import SUPPORTED_BACKENDS, Database, InstanceRecord
+from dicom_node.store.dialog import (
     AuditEvent,
     AuditOutcome,
     DialogMessage,
@@ -16,7 +16,7 @@ from .dialog import (
     Proposal,
     ProposalStatus,
 )
-from .models import (
+from dicom_node.store.models import (
     Base,
     IndicationSource,
     Instance,
@@ -29,7 +29,7 @@ from .models import (
     Study,
     WorklistEntry,
 )
-from .registry import ModelSource, ModelVersion, RetrainRun, RetrainState
+from dicom_node.store.registry import ModelSource, ModelVersion, RetrainRun, RetrainState
 
 __all__ = [
     "SUPPORTED_BACKENDS",

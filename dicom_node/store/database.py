@@ -38,10 +38,10 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from .._privacy import uid_digest
-from ..errors import DatabaseError
-from .models import Base, Instance, Study
-from .upgrade import widen_state_checks
+from dicom_node._privacy import uid_digest
+from dicom_node.errors import DatabaseError
+from dicom_node.store.models import Base, Instance, Study
+from dicom_node.store.upgrade import widen_state_checks
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ._types import UTCDateTime
-from .models import UID_LENGTH, Base, _state_column
+from dicom_node.store._types import UTCDateTime
+from dicom_node.store.models import UID_LENGTH, Base, _state_column
 
 #: Longest user name stored (``api.users`` keys).
 USER_NAME_LENGTH = 64

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from ._types import UTCDateTime
+from dicom_node.store._types import UTCDateTime
 
 #: Longest UID (PS3.5 UI).
 UID_LENGTH = 64

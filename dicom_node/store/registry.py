@@ -17,8 +17,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ._types import UTCDateTime
-from .models import Base, _state_column
+from dicom_node.store._types import UTCDateTime
+from dicom_node.store.models import Base, _state_column
 
 #: Longest model version name (``report_versions.model_version`` holds the same names).
 VERSION_NAME_LENGTH = 64

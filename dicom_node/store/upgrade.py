@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, Enum, text
 
-from ..errors import DatabaseError
-from .models import Base
+from dicom_node.errors import DatabaseError
+from dicom_node.store.models import Base
 
 logger = logging.getLogger(__name__)
 

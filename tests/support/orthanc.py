@@ -19,7 +19,7 @@ import httpx
 import pydicom
 from pydicom.dataset import Dataset
 
-from .peers import free_port, stop_process, wait_for_port
+from support.peers import free_port, stop_process, wait_for_port
 
 #: Orthanc's AE title in the tests.
 ORTHANC_AE = "ORTHANC"

@@ -14,12 +14,22 @@ input raises :class:`~training.errors.DatasetError` naming the file, row and col
 from __future__ import annotations
 
 from inference.report_sections import SECTION_HEADERS, ReportSections, parse_report
-
-from ._tables import FRONTAL_VIEWS, UNKNOWN_VIEW
-from .dicom_folder import KEY_COLUMNS, KeyColumn, Labeler, load_dicom_folder
-from .mimic import load_mimic_cxr, load_mimic_split, mimic_image_path, mimic_report_path
-from .phantoms import PHANTOM_COLUMNS, load_phantom_csv
-from .splits import Split, SplitName, normalise_split_name, split_records, subject_fraction
+from training.data._tables import FRONTAL_VIEWS, UNKNOWN_VIEW
+from training.data.dicom_folder import KEY_COLUMNS, KeyColumn, Labeler, load_dicom_folder
+from training.data.mimic import (
+    load_mimic_cxr,
+    load_mimic_split,
+    mimic_image_path,
+    mimic_report_path,
+)
+from training.data.phantoms import PHANTOM_COLUMNS, load_phantom_csv
+from training.data.splits import (
+    Split,
+    SplitName,
+    normalise_split_name,
+    split_records,
+    subject_fraction,
+)
 
 __all__ = [
     "FRONTAL_VIEWS",

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Final
 
 from inference.labels import CHEXPERT_LABELS
-
-from ..errors import DatasetError
-from ..records import NEGATIVE, POSITIVE, UNCERTAIN
+from training.errors import DatasetError
+from training.records import NEGATIVE, POSITIVE, UNCERTAIN
 
 #: Cell text accepted for each CheXpert value (blank and ``nan`` mean "not mentioned").
 _LABEL_TEXT: Final[dict[str, float | None]] = {

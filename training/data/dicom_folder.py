@@ -21,10 +21,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from inference.labels import CHEXPERT_LABELS
-
-from ..errors import DatasetError
-from ..records import StudyRecord
-from ._tables import (
+from training.data._tables import (
     FRONTAL_VIEWS,
     normalise_view,
     parse_labels,
@@ -33,6 +30,8 @@ from ._tables import (
     table_columns,
     view_rank,
 )
+from training.errors import DatasetError
+from training.records import StudyRecord
 
 logger = logging.getLogger(__name__)
 

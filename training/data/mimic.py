@@ -19,10 +19,7 @@ from typing import Final
 
 from inference.labels import CHEXPERT_LABELS
 from inference.report_sections import parse_report
-
-from ..errors import DatasetError
-from ..records import StudyRecord
-from ._tables import (
+from training.data._tables import (
     FRONTAL_VIEWS,
     find_optional_table,
     find_table,
@@ -32,7 +29,9 @@ from ._tables import (
     require_value,
     view_rank,
 )
-from .splits import SplitName, normalise_split_name
+from training.data.splits import SplitName, normalise_split_name
+from training.errors import DatasetError
+from training.records import StudyRecord
 
 logger = logging.getLogger(__name__)
 

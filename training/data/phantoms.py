@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from inference.labels import CHEXPERT_LABELS
-
-from ..errors import DatasetError
-from ..records import StudyRecord
-from ._tables import (
+from training.data._tables import (
     FRONTAL_VIEWS,
     normalise_view,
     parse_labels,
@@ -25,6 +22,8 @@ from ._tables import (
     require_value,
     view_rank,
 )
+from training.errors import DatasetError
+from training.records import StudyRecord
 
 logger = logging.getLogger(__name__)
 

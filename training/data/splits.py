@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from ..records import StudyRecord
+from training.records import StudyRecord
 
 SplitName = Literal["train", "val", "test"]
 

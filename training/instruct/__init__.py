@@ -8,7 +8,7 @@ describes how each task is built.
 
 from __future__ import annotations
 
-from .builder import (
+from training.instruct.builder import (
     DEFAULT_MIX,
     FindingsSource,
     InstructConfig,
@@ -16,16 +16,21 @@ from .builder import (
     example_rng,
     task_counts,
 )
-from .correction import build_correction, choose_errors, edit_reports, render_reports
-from .easy import build_easy_language
-from .examples import TASKS, InstructExample, TaskName
-from .stated_findings import (
+from training.instruct.correction import (
+    build_correction,
+    choose_errors,
+    edit_reports,
+    render_reports,
+)
+from training.instruct.easy import build_easy_language
+from training.instruct.examples import TASKS, InstructExample, TaskName
+from training.instruct.stated_findings import (
     apply_stated_findings,
     choose_correction,
     stated_findings,
     unmet_statements,
 )
-from .tasks import (
+from training.instruct.tasks import (
     CorrectionStyle,
     Labeler,
     TaskContext,
@@ -39,7 +44,7 @@ from .tasks import (
     label_summary,
     list_answer,
 )
-from .wording import GLOSSARY, LABEL_WORDING, LabelWording
+from training.instruct.wording import GLOSSARY, LABEL_WORDING, LabelWording
 
 __all__ = [
     "CorrectionStyle",

@@ -18,14 +18,11 @@ from typing import Final, Literal
 
 from inference import PromptConfig, Turn
 from inference.labels import CHEXPERT_LABELS, NO_FINDING
-
-from ..errors import DatasetError
-from ..records import StudyRecord
-from ..report_order import TargetOrder
-from .correction import build_correction
-from .easy import build_easy_language
-from .examples import TASKS, InstructExample, TaskName
-from .tasks import (
+from training.errors import DatasetError
+from training.instruct.correction import build_correction
+from training.instruct.easy import build_easy_language
+from training.instruct.examples import TASKS, InstructExample, TaskName
+from training.instruct.tasks import (
     CorrectionStyle,
     Labeler,
     TaskContext,
@@ -36,6 +33,8 @@ from .tasks import (
     build_report,
     build_summary,
 )
+from training.records import StudyRecord
+from training.report_order import TargetOrder
 
 logger = logging.getLogger(__name__)
 

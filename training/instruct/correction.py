@@ -33,6 +33,18 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from training.instruct.examples import InstructExample
+from training.instruct.tasks import (
+    CORRECTION_CLOSINGS,
+    FALSE_NEGATIVE_TEMPLATES,
+    FALSE_POSITIVE_TEMPLATES,
+    Labeler,
+    TaskContext,
+    fill,
+)
+from training.instruct.wording import LABEL_WORDING
+from training.records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
+from training.report_order import format_report, reorder_report, split_report_sentences
 from training.report_text import (
     FindingMention,
     Severity,
@@ -42,19 +54,6 @@ from training.report_text import (
     positive_sentence,
     render_impression,
 )
-
-from ..records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
-from ..report_order import format_report, reorder_report, split_report_sentences
-from .examples import InstructExample
-from .tasks import (
-    CORRECTION_CLOSINGS,
-    FALSE_NEGATIVE_TEMPLATES,
-    FALSE_POSITIVE_TEMPLATES,
-    Labeler,
-    TaskContext,
-    fill,
-)
-from .wording import LABEL_WORDING
 
 #: Probability of one injected error (else two, when the labels allow it).
 ONE_ERROR_PROBABILITY: Final[float] = 0.6

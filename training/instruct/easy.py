@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from training.instruct.examples import InstructExample
+from training.instruct.tasks import EASY_LANGUAGE_INSTRUCTIONS, TaskContext
 from training.report_text import easy_language, mentions_for_labels
-
-from .examples import InstructExample
-from .tasks import EASY_LANGUAGE_INSTRUCTIONS, TaskContext
 
 
 def build_easy_language(ctx: TaskContext) -> InstructExample:

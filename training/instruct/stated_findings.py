@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from typing import Final
 
 from inference.labels import CHEXPERT_LABELS, NO_FINDING
-
-from ..evaluation.labeler import label_report
-from ..records import NEGATIVE, POSITIVE
+from training.evaluation.labeler import label_report
+from training.records import NEGATIVE, POSITIVE
 
 #: Clause boundaries of an instruction.
 _CLAUSE_END: Final = re.compile(r"(?<=[.!?;])\s+|,\s*|\s+but\s+", re.IGNORECASE)

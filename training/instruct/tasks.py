@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from inference import PromptConfig, Turn
-
-from ..records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
-from ..report_order import TargetOrder, format_report, order_report
-from .examples import InstructExample, TaskName
-from .wording import (
+from training.instruct.examples import InstructExample, TaskName
+from training.instruct.wording import (
     GLOSSARY,
     LABEL_WORDING,
     NO_FINDINGS_ANSWER,
@@ -29,6 +26,8 @@ from .wording import (
     capitalise,
     join_nouns,
 )
+from training.records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
+from training.report_order import TargetOrder, format_report, order_report
 
 #: A labeler: report text -> CheXpert label per observation.
 Labeler = Callable[[str], Mapping[str, float | None]]

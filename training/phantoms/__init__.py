@@ -50,15 +50,15 @@ nodule, a rib crack without displacement) and hedged in the text. Absent finding
 as negative for some labels ("No pneumothorax.") and left blank for the rest.
 """
 
-from ._dicom import (
+from training.phantoms._dicom import (
     CR_IMAGE_STORAGE,
     DX_PRESENTATION_STORAGE,
     DicomVariant,
     phantom_dataset,
     sample_variant,
 )
-from ._findings import LOBES, PATHOLOGIES, DrawnFinding
-from ._generate import (
+from training.phantoms._findings import LOBES, PATHOLOGIES, DrawnFinding
+from training.phantoms._generate import (
     Phantom,
     PhantomConfig,
     generate_phantom,
@@ -66,7 +66,14 @@ from ._generate import (
     measure_ctr,
     subject_plan,
 )
-from ._writer import CSV_COLUMNS, CSV_NAME, FORMATS, WriteResult, phantom_row, write_phantoms
+from training.phantoms._writer import (
+    CSV_COLUMNS,
+    CSV_NAME,
+    FORMATS,
+    WriteResult,
+    phantom_row,
+    write_phantoms,
+)
 
 __all__ = [
     "CR_IMAGE_STORAGE",

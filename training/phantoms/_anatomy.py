@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._raster import (
+from training.phantoms._raster import (
     FloatArray,
     Frame,
     blur3,

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from ._generate import Phantom
+from training.phantoms._generate import Phantom
 
 #: CR Image Storage.
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"

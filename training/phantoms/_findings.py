@@ -14,10 +14,16 @@ from typing import Literal, cast
 
 import numpy as np
 
+from training.phantoms._anatomy import SIDES, SIGN, Geometry, Layers, Maps, clavicle_centre
+from training.phantoms._raster import (
+    FloatArray,
+    Frame,
+    draw_path,
+    smooth_noise,
+    smoothstep,
+    soft_inside,
+)
 from training.report_text import FindingMention
-
-from ._anatomy import SIDES, SIGN, Geometry, Layers, Maps, clavicle_centre
-from ._raster import FloatArray, Frame, draw_path, smooth_noise, smoothstep, soft_inside
 
 Certainty = Literal["positive", "uncertain"]
 Side = Literal["left", "right", "bilateral"]

@@ -11,15 +11,7 @@ from typing import Literal
 import numpy as np
 
 from inference.labels import CHEXPERT_LABELS, NO_FINDING
-from training.records import NEGATIVE, POSITIVE, UNCERTAIN
-from training.report_text import (
-    FINDING_LABELS,
-    render_findings,
-    render_impression,
-    render_indication,
-)
-
-from ._anatomy import (
+from training.phantoms._anatomy import (
     SIGN,
     Geometry,
     build_maps,
@@ -30,7 +22,7 @@ from ._anatomy import (
     sample_geometry,
     sample_subject,
 )
-from ._findings import (
+from training.phantoms._findings import (
     DRAW,
     DRAW_ORDER,
     NEGATIVE_MENTION,
@@ -40,8 +32,15 @@ from ._findings import (
     Scene,
     plan_findings,
 )
-from ._raster import Frame
-from ._render import attenuation, sample_exposure, to_display
+from training.phantoms._raster import Frame
+from training.phantoms._render import attenuation, sample_exposure, to_display
+from training.records import NEGATIVE, POSITIVE, UNCERTAIN
+from training.report_text import (
+    FINDING_LABELS,
+    render_findings,
+    render_impression,
+    render_indication,
+)
 
 #: Detector width the image spans, in millimetres (a 43 cm cassette).
 DETECTOR_MM = 430.0

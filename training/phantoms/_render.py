@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._anatomy import Layers, Maps
-from ._raster import FloatArray, blur3, smooth_noise
+from training.phantoms._anatomy import Layers, Maps
+from training.phantoms._raster import FloatArray, blur3, smooth_noise
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,8 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from inference.labels import CHEXPERT_LABELS
-
-from ._dicom import phantom_dataset
-from ._generate import Phantom, PhantomConfig, _generate, subject_plan
+from training.phantoms._dicom import phantom_dataset
+from training.phantoms._generate import Phantom, PhantomConfig, _generate, subject_plan
 
 logger = logging.getLogger(__name__)
 

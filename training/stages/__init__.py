@@ -1,14 +1,14 @@
 """The four training stages, run in order by :mod:`training.pipeline`."""
 
-from .alignment import AlignmentHeads, init_qformer_from_bert, run_alignment_stage
-from .classifier import (
+from training.stages.alignment import AlignmentHeads, init_qformer_from_bert, run_alignment_stage
+from training.stages.classifier import (
     f1_scores,
     pos_weights,
     predict_probabilities,
     run_classifier_stage,
     tune_thresholds,
 )
-from .lora import run_instruct_stage, run_report_stage
+from training.stages.lora import run_instruct_stage, run_report_stage
 
 __all__ = [
     "AlignmentHeads",

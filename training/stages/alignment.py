@@ -35,12 +35,11 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from inference.vision import QFormerAligner
-
-from ..checkpoint import CHECKPOINT_NAME
-from ..config import AlignmentStage
-from ..context import RunContext
-from ..errors import TrainingConfigError
-from ..lm_loss import answer_loss
+from training.checkpoint import CHECKPOINT_NAME
+from training.config import AlignmentStage
+from training.context import RunContext
+from training.errors import TrainingConfigError
+from training.lm_loss import answer_loss
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from inference import CHEXPERT_LABELS
-
-from ..config import ClassifierStage
-from ..context import RunContext
+from training.config import ClassifierStage
+from training.context import RunContext
 
 logger = logging.getLogger(__name__)
 

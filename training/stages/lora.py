@@ -24,13 +24,12 @@ from torch import nn
 from inference import EncodedPrompt, NgramTable, Turn
 from inference.bundle import LOOKUP_TABLE
 from inference.vision import QFormerAligner
-
-from ..config import InstructStage, LoraStage
-from ..context import RunContext
-from ..instruct import InstructConfig, build_instruct_examples
-from ..lm_loss import answer_loss
-from ..report_order import TargetOrder, order_report
-from .classifier import predict_probabilities
+from training.config import InstructStage, LoraStage
+from training.context import RunContext
+from training.instruct import InstructConfig, build_instruct_examples
+from training.lm_loss import answer_loss
+from training.report_order import TargetOrder, order_report
+from training.stages.classifier import predict_probabilities
 
 logger = logging.getLogger(__name__)
 
