@@ -249,7 +249,7 @@ def split_report_text(text: str) -> tuple[str, str]:
     :data:`NO_NARRATIVE` (findings) or the findings text (impression), because the SR
     needs both.
     """
-    from inference.report_sections import clean_text, parse_report
+    from report_language.sections import clean_text, parse_report
 
     sections = parse_report(_UNPRINTABLE.sub("", text))
     findings = sections.findings

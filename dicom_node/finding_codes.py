@@ -4,7 +4,7 @@ Every version of a report, the model's draft included, codes all 14 CheXpert fin
 code comes from one of two sources only:
 
 * **the text**: the version's final findings and impression texts, read by the rule-based
-  CheXpert labeler that the evaluation uses (:func:`training.evaluation.labeler.label_report`):
+  CheXpert labeler that the evaluation uses (:func:`report_language.labeler.label_report`):
   positive -> present, negative -> absent, hedged -> uncertain, not mentioned -> not assessed;
 * **the reader**: an explicit choice, made with a presence control, stated in a correction
   ("There is no effusion." sets Pleural Effusion absent) or confirmed at sign-off. A choice is
@@ -31,12 +31,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from dicom_node.errors import NodeError
 from dicom_node.reports import FindingRecord, FindingSource
-from sr_templates import CHEXPERT_LABELS, Presence
+from report_language.labels import CHEXPERT_LABELS, COMPATIBLE_WITH_NO_FINDING, NO_FINDING
+from sr_templates import Presence
 
-#: The label that means "no abnormality".
-NO_FINDING = "No Finding"
-#: Labels that do not contradict "No Finding" (as in CheXpert).
-_COMPATIBLE_WITH_NO_FINDING = frozenset({NO_FINDING, "Support Devices"})
 _LABELER_PRESENCE = {1.0: Presence.PRESENT, 0.0: Presence.ABSENT, -1.0: Presence.UNCERTAIN}
 _ABNORMAL = frozenset({Presence.PRESENT.value, Presence.UNCERTAIN.value})
 
@@ -60,7 +57,7 @@ def text_presence(findings_text: str, impression_text: str) -> dict[str, str]:
     """
     # Imported on first use: the labeler lives in the training package (issue 19 gives
     # report language its own home).
-    from training.evaluation.labeler import label_report
+    from report_language.labeler import label_report
 
     labels = label_report(f"{findings_text}\n{impression_text}")
     return {
@@ -176,7 +173,7 @@ def code_findings(
         abnormal = any(
             record.presence in _ABNORMAL
             for label, record in records.items()
-            if label not in _COMPATIBLE_WITH_NO_FINDING
+            if label not in COMPATIBLE_WITH_NO_FINDING
         )
         if abnormal:
             records[NO_FINDING] = dataclasses.replace(no_finding, presence=Presence.ABSENT.value)
@@ -218,7 +215,7 @@ def correction_choices(instruction: str) -> dict[str, str]:
 
     "There is no effusion." -> ``{"Pleural Effusion": "absent"}``.
     """
-    from training.instruct.stated_findings import stated_findings
+    from report_language.stated_findings import stated_findings
 
     return {
         label: (Presence.PRESENT if positive else Presence.ABSENT).value
@@ -227,7 +224,6 @@ def correction_choices(instruction: str) -> dict[str, str]:
 
 
 __all__ = [
-    "NO_FINDING",
     "FindingChoiceError",
     "check_choices",
     "code_findings",

@@ -179,7 +179,7 @@ class LearningSet:
 
 def report_text(findings: str, impression: str) -> str:
     """Report text in the layout of :attr:`training.records.StudyRecord.report`."""
-    from training.instruct.tasks import format_report
+    from report_language.sections import format_report
 
     return format_report(findings.strip(), impression.strip())
 
@@ -444,7 +444,7 @@ def export_learning_set(
     LearningError
         When the folder already holds a learning set, or an image cannot be read or written.
     """
-    from inference.labels import CHEXPERT_LABELS
+    from report_language.labels import CHEXPERT_LABELS
 
     if (folder / MANIFEST_FILE).exists():
         raise LearningError(f"{folder} already holds a learning set")

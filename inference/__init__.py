@@ -24,7 +24,6 @@ from inference.errors import (
     PreprocessingError,
     RuntimeUnavailableError,
 )
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
 from inference.llm import LanguageModel
 from inference.model import (
     ChatRequest,
@@ -52,7 +51,6 @@ __all__ = [
     "AlignerConfig",
     "BundleError",
     "BundleIntegrityError",
-    "CHEXPERT_LABELS",
     "ChatRequest",
     "ChestXrayVLM",
     "ClassifierConfig",
@@ -68,7 +66,6 @@ __all__ = [
     "Manifest",
     "ModelConfig",
     "MultimodalBatch",
-    "NO_FINDING",
     "NgramTable",
     "OnnxVisionRunner",
     "OrtOptions",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from inference.errors import ConfigError
-from inference.labels import CHEXPERT_LABELS
+from report_language.labels import CHEXPERT_LABELS
 
 AlignerKind = Literal["qformer", "linear", "mlp"]
 ResizeMode = Literal["pad", "crop"]

@@ -29,7 +29,6 @@ from inference.config import GenerationConfig, ModelConfig
 from inference.content_check import ContentCheck, ContentScore
 from inference.errors import BundleError, ConfigError, InferenceError, PreprocessingError
 from inference.generation import TextCallback, generate_texts, stream_text
-from inference.labels import NO_FINDING
 from inference.llm import LanguageModel, resolve_device
 from inference.multimodal import MultimodalBatch, assemble_batch
 from inference.onnx_runtime import OnnxVisionRunner, OrtOptions, choose_providers
@@ -38,6 +37,7 @@ from inference.preprocessing import load_images
 from inference.prompt import EncodedPrompt, PromptBuilder, Turn
 from inference.speculative import LookupDecoding, NgramTable
 from inference.vision import VisionTower
+from report_language.labels import NO_FINDING
 
 logger = logging.getLogger(__name__)
 

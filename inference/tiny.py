@@ -28,10 +28,10 @@ from inference.config import (
     PreprocessConfig,
     VisionConfig,
 )
-from inference.labels import CHEXPERT_LABELS
 from inference.packaging import package_bundle
 from inference.speculative import NgramTable
 from inference.vision import VisionTower
+from report_language.labels import CHEXPERT_LABELS
 
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|pad|>"

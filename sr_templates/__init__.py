@@ -6,8 +6,8 @@ SR* in the image study (:func:`build_draft_sr`), and replaces it with *amended S
 never changes; an *addendum SR* (:func:`build_addendum_sr`) repeats it unchanged, adds the
 addendum, names it as predecessor and is signed off itself. A parser
 (:func:`read_report`) turns these SRs, and other TID 2000 style SRs, back into a
-:class:`Report`. The package depends only on pydicom and highdicom, and builds every SR with
-highdicom's classes.
+:class:`Report`. The package depends only on pydicom, highdicom and :mod:`report_language`
+(the CheXpert label names), and builds every SR with highdicom's classes.
 
 Which IOD
 ---------

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from report_language.labels import COMPATIBLE_WITH_NO_FINDING, NO_FINDING
 from sr_templates._vr import TEXT_CONTROLS, disallowed_character
 from sr_templates.codes import CHEXPERT_LABELS
 from sr_templates.errors import (
@@ -22,10 +23,6 @@ from sr_templates.report import Finding, Presence, Report
 #: Largest value of a TEXT content item: Text Value (0040,A160) has VR UT, whose value length
 #: is at most 2**32 - 2 bytes (PS3.5 Table 6.2-1), including the padding to even length.
 TEXT_VALUE_MAX_BYTES = 0xFFFFFFFE
-
-#: Findings that may be present together with "No Finding": CheXpert defines "No Finding" as
-#: the absence of every pathology, and support devices are not a pathology.
-_COMPATIBLE_WITH_NO_FINDING = frozenset({"No Finding", "Support Devices"})
 
 
 def check_max_text_bytes(max_text_bytes: int) -> None:
@@ -146,8 +143,8 @@ def check_findings(
                 f"a draft must give the model's probability of every finding; missing for {without}"
             )
     present = {finding.label for finding in findings if finding.presence is Presence.PRESENT}
-    if "No Finding" in present:
-        conflicting = sorted(present - _COMPATIBLE_WITH_NO_FINDING)
+    if NO_FINDING in present:
+        conflicting = sorted(present - COMPATIBLE_WITH_NO_FINDING)
         if conflicting:
             raise InconsistentFindingsError(
                 f"'No Finding' is present together with present finding(s) {conflicting}"

@@ -36,6 +36,8 @@ from types import MappingProxyType
 from highdicom.sr import CodedConcept
 from pydicom.sr.coding import snomed_mapping as _snomed_mapping
 
+from report_language.labels import CHEXPERT_LABELS
+
 __all__ = [
     "ABSENCE_CODES",
     "ABSENT",
@@ -310,23 +312,6 @@ CHEXPERT_SCHEME_NAME = "CheXpert chest radiograph observation classes"
 CHEXPERT_SCHEME_VERSION = "1.0"
 CHEXPERT_SCHEME_ORGANIZATION = "cxr-dicom-node project"
 
-#: The 14 CheXpert observation labels, in the order used by the CheXpert data set.
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
 
 #: Label -> coded concept written as the value of each coded finding.
 FINDING_CONCEPTS: Mapping[str, CodedConcept] = MappingProxyType(

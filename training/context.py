@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference import CHEXPERT_LABELS, ModelConfig, PromptBuilder, VisionTower
+from inference import ModelConfig, PromptBuilder, VisionTower
+from report_language import CHEXPERT_LABELS
 from training.config import StageConfig, TrainingConfig
 from training.data import (
     Split,

@@ -20,7 +20,15 @@ import numpy as np
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from inference import CHEXPERT_LABELS, ChatRequest, ChestXrayVLM, RuntimeOptions, StudyRequest
+from inference import ChatRequest, ChestXrayVLM, RuntimeOptions, StudyRequest
+from report_language import (
+    CHEXPERT_LABELS,
+    apply_stated_findings,
+    choose_correction,
+    label_report,
+    unmet_statements,
+)
+from report_language.labels import NEGATIVE, NO_FINDING, POSITIVE
 from training.data import (
     load_dicom_folder,
     load_mimic_cxr,
@@ -35,19 +43,12 @@ from training.evaluation import (
     bootstrap_ci,
     ce_metrics,
     correction_success,
-    label_report,
     meteor_scores,
     rouge_l_scores,
 )
 from training.images import preprocess_file
-from training.instruct import (
-    InstructConfig,
-    apply_stated_findings,
-    build_instruct_examples,
-    choose_correction,
-    unmet_statements,
-)
-from training.records import NEGATIVE, POSITIVE, StudyRecord
+from training.instruct import InstructConfig, build_instruct_examples
+from training.records import StudyRecord
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ def _preservation(
     for original, injected, text in zip(originals, errors, corrected, strict=True):
         labels = label_report(text)
         for name in CHEXPERT_LABELS:
-            if name in injected or name == "No Finding":
+            if name in injected or name == NO_FINDING:
                 continue
             total += 1
             kept += (original.get(name) == 1.0) == (labels.get(name) == 1.0)

@@ -9,14 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
-from inference.labels import CHEXPERT_LABELS
-
-#: CheXpert label values.
-POSITIVE: Final[float] = 1.0
-NEGATIVE: Final[float] = 0.0
-UNCERTAIN: Final[float] = -1.0
+from report_language.labels import CHEXPERT_LABELS, NEGATIVE, NO_FINDING, POSITIVE, UNCERTAIN
 
 
 @dataclass(frozen=True)
@@ -85,5 +79,5 @@ class StudyRecord:
         return [
             name
             for name in CHEXPERT_LABELS
-            if name != "No Finding" and self.labels.get(name) == POSITIVE
+            if name != NO_FINDING and self.labels.get(name) == POSITIVE
         ]

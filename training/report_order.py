@@ -21,9 +21,10 @@ import re
 from collections.abc import Sequence
 from typing import Final, Literal
 
-from inference.report_sections import parse_report
-from training.evaluation.labeler import label_report
-from training.records import POSITIVE, StudyRecord
+from report_language.labeler import label_report
+from report_language.labels import POSITIVE
+from report_language.sections import format_report, parse_report
+from training.records import StudyRecord
 
 TargetOrder = Literal["as_written", "findings_first"]
 
@@ -78,13 +79,6 @@ def findings_first(findings: str, listed: Sequence[str]) -> str:
     return " ".join(sentence for _, _, sentence in sorted(keyed))
 
 
-def format_report(findings: str, impression: str) -> str:
-    """Report text in the layout of :attr:`StudyRecord.report`."""
-    if impression:
-        return f"FINDINGS: {findings}\nIMPRESSION: {impression}"
-    return f"FINDINGS: {findings}"
-
-
 def reorder_report(report: str, listed: Sequence[str]) -> str:
     """Report text with the findings sentences stating ``listed`` first (impression kept)."""
     sections = parse_report(report)
@@ -112,7 +106,6 @@ def order_report(record: StudyRecord, listed: Sequence[str], order: TargetOrder)
 __all__ = [
     "TargetOrder",
     "findings_first",
-    "format_report",
     "order_report",
     "reorder_report",
     "split_report_sentences",

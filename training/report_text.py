@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from report_language.labels import CHEXPERT_LABELS, NO_FINDING
 
 Certainty = Literal["positive", "uncertain"]
 Side = Literal["left", "right", "bilateral"]

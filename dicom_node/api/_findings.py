@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dicom_node.finding_codes import NO_FINDING
 from dicom_node.reports import FindingRecord
 from dicom_node.store.dialog import MessageKind
-from sr_templates import CHEXPERT_LABELS, Presence
+from report_language.labels import CHEXPERT_LABELS, NO_FINDING
+from sr_templates import Presence
 
 
 def prompt_findings(
@@ -21,7 +21,7 @@ def prompt_findings(
     The current version's findings coded present (they follow the reader's accepted
     corrections, unlike the classifier's predictions); for a correction, with the findings
     the message asserts or denies applied
-    (:func:`training.instruct.stated_findings.apply_stated_findings`), so that the
+    (:func:`report_language.stated_findings.apply_stated_findings`), so that the
     radiologist's word overrides the classifier.
 
     Parameters
@@ -42,7 +42,7 @@ def prompt_findings(
     if kind is not MessageKind.CORRECTION:
         return ordered
     # Imported on first use: the instruction reader lives in the training package.
-    from training.instruct.stated_findings import apply_stated_findings
+    from report_language.stated_findings import apply_stated_findings
 
     return apply_stated_findings(ordered, message)
 

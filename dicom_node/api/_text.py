@@ -70,7 +70,7 @@ def parse_revision(
 ) -> tuple[str, str]:
     """Split the model's revised report into findings and impression texts.
 
-    The sections are read with :func:`inference.report_sections.parse_report`, the parser
+    The sections are read with :func:`report_language.sections.parse_report`, the parser
     the draft job and the training data use (``FINDINGS:``, ``IMPRESSION:`` and their
     synonyms such as ``CONCLUSION:``; white space collapsed; text before the first heading
     ignored). Then:
@@ -101,7 +101,7 @@ def parse_revision(
     ValueError
         For :attr:`MessageKind.QUESTION`, which has no revision.
     """
-    from inference.report_sections import clean_text, parse_report
+    from report_language.sections import clean_text, parse_report
 
     if kind is MessageKind.QUESTION:
         raise ValueError("a question has no revision")

@@ -718,7 +718,7 @@ class DialogService:
         records = findings_from_json(proposal.findings_json)
         unmet: list[str] = []
         if instruction is not None and proposal.kind is MessageKind.CORRECTION:
-            from training.instruct.stated_findings import unmet_statements
+            from report_language.stated_findings import unmet_statements
 
             unmet = list(unmet_statements(
                 f"{proposal.findings_text}\n{proposal.impression_text}", instruction
@@ -1011,9 +1011,9 @@ class DialogService:
         When the answer leaves a finding the reader stated unmet (still describes a denied
         one, or omits an asserted one), the report is redrafted from the corrected findings
         with the report adapter, and the redraft is proposed if it meets more of the
-        statements (:func:`training.instruct.stated_findings.choose_correction`).
+        statements (:func:`report_language.stated_findings.choose_correction`).
         """
-        from training.instruct.stated_findings import choose_correction, unmet_statements
+        from report_language.stated_findings import choose_correction, unmet_statements
 
         answer = "".join(pieces)
         if not unmet_statements(answer, instruction):

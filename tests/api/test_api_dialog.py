@@ -39,8 +39,8 @@ from PIL import Image
 
 from dicom_node.api._text import clean_generated, report_context
 from dicom_node.store import MessageKind
+from report_language import choose_correction, unmet_statements
 from sr_templates import read_report
-from training.instruct import choose_correction, unmet_statements
 
 
 def validated(api: ApiUnderTest, sr: pydicom.Dataset, name: str) -> str:

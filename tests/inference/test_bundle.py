@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from inference import (
-    CHEXPERT_LABELS,
     BundleError,
     BundleIntegrityError,
     ChestXrayVLM,
@@ -20,6 +19,7 @@ from inference import (
     verify_vision_parity,
 )
 from inference.model import TorchVisionRunner, select_vision_onnx
+from report_language import CHEXPERT_LABELS
 
 
 @pytest.fixture

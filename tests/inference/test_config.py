@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from inference import CHEXPERT_LABELS, ConfigError, ModelConfig, PreprocessConfig
+from inference import ConfigError, ModelConfig, PreprocessConfig
 from inference.tiny import tiny_config
+from report_language import CHEXPERT_LABELS
 
 
 def test_config_round_trips_through_json() -> None:

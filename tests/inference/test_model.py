@@ -9,7 +9,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from inference import CHEXPERT_LABELS, ChestXrayVLM, PreprocessingError
+from inference import ChestXrayVLM, PreprocessingError
+from report_language import CHEXPERT_LABELS
 
 
 def test_draft_has_fourteen_findings_with_bundle_thresholds(

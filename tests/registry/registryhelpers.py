@@ -34,7 +34,7 @@ from dicom_node.store import (
     ReportKind,
     ReportVersion,
 )
-from inference.labels import CHEXPERT_LABELS
+from report_language.labels import CHEXPERT_LABELS
 from sr_templates import Finding, PersonInfo, Presence, VerifierInfo, build_amended_sr, read_report
 
 #: The reader of the seeded dialogs (a user name, as the API records it).

@@ -24,7 +24,7 @@ from sr_templates import (
 
 def test_chexpert_labels_match_the_model_outputs():
     """The SR codes every label the classifier predicts, in the classifier's order."""
-    from inference import CHEXPERT_LABELS as MODEL_LABELS
+    from report_language import CHEXPERT_LABELS as MODEL_LABELS
 
     assert CHEXPERT_LABELS == MODEL_LABELS
     assert tuple(FINDING_CONCEPTS) == CHEXPERT_LABELS

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from inference import PromptBuilder, PromptConfig
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
 from inference.tiny import train_tiny_tokenizer
+from report_language.labeler import label_report
+from report_language.labels import CHEXPERT_LABELS, NO_FINDING
 from training.errors import DatasetError
-from training.evaluation.labeler import label_report
 from training.instruct import (
     DEFAULT_MIX,
     GLOSSARY,

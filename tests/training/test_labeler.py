@@ -6,14 +6,8 @@ import random
 
 import pytest
 
-from inference.labels import CHEXPERT_LABELS
-from training.evaluation import (
-    Mention,
-    extract_mentions,
-    label_report,
-    label_reports,
-    split_sentences,
-)
+from report_language import Mention, extract_mentions, label_report, label_reports, split_sentences
+from report_language.labels import CHEXPERT_LABELS
 
 _SHORT = {
     "atel": "Atelectasis", "card": "Cardiomegaly", "cons": "Consolidation", "edema": "Edema",

@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from inference.labels import CHEXPERT_LABELS
+from report_language.labels import CHEXPERT_LABELS
 from training.data import (
     load_dicom_folder,
     load_mimic_cxr,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.labels import CHEXPERT_LABELS
+from report_language.labels import CHEXPERT_LABELS
 from training.errors import EvaluationError
 from training.evaluation import (
     DEFAULT_WORDNET_DIR,

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from dicom_node.cli import app
 from inference.config import PreprocessConfig
-from inference.labels import CHEXPERT_LABELS
 from inference.preprocessing import dataset_to_display, preprocess_dataset, read_dicom
-from training.evaluation.labeler import label_report
+from report_language.labeler import label_report
+from report_language.labels import CHEXPERT_LABELS
 from training.phantoms import (
     CSV_COLUMNS,
     CSV_NAME,

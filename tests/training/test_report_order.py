@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.evaluation.labeler import label_report
+from report_language.labeler import label_report
 from training.records import StudyRecord
 from training.report_order import findings_first, order_report, reorder_report
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from inference.labels import CHEXPERT_LABELS
+from report_language.labels import CHEXPERT_LABELS
 from training.report_text import (
     FINDING_LABELS,
     KEYWORDS,

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
-from training.evaluate import correction_prompt_findings
-from training.instruct import (
+from report_language import (
     apply_stated_findings,
     choose_correction,
     stated_findings,
     unmet_statements,
 )
+from report_language.labels import CHEXPERT_LABELS, NO_FINDING
+from training.evaluate import correction_prompt_findings
 from training.instruct.correction import choose_errors, correction_instruction
 from training.records import StudyRecord
 

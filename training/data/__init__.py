@@ -13,7 +13,7 @@ input raises :class:`~training.errors.DatasetError` naming the file, row and col
 
 from __future__ import annotations
 
-from inference.report_sections import SECTION_HEADERS, ReportSections, parse_report
+from report_language.sections import SECTION_HEADERS, ReportSections, parse_report
 from training.data._tables import FRONTAL_VIEWS, UNKNOWN_VIEW
 from training.data.dicom_folder import KEY_COLUMNS, KeyColumn, Labeler, load_dicom_folder
 from training.data.mimic import (

@@ -13,9 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from inference.labels import CHEXPERT_LABELS
+from report_language.labels import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
 from training.errors import DatasetError
-from training.records import NEGATIVE, POSITIVE, UNCERTAIN
 
 #: Cell text accepted for each CheXpert value (blank and ``nan`` mean "not mentioned").
 _LABEL_TEXT: Final[dict[str, float | None]] = {

@@ -5,7 +5,7 @@ structured reports, presentation states and non-DICOM files are passed over) is 
 ``StudyInstanceUID``. The reports CSV has a key column (``StudyInstanceUID`` or
 ``AccessionNumber``), ``findings`` and ``impression``, optionally ``indication`` and the 14
 CheXpert columns. Without label columns, labels come from the rule-based labeler
-(:func:`training.evaluation.labeler.label_report`) run on the report text.
+(:func:`report_language.labeler.label_report`) run on the report text.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Final, Literal
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from inference.labels import CHEXPERT_LABELS
+from report_language.labels import CHEXPERT_LABELS
 from training.data._tables import (
     FRONTAL_VIEWS,
     normalise_view,
@@ -92,11 +92,11 @@ def _read_instance(path: Path) -> _Instance | None:
 
 def _default_labeler() -> Labeler:
     try:
-        from training.evaluation.labeler import label_report
+        from report_language.labeler import label_report
     except ImportError as error:
         raise DatasetError(
             "the reports CSV has no CheXpert label columns and the rule-based labeler "
-            f"(training.evaluation.labeler) cannot be imported: {error}"
+            f"(report_language.labeler) cannot be imported: {error}"
         ) from error
     return label_report
 
@@ -161,7 +161,7 @@ def load_dicom_folder(
         AP image are skipped.
     labeler
         Report text -> labels, used when the CSV has no label columns; defaults to
-        :func:`training.evaluation.labeler.label_report` (imported only then).
+        :func:`report_language.labeler.label_report` (imported only then).
 
     Returns
     -------

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from inference.labels import CHEXPERT_LABELS
-from inference.report_sections import parse_report
+from report_language.labels import CHEXPERT_LABELS
+from report_language.sections import parse_report
 from training.data._tables import (
     FRONTAL_VIEWS,
     find_optional_table,

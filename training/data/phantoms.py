@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from inference.labels import CHEXPERT_LABELS
+from report_language.labels import CHEXPERT_LABELS
 from training.data._tables import (
     FRONTAL_VIEWS,
     normalise_view,

@@ -7,13 +7,6 @@ compares labels of generated and reference reports (clinical efficacy); :func:`b
 correction of injected errors. See ``docs/evaluation.md``.
 """
 
-from training.evaluation.labeler import (
-    Mention,
-    extract_mentions,
-    label_report,
-    label_reports,
-    split_sentences,
-)
 from training.evaluation.metrics import (
     DEFAULT_WORDNET_DIR,
     BertScorer,
@@ -33,20 +26,15 @@ from training.evaluation.metrics import (
 __all__ = [
     "DEFAULT_WORDNET_DIR",
     "BertScorer",
-    "Mention",
     "bert_score",
     "bleu_scores",
     "bootstrap_ci",
     "ce_metrics",
     "correction_success",
-    "extract_mentions",
-    "label_report",
-    "label_reports",
     "load_wordnet",
     "meteor_score",
     "meteor_scores",
     "rouge_l",
     "rouge_l_scores",
-    "split_sentences",
     "tokenize",
 ]

@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from inference.labels import CHEXPERT_LABELS
+from report_language.labeler import label_report
+from report_language.labels import CHEXPERT_LABELS, POSITIVE
 from training.errors import EvaluationError
-from training.evaluation.labeler import label_report
-from training.records import POSITIVE
 
 if TYPE_CHECKING:
     import torch

@@ -24,12 +24,6 @@ from training.instruct.correction import (
 )
 from training.instruct.easy import build_easy_language
 from training.instruct.examples import TASKS, InstructExample, TaskName
-from training.instruct.stated_findings import (
-    apply_stated_findings,
-    choose_correction,
-    stated_findings,
-    unmet_statements,
-)
 from training.instruct.tasks import (
     CorrectionStyle,
     Labeler,
@@ -40,7 +34,6 @@ from training.instruct.tasks import (
     build_findings_qa_list,
     build_report,
     build_summary,
-    format_report,
     label_summary,
     list_answer,
 )
@@ -59,8 +52,6 @@ __all__ = [
     "TASKS",
     "TaskContext",
     "TaskName",
-    "apply_stated_findings",
-    "choose_correction",
     "binary_answer",
     "build_correction",
     "build_easy_language",
@@ -73,11 +64,8 @@ __all__ = [
     "choose_errors",
     "edit_reports",
     "example_rng",
-    "format_report",
     "label_summary",
     "list_answer",
     "render_reports",
-    "stated_findings",
-    "unmet_statements",
     "task_counts",
 ]

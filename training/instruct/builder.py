@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from inference import PromptConfig, Turn
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from report_language.labels import CHEXPERT_LABELS, NO_FINDING
 from training.errors import DatasetError
 from training.instruct.correction import build_correction
 from training.instruct.easy import build_easy_language
@@ -160,9 +160,9 @@ def _prompt_findings(record: StudyRecord, source: FindingsSource) -> tuple[str, 
 
 def _default_labeler() -> Labeler | None:
     try:
-        from training.evaluation.labeler import label_report
+        from report_language.labeler import label_report
     except ImportError:
-        logger.info("training.evaluation.labeler unavailable: corrections are rendered")
+        logger.info("report_language.labeler unavailable: corrections are rendered")
         return None
     return label_report
 
@@ -215,7 +215,7 @@ def build_instruct_examples(
     labeler
         Report text -> CheXpert labels; corrections use it to edit sentences and to check
         every wrong/right report pair. Defaults to
-        :func:`training.evaluation.labeler.label_report` when importable (without one,
+        :func:`report_language.labeler.label_report` when importable (without one,
         corrections are rendered and unchecked).
 
     Returns

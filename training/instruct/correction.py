@@ -32,7 +32,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from report_language.labels import CHEXPERT_LABELS, NEGATIVE, NO_FINDING, POSITIVE, UNCERTAIN
+from report_language.sections import format_report
 from training.instruct.examples import InstructExample
 from training.instruct.tasks import (
     CORRECTION_CLOSINGS,
@@ -43,8 +44,8 @@ from training.instruct.tasks import (
     fill,
 )
 from training.instruct.wording import LABEL_WORDING
-from training.records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
-from training.report_order import format_report, reorder_report, split_report_sentences
+from training.records import StudyRecord
+from training.report_order import reorder_report, split_report_sentences
 from training.report_text import (
     FindingMention,
     Severity,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Final, Literal, get_args
 
 from inference import EncodedPrompt, PromptBuilder, Turn
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from report_language.labels import CHEXPERT_LABELS, NO_FINDING
 
 TaskName = Literal[
     "report",

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from inference import PromptConfig, Turn
+from report_language.labels import NEGATIVE, POSITIVE, UNCERTAIN
+from report_language.sections import format_report
 from training.instruct.examples import InstructExample, TaskName
 from training.instruct.wording import (
     GLOSSARY,
@@ -26,8 +28,8 @@ from training.instruct.wording import (
     capitalise,
     join_nouns,
 )
-from training.records import NEGATIVE, POSITIVE, UNCERTAIN, StudyRecord
-from training.report_order import TargetOrder, format_report, order_report
+from training.records import StudyRecord
+from training.report_order import TargetOrder, order_report
 
 #: A labeler: report text -> CheXpert label per observation.
 Labeler = Callable[[str], Mapping[str, float | None]]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from report_language.labels import CHEXPERT_LABELS, NO_FINDING
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
+from report_language.labels import CHEXPERT_LABELS, NEGATIVE, NO_FINDING, POSITIVE, UNCERTAIN
 from training.phantoms._anatomy import (
     SIGN,
     Geometry,
@@ -34,7 +34,6 @@ from training.phantoms._findings import (
 )
 from training.phantoms._raster import Frame
 from training.phantoms._render import attenuation, sample_exposure, to_display
-from training.records import NEGATIVE, POSITIVE, UNCERTAIN
 from training.report_text import (
     FINDING_LABELS,
     render_findings,

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from inference.labels import CHEXPERT_LABELS
+from report_language.labels import CHEXPERT_LABELS
 from training.phantoms._dicom import phantom_dataset
 from training.phantoms._generate import Phantom, PhantomConfig, _generate, subject_plan
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from inference import CHEXPERT_LABELS
+from report_language import CHEXPERT_LABELS
 from training.config import ClassifierStage
 from training.context import RunContext
 

@@ -24,6 +24,7 @@ from torch import nn
 from inference import EncodedPrompt, NgramTable, Turn
 from inference.bundle import LOOKUP_TABLE
 from inference.vision import QFormerAligner
+from report_language.labels import NO_FINDING
 from training.config import InstructStage, LoraStage
 from training.context import RunContext
 from training.instruct import InstructConfig, build_instruct_examples
@@ -71,7 +72,7 @@ def predicted_findings(ctx: RunContext, split: str) -> list[tuple[str, ...]]:
         tuple(
             label
             for label, p in zip(labels, row, strict=True)
-            if label != "No Finding" and p >= ctx.thresholds[label]
+            if label != NO_FINDING and p >= ctx.thresholds[label]
         )
         for row in probabilities
     ]

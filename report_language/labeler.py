@@ -47,8 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
-from training.records import NEGATIVE, POSITIVE, UNCERTAIN
+from report_language.labels import CHEXPERT_LABELS, NEGATIVE, NO_FINDING, POSITIVE, UNCERTAIN
 
 __all__ = [
     "Mention",
@@ -504,7 +503,7 @@ def label_report(text: str) -> dict[str, float | None]:
     Returns
     -------
     dict
-        Every name of :data:`inference.labels.CHEXPERT_LABELS`, in that order, mapped to
+        Every name of :data:`report_language.labels.CHEXPERT_LABELS`, in that order, mapped to
         ``1.0`` (positive), ``0.0`` (negative), ``-1.0`` (uncertain) or ``None`` (not
         mentioned). Per observation, positive wins over uncertain, uncertain over negative.
         No Finding is ``1.0`` when nothing other than Support Devices is positive or

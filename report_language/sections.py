@@ -115,3 +115,11 @@ def parse_report(text: str) -> ReportSections:
         findings=" ".join(parts["findings"]),
         impression=" ".join(parts["impression"]),
     )
+
+
+def format_report(findings: str, impression: str) -> str:
+    """Report text in the layout :func:`parse_report` reads: ``FINDINGS: ...`` and, when
+    there is one, ``IMPRESSION: ...`` on the next line."""
+    if impression:
+        return f"FINDINGS: {findings}\nIMPRESSION: {impression}"
+    return f"FINDINGS: {findings}"

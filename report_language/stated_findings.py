@@ -21,9 +21,8 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from inference.labels import CHEXPERT_LABELS, NO_FINDING
-from training.evaluation.labeler import label_report
-from training.records import NEGATIVE, POSITIVE
+from report_language.labeler import label_report
+from report_language.labels import CHEXPERT_LABELS, NEGATIVE, NO_FINDING, POSITIVE
 
 #: Clause boundaries of an instruction.
 _CLAUSE_END: Final = re.compile(r"(?<=[.!?;])\s+|,\s*|\s+but\s+", re.IGNORECASE)
