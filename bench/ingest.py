@@ -3,7 +3,7 @@
 Measures images per second received over one association by three receivers, on the same
 synthetic images and in one run:
 
-* ``node``: the node's :class:`dicom_node.scp.StoreSCP`, built as ``dicom_node serve`` builds
+* ``node``: the node's :class:`dicom_node.dicom.scp.StoreSCP`, built as ``dicom_node serve`` builds
   it (settings, SQLite database, spool with its free-space floor), in this process, on a
   temporary folder. Every instance is written atomically to the spool (temporary file,
   fsync, rename, fsync of the folder) and recorded in the database before success is
@@ -77,10 +77,10 @@ try:
 finally:
     sys.path.remove(_TESTS)
 
-from dicom_node.scp import StoreSCP  # noqa: E402
+from dicom_node.dicom.scp import StoreSCP  # noqa: E402
 from dicom_node.settings import NodeSettings, load_settings  # noqa: E402
-from dicom_node.spool import Spool  # noqa: E402
 from dicom_node.store import Database, Instance  # noqa: E402
+from dicom_node.store.spool import Spool  # noqa: E402
 
 #: Called AE title of every receiver.
 RECEIVER_AE = "BENCHSCP"

@@ -1,13 +1,13 @@
 """The findings a dialog turn's prompt lists.
 
-How a version's findings are coded is :mod:`dicom_node.finding_codes`.
+How a version's findings are coded is :mod:`dicom_node.pipeline.finding_codes`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dicom_node.reports import FindingRecord
+from dicom_node.pipeline.reports import FindingRecord
 from dicom_node.store.dialog import MessageKind
 from report_language.labels import CHEXPERT_LABELS, NO_FINDING
 from sr_templates import Presence

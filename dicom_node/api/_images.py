@@ -8,7 +8,7 @@ few images are kept in memory, so moving the window sliders does not decode the 
 
 A file is untrusted input: its header is checked before anything is decoded
 (:func:`check_decoded_size`, on the SCP's rule
-:func:`dicom_node.image_check.decoded_pixel_bytes`), so a JPEG 2000 of a few KB that
+:func:`dicom_node.dicom.image_check.decoded_pixel_bytes`), so a JPEG 2000 of a few KB that
 claims 65535 x 65535 pixels is refused instead of allocating gigabytes, and whatever a
 malformed header or pixel stream makes pydicom raise becomes an
 :class:`~dicom_node.api.errors.InvalidInputError` (422) that names the problem.
@@ -33,7 +33,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, pixel_array
 
 from dicom_node.api.errors import InvalidInputError, NotFoundError
-from dicom_node.image_check import decoded_pixel_bytes
+from dicom_node.dicom.image_check import decoded_pixel_bytes
 
 #: Longest side of the decoded pixels kept in memory.
 CACHED_MAX_SIDE = 2048
@@ -124,7 +124,7 @@ def check_decoded_size(ds: Dataset, max_bytes: int) -> int:
     Returns
     -------
     int
-        The decoded size (:func:`dicom_node.image_check.decoded_pixel_bytes`, the rule
+        The decoded size (:func:`dicom_node.dicom.image_check.decoded_pixel_bytes`, the rule
         the SCP applies too).
 
     Raises

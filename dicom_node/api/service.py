@@ -20,7 +20,7 @@ request that names a study is recorded in the ``audit_events`` table; log messag
 digests only.
 
 Model work runs in :attr:`DialogService.model_executor`, off the event loop, on the one
-model of the process (:func:`dicom_node.model_cache.get_model`); the LLM generates one
+model of the process (:func:`dicom_node.models.model_cache.get_model`); the LLM generates one
 sequence at a time under its own lock (it switches LoRA adapters per call), shared with the
 draft jobs of the process. The vision side runs once per study and image set, then its
 result comes from an LRU cache.
@@ -88,17 +88,17 @@ from dicom_node.api.errors import (
     StaleVersionConflict,
     StudyNotFoundError,
 )
-from dicom_node.delivery import DeliveryOutcome, deliver_items, enqueue_sr
 from dicom_node.errors import NodeError, StaleVersionError
-from dicom_node.finding_codes import (
+from dicom_node.models.model_cache import get_model
+from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items, enqueue_sr
+from dicom_node.pipeline.finding_codes import (
     FindingChoiceError,
     code_findings,
     correction_choices,
     disagreements,
     disagrees,
 )
-from dicom_node.model_cache import get_model
-from dicom_node.reports import (
+from dicom_node.pipeline.reports import (
     FindingRecord,
     FindingSource,
     findings_from_json,
@@ -165,8 +165,8 @@ def report_content_sha256(
 def _active_model(settings: Settings, db: Database) -> ChestXrayVLM:
     """The registry's active model version, from the process's model cache (the one the
     embedded worker drafts with, so serve holds one copy and follows promotions)."""
-    from dicom_node.model_readiness import require_ready
-    from dicom_node.registry import active_bundle
+    from dicom_node.models.readiness import require_ready
+    from dicom_node.models.registry import active_bundle
 
     require_ready()  # serve's warm-up may still be building or loading it
     return get_model(settings.inference, bundle=active_bundle(db, settings).bundle)
@@ -241,8 +241,8 @@ class DialogService:
         The node's database (shared with the rest of the node).
     model_provider
         Returns the model; default the registry's active version
-        (:func:`dicom_node.registry.active_bundle`), loaded once per process by
-        :func:`~dicom_node.model_cache.get_model` with ``settings.inference``.
+        (:func:`dicom_node.models.registry.active_bundle`), loaded once per process by
+        :func:`~dicom_node.models.model_cache.get_model` with ``settings.inference``.
     """
 
     def __init__(
@@ -475,7 +475,7 @@ class DialogService:
         job: tuple[str, str | None] | None,
         open_proposals: int,
     ) -> StudySummary:
-        from dicom_node.model_readiness import READINESS, ModelPhase
+        from dicom_node.models.readiness import READINESS, ModelPhase
 
         status: StudyStatus
         reason: str | None = None
@@ -812,7 +812,7 @@ class DialogService:
             return PreparedTurn(reader, study.id, study_uid, message, kind, latest.version)
 
     def _model(self) -> ChestXrayVLM:
-        from dicom_node.model_readiness import ModelNotReadyError
+        from dicom_node.models.readiness import ModelNotReadyError
         from inference import BundleError, InferenceError
         from inference.selftest import SelfTestError
 
@@ -1121,7 +1121,7 @@ class DialogService:
     ) -> VersionResult:
         """Store the reader's own text as the next report version and send its SR.
 
-        The codes follow the new text (:func:`~dicom_node.finding_codes.code_findings`),
+        The codes follow the new text (:func:`~dicom_node.pipeline.finding_codes.code_findings`),
         except for the reader's choices: earlier ones, `findings` (label -> presence) and the
         labels in `confirm`, whose code the reader keeps against a text that reads otherwise.
 

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from dicom_node.errors import NodeError
-from dicom_node.logs import configure_logging
+from dicom_node.ops.logs import configure_logging
 from dicom_node.settings import Settings, load_settings
 
 app = typer.Typer(

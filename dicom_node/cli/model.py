@@ -150,7 +150,7 @@ def infer(
     """Print finding probabilities and a draft report for the DICOM files of one study."""
     overrides = {"bundle": model, "device": device, "vision_backend": vision_backend}
     settings = _settings(config, inference=overrides)
-    from dicom_node.local_study import read_study, sample_study
+    from dicom_node.pipeline.local_study import read_study, sample_study
     from inference import ChestXrayVLM, InferenceError
 
     bundle = settings.inference.bundle

@@ -39,7 +39,7 @@ def _check_bundle(settings: Settings) -> None:
     Only the default bundle (``models/demo``) is built when missing, in the background by the
     node's model warm-up; a missing bundle configured elsewhere is an error.
     """
-    from dicom_node.model_readiness import demo_work_dir, needs_demo_build
+    from dicom_node.models.readiness import demo_work_dir, needs_demo_build
     from dicom_node.settings import DEFAULT_BUNDLE
 
     bundle = settings.inference.bundle
@@ -90,7 +90,7 @@ def serve(
         storage={"folder": storage},
     )
     from dicom_node.jobqueue import is_embedded
-    from dicom_node.service import NodeService
+    from dicom_node.ops.service import NodeService
 
     if is_embedded(settings) or settings.api.enabled:
         _check_bundle(settings)
@@ -161,8 +161,8 @@ def worker(
     if pool not in ("prefork", "threads"):
         raise _fail(f"--pool must be prefork or threads, got {pool!r}")
     from dicom_node.jobqueue import probe_model
-    from dicom_node.model_readiness import READINESS, health_problem
-    from dicom_node.ops import HealthCheck
+    from dicom_node.models.readiness import READINESS, health_problem
+    from dicom_node.ops.health import HealthCheck
 
     app_ = configure_app(settings)
     consumed = list(settings.worker.queues)
@@ -173,8 +173,8 @@ def worker(
             consumed.remove(GPU_QUEUE)  # report jobs stay queued for a worker with a good model
     http = None
     if settings.worker.metrics_port is not None:
-        from dicom_node.http_server import BackgroundHttpServer
-        from dicom_node.ops import create_ops_app
+        from dicom_node.ops.health import create_ops_app
+        from dicom_node.ops.http_server import BackgroundHttpServer
 
         http = BackgroundHttpServer(
             create_ops_app(checks, lambda: READINESS.status().to_json()),
@@ -209,7 +209,7 @@ def worker(
 
 def _model_line(settings: Settings) -> dict[str, str]:
     """The configured bundle as ``status`` shows it: present, or how far its build is."""
-    from dicom_node.model_readiness import (
+    from dicom_node.models.readiness import (
         demo_work_dir,
         describe_progress,
         needs_demo_build,
@@ -243,8 +243,8 @@ def status(
     settings = _node_settings(config)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from dicom_node.delivery import delivery_state
-    from dicom_node.status import collect_status
+    from dicom_node.ops.status import collect_status
+    from dicom_node.pipeline.delivery import delivery_state
     from dicom_node.store import Database
 
     try:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.cli._app import ConfigOption, _fail, _quiet_libraries, app, console, model_app
 from dicom_node.errors import NodeError
-from dicom_node.logs import configure_logging
+from dicom_node.ops.logs import configure_logging
 from dicom_node.settings import Settings, load_settings
 from dicom_node.store import Database
 
@@ -86,7 +86,7 @@ def model_list(
     The first use registers the configured bundle (inference.bundle) as the active version.
     """
     settings = _load(config)
-    from dicom_node.registry import ensure_initial_version, list_versions
+    from dicom_node.models.registry import ensure_initial_version, list_versions
     from inference import InferenceError
 
     with _database(settings) as db:
@@ -130,7 +130,7 @@ def model_register(
 ) -> None:
     """Copy a bundle into the registry as a new, inactive version (promote it to use it)."""
     settings = _load(config)
-    from dicom_node.registry import ensure_initial_version, register_bundle
+    from dicom_node.models.registry import ensure_initial_version, register_bundle
     from dicom_node.store import ModelSource
     from inference import InferenceError
 
@@ -165,7 +165,7 @@ def model_promote(
     compared, unless --force is given.
     """
     settings = _load(config)
-    from dicom_node.registry import PromotionRefusedError, promote
+    from dicom_node.models.registry import PromotionRefusedError, promote
     from inference import InferenceError
 
     with _database(settings) as db:
@@ -190,7 +190,7 @@ def model_promote(
 def model_rollback(config: ConfigOption = None) -> None:
     """Make the version that was active before the current one active again."""
     settings = _load(config)
-    from dicom_node.registry import rollback
+    from dicom_node.models.registry import rollback
     from inference import InferenceError
 
     with _database(settings) as db:

@@ -5,9 +5,9 @@ import it); :func:`~dicom_node.jobqueue.configure.configure_app` registers them 
 app at the configured broker before a worker starts or a task is sent. Queues:
 
 ``gpu``
-    report drafting (:func:`~dicom_node.drafting.draft_job`): workers on GPU hosts;
+    report drafting (:func:`~dicom_node.pipeline.drafting.draft_job`): workers on GPU hosts;
 ``delivery``
-    SR C-STORE to the PACS (:func:`~dicom_node.delivery.deliver_items`);
+    SR C-STORE to the PACS (:func:`~dicom_node.pipeline.delivery.deliver_items`);
 ``training``
     retrain jobs (admin).
 

@@ -3,7 +3,7 @@
 Created lazily in the process that runs the tasks (after a prefork pool's fork, never
 before), once per process.
 
-The model is the registry's active version (:mod:`dicom_node.registry`): which version is
+The model is the registry's active version (:mod:`dicom_node.models.registry`): which version is
 active is read from the database at most every ``retrain.active_check_s`` seconds, so a
 promotion reaches every worker without a restart. A job keeps the model object it started
 with; once a new version is in use, the cache drops the others (a running job's model stays
@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node._privacy import describe_exception
 from dicom_node.errors import ServiceError, TransientJobError
-from dicom_node.model_cache import forget_models, get_model
+from dicom_node.models.model_cache import forget_models, get_model
 from dicom_node.settings import Settings
 from dicom_node.store import Database
 
@@ -79,12 +79,12 @@ def active_version() -> tuple[str, Path]:
     ------
     inference.BundleError
         When the registry is empty and the configured bundle is missing or damaged.
-    dicom_node.registry.RegistryError
+    dicom_node.models.registry.RegistryError
         When the active version's bundle is not on this host.
     TransientJobError
         When the database cannot be read and there is no earlier answer.
     """
-    from dicom_node.registry import active_bundle
+    from dicom_node.models.registry import active_bundle
 
     global _active
     config = settings()
@@ -141,14 +141,14 @@ def model() -> ChestXrayVLM:
 
     Raises
     ------
-    dicom_node.model_readiness.ModelNotReadyError
+    dicom_node.models.readiness.ModelNotReadyError
         While this process's warm-up is still building or loading the model, or when the
         model cannot be loaded or fails its self-test: the job waits (it is a transient
         error) instead of failing.
     TransientJobError
         When the database cannot be read (see :func:`active_version`).
     """
-    from dicom_node.model_readiness import ModelNotReadyError, require_ready
+    from dicom_node.models.readiness import ModelNotReadyError, require_ready
     from inference import InferenceError
 
     require_ready()

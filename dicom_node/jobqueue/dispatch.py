@@ -8,7 +8,7 @@ rows, and both are committed before any message exists. :class:`Dispatcher` (run
   ``worker.redispatch_after_s`` ago and is still queued (its message was lost with a broker
   restart, or the embedded queue's file was removed), as ``draft_report(job_id)``; and each
   ``running`` job whose worker was lost (no heartbeat for ``worker.stale_job_s``: killed,
-  its host gone; see :mod:`dicom_node.heartbeat`), logged as a WARNING naming the job,
+  its host gone; see :mod:`dicom_node.ops.heartbeat`), logged as a WARNING naming the job,
   until it has used ``worker.max_retries`` + 1 attempts, after which it is ``failed``;
 * the outbox rows whose next attempt is due (after a failed delivery, a restart, or a
   draft whose own delivery message was lost), and ``sending`` rows whose sender's
@@ -44,8 +44,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node._privacy import describe_exception
-from dicom_node.delivery import release_claims
 from dicom_node.jobqueue.app import APP_NAME, DELIVERY_QUEUE, GPU_QUEUE
+from dicom_node.pipeline.delivery import release_claims
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Job, JobState, OutboxItem, OutboxState
 

@@ -1,7 +1,7 @@
 """The node's Celery tasks. Arguments are row ids; everything else is in the database.
 
 ``dicom_node.draft_report(job_id)`` (queue ``gpu``)
-    Runs :func:`~dicom_node.drafting.draft_job` with the process's model, then sends the
+    Runs :func:`~dicom_node.pipeline.drafting.draft_job` with the process's model, then sends the
     new SR's outbox rows to the ``delivery`` queue. While the job runs, a heartbeat
     refreshes its row every ``worker.stale_job_s`` / 4 seconds (for at most
     ``worker.time_limit_s``), so ``serve`` sees within ``worker.stale_job_s`` that a worker
@@ -9,7 +9,7 @@
     retried with exponential backoff up to ``worker.max_retries``; permanent ones (images
     unusable) fail the job at once. A job that hits the soft time limit is failed.
 ``dicom_node.deliver(outbox_ids)`` (queue ``delivery``)
-    Runs :func:`~dicom_node.delivery.deliver_items`. A PACS that is down is not a task
+    Runs :func:`~dicom_node.pipeline.delivery.deliver_items`. A PACS that is down is not a task
     failure: the rows stay pending with their own backoff, and ``serve`` sends them again
     when due (see :mod:`~dicom_node.jobqueue.dispatch`).
 
@@ -30,13 +30,13 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node.delivery import DeliveryOutcome, deliver_items
-from dicom_node.drafting import draft_job, finish_job, touch_job
 from dicom_node.errors import JobError, TransientJobError
-from dicom_node.heartbeat import Heartbeat, heartbeat_interval
 from dicom_node.jobqueue import context
 from dicom_node.jobqueue.app import APP_NAME, DELIVERY_QUEUE, app
-from dicom_node.metrics import INFERENCE_SECONDS, JOB_SECONDS
+from dicom_node.ops.heartbeat import Heartbeat, heartbeat_interval
+from dicom_node.ops.metrics import INFERENCE_SECONDS, JOB_SECONDS
+from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items
+from dicom_node.pipeline.drafting import draft_job, finish_job, touch_job
 from dicom_node.store import JobState
 
 logger = logging.getLogger(__name__)

@@ -7,12 +7,12 @@ without a broker the command runs the task in the foreground. The task
 
 1. claims the row (``queued`` -> ``running``; a redelivered message finds nothing to do);
 2. exports every study signed off since the date as a learning set with provenance
-   (:mod:`dicom_node.learning`) in ``<retrain.work_dir>/run-<id>/``;
+   (:mod:`dicom_node.retrain.learning`) in ``<retrain.work_dir>/run-<id>/``;
 3. fine-tunes the active model version's adapters on it plus the base dataset
    (``retrain.base_data``), and evaluates candidate and active model on the same held-out
    studies (:func:`training.retrain.retrain`);
 4. registers the candidate as a new, inactive model version with its metrics
-   (:func:`dicom_node.registry.register_bundle`); an admin promotes it.
+   (:func:`dicom_node.models.registry.register_bundle`); an admin promotes it.
 
 Progress, the current phase and the tail of the run's log are written to the row as the run
 goes, so ``dicom_node retrain status`` shows them from any host. The message is acknowledged
@@ -58,7 +58,9 @@ STALE_AFTER_S = 1800.0
 #: training logs nothing for a while.
 HEARTBEAT_S = 60.0
 #: Loggers whose INFO lines go into a run's log (others: warnings and errors only).
-RUN_LOGGERS = ("training.retrain", "dicom_node.learning", "dicom_node.registry", __name__)
+RUN_LOGGERS = (
+    "training.retrain", "dicom_node.retrain.learning", "dicom_node.models.registry", __name__
+)
 
 
 class RetrainError(NodeError):
@@ -171,7 +173,7 @@ def create_run(
     now: datetime | None = None,
 ) -> RetrainRunInfo:
     """Record a queued retrain run and return it."""
-    from dicom_node.registry import ensure_registry_tables
+    from dicom_node.models.registry import ensure_registry_tables
 
     now = now or datetime.now(UTC)
     ensure_registry_tables(db)
@@ -200,7 +202,7 @@ def get_run(db: Database, run_id: int | None = None) -> RetrainRunInfo:
     RetrainError
         When there is no such run (or none at all).
     """
-    from dicom_node.registry import ensure_registry_tables
+    from dicom_node.models.registry import ensure_registry_tables
 
     ensure_registry_tables(db)
     with db.session() as session:
@@ -217,7 +219,7 @@ def get_run(db: Database, run_id: int | None = None) -> RetrainRunInfo:
 
 def list_runs(db: Database, limit: int = 10) -> list[RetrainRunInfo]:
     """The newest runs, newest first."""
-    from dicom_node.registry import ensure_registry_tables
+    from dicom_node.models.registry import ensure_registry_tables
 
     ensure_registry_tables(db)
     with db.session() as session:
@@ -367,7 +369,7 @@ def _finish(db: Database, log: _RunLog, state: RetrainState, **values: object) -
 
 
 def _candidate_name(db: Database, settings: Settings, run_id: int) -> str:
-    from dicom_node.registry import VersionNotFoundError, get_version, registry_dir
+    from dicom_node.models.registry import VersionNotFoundError, get_version, registry_dir
 
     name = f"retrain-{run_id}"
     try:
@@ -421,8 +423,8 @@ def run_retrain(settings: Settings, db: Database, run_id: int) -> RetrainRunInfo
 
 
 def _run(settings: Settings, db: Database, run: RetrainRunInfo, log: _RunLog) -> str:
-    from dicom_node.learning import collect_signed_off, export_learning_set
-    from dicom_node.registry import active_bundle, register_bundle
+    from dicom_node.models.registry import active_bundle, register_bundle
+    from dicom_node.retrain.learning import collect_signed_off, export_learning_set
     from training.retrain import RetrainPlan, retrain
 
     config = settings.retrain

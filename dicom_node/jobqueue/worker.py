@@ -43,7 +43,7 @@ def preload_model(queues: Sequence[str]) -> None:
     instead of failing one by one.
     """
     if GPU_QUEUE in queues:
-        from dicom_node.model_readiness import ModelNotReadyError
+        from dicom_node.models.readiness import ModelNotReadyError
 
         started = time.perf_counter()
         try:
@@ -61,7 +61,7 @@ def preload_model(queues: Sequence[str]) -> None:
 
 def _probe_in_child(settings: Settings) -> tuple[str | None, str]:
     """Load and self-test the model in a fresh process; ``(failed check or None, detail)``."""
-    from dicom_node.model_readiness import ModelNotReadyError
+    from dicom_node.models.readiness import ModelNotReadyError
     from inference.selftest import SelfTestError
 
     context.set_settings(settings)
@@ -75,7 +75,7 @@ def _probe_in_child(settings: Settings) -> tuple[str | None, str]:
 
 def probe_model(settings: Settings) -> bool:
     """Self-test the model before a prefork worker starts; records the outcome in
-    :data:`~dicom_node.model_readiness.READINESS` (for ``/healthz``) and logs it in one line.
+    :data:`~dicom_node.models.readiness.READINESS` (for ``/healthz``) and logs it in one line.
 
     The model is loaded in a spawned process, which exits afterwards: the pool's children
     are forked from a parent that never touched torch or ONNX Runtime, and load their own.
@@ -84,7 +84,7 @@ def probe_model(settings: Settings) -> bool:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from dicom_node.model_readiness import READINESS, ModelPhase
+    from dicom_node.models.readiness import READINESS, ModelPhase
 
     READINESS.set(ModelPhase.LOADING, "loading and self-testing the model")
     try:
@@ -131,7 +131,7 @@ class EmbeddedWorker:
         """Start consuming in a background thread.
 
         The model is made ready by ``serve``'s warm-up
-        (:class:`~dicom_node.model_readiness.ModelWarmup`), not here: the node listens at
+        (:class:`~dicom_node.models.readiness.ModelWarmup`), not here: the node listens at
         once, and a job that arrives early waits for the model.
         """
         if self._thread is not None:

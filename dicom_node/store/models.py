@@ -259,7 +259,7 @@ class WorklistEntry(Base):
     patient_key: Mapped[str | None] = mapped_column(String(64))
     requested_procedure_id: Mapped[str | None] = mapped_column(String(64))
     requested_procedure_description: Mapped[str | None] = mapped_column(Text)
-    #: The clinical indication (see :mod:`dicom_node.worklist` for the rule).
+    #: The clinical indication (see :mod:`dicom_node.dicom.worklist` for the rule).
     indication: Mapped[str | None] = mapped_column(Text)
     indication_source: Mapped[IndicationSource | None] = mapped_column(
         _state_column(IndicationSource)

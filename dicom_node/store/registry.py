@@ -61,7 +61,8 @@ class ModelVersion(Base):
     model_name: Mapped[str] = mapped_column(String(64))
     #: The manifest version the bundle had before it was registered.
     original_version: Mapped[str | None] = mapped_column(String(64))
-    #: JSON object of headline metrics (``ce_f1_macro``, ...; see :mod:`dicom_node.registry`).
+    #: JSON object of headline metrics (``ce_f1_macro``, ...; see
+    #: :mod:`dicom_node.models.registry`).
     metrics_json: Mapped[str] = mapped_column(Text, default="{}")
     source: Mapped[ModelSource] = mapped_column(_state_column(ModelSource))
     #: The version a retrain candidate was trained from.

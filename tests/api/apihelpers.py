@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 
 from dicom_node._privacy import patient_key
 from dicom_node.api import DialogService
-from dicom_node.finding_codes import code_findings
-from dicom_node.reports import (
+from dicom_node.pipeline.finding_codes import code_findings
+from dicom_node.pipeline.reports import (
     FindingRecord,
     latest_version,
     read_report_sr,
@@ -28,7 +28,6 @@ from dicom_node.reports import (
     version_history,
 )
 from dicom_node.settings import Settings, load_settings
-from dicom_node.spool import Spool
 from dicom_node.store import (
     AuditEvent,
     Database,
@@ -40,6 +39,7 @@ from dicom_node.store import (
     ReportVersion,
     Study,
 )
+from dicom_node.store.spool import Spool
 from sr_templates import AlgorithmInfo, Finding, Presence, Report, build_draft_sr
 
 #: Bearer tokens of the test users.

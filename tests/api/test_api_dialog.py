@@ -207,7 +207,7 @@ def test_requests_are_classified_and_answered_with_proposals(
         assert proposal["findings_text"] == DRAFT_FINDINGS
     # A rewording's codes follow its own text, read by the labeler; none is carried over
     # from the draft. (The tiny model's words mention few findings: not assessed.)
-    from dicom_node.finding_codes import text_presence
+    from dicom_node.pipeline.finding_codes import text_presence
 
     read = text_presence(proposal["findings_text"], proposal["impression_text"])
     for finding in proposal["findings"]:
@@ -480,7 +480,7 @@ def test_a_missing_model_bundle_gives_503_and_changes_nothing(
     from fastapi.testclient import TestClient
 
     from dicom_node.api import DialogService, create_app
-    from dicom_node.model_cache import get_model
+    from dicom_node.models.model_cache import get_model
     from dicom_node.settings import InferenceSettings
 
     missing = InferenceSettings(bundle=tmp_path / "no-such-bundle", device="cpu")

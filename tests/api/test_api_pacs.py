@@ -17,7 +17,7 @@ from sqlalchemy import select
 from support.orthanc import Orthanc
 
 from dicom_node.api import DialogService, create_app
-from dicom_node.delivery import deliver_items, enqueue_sr
+from dicom_node.pipeline.delivery import deliver_items, enqueue_sr
 from dicom_node.settings import Settings
 from dicom_node.store import Database, OutboxItem, OutboxState
 from sr_templates import (

@@ -12,8 +12,8 @@ from dicom_node.api import classify_message
 from dicom_node.api._diff import diff_opcodes, unified_diff
 from dicom_node.api._findings import prompt_findings
 from dicom_node.api._text import clean_generated, parse_revision, word_diff
-from dicom_node.finding_codes import code_findings, disagreements
-from dicom_node.reports import FindingRecord, FindingSource
+from dicom_node.pipeline.finding_codes import code_findings, disagreements
+from dicom_node.pipeline.reports import FindingRecord, FindingSource
 from dicom_node.store import MessageKind
 from sr_templates import CHEXPERT_LABELS
 

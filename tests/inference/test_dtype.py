@@ -58,12 +58,12 @@ def test_a_bfloat16_llm_drafts_a_report_on_cpu(tiny_bundle: Path, chest_cr_path:
 def test_the_node_logs_the_llm_dtype_and_decoding(
     tiny_bundle: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from dicom_node import model_cache
+    from dicom_node.models import model_cache
     from dicom_node.settings import InferenceSettings
 
     model_cache.forget_models()
     try:
-        with caplog.at_level(logging.INFO, logger="dicom_node.model_cache"):
+        with caplog.at_level(logging.INFO, logger="dicom_node.models.model_cache"):
             model_cache.get_model(InferenceSettings(bundle=tiny_bundle, device="cpu"))
         assert "(LLM float32 on cpu, lookup decoding with 8 proposed tokens)" in caplog.text
     finally:

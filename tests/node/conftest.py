@@ -28,9 +28,9 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from support.peers import build_bind_shim, find_dcmtk
 
-from dicom_node.scp import StoreSCP
-from dicom_node.spool import Spool
+from dicom_node.dicom.scp import StoreSCP
 from dicom_node.store import Base, Database
+from dicom_node.store.spool import Spool
 
 
 # --------------------------------------------------------------------------- DCMTK
@@ -130,7 +130,7 @@ def start_node(
 
 @pytest.fixture
 def services() -> Iterator[list[Any]]:
-    """Node services (:class:`dicom_node.service.NodeService`) a test started; stopped at
+    """Node services (:class:`dicom_node.ops.service.NodeService`) a test started; stopped at
     teardown."""
     started: list[Any] = []
     yield started

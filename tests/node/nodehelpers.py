@@ -17,10 +17,10 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from sqlalchemy import select
 
-from dicom_node.scp import StoreSCP
+from dicom_node.dicom.scp import StoreSCP
 from dicom_node.settings import Settings, load_settings
-from dicom_node.spool import Spool
 from dicom_node.store import Database, Instance, InstanceRecord
+from dicom_node.store.spool import Spool
 
 #: The DICOM peers' AE title in the tests.
 SCU_AE = "STORESCU"

@@ -8,7 +8,7 @@ import pytest
 from nodehelpers import T0, record
 from sqlalchemy import select
 
-from dicom_node.assembly import (
+from dicom_node.pipeline.assembly import (
     InstanceInfo,
     StudySnapshot,
     assemble,
@@ -144,7 +144,7 @@ def test_not_reportable_studies_get_no_job_and_are_not_revisited(database: Datab
 
 
 def test_a_stale_snapshot_creates_no_job(database: Database) -> None:
-    from dicom_node.assembly import create_job
+    from dicom_node.pipeline.assembly import create_job
 
     database.record_instance(record("1.2.3.1", at=T0))
     (snapshot,) = find_stable_studies(database, STABLE, T0 + timedelta(minutes=1))

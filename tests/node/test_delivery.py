@@ -30,7 +30,8 @@ from sqlalchemy import select
 from support.peers import free_port, stop_process, wait_for_port
 from typer.testing import CliRunner
 
-from dicom_node.delivery import (
+from dicom_node.dicom.dimse import StoreResponseStatus
+from dicom_node.pipeline.delivery import (
     DeliveryOutcome,
     deliver_due,
     deliver_items,
@@ -39,7 +40,6 @@ from dicom_node.delivery import (
     outbox_path,
     retry_delay,
 )
-from dicom_node.dimse import StoreResponseStatus
 from dicom_node.settings import DeliverySettings, Settings
 from dicom_node.store import Database, OutboxItem, OutboxState
 
@@ -287,8 +287,8 @@ def test_tls_destination(
     start_pacs: Callable[..., Pacs], db: Database, draft_sr: Dataset, node_folder: Path,
     tmp_path: Path,
 ) -> None:
+    from dicom_node.dicom.tls import server_context
     from dicom_node.settings import TlsSettings
-    from dicom_node.tls import server_context
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     made = subprocess.run(

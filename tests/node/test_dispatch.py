@@ -11,9 +11,9 @@ import pytest
 from nodehelpers import T0, node_settings, record
 from sqlalchemy import select, update
 
-from dicom_node.assembly import assemble
 from dicom_node.jobqueue import Dispatcher, configure_app
 from dicom_node.jobqueue.app import EMBEDDED_BROKER_FILE
+from dicom_node.pipeline.assembly import assemble
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Job, JobState, OutboxItem, OutboxState, Study
 

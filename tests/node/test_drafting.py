@@ -12,9 +12,9 @@ import pytest
 from nodehelpers import T0, new_instance, node_settings, record
 from sqlalchemy import select, update
 
-from dicom_node.assembly import assemble
-from dicom_node.drafting import NO_NARRATIVE, draft_job, draft_to_report, split_report_text
 from dicom_node.errors import JobError
+from dicom_node.pipeline.assembly import assemble
+from dicom_node.pipeline.drafting import NO_NARRATIVE, draft_job, draft_to_report, split_report_text
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Job, JobState, OutboxItem, ReportKind, ReportVersion
 from inference import DraftReport, FindingPrediction
@@ -218,9 +218,9 @@ def _image_instance(source: pydicom.Dataset, sop: str, image: np.ndarray) -> pyd
 def test_a_skull_film_is_not_drafted_or_is_drafted_with_a_caution_by_setting(
     tmp_path: Path, rg1_uncr: Path, screened_bundle: Path, screening: str
 ) -> None:
-    from dicom_node.drafting import CAUTION_STATEMENT
     from dicom_node.errors import NOT_DRAFTED_PREFIX
-    from dicom_node.ops import recent_jobs_check
+    from dicom_node.ops.health import recent_jobs_check
+    from dicom_node.pipeline.drafting import CAUTION_STATEMENT
     from inference import ChestXrayVLM, RuntimeOptions
     from training.phantoms.negatives import negative_images
 

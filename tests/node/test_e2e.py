@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from support.orthanc import ORTHANC_AE, Orthanc, wait_until
 from support.peers import free_port, stop_process
 
-from dicom_node.service import NodeService
+from dicom_node.ops.service import NodeService
 from dicom_node.settings import Settings
 from dicom_node.store import Job, JobState, OutboxItem, OutboxState, ReportVersion
 from sr_templates import read_report

@@ -23,11 +23,11 @@ from nodehelpers import node_settings, run_storescu
 from sqlalchemy import select
 from support.orthanc import wait_until
 
-from dicom_node.model_cache import forget_models
-from dicom_node.model_readiness import READINESS, ModelPhase
-from dicom_node.service import NodeService
+from dicom_node.models.model_cache import forget_models
+from dicom_node.models.readiness import READINESS, ModelPhase
+from dicom_node.ops.service import NodeService
+from dicom_node.ops.status import collect_status
 from dicom_node.settings import DEFAULT_BUNDLE
-from dicom_node.status import collect_status
 from dicom_node.store import Job, JobState
 
 pytestmark = pytest.mark.network
@@ -235,8 +235,8 @@ def test_a_malformed_birth_date_never_reaches_the_log_or_the_sender(
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    from dicom_node import logs as node_logs
-    from dicom_node.dimse import StoreStatus
+    from dicom_node.dicom.dimse import StoreStatus
+    from dicom_node.ops import logs as node_logs
 
     monkeypatch.delenv("DICOM_NODE_CONFIG", raising=False)
     level = logging.getLogger().level

@@ -23,7 +23,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.dimse import StoreStatus
+from dicom_node.dicom.dimse import StoreStatus
 
 pytestmark = pytest.mark.network
 
@@ -244,7 +244,7 @@ def test_a_corrected_resend_replaces_the_stored_copy_and_supersedes_the_job(
 
     from sqlalchemy import select
 
-    from dicom_node.assembly import assemble
+    from dicom_node.pipeline.assembly import assemble
     from dicom_node.store import Job
 
     node = start_node()

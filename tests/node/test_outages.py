@@ -30,9 +30,9 @@ from sqlalchemy import func, select
 from support.orthanc import wait_until
 from support.peers import free_port, stop_process, wait_for_port
 
-from dicom_node.assembly import assemble
 from dicom_node.jobqueue import Dispatcher, configure_app
-from dicom_node.service import NodeService
+from dicom_node.ops.service import NodeService
+from dicom_node.pipeline.assembly import assemble
 from dicom_node.store import Database, Job, JobState, ReportVersion
 
 pytestmark = pytest.mark.network

@@ -45,14 +45,14 @@ from sqlalchemy import select, update
 from support.orthanc import wait_until
 from support.peers import free_port
 
-from dicom_node import logs as node_logs
-from dicom_node.assembly import assemble
 from dicom_node.cli.node import LISTENING_PREFIX
-from dicom_node.delivery import DeliveryOutcome, deliver_items, enqueue_sr, release_claims
-from dicom_node.dimse import StoreResponseStatus
-from dicom_node.drafting import claim_job, touch_job
-from dicom_node.heartbeat import Heartbeat
+from dicom_node.dicom.dimse import StoreResponseStatus
 from dicom_node.jobqueue import Dispatcher, configure_app
+from dicom_node.ops import logs as node_logs
+from dicom_node.ops.heartbeat import Heartbeat
+from dicom_node.pipeline.assembly import assemble
+from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items, enqueue_sr, release_claims
+from dicom_node.pipeline.drafting import claim_job, touch_job
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Job, JobState, OutboxItem, OutboxState
 
@@ -406,5 +406,6 @@ def test_with_the_pacs_down_each_retry_logs_the_nodes_warning_only(
     (result,) = deliver_items(settings, db).results  # nothing listens on the PACS port
     assert result.outcome is DeliveryOutcome.RETRY
     lines = [(r.levelname, r.name, r.getMessage()) for r in caplog.records]
-    assert [(level, name) for level, name, _ in lines] == [("WARNING", "dicom_node.delivery")]
+    assert [(level, name) for level, name, _ in lines] == [
+        ("WARNING", "dicom_node.pipeline.delivery")]
     assert "cannot be reached" in lines[0][2] and "next attempt in 5 s" in lines[0][2]

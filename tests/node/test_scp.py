@@ -37,8 +37,8 @@ from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
-from dicom_node.dimse import StoreStatus
-from dicom_node.scp import file_meta_bytes
+from dicom_node.dicom.dimse import StoreStatus
+from dicom_node.dicom.scp import file_meta_bytes
 from dicom_node.store import Base, Study
 from sr_templates import (
     CHEXPERT_LABELS,
@@ -356,8 +356,8 @@ def test_tls_association(
     dcmtk_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
+    from dicom_node.dicom.tls import server_context
     from dicom_node.settings import TlsSettings
-    from dicom_node.tls import server_context
 
     openssl = subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",

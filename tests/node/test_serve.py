@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from dicom_node.cli import app
 from dicom_node.cli.node import HTTP_PREFIX, LISTENING_PREFIX
-from dicom_node.service import NodeService
+from dicom_node.ops.service import NodeService
 from dicom_node.store import Instance, Job
 
 pytestmark = pytest.mark.network

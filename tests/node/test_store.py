@@ -14,10 +14,10 @@ import pytest
 from nodehelpers import T0, record
 from sqlalchemy import select, text
 
-import dicom_node.spool as spool_module
+import dicom_node.store.spool as spool_module
 from dicom_node.errors import DatabaseError, DiskFullError, SpoolError
-from dicom_node.spool import TEMP_PREFIX, Spool
 from dicom_node.store import Database, Instance, Job, JobState, Study
+from dicom_node.store.spool import TEMP_PREFIX, Spool
 
 
 def test_record_instance_is_idempotent_and_tracks_the_study(database: Database) -> None:

@@ -25,11 +25,8 @@ from sqlalchemy import select
 from support.peers import free_port, stop_process, wait_for_port
 
 from dicom_node._privacy import patient_key
-from dicom_node.dimse import FindStatus
-from dicom_node.errors import RisUnavailableError, WorklistError, WorklistQueryError
-from dicom_node.settings import Settings
-from dicom_node.store import Database, IndicationSource, WorklistEntry
-from dicom_node.worklist import (
+from dicom_node.dicom.dimse import FindStatus
+from dicom_node.dicom.worklist import (
     MatchedBy,
     StudyKeys,
     WorklistItem,
@@ -40,6 +37,9 @@ from dicom_node.worklist import (
     resolve_worklist,
     store_items,
 )
+from dicom_node.errors import RisUnavailableError, WorklistError, WorklistQueryError
+from dicom_node.settings import Settings
+from dicom_node.store import Database, IndicationSource, WorklistEntry
 from sr_templates import WorklistInfo
 
 pytestmark = pytest.mark.network

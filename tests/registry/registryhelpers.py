@@ -14,9 +14,9 @@ import pydicom
 from sqlalchemy import select
 
 from dicom_node._privacy import patient_key
-from dicom_node.assembly import assemble
-from dicom_node.drafting import draft_job
-from dicom_node.reports import (
+from dicom_node.pipeline.assembly import assemble
+from dicom_node.pipeline.drafting import draft_job
+from dicom_node.pipeline.reports import (
     FindingRecord,
     latest_version,
     read_report_sr,

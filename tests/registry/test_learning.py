@@ -15,7 +15,7 @@ import pytest
 from registryhelpers import INSTRUCTION, READER, phantom_rows, seed_signed_off, site_settings
 from sqlalchemy import select
 
-from dicom_node.learning import (
+from dicom_node.retrain.learning import (
     collect_signed_off,
     export_learning_set,
     pseudonymous_uid,

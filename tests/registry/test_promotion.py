@@ -13,11 +13,11 @@ from registryhelpers import phantom_rows, said, site_settings, toml_text
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from dicom_node import model_cache
 from dicom_node.cli import app
 from dicom_node.jobqueue import context as queue_context
-from dicom_node.registry import ensure_initial_version, promote, register_bundle
-from dicom_node.service import NodeService
+from dicom_node.models import model_cache
+from dicom_node.models.registry import ensure_initial_version, promote, register_bundle
+from dicom_node.ops.service import NodeService
 from dicom_node.settings import Settings
 from dicom_node.store import Database, ReportVersion, Study
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
-from dicom_node.registry import (
+from dicom_node.models.registry import (
     PromotionRefusedError,
     RegistryError,
     VersionNotFoundError,

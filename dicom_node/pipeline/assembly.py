@@ -27,8 +27,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from dicom_node._privacy import uid_digest
-from dicom_node.image_check import is_model_image
-from dicom_node.local_study import FRONTAL_VIEWS
+from dicom_node.dicom.image_check import is_model_image
+from dicom_node.pipeline.local_study import FRONTAL_VIEWS
 from dicom_node.store import Database, Job, JobState, Study
 
 logger = logging.getLogger(__name__)

@@ -64,14 +64,14 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dicom_node._privacy import uid_digest
-from dicom_node.dimse import StatusCategory, StoreResponseStatus, classify_store_status
+from dicom_node.dicom.dimse import StatusCategory, StoreResponseStatus, classify_store_status
+from dicom_node.dicom.tls import client_context
 from dicom_node.errors import NodeError, OutboxError, SpoolError
-from dicom_node.heartbeat import Heartbeat, heartbeat_interval
-from dicom_node.metrics import DELIVERY_SECONDS
+from dicom_node.ops.heartbeat import Heartbeat, heartbeat_interval
+from dicom_node.ops.metrics import DELIVERY_SECONDS
 from dicom_node.settings import DeliverySettings, PacsDestination, Settings
-from dicom_node.spool import PATH_DIGEST_CHARS, Spool
 from dicom_node.store import Database, OutboxItem, OutboxState, Study
-from dicom_node.tls import client_context
+from dicom_node.store.spool import PATH_DIGEST_CHARS, Spool
 
 logger = logging.getLogger(__name__)
 

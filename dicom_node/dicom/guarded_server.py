@@ -99,7 +99,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
         pynetdicom's own ``shutdown`` also removes the server from the AE's list of servers,
         which only ``AE.start_server`` fills; this server comes from ``AE.make_server`` and
-        is stopped by its owner (:class:`~dicom_node.scp.StoreSCP`).
+        is stopped by its owner (:class:`~dicom_node.dicom.scp.StoreSCP`).
         """
         socketserver.TCPServer.shutdown(self)
         self.server_close()

@@ -5,16 +5,16 @@
 * the **database** engine and the **spool**;
 * the **DICOM server** (C-ECHO/C-STORE SCP, optionally TLS);
 * the **scheduler** thread: every ``node.assembly_interval_s`` it assembles complete studies
-  into job rows (:mod:`~dicom_node.assembly`) and hands queued jobs and due SR deliveries to
-  the Celery queue (:class:`~dicom_node.jobqueue.Dispatcher`);
+  into job rows (:mod:`~dicom_node.pipeline.assembly`) and hands queued jobs and due SR
+  deliveries to the Celery queue (:class:`~dicom_node.jobqueue.Dispatcher`);
 * the **worklist poller** thread, when ``[ris]`` is set
-  (:func:`~dicom_node.worklist.run_worklist_poller`);
+  (:func:`~dicom_node.dicom.worklist.run_worklist_poller`);
 * the **embedded worker** (with no broker configured): a Celery worker in this process on a
   persistent SQLite transport, which drafts the reports and delivers the SRs. With a
   broker, workers run elsewhere (``dicom_node worker``);
 * the **model warm-up** (with the embedded worker or the dialog API): builds the demo model
   on a first run, then loads and self-tests the bundle in the background
-  (:class:`~dicom_node.model_readiness.ModelWarmup`). Draft jobs are handed to the embedded
+  (:class:`~dicom_node.models.readiness.ModelWarmup`). Draft jobs are handed to the embedded
   worker only once the model is ready; until then studies are received and queued;
 * the **operations HTTP server**: ``/healthz`` and ``/metrics`` on ``node.http_port``;
   ``/healthz`` also reports every background thread (``"threads"``: the scheduler, the
@@ -37,22 +37,22 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node import metrics
 from dicom_node._privacy import describe_exception
 from dicom_node.api import ApiServer
-from dicom_node.assembly import AssemblyResult, assemble
+from dicom_node.dicom.scp import StoreSCP
+from dicom_node.dicom.tls import server_context
+from dicom_node.dicom.worklist import run_worklist_poller
 from dicom_node.errors import ServiceError
-from dicom_node.http_server import BackgroundHttpServer
 from dicom_node.jobqueue import Dispatcher, EmbeddedWorker, configure_app, is_embedded
 from dicom_node.jobqueue import context as queue_context
-from dicom_node.model_readiness import READINESS, ModelWarmup, health_problem
-from dicom_node.ops import HealthCheck, create_ops_app, database_check, recent_jobs_check
-from dicom_node.scp import StoreSCP
+from dicom_node.models.readiness import READINESS, ModelWarmup, health_problem
+from dicom_node.ops import metrics
+from dicom_node.ops.health import HealthCheck, create_ops_app, database_check, recent_jobs_check
+from dicom_node.ops.http_server import BackgroundHttpServer
+from dicom_node.pipeline.assembly import AssemblyResult, assemble
 from dicom_node.settings import Settings
-from dicom_node.spool import Spool
 from dicom_node.store import Database
-from dicom_node.tls import server_context
-from dicom_node.worklist import run_worklist_poller
+from dicom_node.store.spool import Spool
 
 logger = logging.getLogger(__name__)
 

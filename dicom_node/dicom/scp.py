@@ -2,14 +2,14 @@
 
 :func:`handle_store` is a plain pynetdicom handler bound with its dependencies
 (``evt_handlers=[(evt.EVT_C_STORE, handle_store, [spool, db])]``); it never raises and
-answers with a named :class:`~dicom_node.dimse.StoreStatus`. On receipt it
+answers with a named :class:`~dicom_node.dicom.dimse.StoreStatus`. On receipt it
 
 1. refuses SOP classes the node does not store (also over another service's presentation
    context), data sets larger than ``node.max_instance_bytes`` (a deflated one is measured
    inflated, in chunks), and refuses when the disk is (nearly) full;
 2. parses the data set (its whole structure, so that structurally corrupt data is refused),
    checks its identifying UIDs and, for images, what the node will need from them
-   (:mod:`~dicom_node.image_check`: pixel data within ``node.max_pixel_bytes`` and as long
+   (:mod:`~dicom_node.dicom.image_check`: pixel data within ``node.max_pixel_bytes`` and as long
    as its header claims; for CR/DX images the model reads, parseable display attributes and
    valid patient dates);
 3. acknowledges, without storing, SRs the node wrote itself (a PACS that auto-forwards
@@ -68,14 +68,19 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node._privacy import patient_key, uid_digest
-from dicom_node.dimse import ERROR_COMMENT_MAX_CHARS, StoreStatus
+from dicom_node.dicom.dimse import ERROR_COMMENT_MAX_CHARS, StoreStatus
+from dicom_node.dicom.files import raw_text
+from dicom_node.dicom.guarded_server import GuardedAssociationServer
+from dicom_node.dicom.image_check import (
+    check_image,
+    inflated_size_within,
+    is_deflated,
+    is_model_image,
+)
 from dicom_node.errors import DiskFullError, ServiceError, SpoolError
-from dicom_node.guarded_server import GuardedAssociationServer
-from dicom_node.image_check import check_image, inflated_size_within, is_deflated, is_model_image
-from dicom_node.raw_values import raw_text
 from dicom_node.settings import NodeSettings
-from dicom_node.spool import Spool
 from dicom_node.store import Database, InstanceRecord
+from dicom_node.store.spool import Spool
 from sr_templates import (
     ADDENDUM_SERIES_DESCRIPTION,
     AMENDED_SERIES_DESCRIPTION,
@@ -151,7 +156,7 @@ def _status(status: StoreStatus, comment: str | None = None) -> Dataset:
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
-    """An attribute's raw text (:func:`~dicom_node.raw_values.raw_text`).
+    """An attribute's raw text (:func:`~dicom_node.dicom.files.raw_text`).
 
     The node validates the UIDs itself (:func:`_check_identity`) and only compares or stores
     the other values as text.
@@ -464,7 +469,7 @@ def handle_store(
     Returns
     -------
     pydicom.dataset.Dataset
-        The response status (a :class:`~dicom_node.dimse.StoreStatus`), with an Error
+        The response status (a :class:`~dicom_node.dicom.dimse.StoreStatus`), with an Error
         Comment on failures. The handler never raises.
     """
     try:
@@ -526,7 +531,7 @@ class StoreSCP:
     calling_aes
         Allowed calling AE titles; empty = any (``calling_aes`` keys of the settings).
     ssl_context
-        Serve over TLS with this context (see :func:`dicom_node.tls.server_context`).
+        Serve over TLS with this context (see :func:`dicom_node.dicom.tls.server_context`).
     """
 
     def __init__(

@@ -4,7 +4,7 @@
 and makes the model ready in the background (:class:`ModelWarmup`): on a first run it builds
 the demo model in a child process (``dicom_node model build-demo --resume``, progress read
 from the build's ``progress.json``), then loads the bundle and self-tests it
-(:func:`dicom_node.model_cache.get_model`). Meanwhile studies are received and queued; the
+(:func:`dicom_node.models.model_cache.get_model`). Meanwhile studies are received and queued; the
 dispatcher hands draft jobs to the worker only once the model is ready
 (:attr:`ModelReadiness.ready`), and a job that reaches a worker of this process earlier waits
 (:func:`require_ready` raises a transient error, the job stays ``queued``).

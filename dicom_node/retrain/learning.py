@@ -48,7 +48,7 @@ from sqlalchemy import select
 
 from dicom_node._privacy import uid_digest
 from dicom_node.errors import NodeError
-from dicom_node.reports import findings_from_json
+from dicom_node.pipeline.reports import findings_from_json
 from dicom_node.store import (
     Database,
     DialogMessage,

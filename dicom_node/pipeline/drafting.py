@@ -1,21 +1,21 @@
 """The report job: from an assembled study to a draft SR in the outbox.
 
-:func:`draft_job` runs one job row (see :mod:`dicom_node.assembly`):
+:func:`draft_job` runs one job row (see :mod:`dicom_node.pipeline.assembly`):
 
 1. **Claim** the row: ``queued`` -> ``running`` in one conditional UPDATE, so two workers
    given the same job (a redelivered message) never both run it. While the job runs its
    worker refreshes the row's ``updated_at`` (:func:`touch_job`, a
-   :class:`~dicom_node.heartbeat.Heartbeat`); a ``running`` row not refreshed for
+   :class:`~dicom_node.ops.heartbeat.Heartbeat`); a ``running`` row not refreshed for
    ``worker.stale_job_s`` belongs to a worker that died and is claimable again.
 2. **Skip** it (``superseded``) when a newer job of the same study exists: instances arrived
    after it, and the newer job drafts from all of them.
 3. **Read** the job's instances from the spool: every image the job covers is referenced
    by the SR; the frontal CR/DX images go to the model.
-4. **Match** the RIS worklist (:func:`~dicom_node.worklist.resolve_worklist`): the
+4. **Match** the RIS worklist (:func:`~dicom_node.dicom.worklist.resolve_worklist`): the
    indication goes into the prompt and the SR, the order into its Referenced Request
    Sequence.
 5. **Draft** the report with the model, then **build** the TID 2000 draft SR, keep it as
-   the study's next report version (:mod:`dicom_node.reports`) and put it in the outbox for
+   the study's next report version (:mod:`dicom_node.pipeline.reports`) and put it in the outbox for
    the PACS destinations of the AE that sent the study.
 6. Mark the job ``done``.
 
@@ -47,8 +47,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node._privacy import describe_exception, scrub_text, uid_digest
-from dicom_node.assembly import REPORTABLE_MODALITIES
-from dicom_node.delivery import enqueue_sr
+from dicom_node.dicom.worklist import resolve_worklist
 from dicom_node.errors import (
     NOT_DRAFTED_PREFIX,
     JobError,
@@ -57,12 +56,13 @@ from dicom_node.errors import (
     StaleVersionError,
     TransientJobError,
 )
-from dicom_node.finding_codes import code_findings
-from dicom_node.local_study import FRONTAL_VIEWS
-from dicom_node.reports import FindingRecord, latest_version, store_report_version
+from dicom_node.pipeline.assembly import REPORTABLE_MODALITIES
+from dicom_node.pipeline.delivery import enqueue_sr
+from dicom_node.pipeline.finding_codes import code_findings
+from dicom_node.pipeline.local_study import FRONTAL_VIEWS
+from dicom_node.pipeline.reports import FindingRecord, latest_version, store_report_version
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Instance, Job, JobState, ReportKind, ReportVersion, Study
-from dicom_node.worklist import resolve_worklist
 from sr_templates import AlgorithmInfo, Finding, Presence, Report, SRError, build_draft_sr
 
 if TYPE_CHECKING:
@@ -350,7 +350,7 @@ def draft_job(
     db
         The node's database.
     model
-        The loaded model (:func:`dicom_node.model_cache.get_model`).
+        The loaded model (:func:`dicom_node.models.model_cache.get_model`).
     job_id
         The ``jobs`` row to run.
     now
@@ -418,7 +418,7 @@ def _run(
     existing = _existing_version(db, job.id)
     if existing is not None:
         # A retry after a crash: the draft exists; make sure it is in the outbox.
-        from dicom_node.reports import read_report_sr
+        from dicom_node.pipeline.reports import read_report_sr
 
         sr = read_report_sr(settings.storage.reports_dir, existing)
         ids = enqueue_sr(db, settings.storage.outbox_dir, sr, destinations, job_id=job.id)

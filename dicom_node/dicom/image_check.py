@@ -45,7 +45,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     DigitalXRayImageStorageForProcessing,
 )
 
-from dicom_node.raw_values import raw_text
+from dicom_node.dicom.files import raw_text
 
 #: Storage SOP classes whose images go to the model (a Secondary Capture never does, even
 #: labelled CR: it is a screenshot, not a radiograph).

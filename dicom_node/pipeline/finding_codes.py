@@ -30,7 +30,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 from dicom_node.errors import NodeError
-from dicom_node.reports import FindingRecord, FindingSource
+from dicom_node.pipeline.reports import FindingRecord, FindingSource
 from report_language.labels import CHEXPERT_LABELS, COMPATIBLE_WITH_NO_FINDING, NO_FINDING
 from sr_templates import Presence
 

@@ -28,10 +28,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from dicom_node._privacy import uid_digest
-from dicom_node.delivery import encode_dicom_file
 from dicom_node.errors import ReportStoreError, SpoolError, StaleVersionError
-from dicom_node.spool import Spool
+from dicom_node.pipeline.delivery import encode_dicom_file
 from dicom_node.store import Database, ReportKind, ReportVersion, Study
+from dicom_node.store.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,10 @@ REPORT_SUFFIX = ".dcm"
 
 
 class FindingSource(StrEnum):
-    """Where a version's code for a finding comes from (see :mod:`dicom_node.finding_codes`)."""
+    """Where a version's code for a finding comes from.
+
+    See :mod:`dicom_node.pipeline.finding_codes`.
+    """
 
     #: The version's text, read by the labeler.
     TEXT = "text"

@@ -65,12 +65,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node._privacy import patient_key, uid_digest
-from dicom_node.dimse import FIND_PENDING_STATUSES, FindStatus
+from dicom_node.dicom.dimse import FIND_PENDING_STATUSES, FindStatus
+from dicom_node.dicom.files import raw_text
+from dicom_node.dicom.tls import client_context
 from dicom_node.errors import NodeError, RisUnavailableError, WorklistError, WorklistQueryError
-from dicom_node.raw_values import raw_text
 from dicom_node.settings import RisSettings, Settings
 from dicom_node.store import Database, IndicationSource, Study, WorklistEntry
-from dicom_node.tls import client_context
 from sr_templates import WorklistInfo
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node import metrics
 from dicom_node.errors import NOT_DRAFTED_PREFIX
+from dicom_node.ops import metrics
 from dicom_node.store import Database, Job, JobState
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def create_ops_app(
     checks
         Named health checks (see :data:`HealthCheck`).
     model_status
-        The model's state (:meth:`~dicom_node.model_readiness.ModelStatus.to_json`), shown
+        The model's state (:meth:`~dicom_node.models.readiness.ModelStatus.to_json`), shown
         as ``"model"``; a ``building`` or ``loading`` phase makes a healthy answer
         ``"starting"``.
     """
