@@ -90,7 +90,8 @@ from dicom_node.api.errors import (
 )
 from dicom_node.errors import NodeError, StaleVersionError
 from dicom_node.models.model_cache import get_model
-from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items, enqueue_sr
+from dicom_node.pipeline.assembly import model_images
+from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items
 from dicom_node.pipeline.finding_codes import (
     FindingChoiceError,
     code_findings,
@@ -98,6 +99,7 @@ from dicom_node.pipeline.finding_codes import (
     disagreements,
     disagrees,
 )
+from dicom_node.pipeline.local_study import FRONTAL_VIEWS
 from dicom_node.pipeline.reports import (
     FindingRecord,
     FindingSource,
@@ -105,7 +107,7 @@ from dicom_node.pipeline.reports import (
     findings_to_json,
     latest_version,
     read_report_sr,
-    store_report_version,
+    store_and_enqueue,
     version_history,
 )
 from dicom_node.settings import Settings
@@ -176,8 +178,6 @@ MODEL_THREADS = 4
 SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 #: Modalities of non-image instances.
 NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "DOC", "OT"})
-#: View positions put first, so their tokens enter the prompt.
-FRONTAL_VIEWS = ("PA", "AP")
 #: Longest audit detail stored.
 AUDIT_DETAIL_CHARS = 300
 #: Versions that are signed: their SR is VERIFIED and never changes; an addendum follows.
@@ -894,10 +894,11 @@ class DialogService:
             base = next((v for v in history_rows if v.version == turn.based_on_version), None)
             if base is None:
                 raise NoReportError(f"report version {turn.based_on_version} is gone")
-            images = self._image_instances(turn.study_id)
+            # The images the draft job gives the model, by the same rule.
+            images = model_images(self._image_instances(turn.study_id))
             paths = [self.settings.storage.spool_dir / row.path for row in images]
             if not paths:
-                raise ConflictError("the study's images are not in the spool")
+                raise ConflictError("the study has no frontal CR/DX chest image in the spool")
             history = self._history(turn.study_id, turn.based_on_version)
             context = report_context(base.findings_text, base.impression_text, turn.kind)
             model = self._model()
@@ -1335,11 +1336,14 @@ class DialogService:
         records: Sequence[FindingRecord],
     ) -> VersionResult:
         """Keep `sr` as the version after `latest`, then queue it for the PACS."""
+        destinations = self._destinations(study.id)
         try:
-            row = store_report_version(
+            row, outbox_ids = store_and_enqueue(
                 self.db,
                 self.settings.storage.reports_dir,
+                self.settings.storage.outbox_dir,
                 sr,
+                destinations,
                 kind=kind,
                 findings_text=findings_text,
                 impression_text=impression_text,
@@ -1355,8 +1359,6 @@ class DialogService:
                 f"version {latest.version} is no longer the latest (now {exc.latest})",
                 exc.latest,
             ) from exc
-        destinations = self._destinations(study.id)
-        outbox_ids = enqueue_sr(self.db, self.settings.storage.outbox_dir, sr, destinations)
         if outbox_ids and not self._closed:
             self._delivery.submit(self._deliver, outbox_ids)
         return VersionResult(

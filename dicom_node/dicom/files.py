@@ -1,13 +1,19 @@
-"""Attribute values read straight from their bytes, without pydicom's value conversion.
+"""DICOM files and raw attribute values.
 
-pydicom validates as it converts and may put an invalid value into a warning; values of the
-patient must never reach a log. The SCP, its door checks and the worklist read the few
-attributes they need this way and compare or store them as text.
+:func:`encode_dicom_file` writes a dataset as a DICOM file (the spool, the outbox and the
+report versions keep files this way). :func:`raw_text` reads an attribute's value straight
+from its bytes, without pydicom's value conversion: pydicom validates as it converts and may
+put an invalid value into a warning, and values of the patient must never reach a log. The
+SCP, its door checks and the worklist read the few attributes they need this way.
 """
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset
+from io import BytesIO
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 
 def raw_text(ds: Dataset, keyword: str) -> str | None:
@@ -25,4 +31,27 @@ def raw_text(ds: Dataset, keyword: str) -> str | None:
     return text or None
 
 
-__all__ = ["raw_text"]
+def encode_dicom_file(dataset: Dataset) -> bytes:
+    """The dataset as a DICOM file (preamble, file meta, data set)."""
+    meta = FileMetaDataset()
+    existing = getattr(dataset, "file_meta", None)
+    if existing is not None:
+        meta.update(existing)
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    buffer = BytesIO()
+    original = getattr(dataset, "file_meta", None)
+    dataset.file_meta = meta
+    try:
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    finally:
+        if original is None:
+            del dataset.file_meta
+        else:
+            dataset.file_meta = original
+    return buffer.getvalue()
+
+
+__all__ = ["encode_dicom_file", "raw_text"]

@@ -52,7 +52,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -61,7 +60,6 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node._privacy import patient_key, uid_digest
@@ -457,9 +455,6 @@ def _status_name(code: int) -> str:
 
 
 # --------------------------------------------------------------------------- database
-def _insert(db: Database) -> Any:
-    return sqlite.insert if db.backend == "sqlite" else postgresql.insert
-
 
 def store_items(db: Database, items: Iterable[WorklistItem]) -> int:
     """Insert or update worklist entries (one row per accession number and Study UID).
@@ -494,7 +489,7 @@ def store_items(db: Database, items: Iterable[WorklistItem]) -> int:
         }
     if not rows:
         return 0
-    insert = _insert(db)
+    insert = db.insert
     updated = (
         "patient_key",
         "requested_procedure_id",

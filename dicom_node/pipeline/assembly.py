@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from dicom_node._privacy import uid_digest
+from dicom_node.dicom.files import raw_text
 from dicom_node.dicom.image_check import is_model_image
 from dicom_node.pipeline.local_study import FRONTAL_VIEWS
 from dicom_node.store import Database, Job, JobState, Study
@@ -37,6 +40,63 @@ logger = logging.getLogger(__name__)
 REPORTABLE_MODALITIES = frozenset({"CR", "DX"})
 #: Body Part Examined values of a chest image (an absent value counts as chest too).
 CHEST_BODY_PARTS = frozenset({"CHEST"})
+
+
+class ImageAttributes(Protocol):
+    """What the model-image rule reads of an instance (a row, or :class:`InstanceInfo`)."""
+
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def modality(self) -> str | None: ...
+    @property
+    def body_part(self) -> str | None: ...
+    @property
+    def view_position(self) -> str | None: ...
+
+
+_Image = TypeVar("_Image", bound=ImageAttributes)
+
+
+def sees_image(
+    sop_class_uid: str, modality: str | None, body_part: str | None, view_position: str | None
+) -> bool:
+    """The one rule for the images the model sees, for drafts and dialog turns alike.
+
+    A frontal chest radiograph: CR or DX image storage (never a Secondary Capture, whatever
+    its Modality), Modality CR or DX, Body Part Examined CHEST or absent, View Position PA or
+    AP. The model was trained and evaluated on frontal views; a lateral view goes into the
+    SR's evidence but not into the model.
+    """
+    return (
+        is_model_image(sop_class_uid)
+        and (modality or "").upper() in REPORTABLE_MODALITIES
+        and (not body_part or body_part.upper() in CHEST_BODY_PARTS)
+        and (view_position or "").upper() in FRONTAL_VIEWS
+    )
+
+
+def model_images(instances: Iterable[_Image]) -> list[_Image]:
+    """The instances the model sees (:func:`sees_image`), in their order."""
+    return [
+        item
+        for item in instances
+        if sees_image(item.sop_class_uid, item.modality, item.body_part, item.view_position)
+    ]
+
+
+def model_datasets(datasets: Iterable[Dataset]) -> list[Dataset]:
+    """The data sets the model sees (:func:`sees_image`), read from their raw values."""
+    return [
+        ds
+        for ds in datasets
+        if sees_image(
+            raw_text(ds, "SOPClassUID") or "",
+            raw_text(ds, "Modality"),
+            raw_text(ds, "BodyPartExamined"),
+            raw_text(ds, "ViewPosition"),
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -87,8 +147,9 @@ class Routing:
     reason
         Why not (empty when reportable).
     images
-        The chest CR/DX images the model reads, frontal views first (laterals and views
-        without a View Position follow as extra views); empty when not reportable.
+        The study's chest CR/DX images, frontal views first (laterals and views without a
+        View Position follow); the model reads the frontal ones (:func:`model_images`).
+        Empty when not reportable.
     """
 
     reportable: bool
@@ -142,7 +203,7 @@ def route_study(study: StudySnapshot) -> Routing:
     if not chest:
         parts = sorted({info.body_part or "" for info in xrays})
         return Routing(False, f"no chest image (body part {', '.join(parts)})")
-    if not any(info.view_position in FRONTAL_VIEWS for info in chest):
+    if not model_images(chest):
         views = sorted({info.view_position or "none" for info in chest})
         return Routing(False, f"no frontal (PA or AP) view (view position {', '.join(views)})")
     ordered = sorted(
@@ -347,6 +408,7 @@ __all__ = [
     "CHEST_BODY_PARTS",
     "REPORTABLE_MODALITIES",
     "AssemblyResult",
+    "ImageAttributes",
     "InstanceInfo",
     "Routing",
     "StudySnapshot",
@@ -354,5 +416,8 @@ __all__ = [
     "create_job",
     "find_stable_studies",
     "is_reportable",
+    "model_datasets",
+    "model_images",
     "route_study",
+    "sees_image",
 ]

@@ -51,20 +51,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from dicom_node._privacy import uid_digest
 from dicom_node.dicom.dimse import StatusCategory, StoreResponseStatus, classify_store_status
+from dicom_node.dicom.files import encode_dicom_file
 from dicom_node.dicom.tls import client_context
 from dicom_node.errors import NodeError, OutboxError, SpoolError
 from dicom_node.ops.heartbeat import Heartbeat, heartbeat_interval
@@ -184,32 +183,6 @@ def retry_delay(attempts: int, delivery: DeliverySettings) -> float:
     return float(min(delivery.retry_max_s, delivery.retry_base_s * 2.0**exponent))
 
 
-def _insert(db: Database) -> Any:
-    return sqlite.insert if db.backend == "sqlite" else postgresql.insert
-
-
-def encode_dicom_file(dataset: Dataset) -> bytes:
-    """The dataset as a DICOM file (preamble, file meta, data set)."""
-    meta = FileMetaDataset()
-    existing = getattr(dataset, "file_meta", None)
-    if existing is not None:
-        meta.update(existing)
-    if "TransferSyntaxUID" not in meta:
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    buffer = BytesIO()
-    original = getattr(dataset, "file_meta", None)
-    dataset.file_meta = meta
-    try:
-        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    finally:
-        if original is None:
-            del dataset.file_meta
-        else:
-            dataset.file_meta = original
-    return buffer.getvalue()
-
 
 def _required_uid(dataset: Dataset, keyword: str) -> str:
     value = str(dataset.get(keyword, "") or "").strip()
@@ -290,7 +263,7 @@ def enqueue_sr(
             Spool(outbox_dir).write(relative, encode_dicom_file(dataset))
         except SpoolError as exc:
             raise OutboxError(f"cannot write the SR to the outbox: {exc}") from exc
-        insert = _insert(db)
+        insert = db.insert
         with db.session() as session:
             for name in new:
                 session.execute(

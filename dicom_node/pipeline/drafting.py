@@ -56,11 +56,10 @@ from dicom_node.errors import (
     StaleVersionError,
     TransientJobError,
 )
-from dicom_node.pipeline.assembly import REPORTABLE_MODALITIES
+from dicom_node.pipeline.assembly import model_datasets
 from dicom_node.pipeline.delivery import enqueue_sr
 from dicom_node.pipeline.finding_codes import code_findings
-from dicom_node.pipeline.local_study import FRONTAL_VIEWS
-from dicom_node.pipeline.reports import FindingRecord, latest_version, store_report_version
+from dicom_node.pipeline.reports import FindingRecord, latest_version, store_and_enqueue
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Instance, Job, JobState, ReportKind, ReportVersion, Study
 from sr_templates import AlgorithmInfo, Finding, Presence, Report, SRError, build_draft_sr
@@ -193,12 +192,6 @@ def _load_job(db: Database, job_id: int) -> tuple[Job, Study]:
 
 
 # --------------------------------------------------------------------------- images
-def _is_frontal_image(ds: Dataset) -> bool:
-    modality = str(ds.get("Modality", "")).upper()
-    view = str(ds.get("ViewPosition", "")).upper()
-    return modality in REPORTABLE_MODALITIES and view in FRONTAL_VIEWS
-
-
 def load_job_images(db: Database, spool_dir: Path, job: Job) -> JobImages:
     """Read the image instances a job covers from the spool.
 
@@ -234,7 +227,7 @@ def load_job_images(db: Database, spool_dir: Path, job: Job) -> JobImages:
             ) from exc
         sources.append(ds)
         calling_ae = calling_ae or ae
-    frontal = [ds for ds in sources if _is_frontal_image(ds)]
+    frontal = model_datasets(sources)
     if not frontal:
         raise JobError(f"job {job.id} has no frontal CR/DX image to report on")
     return JobImages(sources=sources, frontal=frontal, calling_ae=calling_ae)
@@ -309,14 +302,17 @@ def _store_draft(
     records: Sequence[FindingRecord],
     job: Job,
     model: ChestXrayVLM,
-) -> ReportVersion:
+    destinations: Sequence[str],
+) -> tuple[ReportVersion, list[int]]:
     for attempt in range(STORE_ATTEMPTS):
         latest = latest_version(db, job.study_id)
         try:
-            return store_report_version(
+            return store_and_enqueue(
                 db,
                 settings.storage.reports_dir,
+                settings.storage.outbox_dir,
                 sr,
+                destinations,
                 kind=ReportKind.DRAFT,
                 findings_text=report.findings_text,
                 impression_text=report.impression_text,
@@ -467,8 +463,7 @@ def _run(
         instance_number=1 if latest is None else latest.version + 1,
         worklist=match.worklist_info() if match is not None else None,
     )
-    version = _store_draft(settings, db, sr, report, records, job, model)
-    ids = enqueue_sr(db, settings.storage.outbox_dir, sr, destinations, job_id=job.id)
+    version, ids = _store_draft(settings, db, sr, report, records, job, model, destinations)
     logger.info(
         "job %d: study %s drafted in %.1f s (%d image(s), %d frontal), report version %d, "
         "%d destination(s)",

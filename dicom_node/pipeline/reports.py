@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -28,8 +29,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from dicom_node._privacy import uid_digest
+from dicom_node.dicom.files import encode_dicom_file
 from dicom_node.errors import ReportStoreError, SpoolError, StaleVersionError
-from dicom_node.pipeline.delivery import encode_dicom_file
+from dicom_node.pipeline.delivery import enqueue_sr
 from dicom_node.store import Database, ReportKind, ReportVersion, Study
 from dicom_node.store.spool import Spool
 
@@ -270,6 +272,49 @@ def store_report_version(
     return row
 
 
+def store_and_enqueue(
+    db: Database,
+    reports_dir: Path,
+    outbox_dir: Path,
+    sr: Dataset,
+    destinations: Sequence[str],
+    **version: Any,
+) -> tuple[ReportVersion, list[int]]:
+    """Keep an SR as the next report version, then put it in the outbox for `destinations`.
+
+    The one order every new version follows, the draft job's and the dialog's alike: a
+    version that could not be stored is never sent, and a stored one is queued at once (a
+    crash in between is repaired by the draft job's retry, which queues a stored draft again).
+
+    Parameters
+    ----------
+    db, reports_dir, outbox_dir
+        The node's database, reports folder and outbox folder.
+    sr
+        The SR dataset.
+    destinations
+        Names of the PACS destinations (``[pacs.<name>]``) to send it to.
+    **version
+        Keyword arguments of :func:`store_report_version` (``kind``, texts, ``findings``,
+        ``based_on``, provenance); ``job_id`` also tags the outbox rows.
+
+    Returns
+    -------
+    tuple of ReportVersion and list of int
+        The stored row and the ids of its outbox rows.
+
+    Raises
+    ------
+    StaleVersionError, ReportStoreError
+        As :func:`store_report_version`; nothing is queued.
+    OutboxError
+        When the SR cannot be put in the outbox (the version stays stored).
+    """
+    row = store_report_version(db, reports_dir, sr, **version)
+    ids = enqueue_sr(db, outbox_dir, sr, destinations, job_id=version.get("job_id"))
+    return row, ids
+
+
 def _latest_number(db: Database, study_id: int) -> int | None:
     with db.session() as session:
         value = session.scalar(
@@ -295,6 +340,7 @@ __all__ = [
     "latest_version",
     "read_report_sr",
     "report_path",
+    "store_and_enqueue",
     "store_report_version",
     "version_history",
 ]

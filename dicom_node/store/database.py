@@ -166,6 +166,11 @@ def _parse_url(url: str) -> URL:
     return parsed
 
 
+def dialect_insert(backend: str) -> Any:
+    """The ``insert`` construct of a backend (``"sqlite"`` or ``"postgresql"``), for upserts."""
+    return sqlite.insert if backend == "sqlite" else postgresql.insert
+
+
 class Database:
     """The node's database: an engine, a session factory and the instance ledger.
 
@@ -221,6 +226,12 @@ class Database:
     def backend(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self._url.get_backend_name()
+
+    @property
+    def insert(self) -> Any:
+        """The backend's own ``insert`` construct (``sqlite.insert`` or ``postgresql.insert``),
+        whose ``on_conflict_do_nothing``/``on_conflict_do_update`` make upserts."""
+        return dialect_insert(self.backend)
 
     @property
     def safe_url(self) -> str:
@@ -417,7 +428,7 @@ class _LedgerStatements:
     @classmethod
     def build(cls, backend: str) -> _LedgerStatements:
         """The statements for ``"sqlite"`` or ``"postgresql"`` (their upsert dialects)."""
-        insert = sqlite.insert if backend == "sqlite" else postgresql.insert
+        insert = dialect_insert(backend)
         received_at = bindparam("p_received_at", type_=_STUDIES.c.last_received_at.type)
         return cls(
             find_instance=select(_INSTANCES.c.id).where(

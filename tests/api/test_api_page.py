@@ -31,6 +31,8 @@ SCREENSHOT_ENV = "READER_PAGE_SCREENSHOT"
 TIMEOUT_MS = 30_000
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
+# Assertions wait as long as actions do (the default 5 s is short on a loaded 2-core machine).
+sync_api.expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +282,9 @@ def test_codes_follow_the_reader_into_the_pacs_and_stale_proposals_are_refused(
             sync_api.expect(effusion.locator("select")).to_have_value("absent")
             sync_api.expect(effusion).to_contain_text("you")
 
-            # A presence set by hand: saved at once as version 3.
+            # A presence set by hand: saved at once as version 3 (once the accept's reloads
+            # are done: a change made while a request runs is refused and shown undone).
+            page.wait_for_function("() => !document.body.classList.contains('busy')")
             fracture = page.locator('#findings tr[data-label="Fracture"] select')
             fracture.select_option("uncertain")
             sync_api.expect(page.locator("#report-version")).to_have_text("3")

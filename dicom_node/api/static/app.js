@@ -293,6 +293,12 @@ function findingRow(finding, locked) {
 
 // A presence chosen by hand is saved at once, as the next version (the reader's choice).
 function setPresence(label, presence) {
+  if (state.busy) {
+    // Not saved: show the stored code again rather than a choice that was not made.
+    setStatus("Please wait for the current request to finish.", true);
+    renderStudy();
+    return undefined;
+  }
   return guarded(async () => {
     const current = state.detail.current;
     const response = await api(studyPath("/report"), {
