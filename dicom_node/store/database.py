@@ -29,7 +29,9 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -39,15 +41,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from dicom_node._privacy import uid_digest
-from dicom_node.errors import DatabaseError
+from dicom_node.errors import DatabaseError, NodeError
 from dicom_node.store.models import Base, Instance, Study
-from dicom_node.store.upgrade import widen_state_checks
 
 logger = logging.getLogger(__name__)
 
 _STUDIES = cast(Table, Study.__table__)
 _INSTANCES = cast(Table, Instance.__table__)
 
+#: Alembic's script location of the node's migrations.
+MIGRATIONS = "dicom_node.store:migrations"
+#: The revision that is the schema releases before migrations created.
+LEGACY_REVISION = "0001"
+#: Key of the PostgreSQL advisory lock held while migrating.
+_MIGRATION_LOCK = 0x44_4E_4D_47  # "DNMG"
 #: SQLAlchemy backends the node supports.
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 #: Milliseconds a SQLite connection waits for another writer before giving up.
@@ -242,20 +249,45 @@ class Database:
         return f"Database({self.safe_url!r})"
 
     def create_all(self) -> None:
-        """Create the tables that do not exist yet, and let existing ones accept this release's
-        state values (:func:`~dicom_node.store.upgrade.widen_state_checks`).
+        """Create the schema, or upgrade an existing one, to this release (Alembic ``head``).
+
+        A database made by a release before migrations (tables, no ``alembic_version``) is
+        first stamped with revision ``0001``, the schema those releases created. On
+        PostgreSQL a transaction-level advisory lock keeps two processes starting at once
+        (``serve`` and a worker) from migrating together.
 
         Raises
         ------
         DatabaseError
-            When the database cannot be reached or written.
+            When the database cannot be reached or written, or a migration fails.
         """
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", MIGRATIONS)
         try:
-            Base.metadata.create_all(self._engine)
-            # Tables of an earlier release: their state constraints learn the new values.
-            widen_state_checks(self._engine)
-        except SQLAlchemyError as exc:
-            raise DatabaseError(f"cannot create the tables in {self.safe_url}: {exc}") from exc
+            with self._engine.begin() as connection:
+                if self.backend == "postgresql":
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                    )
+                tables = set(inspect(connection).get_table_names())
+                config.attributes["connection"] = connection
+                if "studies" in tables and "alembic_version" not in tables:
+                    command.stamp(config, LEGACY_REVISION)
+                    logger.info("database of an earlier release: stamped %s", LEGACY_REVISION)
+                command.upgrade(config, "head")
+        except (SQLAlchemyError, NodeError) as exc:
+            raise DatabaseError(f"cannot create or upgrade the tables in {self.safe_url}: "
+                                f"{exc}") from exc
+
+    def drop_all(self) -> None:
+        """Drop every table of the node, Alembic's version table included (throwaway test
+        databases; the next :meth:`create_all` starts from nothing)."""
+        Base.metadata.drop_all(self._engine)
+        with self._engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -4,8 +4,8 @@ State columns (job states, report kinds, message kinds, ...) are VARCHARs with a
 constraint listing the allowed values (:func:`dicom_node.store.models._state_column`), so a
 release that adds a value, such as the ``addendum`` report kind, needs no type migration, but
 a database created by an earlier release still refuses the new value.
-``Base.metadata.create_all`` leaves existing tables as they are, so :func:`widen_state_checks`
-rewrites each such constraint that lacks a value. Values are only ever added: every row
+An Alembic revision that adds a value calls :func:`widen_state_checks`, which rewrites each
+such constraint that lacks a value. Values are only ever added: every row
 already stored satisfies the widened constraint.
 
 * PostgreSQL: ``ALTER TABLE ... DROP CONSTRAINT``, ``ADD CONSTRAINT`` in one transaction.
@@ -21,7 +21,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, Enum, text
+from sqlalchemy import Connection, Enum, text
 
 from dicom_node.errors import DatabaseError
 from dicom_node.store.models import Base
@@ -109,13 +109,16 @@ def _postgresql_upgrade(connection: Connection, check: StateCheck) -> bool:
     return True
 
 
-def widen_state_checks(engine: Engine) -> list[str]:
+def widen_state_checks(connection: Connection) -> list[str]:
     """Add the values this release knows to each state column's CHECK constraint.
+
+    Run by the Alembic revision that adds a state value (``0002_report_addenda``), inside
+    its transaction.
 
     Parameters
     ----------
-    engine
-        The node's database engine (SQLite or PostgreSQL).
+    connection
+        A connection to the node's database (SQLite or PostgreSQL), in a transaction.
 
     Returns
     -------
@@ -127,19 +130,17 @@ def widen_state_checks(engine: Engine) -> list[str]:
     DatabaseError
         When SQLite's integrity check fails after the change.
     """
-    widened = []
-    backend = engine.dialect.name
-    with engine.begin() as connection:
-        for check in declared_checks():
-            upgrade = _sqlite_upgrade if backend == "sqlite" else _postgresql_upgrade
-            if upgrade(connection, check):
-                widened.append(f"{check.table}.{check.column}")
+    backend = connection.dialect.name
+    upgrade = _sqlite_upgrade if backend == "sqlite" else _postgresql_upgrade
+    widened = [
+        f"{check.table}.{check.column}" for check in declared_checks() if upgrade(connection, check)
+    ]
     if widened and backend == "sqlite":
-        with engine.connect() as connection:
-            result = connection.execute(text("PRAGMA integrity_check")).scalar()
+        result = connection.execute(text("PRAGMA integrity_check")).scalar()
         if result != "ok":
-            raise DatabaseError(f"the database failed its integrity check after an upgrade: "
-                                f"{result}")
+            raise DatabaseError(
+                f"the database failed its integrity check after an upgrade: {result}"
+            )
     for name in widened:
         logger.info("database upgraded: %s accepts this release's values", name)
     return widened

@@ -29,7 +29,7 @@ from support.peers import build_bind_shim
 
 from dicom_node.api import ApiServer, DialogService, create_app
 from dicom_node.settings import Settings
-from dicom_node.store import Base, Database
+from dicom_node.store import Database
 
 
 @contextmanager
@@ -40,7 +40,7 @@ def _api_under_test(
     settings = api_settings(folder, bundle, **sections)
     db = Database(settings.database_url)
     if database_url is not None:
-        Base.metadata.drop_all(db.engine)
+        db.drop_all()
     db.create_all()
     service = DialogService(settings, db, lambda: model)
     try:

@@ -29,7 +29,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from support.peers import build_bind_shim, find_dcmtk
 
 from dicom_node.dicom.scp import StoreSCP
-from dicom_node.store import Base, Database
+from dicom_node.store import Database
 from dicom_node.store.spool import Spool
 
 
@@ -196,7 +196,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         db = Database(f"sqlite:///{tmp_path / 'node.db'}")
     else:
         db = Database(request.getfixturevalue("postgres_url"))
-        Base.metadata.drop_all(db.engine)
+        db.drop_all()
     db.create_all()
     try:
         yield db

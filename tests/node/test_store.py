@@ -92,54 +92,6 @@ def test_create_all_is_idempotent_and_sqlite_runs_in_wal_mode(database: Database
             assert connection.execute(text("PRAGMA synchronous")).scalar_one() == 2
 
 
-def _narrow_report_kinds(database: Database) -> None:
-    """Make the report_versions table what an earlier release created: no addendum kind."""
-    with database.engine.begin() as connection:
-        if database.backend == "postgresql":
-            connection.execute(text(
-                "ALTER TABLE report_versions DROP CONSTRAINT reportkind, ADD CONSTRAINT "
-                "reportkind CHECK (kind IN ('draft', 'amendment', 'edit', 'signoff'))"))
-            return
-        sql = connection.execute(text(
-            "SELECT sql FROM sqlite_master WHERE name = 'report_versions'")).scalar_one()
-        version = connection.execute(text("PRAGMA schema_version")).scalar_one()
-        connection.execute(text("PRAGMA writable_schema = ON"))
-        connection.execute(text("UPDATE sqlite_master SET sql = :sql WHERE name = "
-                                "'report_versions'"), {"sql": sql.replace(", 'addendum'", "")})
-        connection.execute(text(f"PRAGMA schema_version = {version + 1}"))
-        connection.execute(text("PRAGMA writable_schema = OFF"))
-
-
-def test_a_database_of_an_earlier_release_learns_the_new_report_kind(
-    database: Database,
-) -> None:
-    from dicom_node.store import ReportKind, ReportVersion
-
-    database.record_instance(record("1.2.3.1"))
-    with database.session() as session:
-        study_id = session.scalars(select(Study.id)).one()
-
-    def add(version: int, kind: ReportKind) -> None:
-        with database.session() as session:
-            session.add(ReportVersion(
-                study_id=study_id, version=version, kind=kind,
-                sr_sop_instance_uid=f"1.2.9.{version}", sr_path=f"{version}.dcm",
-                findings_text="f", impression_text="i", findings_json="[]", created_at=T0))
-
-    add(1, ReportKind.SIGNOFF)
-    _narrow_report_kinds(database)
-    with pytest.raises(Exception, match="(?i)check|constraint"):
-        add(2, ReportKind.ADDENDUM)
-    database.create_all()  # what every start of the node does
-    add(2, ReportKind.ADDENDUM)
-    with database.session() as session:
-        kinds = session.execute(text("SELECT kind FROM report_versions ORDER BY version"))
-        assert [row[0] for row in kinds] == ["signoff", "addendum"]
-    from dicom_node.store.upgrade import widen_state_checks
-
-    assert widen_state_checks(database.engine) == []  # nothing left to widen
-
-
 def test_unsupported_database_urls_are_refused() -> None:
     with pytest.raises(DatabaseError, match="not supported"):
         Database("mysql://user@host/db")

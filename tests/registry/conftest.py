@@ -47,11 +47,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'node.db'}"
     url: str = request.getfixturevalue("postgres_url")
-    from dicom_node.store import Base, Database
+    from dicom_node.store import Database
 
     db = Database(url)
     try:
-        Base.metadata.drop_all(db.engine)
+        db.drop_all()
     finally:
         db.dispose()
     return url

@@ -1,0 +1,1 @@
+"""Revisions of the node's database schema, oldest first."""
