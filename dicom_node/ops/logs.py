@@ -12,11 +12,12 @@ two ERROR lines about the same refused connection are dropped
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
+
+import pythonjsonlogger.json
 
 from dicom_node._privacy import describe_exception, scrub_text
 
@@ -24,32 +25,35 @@ from dicom_node._privacy import describe_exception, scrub_text
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Loggers that may print identifiers at INFO/DEBUG; kept at WARNING.
 QUIET_LOGGERS = ("pynetdicom",)
-#: Record attributes that are not user-supplied ``extra`` fields.
-_STANDARD_ATTRIBUTES = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
-) | {"message", "asctime", "taskName"}
+#: Fields of each JSON line, renamed from the LogRecord attributes they come from.
+JSON_FIELDS = {"levelname": "level", "name": "logger", "threadName": "thread",
+               "exc_info": "exception"}
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, thread, extra fields."""
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """One JSON object per record (python-json-logger): ``time`` (UTC, ISO 8601, ms),
+    ``level``, ``logger``, ``message``, ``thread``, ``extra`` fields and ``exception``."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Render the record as a JSON line."""
-        payload: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "thread": record.threadName,
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
-                payload[key] = value if isinstance(value, int | float | bool | str) else str(value)
-        if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            payload["exception"] = record.exc_text
-        return json.dumps(payload, ensure_ascii=False)
+    def __init__(self) -> None:
+        super().__init__(
+            "{message}{levelname}{name}{threadName}",
+            style="{",
+            rename_fields=JSON_FIELDS,
+            json_ensure_ascii=False,
+            json_default=str,
+        )
+
+    def add_fields(
+        self,
+        log_data: dict[str, Any],
+        record: logging.LogRecord,
+        message_dict: dict[str, Any],
+    ) -> None:
+        """Add the fields, and the record's time in UTC with milliseconds first."""
+        log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        super().add_fields(log_data, record, message_dict)
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

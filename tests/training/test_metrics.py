@@ -26,7 +26,7 @@ from training.evaluation import (
     rouge_l_scores,
     tokenize,
 )
-from training.evaluation.metrics import _greedy_match, _idf_table, _lcs_length
+from training.evaluation.metrics import _greedy_match, _idf_table
 
 # --------------------------------------------------------------------------------------------
 # Clinical efficacy.
@@ -128,7 +128,7 @@ def test_bleu_orders_by_hand() -> None:
     assert scores["bleu1"] == pytest.approx(0.75)
     assert scores["bleu2"] == pytest.approx(math.sqrt(0.75 * 2 / 3))
     assert scores["bleu3"] == pytest.approx((0.75 * 2 / 3 * 0.5) ** (1 / 3))
-    assert scores["bleu4"] == 0.0
+    assert scores["bleu4"] == pytest.approx(0.0, abs=1e-70)  # no 4-gram match (nltk: ~0)
 
 
 def test_bleu_is_corpus_level() -> None:
@@ -150,9 +150,12 @@ def test_bleu_matches_nltk_corpus_bleu() -> None:
         assert ours[f"bleu{n}"] == pytest.approx(theirs)
 
 
-def test_lcs_by_hand() -> None:
-    assert _lcs_length(list("abcbdab"), list("bdcaba")) == 4
-    assert _lcs_length([], ["a"]) == 0
+def test_rouge_l_uses_the_longest_common_subsequence() -> None:
+    # LCS("a b c b d a b", "b d c a b a") = 4 (e.g. "b c b a"): P = 4/7, R = 4/6.
+    p, r = 4 / 7, 4 / 6
+    assert rouge_l(["a b c b d a b"], ["b d c a b a"], beta=1.0) == pytest.approx(
+        2 * p * r / (p + r))
+    assert rouge_l_scores([""], ["a"]) == [0.0]
 
 
 def test_rouge_l_by_hand() -> None:

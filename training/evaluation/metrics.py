@@ -24,7 +24,6 @@ import logging
 import math
 import re
 import warnings
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -267,17 +266,15 @@ def tokenize(text: str) -> list[str]:
 
 
 def bleu_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
-    """Corpus-level BLEU-1 to BLEU-4 (Papineni et al. 2002).
+    """Corpus-level BLEU-1 to BLEU-4 (Papineni et al. 2002), by nltk's ``corpus_bleu``.
 
-    For each order ``n``, hypothesis n-gram counts are clipped by the reference counts and
-    summed over the corpus: ``p_n = matches_n / hypothesis_ngrams_n``. With ``c`` and ``r``
-    the summed hypothesis and reference lengths, the brevity penalty is
-    ``BP = 1`` if ``c > r`` else ``exp(1 - r / c)``. BLEU-n is
-    ``BP * exp(mean(log p_1 .. log p_n))``, and exactly 0 when some ``p_k`` (k <= n) is 0
-    (no smoothing). One reference per hypothesis. This equals nltk's ``corpus_bleu`` with
-    equal weights, except that nltk returns a tiny positive number instead of 0 when a
-    higher order has no match, and counts at least one n-gram for a hypothesis shorter than
-    ``n`` words (the paper and the COCO caption evaluation count none).
+    Hypothesis n-gram counts are clipped by the reference counts and summed over the corpus;
+    the brevity penalty uses the summed lengths; BLEU-n is the geometric mean of the first n
+    precisions times the penalty, with equal weights and no smoothing. One reference per
+    hypothesis, tokenized by :func:`tokenize`. Two differences from the paper and the COCO
+    caption evaluation, both nltk's: a corpus with no match of some order k <= n scores a
+    number below 1e-70 for BLEU-n instead of exactly 0 (nltk's warning about it is silenced),
+    and a hypothesis shorter than n words counts one n-gram instead of none.
 
     Parameters
     ----------
@@ -298,34 +295,22 @@ def bleu_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
 
     Examples
     --------
-    >>> bleu_scores(["the the the"], ["the heart"])["bleu1"]  # clipped: 1 match of 3
-    0.3333333333333333
+    >>> round(bleu_scores(["the the the"], ["the heart"])["bleu1"], 4)  # clipped: 1 of 3
+    0.3333
     """
     _check_paired(hyps, refs, "hyps", "refs")
-    max_order = 4
-    matches = [0] * max_order
-    totals = [0] * max_order
-    hyp_len = ref_len = 0
-    for hyp, ref in zip(hyps, refs, strict=True):
-        h, r = tokenize(hyp), tokenize(ref)
-        hyp_len += len(h)
-        ref_len += len(r)
-        for n in range(1, max_order + 1):
-            hyp_counts = Counter(tuple(h[i:i + n]) for i in range(len(h) - n + 1))
-            ref_counts = Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
-            matches[n - 1] += sum(min(c, ref_counts[g]) for g, c in hyp_counts.items())
-            totals[n - 1] += max(len(h) - n + 1, 0)
-    if hyp_len == 0:
-        brevity = 0.0
-    else:
-        brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    bleu = _import_nltk("nltk.translate.bleu_score")
+    hypotheses = [tokenize(hyp) for hyp in hyps]
+    references = [[tokenize(ref)] for ref in refs]
+    if not any(hypotheses):
+        return {f"bleu{n}": 0.0 for n in range(1, 5)}
     scores = {}
-    for n in range(1, max_order + 1):
-        if any(m == 0 for m in matches[:n]):
-            scores[f"bleu{n}"] = 0.0
-            continue
-        log_mean = sum(math.log(matches[k] / totals[k]) for k in range(n)) / n
-        scores[f"bleu{n}"] = brevity * math.exp(log_mean)
+    with warnings.catch_warnings():
+        # nltk warns that a corpus without an n-gram match scores 0; that is the score.
+        warnings.simplefilter("ignore", UserWarning)
+        for n in range(1, 5):
+            weights = tuple([1.0 / n] * n)
+            scores[f"bleu{n}"] = float(bleu.corpus_bleu(references, hypotheses, weights=weights))
     return scores
 
 
@@ -360,14 +345,18 @@ def rouge_l_scores(hyps: Sequence[str], refs: Sequence[str], *, beta: float = 1.
     _check_paired(hyps, refs, "hyps", "refs")
     if not beta > 0:
         raise ValueError(f"beta must be positive, got {beta!r}")
+    from rouge_score import rouge_scorer
+
+    # rouge-score's LCS precision and recall, on this module's tokens; the F-measure with
+    # COCO's beta (rouge-score's own F is beta = 1).
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokenizer())
     scores = []
     for hyp, ref in zip(hyps, refs, strict=True):
-        h, r = tokenize(hyp), tokenize(ref)
-        lcs = _lcs_length(h, r)
-        if lcs == 0:
+        score = scorer.score(ref, hyp)["rougeL"]
+        precision, recall = score.precision, score.recall
+        if precision == 0 or recall == 0:
             scores.append(0.0)
             continue
-        precision, recall = lcs / len(h), lcs / len(r)
         scores.append((1 + beta**2) * precision * recall / (recall + beta**2 * precision))
     return scores
 
@@ -674,12 +663,12 @@ def bootstrap_ci(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of a metric over studies.
+    """Percentile bootstrap interval of a metric over studies (``scipy.stats.bootstrap``).
 
     Each resample draws ``n`` study indices with replacement (``n`` = number of studies),
     applies them to every list alike (so pairs stay together) and calls ``metric_fn`` on the
     resampled lists. The interval is the ``alpha / 2`` and ``1 - alpha / 2`` percentiles of
-    the resampled values (linear interpolation). For a metric that is a mean of per-study
+    the resampled values. For a metric that is a mean of per-study
     scores (ROUGE-L, METEOR, BERTScore), pass the per-study scores and a mean
     (``bootstrap_ci(statistics.fmean, scores)``) rather than recomputing the metric.
 
@@ -726,13 +715,22 @@ def bootstrap_ci(
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_resamples, dtype=float)
-    for k in range(n_resamples):
-        idx = rng.integers(0, n, size=n)
-        values[k] = float(metric_fn(*([seq[i] for i in idx] for seq in paired_lists)))
-    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(low), float(high)
+    from scipy.stats import bootstrap
+
+    def statistic(indices: np.ndarray) -> float:
+        chosen = indices.astype(int)
+        return float(metric_fn(*([seq[i] for i in chosen] for seq in paired_lists)))
+
+    # Resampling study indices keeps every list's entries of one study together.
+    with warnings.catch_warnings():
+        # A constant metric has a degenerate distribution; its interval is that constant.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = bootstrap(
+            (np.arange(n),), statistic, n_resamples=n_resamples, vectorized=False,
+            confidence_level=1 - alpha, method="percentile", rng=np.random.default_rng(seed),
+        )
+    interval = result.confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,18 +753,6 @@ def _check_paired(a: Sequence[Any], b: Sequence[Any], name_a: str, name_b: str) 
         raise ValueError(f"{name_a} has {len(a)} entries but {name_b} has {len(b)}")
     if len(a) == 0:
         raise ValueError(f"{name_a} and {name_b} are empty")
-
-
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    if not a or not b:
-        return 0
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, start=1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    return previous[-1]
 
 
 def _idf_table(ref_ids: list[list[int]], special: set[int]) -> tuple[dict[int, float], float]:
@@ -800,6 +786,13 @@ def _greedy_match(sim: np.ndarray, hyp_weights: np.ndarray,
     if precision + recall <= 0:
         return precision, recall, 0.0
     return precision, recall, 2 * precision * recall / (precision + recall)
+
+
+class _Tokenizer:
+    """rouge-score's tokenizer interface over :func:`tokenize`."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return tokenize(text)
 
 
 def _import_nltk(module: str) -> Any:
