@@ -51,8 +51,8 @@ def screened_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
 
     from inference.bundle import load_manifest
     from inference.preprocessing import preprocess_display_image
-    from training.content import fit_bundle_content_check
     from training.phantoms._generate import PhantomConfig, generate_phantom
+    from training.recipes.content import fit_bundle_content_check
 
     bundle = tmp_path_factory.mktemp("bundles") / "screened"
     shutil.copytree(tiny_bundle, bundle)

@@ -2,8 +2,8 @@
 
 The training stages (findings classifier, alignment, report LoRA, instruct LoRA) import the
 model from :mod:`inference`; nothing in :mod:`inference` imports from here. Entry points:
-:func:`training.pipeline.train` (a run file), :func:`training.evaluate.evaluate_bundle` and
-:func:`training.demo.build_demo`.
+:func:`training.recipes.pipeline.train` (a run file), :func:`training.evaluate.evaluate_bundle` and
+:func:`training.recipes.demo.build_demo`.
 """
 
 from training.errors import CheckpointError, DatasetError, TrainingConfigError, TrainingError

@@ -119,7 +119,7 @@ class LoraStage(StageConfig):
     target_order: Literal["as_written", "findings_first"] = Field(
         default="as_written",
         description="Report targets as written, or with the sentences stating the listed "
-        "findings first, in the prompt's order (training.report_order).",
+        "findings first, in the prompt's order (training.text.report_order).",
     )
     group_by_length: bool = Field(
         default=True,

@@ -36,6 +36,7 @@ from training.data import (
     load_phantom_csv,
     split_records,
 )
+from training.engine.images import preprocess_file
 from training.errors import DatasetError
 from training.evaluation import (
     bert_score,
@@ -46,7 +47,6 @@ from training.evaluation import (
     meteor_scores,
     rouge_l_scores,
 )
-from training.images import preprocess_file
 from training.instruct import InstructConfig, build_instruct_examples
 from training.records import StudyRecord
 

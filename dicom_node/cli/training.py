@@ -31,7 +31,7 @@ def train_command(
     _settings(config)
     from training import TrainingError
     from training.config import load_training_config
-    from training.pipeline import train
+    from training.recipes.pipeline import train
 
     overrides = {"output_dir": str(output_dir)} if output_dir else None
     try:
@@ -129,7 +129,7 @@ def build_demo_command(
     """
     _settings(config)
     from training import TrainingError
-    from training.demo import build_demo
+    from training.recipes.demo import build_demo
 
     precision: Literal["auto"] = "auto"
     try:

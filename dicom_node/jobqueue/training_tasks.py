@@ -10,7 +10,7 @@ without a broker the command runs the task in the foreground. The task
    (:mod:`dicom_node.retrain.learning`) in ``<retrain.work_dir>/run-<id>/``;
 3. fine-tunes the active model version's adapters on it plus the base dataset
    (``retrain.base_data``), and evaluates candidate and active model on the same held-out
-   studies (:func:`training.retrain.retrain`);
+   studies (:func:`training.recipes.retrain.retrain`);
 4. registers the candidate as a new, inactive model version with its metrics
    (:func:`dicom_node.models.registry.register_bundle`); an admin promotes it.
 
@@ -59,7 +59,10 @@ STALE_AFTER_S = 1800.0
 HEARTBEAT_S = 60.0
 #: Loggers whose INFO lines go into a run's log (others: warnings and errors only).
 RUN_LOGGERS = (
-    "training.retrain", "dicom_node.retrain.learning", "dicom_node.models.registry", __name__
+    "training.recipes.retrain",
+    "dicom_node.retrain.learning",
+    "dicom_node.models.registry",
+    __name__,
 )
 
 
@@ -425,7 +428,7 @@ def run_retrain(settings: Settings, db: Database, run_id: int) -> RetrainRunInfo
 def _run(settings: Settings, db: Database, run: RetrainRunInfo, log: _RunLog) -> str:
     from dicom_node.models.registry import active_bundle, register_bundle
     from dicom_node.retrain.learning import collect_signed_off, export_learning_set
-    from training.retrain import RetrainPlan, retrain
+    from training.recipes.retrain import RetrainPlan, retrain
 
     config = settings.retrain
     base_data = config.base_data if config.max_base_studies > 0 else None

@@ -26,8 +26,8 @@ from training.instruct import (
     task_counts,
 )
 from training.records import StudyRecord
-from training.report_order import order_report, split_report_sentences
-from training.report_text import (
+from training.text.report_order import order_report, split_report_sentences
+from training.text.report_text import (
     easy_language,
     mentions_for_labels,
     render_findings,

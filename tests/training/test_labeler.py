@@ -179,7 +179,7 @@ def test_non_string_is_rejected() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Reports written by training.report_text: the demo model's evaluation relies on the labeler
+# Reports written by training.text.report_text: the demo model's evaluation relies on the labeler
 # recovering exactly the labels those reports were written for.
 # --------------------------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ _DEVICES = ("endotracheal tube", "nasogastric tube",
 
 
 def _random_study(rng: random.Random, *, uncertain_devices: bool = True):  # type: ignore[no-untyped-def]
-    from training.report_text import FINDING_LABELS, FindingMention
+    from training.text.report_text import FINDING_LABELS, FindingMention
 
     mentions, negatives = [], []
     expected: dict[str, float | None] = dict.fromkeys(CHEXPERT_LABELS)
@@ -231,7 +231,7 @@ def _random_study(rng: random.Random, *, uncertain_devices: bool = True):  # typ
 
 
 def test_template_findings_are_labelled_exactly() -> None:
-    report_text = pytest.importorskip("training.report_text")
+    report_text = pytest.importorskip("training.text.report_text")
     rng = random.Random(0)
     for _ in range(300):
         mentions, negatives, expected = _random_study(rng)
@@ -240,7 +240,7 @@ def test_template_findings_are_labelled_exactly() -> None:
 
 
 def test_template_reports_are_labelled_exactly() -> None:
-    report_text = pytest.importorskip("training.report_text")
+    report_text = pytest.importorskip("training.text.report_text")
     rng = random.Random(1)
     for _ in range(300):
         # Uncertain devices: see the next test.
@@ -252,7 +252,7 @@ def test_template_reports_are_labelled_exactly() -> None:
 
 
 def test_template_impression_keeps_uncertain_device_uncertain() -> None:
-    report_text = pytest.importorskip("training.report_text")
+    report_text = pytest.importorskip("training.text.report_text")
     mentions = [report_text.FindingMention("Support Devices", "uncertain", location="left PICC"),
                 report_text.FindingMention("Pleural Effusion", side="left", severity="small")]
     for seed in range(20):

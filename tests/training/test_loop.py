@@ -13,10 +13,10 @@ from torch import nn
 from inference import PromptBuilder, PromptConfig
 from inference.tiny import tiny_llm, train_tiny_tokenizer
 from training import TrainingConfigError
-from training.checkpoint import load_checkpoint
 from training.config import LoraStage, StageConfig, parse_training_config
-from training.lm_loss import answer_loss
-from training.loop import (
+from training.engine.checkpoint import load_checkpoint
+from training.engine.lm_loss import answer_loss
+from training.engine.loop import (
     MEGABATCH_BATCHES,
     StageTrainer,
     batch_indices,

@@ -15,11 +15,11 @@ from dicom_node.cli import app
 from inference import ChestXrayVLM, RuntimeOptions, load_manifest
 from inference.tiny import tiny_config, tiny_llm, train_tiny_tokenizer
 from inference.vision import QFormerAligner
-from training.checkpoint import load_checkpoint
 from training.config import parse_training_config
-from training.context import build_context
+from training.engine.checkpoint import load_checkpoint
+from training.engine.context import build_context
 from training.phantoms import PhantomConfig, write_phantoms
-from training.pipeline import train
+from training.recipes.pipeline import train
 from training.stages import AlignmentHeads, init_qformer_from_bert, run_alignment_stage
 
 runner = CliRunner()
@@ -91,7 +91,7 @@ def test_every_stage_trains_packages_and_resumes(
     target = ctx.tokenizer.encode(ctx.splits["train"][0].report, add_special_tokens=False)
     assert model.lookup.table.propose(target[:3], 2) != []
     row = next(iter(ctx.splits["test"] or ctx.splits["val"]))
-    from training.images import preprocess_file
+    from training.engine.images import preprocess_file
 
     draft = model.generate_report([preprocess_file(row.images[0], model.config.preprocess)])
     assert len(draft.findings) == 14

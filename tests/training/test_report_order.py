@@ -6,7 +6,7 @@ from pathlib import Path
 
 from report_language.labeler import label_report
 from training.records import StudyRecord
-from training.report_order import findings_first, order_report, reorder_report
+from training.text.report_order import findings_first, order_report, reorder_report
 
 FINDINGS = (
     "No pleural effusion. Pleural thickening along the left lateral chest wall. The "

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from report_language.labels import CHEXPERT_LABELS
-from training.report_text import (
+from training.text.report_text import (
     FINDING_LABELS,
     KEYWORDS,
     FindingMention,

@@ -2,7 +2,7 @@
 
 RaDialog had a larger LLM write the targets of its instruct data. Here every target is derived
 from the study's report, its CheXpert labels and the report templates of
-:mod:`training.report_text`, so each target agrees with the labels; ``docs/instruct_data.md``
+:mod:`training.text.report_text`, so each target agrees with the labels; ``docs/instruct_data.md``
 describes how each task is built.
 """
 

@@ -34,7 +34,7 @@ from training.instruct.tasks import (
     build_summary,
 )
 from training.records import StudyRecord
-from training.report_order import TargetOrder
+from training.text.report_order import TargetOrder
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ report and its correction:
     dropped sentence are restated with template sentences. The rule-based labeler checks the
     result: the wrong report must differ from the original exactly at the injected labels.
 ``render`` (fallback when no labeler is available or the edit fails the check)
-    Both reports are rendered from the labels with :mod:`training.report_text`, one sentence
+    Both reports are rendered from the labels with :mod:`training.text.report_text`, one sentence
     per observation, each sentence seeded by its label so that both reports share the
     wording of every observation that did not flip.
 
 With ``target_order = "findings_first"`` both reports are put in the order a findings-first
-model drafts in (:mod:`training.report_order`): the wrong report with the sentences stating
+model drafts in (:mod:`training.text.report_order`): the wrong report with the sentences stating
 its own positive findings first, the corrected one with the prompt's findings first. The
 correction then differs from the report in context only where the errors are, as a reader's
 correction of a draft does.
@@ -45,8 +45,8 @@ from training.instruct.tasks import (
 )
 from training.instruct.wording import LABEL_WORDING
 from training.records import StudyRecord
-from training.report_order import reorder_report, split_report_sentences
-from training.report_text import (
+from training.text.report_order import reorder_report, split_report_sentences
+from training.text.report_text import (
     FindingMention,
     Severity,
     Side,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from training.instruct.examples import InstructExample
 from training.instruct.tasks import EASY_LANGUAGE_INSTRUCTIONS, TaskContext
-from training.report_text import easy_language, mentions_for_labels
+from training.text.report_text import easy_language, mentions_for_labels
 
 
 def build_easy_language(ctx: TaskContext) -> InstructExample:
-    """"Make it easier to read": :func:`training.report_text.easy_language` of the labels.
+    """"Make it easier to read": :func:`training.text.report_text.easy_language` of the labels.
 
     The mentions carry no side, size or location (the labels do not hold them), so the plain
     text never contradicts the report in context; it keeps each medical term in brackets.

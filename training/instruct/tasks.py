@@ -29,7 +29,7 @@ from training.instruct.wording import (
     join_nouns,
 )
 from training.records import StudyRecord
-from training.report_order import TargetOrder, order_report
+from training.text.report_order import TargetOrder, order_report
 
 #: A labeler: report text -> CheXpert label per observation.
 Labeler = Callable[[str], Mapping[str, float | None]]
@@ -146,7 +146,7 @@ class TaskContext:
         rendering; ``"render"``: render both reports from the labels.
     target_order
         Order of report targets (report generation and corrections): as written, or with
-        the sentences stating ``findings`` first (:mod:`training.report_order`).
+        the sentences stating ``findings`` first (:mod:`training.text.report_order`).
     """
 
     record: StudyRecord

@@ -23,7 +23,7 @@ from training.phantoms._raster import (
     smoothstep,
     soft_inside,
 )
-from training.report_text import FindingMention
+from training.text.report_text import FindingMention
 
 Certainty = Literal["positive", "uncertain"]
 Side = Literal["left", "right", "bilateral"]

@@ -34,7 +34,7 @@ from training.phantoms._findings import (
 )
 from training.phantoms._raster import Frame
 from training.phantoms._render import attenuation, sample_exposure, to_display
-from training.report_text import (
+from training.text.report_text import (
     FINDING_LABELS,
     render_findings,
     render_impression,

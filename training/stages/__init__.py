@@ -1,4 +1,4 @@
-"""The four training stages, run in order by :mod:`training.pipeline`."""
+"""The four training stages, run in order by :mod:`training.recipes.pipeline`."""
 
 from training.stages.alignment import AlignmentHeads, init_qformer_from_bert, run_alignment_stage
 from training.stages.classifier import (

@@ -35,11 +35,11 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from inference.vision import QFormerAligner
-from training.checkpoint import CHECKPOINT_NAME
 from training.config import AlignmentStage
-from training.context import RunContext
+from training.engine.checkpoint import CHECKPOINT_NAME
+from training.engine.context import RunContext
+from training.engine.lm_loss import answer_loss
 from training.errors import TrainingConfigError
-from training.lm_loss import answer_loss
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from report_language import CHEXPERT_LABELS
 from training.config import ClassifierStage
-from training.context import RunContext
+from training.engine.context import RunContext
 
 logger = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from inference.bundle import LOOKUP_TABLE
 from inference.vision import QFormerAligner
 from report_language.labels import NO_FINDING
 from training.config import InstructStage, LoraStage
-from training.context import RunContext
+from training.engine.context import RunContext
+from training.engine.lm_loss import answer_loss
 from training.instruct import InstructConfig, build_instruct_examples
-from training.lm_loss import answer_loss
-from training.report_order import TargetOrder, order_report
 from training.stages.classifier import predict_probabilities
+from training.text.report_order import TargetOrder, order_report
 
 logger = logging.getLogger(__name__)
 

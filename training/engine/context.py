@@ -24,9 +24,9 @@ from training.data import (
     load_phantom_csv,
     split_records,
 )
+from training.engine.images import load_image_cache
+from training.engine.loop import StageTrainer
 from training.errors import DatasetError, TrainingConfigError
-from training.images import load_image_cache
-from training.loop import StageTrainer
 from training.records import StudyRecord
 
 logger = logging.getLogger(__name__)

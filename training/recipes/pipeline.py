@@ -17,9 +17,9 @@ from typing import Any
 from inference import NgramTable, package_bundle
 from inference.bundle import LOOKUP_TABLE
 from training.config import TrainingConfig
-from training.content import fit_bundle_content_check
-from training.context import RunContext, build_context
+from training.engine.context import RunContext, build_context
 from training.errors import CheckpointError
+from training.recipes.content import fit_bundle_content_check
 from training.stages import (
     run_alignment_stage,
     run_classifier_stage,
@@ -76,7 +76,7 @@ def _adapter_dir(stage_dir: Path, name: str) -> Path:
 def package_run(ctx: RunContext, out_dir: Path, metrics: dict[str, Any] | None = None) -> Path:
     """Write the run's model as a bundle (vision ONNX + int8, weights, LLM, adapters, the
     report stage's n-gram table for lookup decoding, and the content check fitted on the
-    training and validation images, :mod:`training.content`)."""
+    training and validation images, :mod:`training.recipes.content`)."""
     adapters = {
         name: _adapter_dir(ctx.stage_dir(name), name)
         for name in ("report", "instruct")
