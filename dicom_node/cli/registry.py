@@ -246,7 +246,8 @@ def retrain(
     settings = _load(config)
     from dicom_node.jobqueue import configure_app, is_embedded
     from dicom_node.jobqueue import context as queue_context
-    from dicom_node.jobqueue.training_tasks import (
+    from dicom_node.jobqueue.training_tasks import retrain as retrain_task
+    from dicom_node.retrain.runs import (
         RetrainError,
         create_run,
         fail_run,
@@ -254,7 +255,6 @@ def retrain(
         parse_stages,
         send_retrain,
     )
-    from dicom_node.jobqueue.training_tasks import retrain as retrain_task
 
     try:
         stage_names = parse_stages(stages)
@@ -314,7 +314,7 @@ def retrain_status(
 ) -> None:
     """Show retrain runs: state, progress, phase, candidate version and the log's tail."""
     settings = _load(config)
-    from dicom_node.jobqueue.training_tasks import RetrainError, get_run, list_runs
+    from dicom_node.retrain.runs import RetrainError, get_run, list_runs
 
     with _database(settings) as db:
         runs = list_runs(db, limit)

@@ -14,7 +14,7 @@
    held-out (test split) studies through the product's inference path.
 
 It imports nothing from :mod:`dicom_node`; the node's side (which studies, the registry)
-is :mod:`dicom_node.jobqueue.training_tasks`.
+is :mod:`dicom_node.retrain.runs`.
 """
 
 from __future__ import annotations
