@@ -49,46 +49,29 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.association import Association
 from sqlalchemy import and_, func, or_, select, update
 
 from dicom_node._privacy import uid_digest
-from dicom_node.dicom.dimse import StatusCategory, StoreResponseStatus, classify_store_status
 from dicom_node.dicom.files import encode_dicom_file
+from dicom_node.dicom.scu import DeliveryOutcome, StoreAttempt, associate, send_one
 from dicom_node.dicom.tls import client_context
 from dicom_node.errors import NodeError, OutboxError, SpoolError
 from dicom_node.ops.heartbeat import Heartbeat, heartbeat_interval
 from dicom_node.ops.metrics import DELIVERY_SECONDS
-from dicom_node.settings import DeliverySettings, PacsDestination, Settings
+from dicom_node.settings import DeliverySettings, Settings
 from dicom_node.store import Database, OutboxItem, OutboxState, Study
 from dicom_node.store.spool import PATH_DIGEST_CHARS, Spool
 
 logger = logging.getLogger(__name__)
 
-#: Transfer syntaxes proposed for each SR SOP class.
-DELIVERY_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 #: Suffix of outbox files.
 OUTBOX_SUFFIX = ".dcm"
-
-
-class DeliveryOutcome(StrEnum):
-    """How one delivery attempt of one outbox row ended."""
-
-    #: The PACS stored the SR.
-    SENT = "sent"
-    #: A transient failure: the row is pending again, due at ``next_attempt_at``.
-    RETRY = "retry"
-    #: A permanent failure: the row is failed and not retried.
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -151,12 +134,6 @@ class _Claimed:
     sr_path: str
     sr_uid: str
     attempts: int
-
-
-@dataclass
-class _Attempt:
-    outcome: DeliveryOutcome
-    error: str | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -407,82 +384,17 @@ def _claim(
 
 
 # --------------------------------------------------------------------------- sending
-def _status_text(code: int) -> str:
-    try:
-        name = StoreResponseStatus(code).name.lower().replace("_", " ")
-    except ValueError:
-        name = classify_store_status(code).value + " failure"
-    return f"status 0x{code:04X} ({name})"
-
-
-def _load(outbox_dir: Path, claimed: _Claimed) -> Dataset | _Attempt:
+def _load(outbox_dir: Path, claimed: _Claimed) -> Dataset | StoreAttempt:
     path = outbox_dir / claimed.sr_path
     try:
         return pydicom.dcmread(path)
     except FileNotFoundError:
-        return _Attempt(DeliveryOutcome.FAILED, "the SR file is missing from the outbox")
+        return StoreAttempt(DeliveryOutcome.FAILED, "the SR file is missing from the outbox")
     # An unreadable file will not become readable: a permanent failure.
     except Exception as exc:  # noqa: BLE001
-        return _Attempt(
+        return StoreAttempt(
             DeliveryOutcome.FAILED, f"the SR file cannot be read ({type(exc).__name__})"
         )
-
-
-def _associate(
-    settings: Settings, name: str, dest: PacsDestination, sop_classes: Iterable[str],
-    tls: ssl.SSLContext | None,
-) -> Association | _Attempt:
-    timeout = settings.delivery.timeout_s
-    ae = AE(ae_title=settings.node.ae_title)
-    ae.connection_timeout = timeout
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    for sop_class in sorted(set(sop_classes)):
-        ae.add_requested_context(sop_class, list(DELIVERY_TRANSFER_SYNTAXES))
-    tls_args = (tls, dest.host) if tls is not None else None
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
-    where = f"PACS {name} ({dest.ae_title} at {dest.host}:{dest.port})"
-    if assoc.is_rejected:
-        return _Attempt(DeliveryOutcome.RETRY, f"{where} rejected the association")
-    if not assoc.is_established:
-        return _Attempt(
-            DeliveryOutcome.RETRY,
-            f"{where} cannot be reached (connection refused or timed out, or aborted)",
-        )
-    return assoc
-
-
-def _send_one(assoc: Association, dataset: Dataset, name: str, timeout: float) -> _Attempt:
-    sop_class = str(dataset.SOPClassUID)
-    if not any(context.abstract_syntax == sop_class for context in assoc.accepted_contexts):
-        return _Attempt(
-            DeliveryOutcome.FAILED, f"PACS {name} does not accept the SOP class {sop_class}"
-        )
-    try:
-        status = assoc.send_c_store(dataset)
-    except (ValueError, AttributeError) as exc:
-        # pynetdicom refuses to encode or send the data set: it will not get better.
-        return _Attempt(
-            DeliveryOutcome.FAILED, f"the SR cannot be sent ({type(exc).__name__})"
-        )
-    except (OSError, RuntimeError) as exc:
-        return _Attempt(DeliveryOutcome.RETRY, f"sending failed ({type(exc).__name__})")
-    if "Status" not in status:
-        return _Attempt(
-            DeliveryOutcome.RETRY,
-            f"PACS {name} did not answer within {timeout:g} s (or aborted the association)",
-        )
-    code = int(status.Status)
-    category = classify_store_status(code)
-    if category is StatusCategory.SUCCESS:
-        if code != StoreResponseStatus.SUCCESS:
-            logger.info("PACS %s stored an SR with warning %s", name, _status_text(code))
-        return _Attempt(DeliveryOutcome.SENT)
-    outcome = (
-        DeliveryOutcome.RETRY if category is StatusCategory.TRANSIENT else DeliveryOutcome.FAILED
-    )
-    return _Attempt(outcome, f"PACS {name} answered {_status_text(code)}")
 
 
 def _send_to(
@@ -490,20 +402,20 @@ def _send_to(
     name: str,
     items: list[_Claimed],
     tls_cache: dict[str, ssl.SSLContext],
-) -> dict[int, _Attempt]:
+) -> dict[int, StoreAttempt]:
     """Send the claimed rows of one destination over one association."""
-    attempts: dict[int, _Attempt] = {}
+    attempts: dict[int, StoreAttempt] = {}
     dest = settings.pacs.get(name)
     if dest is None:
         return {
-            item.id: _Attempt(DeliveryOutcome.FAILED, f"unknown PACS destination {name!r}")
+            item.id: StoreAttempt(DeliveryOutcome.FAILED, f"unknown PACS destination {name!r}")
             for item in items
         }
     outbox_dir = settings.storage.outbox_dir
     loaded: list[tuple[_Claimed, Dataset]] = []
     for item in items:
         result = _load(outbox_dir, item)
-        if isinstance(result, _Attempt):
+        if isinstance(result, StoreAttempt):
             attempts[item.id] = result
         else:
             loaded.append((item, result))
@@ -516,10 +428,13 @@ def _send_to(
             tls_cache["client"] = tls
         except NodeError as exc:
             for item, _ in loaded:
-                attempts[item.id] = _Attempt(DeliveryOutcome.RETRY, f"TLS: {exc}")
+                attempts[item.id] = StoreAttempt(DeliveryOutcome.RETRY, f"TLS: {exc}")
             return attempts
-    connected = _associate(settings, name, dest, (str(ds.SOPClassUID) for _, ds in loaded), tls)
-    if isinstance(connected, _Attempt):
+    connected = associate(
+        settings.node.ae_title, name, dest, (str(ds.SOPClassUID) for _, ds in loaded), tls,
+        settings.delivery.timeout_s,
+    )
+    if isinstance(connected, StoreAttempt):
         for item, _ in loaded:
             attempts[item.id] = connected
         return attempts
@@ -527,11 +442,11 @@ def _send_to(
     try:
         for item, dataset in loaded:
             if not assoc.is_established:
-                attempts[item.id] = _Attempt(
+                attempts[item.id] = StoreAttempt(
                     DeliveryOutcome.RETRY, f"PACS {name} ended the association"
                 )
                 continue
-            attempts[item.id] = _send_one(assoc, dataset, name, settings.delivery.timeout_s)
+            attempts[item.id] = send_one(assoc, dataset, name, settings.delivery.timeout_s)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -542,7 +457,7 @@ def _record(
     settings: Settings,
     db: Database,
     claimed: list[_Claimed],
-    attempts: dict[int, _Attempt],
+    attempts: dict[int, StoreAttempt],
     now: datetime,
 ) -> list[DeliveryResult]:
     results = []
@@ -585,7 +500,7 @@ def _record(
 
 
 def _log_result(
-    item: _Claimed, attempt: _Attempt, count: int, next_at: datetime | None, now: datetime
+    item: _Claimed, attempt: StoreAttempt, count: int, next_at: datetime | None, now: datetime
 ) -> None:
     sr = uid_digest(item.sr_uid)
     if attempt.outcome is DeliveryOutcome.SENT:
@@ -630,7 +545,7 @@ def _remove_delivered_files(
 def _send_all(
     settings: Settings,
     by_destination: dict[str, list[_Claimed]],
-    attempts: dict[int, _Attempt],
+    attempts: dict[int, StoreAttempt],
     tls_cache: dict[str, ssl.SSLContext],
 ) -> None:
     """Send the claimed rows, destination by destination, recording each attempt."""
@@ -647,7 +562,7 @@ def _send_all(
         except Exception as exc:  # noqa: BLE001
             logger.exception("unexpected error while delivering to %s", name)
             for item in items:
-                attempts[item.id] = _Attempt(
+                attempts[item.id] = StoreAttempt(
                     DeliveryOutcome.RETRY, f"internal error ({type(exc).__name__})"
                 )
 
@@ -697,7 +612,7 @@ def deliver_items(
     by_destination: dict[str, list[_Claimed]] = defaultdict(list)
     for item in claimed:
         by_destination[item.destination].append(item)
-    attempts: dict[int, _Attempt] = {}
+    attempts: dict[int, StoreAttempt] = {}
     tls_cache: dict[str, ssl.SSLContext] = {}
     ids = [item.id for item in claimed]
     heartbeat = Heartbeat(
@@ -711,7 +626,7 @@ def deliver_items(
     finally:
         for item in claimed:
             attempts.setdefault(
-                item.id, _Attempt(DeliveryOutcome.RETRY, "delivery was interrupted")
+                item.id, StoreAttempt(DeliveryOutcome.RETRY, "delivery was interrupted")
             )
         results = _record(settings, db, claimed, attempts, now)
     try:
@@ -787,7 +702,6 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 __all__ = [
-    "DELIVERY_TRANSFER_SYNTAXES",
     "OUTBOX_SUFFIX",
     "DeliveryOutcome",
     "DeliveryReport",
@@ -796,7 +710,6 @@ __all__ = [
     "deliver_due",
     "deliver_items",
     "delivery_state",
-    "encode_dicom_file",
     "enqueue_sr",
     "outbox_path",
     "release_claims",
