@@ -12,6 +12,7 @@ SR version that names its predecessor and goes to the PACS. See ``docs/amend_loo
 from dicom_node.api._auth import Reader, token_digest
 from dicom_node.api._classify import Intent, classify_message
 from dicom_node.api.app import create_app
+from dicom_node.api.dialog import DialogService, ModelProvider, PreparedTurn
 from dicom_node.api.errors import (
     ApiError,
     AuthenticationError,
@@ -28,7 +29,6 @@ from dicom_node.api.errors import (
     TooManyFailuresError,
 )
 from dicom_node.api.server import ApiServer
-from dicom_node.api.service import DialogService, ModelProvider, PreparedTurn
 
 __all__ = [
     "ApiError",

@@ -57,6 +57,7 @@ from dicom_node.api._schemas import (
     UserOut,
     VersionResult,
 )
+from dicom_node.api.dialog import DialogService, PreparedTurn
 from dicom_node.api.errors import (
     ApiError,
     AuthenticationError,
@@ -64,7 +65,6 @@ from dicom_node.api.errors import (
     StaleVersionConflict,
     TooManyFailuresError,
 )
-from dicom_node.api.service import DialogService, PreparedTurn
 
 logger = logging.getLogger(__name__)
 

@@ -47,6 +47,8 @@ GPU_QUEUE = "gpu"
 DELIVERY_QUEUE = "delivery"
 #: Queue of retrain jobs.
 TRAINING_QUEUE = "training"
+#: Name of the retrain task (:mod:`dicom_node.jobqueue.training_tasks`).
+RETRAIN_TASK = f"{APP_NAME}.retrain"
 #: File name of the embedded broker's SQLite database, in ``storage.folder``.
 EMBEDDED_BROKER_FILE = "broker.sqlite"
 #: Seconds between two polls of the embedded transport when its queues are empty.

@@ -8,8 +8,8 @@ from typing import Any
 from celery import Task
 
 from dicom_node.jobqueue import context
-from dicom_node.jobqueue.app import app
-from dicom_node.retrain.runs import RETRAIN_TASK, run_retrain
+from dicom_node.jobqueue.app import RETRAIN_TASK, app
+from dicom_node.retrain.runs import run_retrain
 
 
 @app.task(  # type: ignore[untyped-decorator]

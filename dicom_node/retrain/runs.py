@@ -40,14 +40,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.errors import NodeError
-from dicom_node.jobqueue.app import APP_NAME, TRAINING_QUEUE, app
 from dicom_node.settings import Settings
 from dicom_node.store import Database, ModelSource, RetrainRun, RetrainState
 
 logger = logging.getLogger(__name__)
 
 #: Name of the retrain task.
-RETRAIN_TASK = f"{APP_NAME}.retrain"
 #: Stages a retrain may run, in order (the LoRA adapters).
 RETRAIN_STAGES = ("report", "instruct")
 #: Seconds between two writes of a run's log tail while it runs.
@@ -250,6 +248,8 @@ def send_retrain(settings: Settings, run_id: int) -> None:
     kombu.exceptions.OperationalError
         When the broker cannot be reached (after one quick retry).
     """
+    # Imported here: the queue package registers the retrain task, which imports this module.
+    from dicom_node.jobqueue.app import RETRAIN_TASK, TRAINING_QUEUE, app
     from dicom_node.jobqueue.dispatch import PUBLISH_RETRY_POLICY
 
     hard = settings.retrain.time_limit_s
@@ -512,7 +512,6 @@ def _run(settings: Settings, db: Database, run: RetrainRunInfo, log: _RunLog) ->
 
 __all__ = [
     "RETRAIN_STAGES",
-    "RETRAIN_TASK",
     "RetrainError",
     "RetrainRunInfo",
     "create_run",
