@@ -8,7 +8,7 @@ rows, and both are committed before any message exists. :class:`Dispatcher` (run
   ``worker.redispatch_after_s`` ago and is still queued (its message was lost with a broker
   restart, or the embedded queue's file was removed), as ``draft_report(job_id)``; and each
   ``running`` job whose worker was lost (no heartbeat for ``worker.stale_job_s``: killed,
-  its host gone; see :mod:`dicom_node.ops.heartbeat`), logged as a WARNING naming the job,
+  its host gone; see :mod:`dicom_node.pipeline.heartbeat`), logged as a WARNING naming the job,
   until it has used ``worker.max_retries`` + 1 attempts, after which it is ``failed``;
 * the outbox rows whose next attempt is due (after a failed delivery, a restart, or a
   draft whose own delivery message was lost), and ``sending`` rows whose sender's

@@ -1,2 +1,2 @@
 """Running the node: the service that starts and stops every part, health and metrics
-endpoints, heartbeats of running work, status for the command line, and logging."""
+endpoints, status for the command line, and logging."""

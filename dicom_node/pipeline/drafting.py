@@ -5,7 +5,7 @@
 1. **Claim** the row: ``queued`` -> ``running`` in one conditional UPDATE, so two workers
    given the same job (a redelivered message) never both run it. While the job runs its
    worker refreshes the row's ``updated_at`` (:func:`touch_job`, a
-   :class:`~dicom_node.ops.heartbeat.Heartbeat`); a ``running`` row not refreshed for
+   :class:`~dicom_node.pipeline.heartbeat.Heartbeat`); a ``running`` row not refreshed for
    ``worker.stale_job_s`` belongs to a worker that died and is claimable again.
 2. **Skip** it (``superseded``) when a newer job of the same study exists: instances arrived
    after it, and the newer job drafts from all of them.

@@ -49,10 +49,10 @@ from dicom_node.cli.node import LISTENING_PREFIX
 from dicom_node.dicom.dimse import StoreResponseStatus
 from dicom_node.jobqueue import Dispatcher, configure_app
 from dicom_node.ops import logs as node_logs
-from dicom_node.ops.heartbeat import Heartbeat
 from dicom_node.pipeline.assembly import assemble
 from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items, enqueue_sr, release_claims
 from dicom_node.pipeline.drafting import claim_job, touch_job
+from dicom_node.pipeline.heartbeat import Heartbeat
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Job, JobState, OutboxItem, OutboxState
 
