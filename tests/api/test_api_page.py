@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,48 @@ def browser() -> Any:
             yield chromium
         finally:
             chromium.close()
+
+
+@dataclass
+class ReaderPage:
+    """A drafted study in Orthanc, the API serving it, and a logged-in page showing it."""
+
+    page: Any
+    study: Any
+    server: ApiServer
+    errors: list[str]
+
+
+@pytest.fixture
+def reader_page(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
+    browser: Any, start_api_server: Callable[..., ApiServer],
+) -> Iterator[ReaderPage]:
+    """Jane logged in, the drafted study open at version 1; its draft is in Orthanc."""
+    settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
+    db = Database(settings.database_url)
+    db.create_all()
+    try:
+        study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        orthanc.upload(study.image)
+        deliver_draft(settings, db, study.draft)
+        server = start_api_server(settings, db)
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(server.url)
+            page.fill("#token", JANE_TOKEN)
+            page.click("#login-button")
+            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
+            sync_api.expect(page.locator("#report-version")).to_have_text("1")
+            yield ReaderPage(page, study, server, errors)
+        finally:
+            context.close()
+    finally:
+        db.dispose()
 
 
 def test_reader_page_asks_corrects_accepts_and_signs(
@@ -164,58 +207,35 @@ EDITED_FINDINGS = "Right upper lobe nodule, 2 cm. Recommend CT."
 
 
 def test_an_unsaved_edit_blocks_sign_off_and_the_signed_sr_holds_the_saved_edit(
-    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
-    browser: Any, start_api_server: Callable[..., ApiServer],
+    reader_page: ReaderPage, orthanc: Orthanc
 ) -> None:
     from sr_templates import VERIFIED_SERIES_DESCRIPTION, read_report
 
-    settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
-    db = Database(settings.database_url)
-    db.create_all()
-    try:
-        study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
-        orthanc.upload(study.image)
-        deliver_draft(settings, db, study.draft)
-        server = start_api_server(settings, db)
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        try:
-            page.goto(server.url)
-            page.fill("#token", JANE_TOKEN)
-            page.click("#login-button")
-            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
-            sync_api.expect(page.locator("#report-version")).to_have_text("1")
-            page.click("#edit-button")
-            page.fill("#edit-findings", EDITED_FINDINGS)
-            # unsaved: sign-off is refused, and says why
-            sync_api.expect(page.locator("#sign-button")).to_be_disabled()
-            sync_api.expect(page.locator("#sign-hint")).to_be_visible()
-            # a reload of the study (the worklist's refresh, a colleague's change) keeps it
-            page.click("#refresh-button")
-            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
-            sync_api.expect(page.locator("#edit-findings")).to_have_value(EDITED_FINDINGS)
-            page.click("#save-edit")
-            sync_api.expect(page.locator("#report-version")).to_have_text("2")
-            sync_api.expect(page.locator("#sign-button")).to_be_enabled()
-            # the confirmation shows exactly what the SR will hold
-            page.click("#sign-button")
-            sync_api.expect(page.locator("#review-findings")).to_have_text(EDITED_FINDINGS)
-            sync_api.expect(page.locator("#review-codes li")).to_have_count(14)
-            shown = page.inner_text("#review-findings")
-            page.click("#sign-confirm")
-            sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 3")
-            assert errors == [], errors
-        finally:
-            context.close()
-        srs = orthanc.wait_for_srs(study.study_uid, 3)
-        (signed,) = [sr for sr in srs if sr.SeriesDescription == VERIFIED_SERIES_DESCRIPTION]
-        assert signed.VerificationFlag == "VERIFIED"
-        assert read_report(signed).findings_text == shown == EDITED_FINDINGS
-    finally:
-        db.dispose()
+    page, study, errors = reader_page.page, reader_page.study, reader_page.errors
+    page.click("#edit-button")
+    page.fill("#edit-findings", EDITED_FINDINGS)
+    # unsaved: sign-off is refused, and says why
+    sync_api.expect(page.locator("#sign-button")).to_be_disabled()
+    sync_api.expect(page.locator("#sign-hint")).to_be_visible()
+    # a reload of the study (the worklist's refresh, a colleague's change) keeps it
+    page.click("#refresh-button")
+    page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
+    sync_api.expect(page.locator("#edit-findings")).to_have_value(EDITED_FINDINGS)
+    page.click("#save-edit")
+    sync_api.expect(page.locator("#report-version")).to_have_text("2")
+    sync_api.expect(page.locator("#sign-button")).to_be_enabled()
+    # the confirmation shows exactly what the SR will hold
+    page.click("#sign-button")
+    sync_api.expect(page.locator("#review-findings")).to_have_text(EDITED_FINDINGS)
+    sync_api.expect(page.locator("#review-codes li")).to_have_count(14)
+    shown = page.inner_text("#review-findings")
+    page.click("#sign-confirm")
+    sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 3")
+    assert errors == [], errors
+    srs = orthanc.wait_for_srs(study.study_uid, 3)
+    (signed,) = [sr for sr in srs if sr.SeriesDescription == VERIFIED_SERIES_DESCRIPTION]
+    assert signed.VerificationFlag == "VERIFIED"
+    assert read_report(signed).findings_text == shown == EDITED_FINDINGS
 
 
 def _sr_codes(sr: Any) -> dict[str, str]:
@@ -234,105 +254,82 @@ def _by_version(orthanc: Orthanc, study_uid: str, count: int) -> list[Any]:
 
 
 def test_codes_follow_the_reader_into_the_pacs_and_stale_proposals_are_refused(
-    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
-    browser: Any, start_api_server: Callable[..., ApiServer],
+    reader_page: ReaderPage, orthanc: Orthanc
 ) -> None:
-    settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
-    db = Database(settings.database_url)
-    db.create_all()
-    try:
-        study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
-        orthanc.upload(study.image)
-        deliver_draft(settings, db, study.draft)
-        server = start_api_server(settings, db)
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        try:
-            page.goto(server.url)
-            page.fill("#token", JANE_TOKEN)
-            page.click("#login-button")
-            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
-            sync_api.expect(page.locator("#report-version")).to_have_text("1")
-            effusion = page.locator('#findings tr[data-label="Pleural Effusion"]')
-            sync_api.expect(effusion.locator("select")).to_have_value("present")
+    page, study, server, errors = (
+        reader_page.page, reader_page.study, reader_page.server, reader_page.errors)
+    effusion = page.locator('#findings tr[data-label="Pleural Effusion"]')
+    sync_api.expect(effusion.locator("select")).to_have_value("present")
 
-            # Two proposals on version 1; accepting the correction outdates the rewrite.
-            page.fill("#message-input", "Please rephrase the findings.")
-            page.click("#send")
-            sync_api.expect(page.locator("#status")).to_have_text("Proposal 1 ready")
-            page.fill("#message-input", "There is no pleural effusion.")
-            page.click("#send")
-            sync_api.expect(page.locator("#status")).to_have_text("Proposal 2 ready")
-            page.locator('.proposal[data-id="2"] button.accept').click()
-            sync_api.expect(page.locator("#report-version")).to_have_text("2")
-            outdated = page.locator('.proposal[data-id="1"]')
-            sync_api.expect(outdated).to_contain_text("open, outdated")
-            sync_api.expect(outdated.locator("button.accept")).to_have_count(0)
-            # The page offers no accept; the API refuses one all the same.
-            stale = page.request.post(
-                f"{server.url}/api/studies/{study.study_uid}/proposals/1/accept",
-                headers={"Authorization": f"Bearer {JANE_TOKEN}"},
-            )
-            assert stale.status == 409 and "latest_version" in stale.json()
+    # Two proposals on version 1; accepting the correction outdates the rewrite.
+    page.fill("#message-input", "Please rephrase the findings.")
+    page.click("#send")
+    sync_api.expect(page.locator("#status")).to_have_text("Proposal 1 ready")
+    page.fill("#message-input", "There is no pleural effusion.")
+    page.click("#send")
+    sync_api.expect(page.locator("#status")).to_have_text("Proposal 2 ready")
+    page.locator('.proposal[data-id="2"] button.accept').click()
+    sync_api.expect(page.locator("#report-version")).to_have_text("2")
+    outdated = page.locator('.proposal[data-id="1"]')
+    sync_api.expect(outdated).to_contain_text("open, outdated")
+    sync_api.expect(outdated.locator("button.accept")).to_have_count(0)
+    # The page offers no accept; the API refuses one all the same.
+    stale = page.request.post(
+        f"{server.url}/api/studies/{study.study_uid}/proposals/1/accept",
+        headers={"Authorization": f"Bearer {JANE_TOKEN}"},
+    )
+    assert stale.status == 409 and "latest_version" in stale.json()
 
-            # The accepted correction codes the effusion absent, as the reader's.
-            sync_api.expect(effusion.locator("select")).to_have_value("absent")
-            sync_api.expect(effusion).to_contain_text("you")
+    # The accepted correction codes the effusion absent, as the reader's.
+    sync_api.expect(effusion.locator("select")).to_have_value("absent")
+    sync_api.expect(effusion).to_contain_text("you")
 
-            # A presence set by hand: saved at once as version 3 (once the accept's reloads
-            # are done: a change made while a request runs is refused and shown undone).
-            page.wait_for_function("() => !document.body.classList.contains('busy')")
-            fracture = page.locator('#findings tr[data-label="Fracture"] select')
-            fracture.select_option("uncertain")
-            sync_api.expect(page.locator("#report-version")).to_have_text("3")
-            sync_api.expect(page.locator('#findings tr[data-label="Fracture"] select')
-                            ).to_have_value("uncertain")
+    # A presence set by hand: saved at once as version 3 (once the accept's reloads
+    # are done: a change made while a request runs is refused and shown undone).
+    page.wait_for_function("() => !document.body.classList.contains('busy')")
+    fracture = page.locator('#findings tr[data-label="Fracture"] select')
+    fracture.select_option("uncertain")
+    sync_api.expect(page.locator("#report-version")).to_have_text("3")
+    sync_api.expect(page.locator('#findings tr[data-label="Fracture"] select')
+                    ).to_have_value("uncertain")
 
-            # The proposal's text still states the effusion: sign-off asks for a choice,
-            # and refuses to go on without one.
-            sync_api.expect(effusion).to_have_class("absent disagrees")
-            page.click("#sign-button")
-            sync_api.expect(page.locator("#resolve-review")).to_be_visible()
-            page.click("#resolve-apply")
-            sync_api.expect(page.locator("#status")).to_contain_text("Choose for Pleural Effusion")
-            sync_api.expect(page.locator("#report-version")).to_have_text("3")
-            page.check('#resolve-table input[value="text"]')
-            page.click("#resolve-apply")
-            sync_api.expect(page.locator("#sign-review")).to_be_visible()
-            sync_api.expect(page.locator("#review-version")).to_have_text("4")
-            sync_api.expect(page.locator("#review-codes")).to_contain_text(
-                "Pleural Effusion: present (you)")
-            sync_api.expect(page.locator("#review-codes")).to_contain_text(
-                "Fracture: uncertain (you)")
-            page.click("#sign-confirm")
-            sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 5")
-            sync_api.expect(page.locator("#findings select:enabled")).to_have_count(0)
-            assert errors == [], errors
-        finally:
-            context.close()
+    # The proposal's text still states the effusion: sign-off asks for a choice,
+    # and refuses to go on without one.
+    sync_api.expect(effusion).to_have_class("absent disagrees")
+    page.click("#sign-button")
+    sync_api.expect(page.locator("#resolve-review")).to_be_visible()
+    page.click("#resolve-apply")
+    sync_api.expect(page.locator("#status")).to_contain_text("Choose for Pleural Effusion")
+    sync_api.expect(page.locator("#report-version")).to_have_text("3")
+    page.check('#resolve-table input[value="text"]')
+    page.click("#resolve-apply")
+    sync_api.expect(page.locator("#sign-review")).to_be_visible()
+    sync_api.expect(page.locator("#review-version")).to_have_text("4")
+    sync_api.expect(page.locator("#review-codes")).to_contain_text(
+        "Pleural Effusion: present (you)")
+    sync_api.expect(page.locator("#review-codes")).to_contain_text(
+        "Fracture: uncertain (you)")
+    page.click("#sign-confirm")
+    sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 5")
+    sync_api.expect(page.locator("#findings select:enabled")).to_have_count(0)
+    assert errors == [], errors
 
-        draft, corrected, by_hand, chosen, signed = _by_version(orthanc, study.study_uid, 5)
-        assert _sr_codes(draft)["Pleural Effusion"] == "present"
-        assert _sr_codes(corrected)["Pleural Effusion"] == "absent"
-        assert _sr_codes(by_hand)["Fracture"] == "uncertain"
-        assert _sr_codes(draft)["Fracture"] == "not_assessed"
-        final = _sr_codes(signed)
-        assert signed.VerificationFlag == "VERIFIED"
-        assert final["Pleural Effusion"] == "present" and final["Fracture"] == "uncertain"
-        assert final == _sr_codes(chosen)
-    finally:
-        db.dispose()
+    draft, corrected, by_hand, chosen, signed = _by_version(orthanc, study.study_uid, 5)
+    assert _sr_codes(draft)["Pleural Effusion"] == "present"
+    assert _sr_codes(corrected)["Pleural Effusion"] == "absent"
+    assert _sr_codes(by_hand)["Fracture"] == "uncertain"
+    assert _sr_codes(draft)["Fracture"] == "not_assessed"
+    final = _sr_codes(signed)
+    assert signed.VerificationFlag == "VERIFIED"
+    assert final["Pleural Effusion"] == "present" and final["Fracture"] == "uncertain"
+    assert final == _sr_codes(chosen)
 
 
 ADDENDUM = "Compared with the prior study, the effusion is unchanged."
 
 
 def test_an_addendum_chain_reaches_orthanc_with_its_predecessors(
-    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
-    browser: Any, start_api_server: Callable[..., ApiServer],
+    reader_page: ReaderPage, orthanc: Orthanc, tmp_path: Path
 ) -> None:
     import subprocess
 
@@ -340,67 +337,46 @@ def test_an_addendum_chain_reaches_orthanc_with_its_predecessors(
 
     from sr_templates import read_report
 
-    settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
-    db = Database(settings.database_url)
-    db.create_all()
-    try:
-        study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
-        orthanc.upload(study.image)
-        deliver_draft(settings, db, study.draft)
-        server = start_api_server(settings, db)
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        try:
-            page.goto(server.url)
-            page.fill("#token", JANE_TOKEN)
-            page.click("#login-button")
-            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
-            sync_api.expect(page.locator("#addendum-button")).to_be_hidden()
-            page.click("#sign-button")
-            page.click("#sign-confirm")
-            sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 2")
-            # Signed: no edit, no presence change, no proposal; an addendum only.
-            sync_api.expect(page.locator("#edit-button")).to_be_disabled()
-            sync_api.expect(page.locator("#findings select:enabled")).to_have_count(0)
-            page.click("#addendum-button")
-            page.fill("#addendum-text", ADDENDUM)
-            page.click("#addendum-review")
-            sync_api.expect(page.locator("#addendum-shown")).to_have_text(ADDENDUM)
-            page.click("#addendum-sign")
-            sync_api.expect(page.locator("#status")).to_have_text(
-                "Addendum signed as version 3")
-            sync_api.expect(page.locator("#addenda li")).to_have_count(1)
-            page.click("#addendum-button")
-            page.fill("#addendum-text", "Discussed with the referring physician.")
-            page.click("#addendum-review")
-            page.click("#addendum-sign")
-            sync_api.expect(page.locator("#status")).to_have_text(
-                "Addendum signed as version 4")
-            sync_api.expect(page.locator("#addenda li")).to_have_count(2)
-            sync_api.expect(page.locator("#addenda")).to_contain_text(ADDENDUM)
-            assert errors == [], errors
-        finally:
-            context.close()
+    page, study, errors = reader_page.page, reader_page.study, reader_page.errors
+    sync_api.expect(page.locator("#addendum-button")).to_be_hidden()
+    page.click("#sign-button")
+    page.click("#sign-confirm")
+    sync_api.expect(page.locator("#status")).to_have_text("Signed off as version 2")
+    # Signed: no edit, no presence change, no proposal; an addendum only.
+    sync_api.expect(page.locator("#edit-button")).to_be_disabled()
+    sync_api.expect(page.locator("#findings select:enabled")).to_have_count(0)
+    page.click("#addendum-button")
+    page.fill("#addendum-text", ADDENDUM)
+    page.click("#addendum-review")
+    sync_api.expect(page.locator("#addendum-shown")).to_have_text(ADDENDUM)
+    page.click("#addendum-sign")
+    sync_api.expect(page.locator("#status")).to_have_text(
+        "Addendum signed as version 3")
+    sync_api.expect(page.locator("#addenda li")).to_have_count(1)
+    page.click("#addendum-button")
+    page.fill("#addendum-text", "Discussed with the referring physician.")
+    page.click("#addendum-review")
+    page.click("#addendum-sign")
+    sync_api.expect(page.locator("#status")).to_have_text(
+        "Addendum signed as version 4")
+    sync_api.expect(page.locator("#addenda li")).to_have_count(2)
+    sync_api.expect(page.locator("#addenda")).to_contain_text(ADDENDUM)
+    assert errors == [], errors
 
-        draft, signed, first, second = _by_version(orthanc, study.study_uid, 4)
-        assert predecessor_uids(first) == [str(draft.SOPInstanceUID),
-                                           str(signed.SOPInstanceUID)]
-        assert predecessor_uids(second) == [str(draft.SOPInstanceUID),
-                                            str(signed.SOPInstanceUID),
-                                            str(first.SOPInstanceUID)]
-        assert [sr.VerificationFlag for sr in (signed, first, second)] == ["VERIFIED"] * 3
-        # The signed report's content is carried unchanged, the addenda after it.
-        assert read_report(second).findings_text == read_report(signed).findings_text
-        path = tmp_path / "second.dcm"
-        second.save_as(path, enforce_file_format=True)
-        dump = subprocess.run(["dsrdump", "+Pl", "+Pc", str(path)], capture_output=True, text=True,
-                              check=True, timeout=60).stdout
-        assert dump.count("Addendum") >= 2 and ADDENDUM in dump
-        assert "Predecessor Docs    : 3" in dump and "Verification Flag   : VERIFIED" in dump
-        # One verifying observer per signature: the sign-off, then each addendum.
-        assert len(second.VerifyingObserverSequence) == 3
-    finally:
-        db.dispose()
+    draft, signed, first, second = _by_version(orthanc, study.study_uid, 4)
+    assert predecessor_uids(first) == [str(draft.SOPInstanceUID),
+                                   str(signed.SOPInstanceUID)]
+    assert predecessor_uids(second) == [str(draft.SOPInstanceUID),
+                                    str(signed.SOPInstanceUID),
+                                    str(first.SOPInstanceUID)]
+    assert [sr.VerificationFlag for sr in (signed, first, second)] == ["VERIFIED"] * 3
+    # The signed report's content is carried unchanged, the addenda after it.
+    assert read_report(second).findings_text == read_report(signed).findings_text
+    path = tmp_path / "second.dcm"
+    second.save_as(path, enforce_file_format=True)
+    dump = subprocess.run(["dsrdump", "+Pl", "+Pc", str(path)], capture_output=True, text=True,
+                      check=True, timeout=60).stdout
+    assert dump.count("Addendum") >= 2 and ADDENDUM in dump
+    assert "Predecessor Docs    : 3" in dump and "Verification Flag   : VERIFIED" in dump
+    # One verifying observer per signature: the sign-off, then each addendum.
+    assert len(second.VerifyingObserverSequence) == 3
