@@ -6,7 +6,7 @@ self-describing, checksummed model bundle. This package imports nothing from ``t
 or ``dicom_node``.
 """
 
-from inference.bundle import Manifest, load_manifest, verify_files
+from inference.bundle import Manifest, Provenance, load_manifest, verify_files
 from inference.config import (
     AlignerConfig,
     ClassifierConfig,
@@ -64,6 +64,7 @@ __all__ = [
     "LanguageModel",
     "LookupDecoding",
     "Manifest",
+    "Provenance",
     "ModelConfig",
     "MultimodalBatch",
     "NgramTable",

@@ -62,6 +62,73 @@ _VERSIONED_PACKAGES = (
 )
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a bundle's model comes from, and what it may be used for.
+
+    Written to the manifest and, by the node, into every SR the model drafts (TID 4019
+    Algorithm Parameters), so a reader of the report sees it.
+
+    Parameters
+    ----------
+    source
+        The model's origin: a published model (``"ChantalMP/RaDialog v1"``) or the recipe
+        that trained it.
+    licence
+        The licence string of the weights, as their publisher states it.
+    intended_use
+        The publisher's intended-use notice (``"Research use only"``; a demonstration
+        model says it is one).
+    source_version
+        The published version or revision, when there is one.
+    """
+
+    source: str
+    licence: str
+    intended_use: str
+    source_version: str = ""
+
+    def __post_init__(self) -> None:
+        for key in ("source", "licence", "intended_use"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"provenance.{key} must be a non-empty string")
+        if not isinstance(self.source_version, str):
+            raise ConfigError("provenance.source_version must be a string")
+
+    def to_dict(self) -> dict[str, str]:
+        """The manifest's ``provenance`` object."""
+        return {
+            "source": self.source,
+            "source_version": self.source_version,
+            "licence": self.licence,
+            "intended_use": self.intended_use,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Provenance:
+        """Read the manifest's ``provenance`` object.
+
+        Raises
+        ------
+        ConfigError
+            For a missing or unknown key, or a value that is not a string (named).
+        """
+        known = {"source", "source_version", "licence", "intended_use"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"provenance: unknown key(s) {unknown}")
+        missing = sorted({"source", "licence", "intended_use"} - set(data))
+        if missing:
+            raise ConfigError(f"provenance: missing key(s) {missing}")
+        return cls(
+            source=data["source"],
+            licence=data["licence"],
+            intended_use=data["intended_use"],
+            source_version=data.get("source_version", ""),
+        )
+
+
 @dataclass
 class Manifest:
     """Parsed ``manifest.json`` of a bundle."""
@@ -82,6 +149,8 @@ class Manifest:
     metrics: dict[str, Any] | None = None
     git_revision: str | None = None
     exporter: str = ""
+    #: Where the model comes from; ``None`` for bundles written before provenance was kept.
+    provenance: Provenance | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -182,6 +251,7 @@ def write_manifest(
     version: str = "0",
     exporter: str = "",
     metrics: Mapping[str, Any] | None = None,
+    provenance: Provenance | None = None,
 ) -> Path:
     """Write ``manifest.json`` over the files already in ``root`` and return its path.
 
@@ -203,6 +273,8 @@ def write_manifest(
         directory, whose files are checksummed too.
     name, version, exporter, metrics
         Provenance recorded as given.
+    provenance
+        Source, licence and intended use of the model (recommended for every new bundle).
     """
     bundle = Path(root)
     labels = config.classifier.labels
@@ -238,6 +310,7 @@ def write_manifest(
             "lookup_table": LOOKUP_TABLE if (bundle / LOOKUP_TABLE).is_file() else None,
         },
         "metrics": dict(metrics) if metrics is not None else None,
+        "provenance": provenance.to_dict() if provenance is not None else None,
         "files": {
             path: digest
             for path, digest in _checksums(bundle, bundle).items()
@@ -287,6 +360,10 @@ def load_manifest(root: str | PathLike[str], *, verify: bool = True) -> Manifest
         thresholds = {str(k): float(v) for k, v in raw["thresholds"].items()}
         files = dict(raw["files"])
         external_files = dict(raw.get("external_files") or {})
+        provenance = (
+            Provenance.from_dict(raw["provenance"]) if raw.get("provenance") is not None
+            else None
+        )
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise BundleError(f"{manifest_path}: invalid manifest ({exc})") from exc
     missing_thresholds = [label for label in config.classifier.labels if label not in thresholds]
@@ -310,6 +387,7 @@ def load_manifest(root: str | PathLike[str], *, verify: bool = True) -> Manifest
         metrics=raw.get("metrics"),
         git_revision=raw.get("git_revision"),
         exporter=str(raw.get("vision", {}).get("exporter", "")),
+        provenance=provenance,
         raw=raw,
     )
     if verify:
@@ -353,6 +431,7 @@ def copy_tree(source: str | PathLike[str], destination: Path) -> None:
 
 
 __all__ = [
+    "Provenance",
     "ADAPTERS_DIR",
     "BUNDLE_FORMAT",
     "FORMAT_VERSION",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydicom.dataset import Dataset
 
-from inference.bundle import Manifest, load_manifest
+from inference.bundle import Manifest, Provenance, load_manifest
 from inference.config import GenerationConfig, ModelConfig
 from inference.content_check import ContentCheck, ContentScore
 from inference.errors import BundleError, ConfigError, InferenceError, PreprocessingError
@@ -199,6 +199,8 @@ class ChestXrayVLM:
         ``None`` decodes one token per forward pass.
     content_check
         Screens images before drafting (:mod:`inference.content_check`); ``None``: none.
+    provenance
+        Where the model comes from, its licence and intended use (recorded in every draft).
     """
 
     def __init__(
@@ -213,6 +215,7 @@ class ChestXrayVLM:
         version: str = "0",
         lookup: LookupDecoding | None = None,
         content_check: ContentCheck | None = None,
+        provenance: Provenance | None = None,
     ) -> None:
         if llm.hidden_size != config.llm_hidden_size:
             raise InferenceError(
@@ -229,6 +232,8 @@ class ChestXrayVLM:
         self.version = version
         self.lookup = lookup
         self.content_check = content_check
+        #: Source, licence and intended use (from the bundle; None for older bundles).
+        self.provenance = provenance
 
     @classmethod
     def from_bundle(
@@ -281,6 +286,7 @@ class ChestXrayVLM:
             content_check=(
                 ContentCheck.load(manifest.content_check) if manifest.content_check else None
             ),
+            provenance=manifest.provenance,
         )
 
     # ----------------------------------------------------------------------------- vision
@@ -614,7 +620,8 @@ def select_vision_onnx(
 
 
 def bundle_summary(path: str | Path) -> dict[str, Any]:
-    """Manifest facts for display (name, version, created, metrics, adapters, exporter)."""
+    """Manifest facts for display (name, version, created, provenance, metrics, adapters,
+    exporter)."""
     manifest = load_manifest(path, verify=False)
     return {
         "name": manifest.name,
@@ -627,6 +634,7 @@ def bundle_summary(path: str | Path) -> dict[str, Any]:
         "int8_vision": manifest.vision_onnx_int8 is not None,
         "lookup_table": manifest.lookup_table is not None,
         "content_check": manifest.content_check is not None,
+        "provenance": manifest.provenance.to_dict() if manifest.provenance else None,
         "metrics": manifest.metrics,
     }
 

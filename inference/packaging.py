@@ -22,6 +22,7 @@ from inference.bundle import (
     VISION_ONNX,
     VISION_ONNX_INT8,
     VISION_WEIGHTS,
+    Provenance,
     copy_tree,
     write_manifest,
 )
@@ -75,6 +76,7 @@ def package_bundle(
     metrics: Mapping[str, Any] | None = None,
     int8: bool = True,
     lookup_table: NgramTable | None = None,
+    provenance: Provenance | None = None,
 ) -> Path:
     """Write a bundle directory: ONNX + safetensors vision, tokenizer, LLM, adapters.
 
@@ -107,6 +109,8 @@ def package_bundle(
     lookup_table
         N-gram table of the report targets (tokenised with ``tokenizer``), written as
         ``lookup_ngrams.json`` for speculative decoding.
+    provenance
+        Source, licence and intended use (:class:`~inference.bundle.Provenance`).
 
     Returns
     -------
@@ -157,6 +161,7 @@ def package_bundle(
             version=version,
             exporter=exporter,
             metrics=metrics,
+            provenance=provenance,
         )
         staging.rename(destination)
     except BaseException:

@@ -20,6 +20,7 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from inference.bundle import Provenance
 from inference.config import (
     AlignerConfig,
     AlignerKind,
@@ -239,6 +240,11 @@ def build_tiny_bundle(
             name=f"tiny-{backbone}-{aligner}",
             version=f"0.0.{seed}",
             int8=int8,
+            provenance=Provenance(
+                source="randomly initialised tiny test model (inference.tiny)",
+                licence="none: random weights",
+                intended_use="Software tests only; its reports mean nothing.",
+            ),
             lookup_table=NgramTable.build(
                 (tokenizer.encode(text + EOS_TOKEN) for text in TOKENIZER_CORPUS), min_count=1
             ),

@@ -198,6 +198,14 @@ class ModelSection(_Strict):
     )
     name: str = "cxr-vlm"
     version: str = "0.1.0"
+    licence: str = Field(
+        default="Apache-2.0 (SmolLM2-135M-Instruct and all-MiniLM-L6-v2 weights)",
+        description="Licence of the trained weights, written to the bundle's provenance.",
+    )
+    intended_use: str = Field(
+        default="Research and demonstration only; not for clinical use.",
+        description="Intended-use notice, written to the bundle's provenance and every SR.",
+    )
 
     def model_config_obj(self) -> ModelConfig:
         """The :class:`inference.ModelConfig` this section describes."""

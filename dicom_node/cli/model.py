@@ -118,7 +118,8 @@ def model_verify(
 # --------------------------------------------------------------------------- model info
 @model_app.command("info")
 def model_info(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")]) -> None:
-    """Print a bundle's name, version, architecture, adapters and metrics as JSON."""
+    """Print a bundle's name, version, provenance, architecture, adapters and metrics as
+    JSON."""
     _quiet_libraries()
     from inference import InferenceError, bundle_summary
 

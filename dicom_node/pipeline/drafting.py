@@ -281,7 +281,20 @@ def draft_to_report(draft: DraftReport) -> tuple[Report, list[FindingRecord]]:
 
 
 def _algorithm(model: ChestXrayVLM) -> AlgorithmInfo:
-    return AlgorithmInfo(name=model.name, version=model.version)
+    """The SR's algorithm identification: name, version and, where the bundle records it,
+    where the model comes from, its licence and its intended use (TID 4019 parameters), so
+    that whoever reads the report sees them."""
+    provenance = getattr(model, "provenance", None)
+    parameters: dict[str, str] = {}
+    if provenance is not None:
+        parameters = {
+            "source": provenance.source,
+            "licence": provenance.licence,
+            "intended_use": provenance.intended_use,
+        }
+        if provenance.source_version:
+            parameters["source_version"] = provenance.source_version
+    return AlgorithmInfo(name=model.name, version=model.version, parameters=parameters)
 
 
 def _existing_version(db: Database, job_id: int) -> ReportVersion | None:

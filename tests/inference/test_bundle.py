@@ -92,6 +92,25 @@ def test_bad_config_in_manifest_names_the_key(bundle_copy: Path) -> None:
         load_manifest(bundle_copy)
 
 
+def test_provenance_is_in_the_manifest_and_a_bad_one_names_the_key(
+    tiny_bundle: Path, bundle_copy: Path
+) -> None:
+    provenance = load_manifest(tiny_bundle).provenance
+    assert provenance is not None
+    assert provenance.intended_use == "Software tests only; its reports mean nothing."
+    assert provenance.licence == "none: random weights"
+    manifest = bundle_copy / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["provenance"]["license"] = raw["provenance"].pop("licence")
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="provenance.*license"):
+        load_manifest(bundle_copy)
+    # A bundle from before provenance was kept still loads, without one.
+    raw["provenance"] = None
+    manifest.write_text(json.dumps(raw))
+    assert load_manifest(bundle_copy).provenance is None
+
+
 def test_not_a_bundle(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="no manifest"):
         load_manifest(tmp_path)

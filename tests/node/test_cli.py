@@ -36,6 +36,7 @@ def test_model_init_tiny_builds_a_verifiable_bundle(tmp_path: Path) -> None:
     assert (out / "manifest.json").is_file() and (out / "vision.onnx").is_file()
     info = runner.invoke(app, ["model", "info", str(out)])
     assert info.exit_code == 0 and json.loads(info.stdout)["aligner"] == "mlp"
+    assert json.loads(info.stdout)["provenance"]["licence"] == "none: random weights"
 
 
 def test_model_init_refuses_an_existing_directory(tiny_bundle: Path) -> None:

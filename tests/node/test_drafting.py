@@ -77,6 +77,14 @@ def test_a_job_is_drafted_once_even_when_its_message_comes_twice(
     sr = pydicom.dcmread(settings.storage.reports_dir / version.sr_path)
     assert sr.SOPInstanceUID == version.sr_sop_instance_uid
     assert len(list(settings.storage.outbox_dir.rglob("*.dcm"))) == 1
+    # The model's provenance travels with every draft (TID 4019 Algorithm Parameters).
+    from sr_templates import read_report
+
+    algorithm = read_report(sr).algorithm
+    assert algorithm is not None
+    assert algorithm.parameters["intended_use"] == (
+        "Software tests only; its reports mean nothing.")
+    assert algorithm.parameters["licence"] == "none: random weights"
 
 
 def test_an_older_job_of_a_study_is_superseded_by_the_newer_one(

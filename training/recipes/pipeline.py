@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inference import NgramTable, package_bundle
-from inference.bundle import LOOKUP_TABLE
+from inference.bundle import LOOKUP_TABLE, Provenance
 from training.config import TrainingConfig
 from training.engine.context import RunContext, build_context
 from training.errors import CheckpointError
@@ -96,6 +96,12 @@ def package_run(ctx: RunContext, out_dir: Path, metrics: dict[str, Any] | None =
         version=ctx.config.model.version,
         metrics=metrics,
         lookup_table=NgramTable.load(table_path) if table_path.is_file() else None,
+        provenance=Provenance(
+            source=f"{ctx.config.model.name}, trained by this project's training pipeline",
+            source_version=ctx.config.model.version,
+            licence=ctx.config.model.licence,
+            intended_use=ctx.config.model.intended_use,
+        ),
     )
     # Which images the model should not draft: fitted on the bundle's own vision model.
     fit_bundle_content_check(bundle, ctx.images["train"], ctx.images["val"], seed=ctx.config.seed)
