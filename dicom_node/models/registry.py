@@ -215,6 +215,8 @@ def manifest_metrics(manifest: Manifest) -> dict[str, Any]:
         evaluated = raw.get("evaluated_with")
         if isinstance(evaluated, Mapping) and "split" in evaluated:
             out["evaluated_on"] = str(evaluated["split"])
+        if isinstance(evaluated, Mapping) and isinstance(evaluated.get("site_studies"), int):
+            out["site_studies"] = int(evaluated["site_studies"])
         return out
     if GATE_METRIC in raw:
         return {k: v for k, v in raw.items() if isinstance(v, int | float | str)}
@@ -539,17 +541,39 @@ def ensure_initial_version(db: Database, settings: Settings) -> VersionInfo:
 
 
 # --------------------------------------------------------------------------- promotion
+def _without_site_data(
+    candidate: VersionInfo, active: VersionInfo, *, same_studies: bool
+) -> str | None:
+    """Why the figures hold no study of this site, or ``None`` when they may.
+
+    Same held-out studies (a retrain): none of them from the site. Separate evaluations:
+    either figure measured on synthetic phantoms (the demo model's test split).
+    """
+    if same_studies:
+        if candidate.metrics.get("site_studies") == 0:
+            return "the held-out studies hold none of this site's signed reports"
+        return None
+    for who, info in (("candidate", candidate), ("active version", active)):
+        evaluated_on = str(info.metrics.get("evaluated_on", ""))
+        if "phantom" in evaluated_on.lower():
+            return f"the {who} {info.version} was evaluated on synthetic phantoms ({evaluated_on})"
+    return None
+
+
 def compare(candidate: VersionInfo, active: VersionInfo) -> GateResult:
     """Compare a candidate's CE F1 (macro) with the active version's.
 
     When the candidate's metrics hold a ``baseline`` measured for the active version on the
     same held-out studies (a retrain candidate), that figure is the active one; otherwise
-    each version's own figure is used.
+    each version's own figure is used. Figures without any of this site's studies (held-out
+    studies with no site study, or a phantom evaluation) are not compared: the gate refuses
+    and says so ("no site data"); ``--force`` still promotes.
     """
     cand_f1 = candidate.ce_f1
     baseline = candidate.metrics.get(BASELINE_KEY)
     active_f1: float | None
-    if isinstance(baseline, Mapping) and baseline.get("version") == active.version:
+    same_studies = isinstance(baseline, Mapping) and baseline.get("version") == active.version
+    if isinstance(baseline, Mapping) and same_studies:
         active_f1 = _figure(baseline.get(GATE_METRIC))
         studies = candidate.metrics.get("n_studies")
         basis = (
@@ -560,16 +584,25 @@ def compare(candidate: VersionInfo, active: VersionInfo) -> GateResult:
     else:
         active_f1 = active.ce_f1
         basis = "each from its own evaluation"
+    no_site = _without_site_data(candidate, active, same_studies=same_studies)
     if cand_f1 is None:
         message = (
             f"candidate {candidate.version} has no {GATE_METRIC_NAME} figure (it was not "
-            f"evaluated), so it cannot be compared with the active version {active.version}"
+            f"evaluated; an imported model has none until it is evaluated on this site's "
+            f"studies), so it cannot be compared with the active version {active.version}"
         )
         passed = False
     elif active_f1 is None:
         message = (
             f"the active version {active.version} has no {GATE_METRIC_NAME} figure to compare "
             f"candidate {candidate.version} ({cand_f1:.3f}) with"
+        )
+        passed = False
+    elif no_site is not None:
+        message = (
+            f"no site data: {no_site}, so comparing candidate {candidate.version} "
+            f"({cand_f1:.3f}) with the active version {active.version} ({active_f1:.3f}) "
+            "says nothing about this site's studies"
         )
         passed = False
     elif cand_f1 < active_f1:

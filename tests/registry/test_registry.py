@@ -183,3 +183,40 @@ def test_model_commands(
     assert "model version 0.0.0 is active again (was site-b)" in said(back)
     again = runner.invoke(app, ["model", "rollback", "--config", str(config)])
     assert again.exit_code == 2 and "no previous version" in said(again)
+
+
+def _version(name: str, metrics: dict[str, object], source: ModelSource) -> object:
+    from datetime import UTC, datetime
+
+    from dicom_node.models.registry import VersionInfo
+
+    return VersionInfo(
+        version=name, bundle=Path("/nonexistent"), model_name="m", original_version=None,
+        metrics=metrics, source=source, parent_version=None,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC), active=False, promoted_at=None,
+        promoted_by=None, previous_version=None, promotion_note=None,
+    )
+
+
+def test_the_gate_says_no_site_data_instead_of_comparing_phantom_figures() -> None:
+    from dicom_node.models.registry import compare
+
+    demo = _version("demo", {"ce_f1_macro": 0.95, "evaluated_on": "test (held-out phantoms)"},
+                    ModelSource.DEMO)
+    site = _version("site", {"ce_f1_macro": 0.40, "evaluated_on": "site test set"},
+                    ModelSource.IMPORTED)
+    gate = compare(site, demo)
+    assert not gate.passed
+    assert gate.message.startswith("no site data: the active version demo was evaluated on "
+                                   "synthetic phantoms")
+    # A retrain whose held-out studies hold none of the site's sign-offs says so too ...
+    retrain = {"ce_f1_macro": 0.9, "n_studies": 10, "site_studies": 0,
+               "baseline": {"version": "demo", "ce_f1_macro": 0.5}}
+    gate = compare(_version("r1", retrain, ModelSource.RETRAIN), demo)
+    assert not gate.passed and "none of this site's signed reports" in gate.message
+    # ... and one with site studies among them is compared on the same studies.
+    gate = compare(_version("r2", {**retrain, "site_studies": 3}, ModelSource.RETRAIN), demo)
+    assert gate.passed and "both on the same 10 held-out studies" in gate.message
+    # An imported model that nobody evaluated here: no figure, and the gate says why.
+    gate = compare(_version("imp", {}, ModelSource.IMPORTED), site)
+    assert not gate.passed and "evaluated on this site's studies" in gate.message

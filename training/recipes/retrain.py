@@ -526,6 +526,7 @@ def _write_candidate_metrics(
             "evaluated_with": {
                 "split": f"retrain held-out studies ({held_site} site, "
                 f"{held_total - held_site} base)",
+                "site_studies": held_site,
             },
             "retrain": {
                 "parent_version": plan.base_version,
