@@ -10,6 +10,7 @@ from inference.bundle import Manifest, Provenance, load_manifest, verify_files
 from inference.config import (
     AlignerConfig,
     ClassifierConfig,
+    ConversationConfig,
     GenerationConfig,
     ModelConfig,
     PreprocessConfig,
@@ -73,6 +74,7 @@ __all__ = [
     "PreprocessConfig",
     "PreprocessingError",
     "PromptBuilder",
+    "ConversationConfig",
     "PromptConfig",
     "RuntimeOptions",
     "RuntimeUnavailableError",

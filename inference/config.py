@@ -18,6 +18,7 @@ from inference.errors import ConfigError
 from report_language.labels import CHEXPERT_LABELS
 
 AlignerKind = Literal["qformer", "linear", "mlp"]
+ConversationStyle = Literal["two", "single"]
 ResizeMode = Literal["pad", "crop"]
 VoiMode = Literal["dicom", "percentile", "minmax"]
 
@@ -155,6 +156,42 @@ class AlignerConfig:
 
 
 @dataclass
+class ConversationConfig:
+    """A separator conversation template, as FastChat writes them (LLaMA-era models).
+
+    The prompt is ``system + sep``, then ``role + ": " + message + separator`` per message,
+    then the answering role and ``":"``. Style ``two`` ends user messages with ``sep`` and
+    answers with ``sep2`` (Vicuna v1.1: roles USER/ASSISTANT, ``" "`` and ``"</s>"``, as
+    RaDialog uses); style ``single`` ends every message with ``sep`` (XrayGPT: roles
+    Patient/Doctor and ``"###"``).
+    """
+
+    style: ConversationStyle = field(
+        default="two", metadata={"help": "'two': sep after user, sep2 after answers; "
+                                 "'single': sep after every message."}
+    )
+    roles: tuple[str, ...] = field(
+        default=("USER", "ASSISTANT"), metadata={"help": "The asking and the answering role."}
+    )
+    sep: str = field(default=" ", metadata={"help": "Separator after the system text and "
+                                            "after user messages."})
+    sep2: str = field(default="</s>", metadata={"help": "Separator after answers ('two')."})
+
+    def __post_init__(self) -> None:
+        if self.style not in get_args(ConversationStyle):
+            raise ConfigError(
+                f"prompt.conversation.style must be one of {get_args(ConversationStyle)}, "
+                f"got {self.style!r}"
+            )
+        if len(self.roles) != 2 or not all(role.strip() for role in self.roles):
+            raise ConfigError("prompt.conversation.roles must be two non-empty role names")
+
+    def separator(self, answering: bool) -> str:
+        """What ends a message of the asking (``False``) or answering (``True``) role."""
+        return self.sep2 if answering and self.style == "two" else self.sep
+
+
+@dataclass
 class PromptConfig:
     """Wording of the prompts; shared by training and inference through one builder."""
 
@@ -175,6 +212,13 @@ class PromptConfig:
     )
     no_findings_text: str = field(
         default="no abnormal findings", metadata={"help": "Shown when no finding is positive."}
+    )
+    conversation: ConversationConfig | None = field(
+        default=None,
+        metadata={
+            "help": "A separator template (Vicuna v1.1, XrayGPT's); when unset, the "
+            "tokenizer's chat template, else a plain '### User:' layout."
+        },
     )
 
 
@@ -290,6 +334,8 @@ __all__ = [
     "AlignerConfig",
     "AlignerKind",
     "ClassifierConfig",
+    "ConversationConfig",
+    "ConversationStyle",
     "GenerationConfig",
     "ModelConfig",
     "PreprocessConfig",

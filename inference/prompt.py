@@ -18,7 +18,7 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from inference.config import PromptConfig
+from inference.config import ConversationConfig, PromptConfig
 from inference.errors import InferenceError
 
 Role = Literal["user", "assistant"]
@@ -127,7 +127,13 @@ class PromptBuilder:
         return messages
 
     def render(self, messages: list[dict[str, str]], answer: str | None = None) -> tuple[str, str]:
-        """Return ``(prompt_text, target_text)``; the target is empty without an answer."""
+        """Return ``(prompt_text, target_text)``; the target is empty without an answer.
+
+        The layout is the config's conversation template when it has one, else the
+        tokenizer's chat template, else a plain ``### User:`` layout.
+        """
+        if self.config.conversation is not None:
+            return self._render_conversation(self.config.conversation, messages, answer)
         if self.uses_chat_template:
             prompt = self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
@@ -156,6 +162,23 @@ class PromptBuilder:
         prompt = "".join(parts)
         target = "" if answer is None else f" {answer}{self.tokenizer.eos_token or ''}"
         return prompt, target
+
+    def _render_conversation(
+        self,
+        conversation: ConversationConfig,
+        messages: list[dict[str, str]],
+        answer: str | None,
+    ) -> tuple[str, str]:
+        asking, answering = conversation.roles
+        system = next((m["content"] for m in messages if m["role"] == "system"), "")
+        parts = [self.tokenizer.bos_token or "", system, conversation.sep]
+        for message in (m for m in messages if m["role"] != "system"):
+            is_answer = message["role"] == "assistant"
+            role = answering if is_answer else asking
+            parts.append(f"{role}: {message['content']}{conversation.separator(is_answer)}")
+        parts.append(f"{answering}:")
+        target = "" if answer is None else f" {answer}{conversation.separator(True)}"
+        return "".join(parts), target
 
     def encode(
         self,

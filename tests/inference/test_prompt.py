@@ -93,3 +93,60 @@ def test_plain_layout_without_chat_template() -> None:
     encoded = builder.encode(findings=["Edema"], instruction="Write.", answer="Edema.")
     assert "### User: Image information: <ImageHere>." in encoded.text
     assert encoded.text.endswith("### Assistant: Edema.<|im_end|>")
+
+
+RADIOLOGIST = ("A chat between a curious user and an artificial intelligence assistant acting "
+               "as an experienced radiologist.")
+
+
+def test_vicuna_v1_1_conversation_as_radialog_writes_it() -> None:
+    from inference import ConversationConfig
+
+    tokenizer = train_tiny_tokenizer()
+    config = PromptConfig(system_prompt=RADIOLOGIST, conversation=ConversationConfig())
+    builder = PromptBuilder(tokenizer, config)
+    first = builder.encode(findings=["Edema"], instruction="Write the report.",
+                           answer="Mild edema.")
+    bos = tokenizer.bos_token or ""
+    context = "Image information: <ImageHere>.\nPredicted findings: edema."
+    # FastChat's "two" style: system + sep, "USER: msg" + sep, "ASSISTANT:" left open; the
+    # answer follows after a space and ends with sep2.
+    assert first.text == (f"{bos}{RADIOLOGIST} USER: {context}\nWrite the report. ASSISTANT:"
+                          " Mild edema.</s>")
+    later = builder.encode(
+        findings=["Edema"], instruction="Is there an effusion?",
+        history=[Turn("user", "Write the report."), Turn("assistant", "Mild edema.")],
+    )
+    assert later.text.endswith("ASSISTANT: Mild edema.</s>USER: Is there an effusion? "
+                               "ASSISTANT:")
+
+
+def test_single_separator_conversation_as_xraygpt_writes_it() -> None:
+    from inference import ConversationConfig
+
+    system = "You are an experienced Doctor."
+    config = PromptConfig(
+        system_prompt=system,
+        conversation=ConversationConfig(style="single", roles=("Patient", "Doctor"), sep="###"),
+    )
+    tokenizer = train_tiny_tokenizer()
+    encoded = PromptBuilder(tokenizer, config).encode(findings=None, instruction="Describe.")
+    bos = tokenizer.bos_token or ""
+    assert encoded.text == f"{bos}{system}###Patient: Image information: <ImageHere>.\n" \
+        "Describe.###Doctor:"
+
+
+def test_a_conversation_template_round_trips_and_bad_values_name_the_key() -> None:
+    from inference import ConfigError, ConversationConfig, ModelConfig
+
+    config = ModelConfig(prompt=PromptConfig(conversation=ConversationConfig(
+        style="single", roles=("Patient", "Doctor"), sep="###")))
+    again = ModelConfig.from_dict(config.to_dict())
+    assert again.prompt.conversation == config.prompt.conversation
+    data = config.to_dict()
+    data["prompt"]["conversation"]["style"] = "triple"
+    with pytest.raises(ConfigError, match="prompt.conversation.style"):
+        ModelConfig.from_dict(data)
+    data["prompt"]["conversation"] = {"roles": ["USER"]}
+    with pytest.raises(ConfigError, match="prompt.conversation.roles"):
+        ModelConfig.from_dict(data)
