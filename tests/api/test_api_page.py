@@ -118,6 +118,9 @@ def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
         page.goto(url)
+        # Before login only the login form shows: no empty reader behind it.
+        sync_api.expect(page.locator("#login")).to_be_visible()
+        sync_api.expect(page.locator("#main")).to_be_hidden()
         page.fill("#token", "wrong-token-0123456789")
         page.click("#login-button")
         sync_api.expect(page.locator("#login-error")).to_have_text("This token is not valid.")
@@ -128,8 +131,13 @@ def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
         # Worklist -> study: patient, report, findings and the rendered image.
         row = page.locator(f'#worklist tbody tr[data-uid="{study_uid}"]')
         sync_api.expect(row).to_contain_text("drafted")
-        row.click()
+        # A keyboard-only reader: Tab reaches the row, Enter opens the study.
+        row.focus()
+        page.keyboard.press("Enter")
         sync_api.expect(page.locator("#patient")).to_contain_text(PATIENT_NAME.replace("^", " "))
+        # Dates in the reader's locale, not DICOM's 19400305.
+        patient_line = page.inner_text("#patient")
+        assert "1940" in patient_line and "19400305" not in patient_line
         sync_api.expect(page.locator("#report-version")).to_have_text("1")
         sync_api.expect(page.locator("#report-findings")).to_contain_text(
             "Small left pleural effusion."
@@ -154,7 +162,7 @@ def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
         # A question: streamed by SSE, answered, the report stays at version 1.
         page.fill("#message-input", "Is the heart enlarged?")
         with page.expect_response(lambda r: "/messages?stream=true" in r.url) as streamed:
-            page.click("#send")
+            page.press("#message-input", "Control+Enter")  # Enter alone is a new line
         assert streamed.value.headers["content-type"].startswith("text/event-stream")
         sync_api.expect(page.locator("#status")).to_have_text("Answered")
         sync_api.expect(page.locator("#messages .message.assistant")).to_have_count(1)
@@ -380,3 +388,24 @@ def test_an_addendum_chain_reaches_orthanc_with_its_predecessors(
     assert "Predecessor Docs    : 3" in dump and "Verification Flag   : VERIFIED" in dump
     # One verifying observer per signature: the sign-off, then each addendum.
     assert len(second.VerifyingObserverSequence) == 3
+
+
+def test_a_reader_who_may_not_sign_is_told_why_sign_off_is_greyed_out(
+    reader_page: ReaderPage, browser: Any
+) -> None:
+    from apihelpers import BOB_TOKEN
+
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(reader_page.server.url)
+        page.fill("#token", BOB_TOKEN)
+        page.click("#login-button")
+        page.locator(f'#worklist tbody tr[data-uid="{reader_page.study.study_uid}"]').click()
+        sync_api.expect(page.locator("#report-version")).to_have_text("1")
+        sync_api.expect(page.locator("#sign-button")).to_be_disabled()
+        sync_api.expect(page.locator("#sign-hint")).to_be_visible()
+        sync_api.expect(page.locator("#sign-hint")).to_contain_text("may not sign")
+    finally:
+        context.close()

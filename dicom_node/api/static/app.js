@@ -128,6 +128,13 @@ async function loadWorklist() {
     row.classList.add(`status-${study.status}`);
     row.classList.toggle("selected", study.study_instance_uid === state.uid);
     row.addEventListener("click", () => openStudy(study.study_instance_uid).catch(reportFailure));
+    // Reachable with Tab, opened with Enter or Space, as a link would be.
+    row.tabIndex = 0;
+    row.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter" && event.key !== " ") return;
+      event.preventDefault();
+      openStudy(study.study_instance_uid).catch(reportFailure);
+    });
     body.append(row);
   }
   $("worklist-empty").hidden = studies.length > 0;
@@ -172,12 +179,20 @@ function codeChanges(diff) {
     .map((c) => `${c.label} ${c.before ?? "-"} \u2192 ${c.after ?? "-"}`).join("; ");
 }
 
+// A DICOM date (DA, "19400305") in the reader's locale; anything else as it is.
+function dicomDate(value) {
+  const match = /^(\d{4})(\d{2})(\d{2})$/.exec(value || "");
+  if (!match) return value || "";
+  const date = new Date(Number(match[1]), Number(match[2]) - 1, Number(match[3]));
+  return date.toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" });
+}
+
 function renderStudy() {
   const detail = state.detail;
   const patient = detail.patient;
   $("patient").textContent = patient
-    ? `${patient.name.replaceAll("^", " ")} \u00b7 ID ${patient.patient_id} \u00b7 born ${patient.birth_date} `
-      + `\u00b7 ${patient.sex} \u00b7 study ${patient.study_date} \u00b7 acc. ${patient.accession_number}`
+    ? `${patient.name.replaceAll("^", " ")} \u00b7 ID ${patient.patient_id} \u00b7 born ${dicomDate(patient.birth_date)} `
+      + `\u00b7 ${patient.sex} \u00b7 study ${dicomDate(patient.study_date)} \u00b7 acc. ${patient.accession_number}`
     : detail.study.study_instance_uid;
   const current = detail.current;
   $("report-version").textContent = current ? String(current.version) : "-";
@@ -198,7 +213,11 @@ function renderStudy() {
   // An unsaved edit is never signed: sign-off waits until it is saved or discarded.
   $("sign-button").disabled = !current || signed || editing
     || !(state.user && state.user.may_sign);
-  $("sign-hint").hidden = !editing;
+  const maySignOff = Boolean(state.user && state.user.may_sign);
+  $("sign-hint").textContent = editing
+    ? "Save or discard your edit to sign off: an unsaved edit is never signed."
+    : "Your account may not sign reports off; a radiologist who may signs them.";
+  $("sign-hint").hidden = !editing && (maySignOff || !current || signed);
   $("sign-review").hidden = true;
   $("resolve-review").hidden = true;
   // A reload (a dialog turn, a colleague's change) keeps an edit in progress on screen.
@@ -689,6 +708,13 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("logout-button").addEventListener("click", () => logout(""));
   $("refresh-button").addEventListener("click", () => loadWorklist().catch(reportFailure));
+  // Ctrl+Enter (Cmd+Enter on a Mac) sends; Enter alone starts a new line.
+  $("message-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      $("message-form").requestSubmit();
+    }
+  });
   $("message-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("message-input").value;
