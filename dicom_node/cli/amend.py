@@ -165,6 +165,16 @@ def _print_proposal(proposal: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _print_stored(what: str, result: dict[str, Any]) -> None:
+    """One line for a stored version: its number and where its SR is queued."""
+    sent = result["destinations"]
+    console.print(
+        f"{what}: report version {result['version']['version']}"
+        + (f", queued for {', '.join(sent)}" if sent else ", no PACS destination"),
+        highlight=False,
+    )
+
+
 @app.command("amend")
 def amend(
     study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
@@ -211,12 +221,7 @@ def amend(
         if as_json:
             sys.stdout.write(json.dumps(added, indent=2) + "\n")
             return
-        sent = added["destinations"]
-        console.print(
-            f"addendum stored: report version {added['version']['version']}"
-            + (f", queued for {', '.join(sent)}" if sent else ", no PACS destination"),
-            highlight=False,
-        )
+        _print_stored("addendum stored", added)
         return
     with _client(config, url, token, timeout) as client:
         result = _request(
@@ -237,13 +242,7 @@ def amend(
         return
     _print_proposal(proposal)
     if accepted is not None:
-        version = accepted["version"]
-        sent = accepted["destinations"]
-        console.print(
-            f"accepted: report version {version['version']}"
-            + (f", queued for {', '.join(sent)}" if sent else ", no PACS destination"),
-            highlight=False,
-        )
+        _print_stored("accepted", accepted)
 
 
 @app.command("api")

@@ -284,7 +284,7 @@ def _algorithm(model: ChestXrayVLM) -> AlgorithmInfo:
     """The SR's algorithm identification: name, version and, where the bundle records it,
     where the model comes from, its licence and its intended use (TID 4019 parameters), so
     that whoever reads the report sees them."""
-    provenance = getattr(model, "provenance", None)
+    provenance = model.provenance
     parameters: dict[str, str] = {}
     if provenance is not None:
         parameters = {

@@ -60,12 +60,19 @@ class ReaderPage:
     errors: list[str]
 
 
+@dataclass
+class ServedStudy:
+    """A drafted study whose draft is in Orthanc, and the API serving it."""
+
+    study: Any
+    server: ApiServer
+
+
 @pytest.fixture
-def reader_page(
+def served_study(
     tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
-    browser: Any, start_api_server: Callable[..., ApiServer],
-) -> Iterator[ReaderPage]:
-    """Jane logged in, the drafted study open at version 1; its draft is in Orthanc."""
+    start_api_server: Callable[..., ApiServer],
+) -> Iterator[ServedStudy]:
     settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
     db = Database(settings.database_url)
     db.create_all()
@@ -73,41 +80,37 @@ def reader_page(
         study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
         orthanc.upload(study.image)
         deliver_draft(settings, db, study.draft)
-        server = start_api_server(settings, db)
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        try:
-            page.goto(server.url)
-            page.fill("#token", JANE_TOKEN)
-            page.click("#login-button")
-            page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
-            sync_api.expect(page.locator("#report-version")).to_have_text("1")
-            yield ReaderPage(page, study, server, errors)
-        finally:
-            context.close()
+        yield ServedStudy(study, start_api_server(settings, db))
     finally:
         db.dispose()
+
+
+@pytest.fixture
+def reader_page(served_study: ServedStudy, browser: Any) -> Iterator[ReaderPage]:
+    """Jane logged in, the drafted study open at version 1; its draft is in Orthanc."""
+    study, server = served_study.study, served_study.server
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(server.url)
+        page.fill("#token", JANE_TOKEN)
+        page.click("#login-button")
+        page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
+        sync_api.expect(page.locator("#report-version")).to_have_text("1")
+        yield ReaderPage(page, study, server, errors)
+    finally:
+        context.close()
 
 
 def test_reader_page_asks_corrects_accepts_and_signs(
-    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, orthanc: Orthanc,
-    browser: Any, start_api_server: Callable[..., ApiServer],
+    served_study: ServedStudy, orthanc: Orthanc, browser: Any
 ) -> None:
-    settings = pacs_settings(tmp_path / "node", tiny_bundle, orthanc)
-    db = Database(settings.database_url)
-    db.create_all()
-    try:
-        study = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
-        orthanc.upload(study.image)
-        deliver_draft(settings, db, study.draft)
-        server = start_api_server(settings, db)
-        _drive_the_page(browser, server.url, study.study_uid)
-        check_chain(orthanc, study.study_uid, "Doe^Jane", count=4)
-    finally:
-        db.dispose()
+    study = served_study.study
+    _drive_the_page(browser, served_study.server.url, study.study_uid)
+    check_chain(orthanc, study.study_uid, "Doe^Jane", count=4)
 
 
 def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
