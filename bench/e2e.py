@@ -49,7 +49,7 @@ try:
 finally:
     sys.path.remove(_TESTS)
 
-from dicom_node.ops.metrics import INFERENCE_SECONDS  # noqa: E402
+from dicom_node.latency import INFERENCE_SECONDS  # noqa: E402
 from dicom_node.ops.service import NodeService  # noqa: E402
 from dicom_node.settings import load_settings  # noqa: E402
 from dicom_node.store import Instance, Job, JobState, OutboxItem, OutboxState, Study  # noqa: E402

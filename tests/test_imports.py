@@ -113,3 +113,49 @@ def test_serve_and_the_dialog_import_nothing_from_training() -> None:
         "dicom_node.api.dialog, dicom_node.pipeline.drafting, dicom_node.jobqueue.tasks"
     )
     assert [name for name in loaded if name.split(".")[0] == "training"] == []
+
+
+#: The rooms of ``dicom_node/``, from the top floor down (docs/architecture.md). A room may
+#: import the rooms below it, never one above; modules directly in ``dicom_node/``
+#: (settings, errors, privacy, latency histograms) are the ground every room stands on.
+ROOMS = ("cli", "ops", "api", "jobqueue", "retrain", "pipeline", "dicom", "models", "store")
+GROUND = "(ground)"
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "dicom_node":
+        return None
+    if len(parts) > 1 and parts[1] in ROOMS:
+        return parts[1]
+    return GROUND
+
+
+def _imports_of(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_rooms_of_the_node_import_only_the_rooms_below_them() -> None:
+    rank = {room: i for i, room in enumerate(ROOMS)} | {GROUND: len(ROOMS)}
+    upward = []
+    for path in sorted((ROOT / "dicom_node").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        if module == "dicom_node.__main__":  # ``python -m dicom_node``: the command line
+            continue
+        source = _room(module)
+        for name in _imports_of(path):
+            target = _room(name)
+            if target is None or target == source or name == "dicom_node":
+                continue
+            if rank[target] <= rank[source]:
+                upward.append(f"{module} -> {name}")
+    assert upward == []

@@ -1,7 +1,7 @@
 """Serving the dialog API from ``dicom_node serve`` (uvicorn in a background thread).
 
 :class:`ApiServer` pairs the :class:`~dicom_node.api.dialog.DialogService` with a
-:class:`~dicom_node.ops.http_server.BackgroundHttpServer`, which binds its socket itself (port 0
+:class:`~dicom_node.api.http_server.BackgroundHttpServer`, which binds its socket itself (port 0
 gives a free port known before the first request) and keeps uvicorn's access log off (its
 lines would show request paths, which hold Study Instance UIDs).
 """
@@ -13,7 +13,7 @@ import logging
 from dicom_node.api.app import create_app
 from dicom_node.api.dialog import DialogService, ModelProvider
 from dicom_node.errors import ServiceError
-from dicom_node.ops.http_server import BackgroundHttpServer
+from dicom_node.api.http_server import BackgroundHttpServer
 from dicom_node.settings import Settings
 from dicom_node.store import Database
 

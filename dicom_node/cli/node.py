@@ -174,7 +174,7 @@ def worker(
     http = None
     if settings.worker.metrics_port is not None:
         from dicom_node.ops.health import create_ops_app
-        from dicom_node.ops.http_server import BackgroundHttpServer
+        from dicom_node.api.http_server import BackgroundHttpServer
 
         http = BackgroundHttpServer(
             create_ops_app(checks, lambda: READINESS.status().to_json()),

@@ -246,6 +246,7 @@ def retrain(
     settings = _load(config)
     from dicom_node.jobqueue import configure_app, is_embedded
     from dicom_node.jobqueue import context as queue_context
+    from dicom_node.jobqueue.dispatch import send_retrain
     from dicom_node.jobqueue.training_tasks import retrain as retrain_task
     from dicom_node.retrain.runs import (
         RetrainError,
@@ -253,7 +254,6 @@ def retrain(
         fail_run,
         get_run,
         parse_stages,
-        send_retrain,
     )
 
     try:

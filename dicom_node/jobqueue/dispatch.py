@@ -44,7 +44,14 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node._privacy import describe_exception
-from dicom_node.jobqueue.app import APP_NAME, DELIVERY_QUEUE, GPU_QUEUE
+from dicom_node.jobqueue.app import (
+    APP_NAME,
+    DELIVERY_QUEUE,
+    GPU_QUEUE,
+    RETRAIN_TASK,
+    TRAINING_QUEUE,
+    app,
+)
 from dicom_node.pipeline.delivery import release_claims
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Job, JobState, OutboxItem, OutboxState
@@ -365,10 +372,32 @@ def _log_failed_pass(exc: Exception, failures: int, wait: float) -> None:
     )
 
 
+def send_retrain(settings: Settings, run_id: int) -> None:
+    """Send a run to the ``training`` queue (the app must be configured).
+
+    Raises
+    ------
+    kombu.exceptions.OperationalError
+        When the broker cannot be reached (after one quick retry).
+    """
+    hard = settings.retrain.time_limit_s
+    # By name: the task module imports the retrain package, which serve does not need.
+    app.send_task(
+        RETRAIN_TASK,
+        args=(run_id,),
+        queue=TRAINING_QUEUE,
+        time_limit=hard,
+        soft_time_limit=max(hard * 0.95, hard - 300.0),
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
+    )
+
+
 __all__ = [
     "DISPATCH_BACKOFF_MAX_S",
     "DISPATCH_BATCH",
     "DispatchResult",
     "Dispatcher",
     "Requeued",
+    "send_retrain",
 ]

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicom_node.errors import JobError, TransientJobError
 from dicom_node.jobqueue import context
 from dicom_node.jobqueue.app import APP_NAME, DELIVERY_QUEUE, app
-from dicom_node.ops.metrics import INFERENCE_SECONDS, JOB_SECONDS
+from dicom_node.latency import INFERENCE_SECONDS, JOB_SECONDS
 from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items
 from dicom_node.pipeline.drafting import draft_job, finish_job, touch_job
 from dicom_node.pipeline.heartbeat import Heartbeat, heartbeat_interval

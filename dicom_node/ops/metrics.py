@@ -13,46 +13,17 @@ import logging
 import re
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.errors import NOT_DRAFTED_PREFIX
+from dicom_node.latency import REGISTRY
 from dicom_node.store import Database, Instance, Job, JobState, OutboxItem, OutboxState, Study
 
 logger = logging.getLogger(__name__)
-
-#: The process's registry (not the global default one: no stray metrics of libraries).
-REGISTRY = CollectorRegistry(auto_describe=True)
-
-#: Buckets of model latency (seconds): CPU drafts take seconds, GPU drafts less than one.
-INFERENCE_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
-#: Buckets of one delivery attempt (seconds).
-DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-INFERENCE_SECONDS = Histogram(
-    "dicom_node_inference_seconds",
-    "Model time of one report draft (vision and generation).",
-    buckets=INFERENCE_BUCKETS,
-    registry=REGISTRY,
-)
-JOB_SECONDS = Histogram(
-    "dicom_node_job_seconds",
-    "Wall time of one report job (spool read, worklist, model, SR, outbox).",
-    buckets=INFERENCE_BUCKETS,
-    registry=REGISTRY,
-)
-DELIVERY_SECONDS = Histogram(
-    "dicom_node_delivery_seconds",
-    "Time of one delivery pass to one PACS destination (one association, its due SRs); "
-    "outcome 'sent' when every SR was stored.",
-    ["outcome"],
-    buckets=DELIVERY_BUCKETS,
-    registry=REGISTRY,
-)
-
 
 class DatabaseCollector(Collector):
     """Counts read from the node's database at each scrape."""
@@ -159,10 +130,6 @@ def render() -> bytes:
 
 
 __all__ = [
-    "DELIVERY_SECONDS",
-    "INFERENCE_SECONDS",
-    "JOB_SECONDS",
-    "REGISTRY",
     "DatabaseCollector",
     "failure_kind",
     "register_database",

@@ -48,7 +48,7 @@ from dicom_node.jobqueue import context as queue_context
 from dicom_node.models.readiness import READINESS, ModelWarmup, health_problem
 from dicom_node.ops import metrics
 from dicom_node.ops.health import HealthCheck, create_ops_app, database_check, recent_jobs_check
-from dicom_node.ops.http_server import BackgroundHttpServer
+from dicom_node.api.http_server import BackgroundHttpServer
 from dicom_node.pipeline.assembly import AssemblyResult, assemble
 from dicom_node.settings import Settings
 from dicom_node.store import Database

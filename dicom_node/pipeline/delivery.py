@@ -62,7 +62,7 @@ from dicom_node.dicom.files import encode_dicom_file
 from dicom_node.dicom.scu import DeliveryOutcome, StoreAttempt, associate, send_one
 from dicom_node.dicom.tls import client_context
 from dicom_node.errors import NodeError, OutboxError, SpoolError
-from dicom_node.ops.metrics import DELIVERY_SECONDS
+from dicom_node.latency import DELIVERY_SECONDS
 from dicom_node.pipeline.heartbeat import Heartbeat, heartbeat_interval
 from dicom_node.settings import DeliverySettings, Settings
 from dicom_node.store import Database, OutboxItem, OutboxState, Study

@@ -57,9 +57,13 @@ from dicom_node.errors import (
     TransientJobError,
 )
 from dicom_node.pipeline.assembly import model_datasets
-from dicom_node.pipeline.delivery import enqueue_sr
 from dicom_node.pipeline.finding_codes import code_findings
-from dicom_node.pipeline.reports import FindingRecord, latest_version, store_and_enqueue
+from dicom_node.pipeline.reports import (
+    FindingRecord,
+    latest_version,
+    requeue_version,
+    store_and_enqueue,
+)
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Instance, Job, JobState, ReportKind, ReportVersion, Study
 from sr_templates import AlgorithmInfo, Finding, Presence, Report, SRError, build_draft_sr
@@ -427,10 +431,9 @@ def _run(
     existing = _existing_version(db, job.id)
     if existing is not None:
         # A retry after a crash: the draft exists; make sure it is in the outbox.
-        from dicom_node.pipeline.reports import read_report_sr
-
-        sr = read_report_sr(settings.storage.reports_dir, existing)
-        ids = enqueue_sr(db, settings.storage.outbox_dir, sr, destinations, job_id=job.id)
+        ids = requeue_version(
+            db, settings.storage.reports_dir, settings.storage.outbox_dir, existing, destinations
+        )
         return DraftOutcome(job.id, JobState.DONE, existing.version, ids)
     match = resolve_worklist(settings, db, study)
     indication = match.indication if match is not None else None

@@ -315,6 +315,40 @@ def store_and_enqueue(
     return row, ids
 
 
+def requeue_version(
+    db: Database,
+    reports_dir: Path,
+    outbox_dir: Path,
+    version: ReportVersion,
+    destinations: Sequence[str],
+) -> list[int]:
+    """Put a stored version's SR in the outbox again (a job retried after a crash).
+
+    Parameters
+    ----------
+    db, reports_dir, outbox_dir
+        The node's database, reports folder and outbox folder.
+    version
+        The stored row; its SR is read from ``reports_dir``.
+    destinations
+        Names of the PACS destinations to send it to.
+
+    Returns
+    -------
+    list of int
+        The ids of its outbox rows.
+
+    Raises
+    ------
+    ReportStoreError
+        When the stored SR cannot be read.
+    OutboxError
+        When the SR cannot be put in the outbox.
+    """
+    sr = read_report_sr(reports_dir, version)
+    return enqueue_sr(db, outbox_dir, sr, destinations, job_id=version.job_id)
+
+
 def _latest_number(db: Database, study_id: int) -> int | None:
     with db.session() as session:
         value = session.scalar(
@@ -340,6 +374,7 @@ __all__ = [
     "latest_version",
     "read_report_sr",
     "report_path",
+    "requeue_version",
     "store_and_enqueue",
     "store_report_version",
     "version_history",

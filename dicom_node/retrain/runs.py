@@ -3,7 +3,8 @@
 The Celery task itself is :mod:`dicom_node.jobqueue.training_tasks` (queue ``training``).
 
 ``dicom_node retrain --stages report,instruct [--since DATE]`` records a ``retrain_runs``
-row (:func:`create_run`) and sends its id to the ``training`` queue (:func:`send_retrain`);
+row (:func:`create_run`) and sends its id to the ``training`` queue
+(:func:`dicom_node.jobqueue.dispatch.send_retrain`);
 without a broker the command runs the task in the foreground. The task
 (:func:`run_retrain`):
 
@@ -238,31 +239,6 @@ def fail_run(db: Database, run_id: int, reason: str) -> None:
             .values(state=RetrainState.FAILED, error=reason[:2000], updated_at=now,
                     finished_at=now, phase="not started")
         )
-
-
-def send_retrain(settings: Settings, run_id: int) -> None:
-    """Send a run to the ``training`` queue (the app must be configured).
-
-    Raises
-    ------
-    kombu.exceptions.OperationalError
-        When the broker cannot be reached (after one quick retry).
-    """
-    # Imported here: the queue package registers the retrain task, which imports this module.
-    from dicom_node.jobqueue.app import RETRAIN_TASK, TRAINING_QUEUE, app
-    from dicom_node.jobqueue.dispatch import PUBLISH_RETRY_POLICY
-
-    hard = settings.retrain.time_limit_s
-    # By name: the task module (dicom_node.jobqueue.training_tasks) imports this one.
-    app.send_task(
-        RETRAIN_TASK,
-        args=(run_id,),
-        queue=TRAINING_QUEUE,
-        time_limit=hard,
-        soft_time_limit=max(hard * 0.95, hard - 300.0),
-        retry=True,
-        retry_policy=PUBLISH_RETRY_POLICY,
-    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -520,6 +496,5 @@ __all__ = [
     "list_runs",
     "parse_stages",
     "run_retrain",
-    "send_retrain",
     "work_dir",
 ]

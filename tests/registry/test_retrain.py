@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from dicom_node.cli import app
 from dicom_node.jobqueue import TRAINING_QUEUE, EmbeddedWorker, configure_app
 from dicom_node.jobqueue import context as queue_context
+from dicom_node.jobqueue.dispatch import send_retrain
 from dicom_node.models.registry import get_version
-from dicom_node.retrain.runs import create_run, get_run, send_retrain
+from dicom_node.retrain.runs import create_run, get_run
 from dicom_node.settings import Settings
 from dicom_node.store import Database, ModelSource, ModelVersion, RetrainState
 from inference import load_manifest
