@@ -18,6 +18,9 @@ from inference.errors import ConfigError
 from report_language.labels import CHEXPERT_LABELS
 
 AlignerKind = Literal["qformer", "linear", "mlp"]
+VisionKind = Literal["transformers", "biovil_t"]
+ClassifierKind = Literal["head", "biovil_t"]
+TokenLayout = Literal["patches", "channels_first"]
 ConversationStyle = Literal["two", "single"]
 ResizeMode = Literal["pad", "crop"]
 VoiMode = Literal["dicom", "percentile", "minmax"]
@@ -76,16 +79,40 @@ class PreprocessConfig:
 
 @dataclass
 class VisionConfig:
-    """The vision backbone: any transformers vision model, described by its HF config."""
+    """The vision backbone: a transformers vision model, or BioViL-T (RaDialog)."""
 
     backbone: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "Hugging Face config dict of the backbone (must contain 'model_type')."},
+        metadata={"help": "Hugging Face config dict of the backbone (must contain 'model_type'); "
+                  "kind 'transformers' only."},
+    )
+    kind: VisionKind = field(
+        default="transformers",
+        metadata={"help": "'transformers': any transformers vision model; 'biovil_t': "
+                  "BioViL-T's ResNet-50 image model (inference.backbones.biovil_t)."},
+    )
+    biovil_t: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "BioViL-T sizes (stem_width, blocks, expansion, vit_width, "
+                  "projector_width); kind 'biovil_t' only."},
+    )
+    crop: int | None = field(
+        default=None,
+        metadata={"help": "Centre crop (pixels) of the preprocessed image that the encoder "
+                  "sees; unset: the whole image."},
+    )
+    tokens: TokenLayout = field(
+        default="patches",
+        metadata={"help": "BioViL-T: 'patches' = one token per grid cell of the fused map; "
+                  "'channels_first' = the projected map reshaped without a permute, as "
+                  "RaDialog v1 feeds its Q-Former."},
     )
 
     def __post_init__(self) -> None:
-        if "model_type" not in self.backbone:
+        if self.kind == "transformers" and "model_type" not in self.backbone:
             raise ConfigError("vision.backbone must contain 'model_type' (e.g. 'vit', 'resnet')")
+        if self.crop is not None and self.crop < 16:
+            raise ConfigError(f"vision.crop must be >= 16 when set, got {self.crop}")
 
 
 @dataclass
@@ -96,6 +123,24 @@ class ClassifierConfig:
         default=CHEXPERT_LABELS, metadata={"help": "Output labels, in output order."}
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout before the linear head."})
+    kind: ClassifierKind = field(
+        default="head",
+        metadata={"help": "'head': a linear head on the encoder's pooled features; "
+                  "'biovil_t': a BioViL-T of its own with two linear layers on its pooled "
+                  "projected map (RaDialog's CheXpert classifier)."},
+    )
+    biovil_t: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Sizes of the classifier's BioViL-T."}
+    )
+    crop: int | None = field(
+        default=None, metadata={"help": "Centre crop (pixels) the classifier sees ('biovil_t')."}
+    )
+    hidden_size: int = field(
+        default=512, metadata={"help": "Width of the first linear layer ('biovil_t')."}
+    )
+    grid_pool: int = field(
+        default=4, metadata={"help": "Average-pooling window over the projected map ('biovil_t')."}
+    )
     pooling: str = field(
         default="mean",
         metadata={
@@ -126,6 +171,11 @@ class AlignerConfig:
         },
     )
     num_query_tokens: int = field(default=32, metadata={"help": "Q-Former queries = image tokens."})
+    input_norm: bool = field(
+        default=False,
+        metadata={"help": "A LayerNorm over the features before the Q-Former (BLIP-2's "
+                  "ln_vision)."},
+    )
     qformer: dict[str, Any] = field(
         default_factory=lambda: {
             "hidden_size": 768,
@@ -213,6 +263,34 @@ class PromptConfig:
     no_findings_text: str = field(
         default="no abnormal findings", metadata={"help": "Shown when no finding is positive."}
     )
+    first_turn: str | None = field(
+        default=None,
+        metadata={
+            "help": "Layout of the first user message, with {image}, {findings}, {context} "
+            "(indication and current report lines, each ending in a newline) and "
+            "{instruction}; unset: the node's own layout."
+        },
+    )
+    list_no_finding: bool = field(
+        default=False,
+        metadata={
+            "help": "List 'No Finding' when it is positive and no finding other than Support "
+            "Devices is (RaDialog's rule); unset: never list it."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.first_turn is not None:
+            for name in ("{image}", "{instruction}"):
+                if name not in self.first_turn:
+                    raise ConfigError(f"prompt.first_turn must contain {name}")
+            try:
+                self.first_turn.format(image="", findings="", context="", instruction="")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(
+                    f"prompt.first_turn: only {{image}}, {{findings}}, {{context}} and "
+                    f"{{instruction}} may be used ({exc!r})"
+                ) from exc
     conversation: ConversationConfig | None = field(
         default=None,
         metadata={
@@ -334,6 +412,7 @@ __all__ = [
     "AlignerConfig",
     "AlignerKind",
     "ClassifierConfig",
+    "ClassifierKind",
     "ConversationConfig",
     "ConversationStyle",
     "GenerationConfig",
@@ -341,6 +420,8 @@ __all__ = [
     "PreprocessConfig",
     "PromptConfig",
     "ResizeMode",
+    "TokenLayout",
     "VisionConfig",
+    "VisionKind",
     "VoiMode",
 ]

@@ -24,6 +24,12 @@ class BundleIntegrityError(BundleError):
     """A file of a model bundle does not match the checksum recorded in its manifest."""
 
 
+class CheckpointError(BundleError):
+    """A published checkpoint cannot be imported: a file is missing, not the expected
+    format, or lacks a key or has a shape the model needs; the message names the file and
+    the key."""
+
+
 class ConfigError(InferenceError):
     """A model configuration value is invalid; the message names the key."""
 

@@ -37,7 +37,7 @@ from inference.preprocessing import load_images
 from inference.prompt import EncodedPrompt, PromptBuilder, Turn
 from inference.speculative import LookupDecoding, NgramTable
 from inference.vision import VisionTower
-from report_language.labels import NO_FINDING
+from report_language.labels import COMPATIBLE_WITH_NO_FINDING, NO_FINDING
 
 logger = logging.getLogger(__name__)
 
@@ -375,6 +375,23 @@ class ChestXrayVLM:
             padding_side="left",
         )
 
+    def _prompt_findings(self, analysis: StudyAnalysis) -> list[str]:
+        """The classifier's findings as the prompt lists them.
+
+        "No Finding" is left out, unless ``prompt.list_no_finding`` is set and nothing but
+        Support Devices is positive beside it (the rule RaDialog's prompts were made with).
+        """
+        labels = analysis.positive_labels
+        if not self.config.prompt.list_no_finding:
+            return labels
+        no_finding = any(f.label == NO_FINDING and f.positive for f in analysis.findings)
+        if not no_finding or not set(labels) <= COMPATIBLE_WITH_NO_FINDING:
+            return labels
+        return [
+            f.label for f in analysis.findings
+            if f.positive and f.label in COMPATIBLE_WITH_NO_FINDING
+        ]
+
     def _report_prompt(
         self,
         analysis: StudyAnalysis,
@@ -382,7 +399,7 @@ class ChestXrayVLM:
         findings: Sequence[str] | None = None,
     ) -> EncodedPrompt:
         return self.prompts.encode(
-            findings=analysis.positive_labels if findings is None else list(findings),
+            findings=self._prompt_findings(analysis) if findings is None else list(findings),
             indication=indication,
             instruction=self.config.prompt.report_instruction,
         )
@@ -407,7 +424,9 @@ class ChestXrayVLM:
         ]
         prompts = [
             self.prompts.encode(
-                findings=analysis.positive_labels if r.findings is None else list(r.findings),
+                findings=(
+                    self._prompt_findings(analysis) if r.findings is None else list(r.findings)
+                ),
                 indication=r.indication,
                 report=r.report,
                 history=r.history,

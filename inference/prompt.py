@@ -79,17 +79,44 @@ class PromptBuilder:
         """
         lines = [f"Image information: {self.config.image_placeholder}."]
         if findings is not None:
-            listed = (
-                ", ".join(f.lower() for f in findings)
-                if findings
-                else self.config.no_findings_text
-            )
-            lines.append(f"Predicted findings: {listed}.")
+            lines.append(f"Predicted findings: {self._listed(findings)}.")
         if indication and indication.strip():
             lines.append(f"Clinical indication: {indication.strip()}")
         if report is not None:
             lines.append(f"Current report: {report.strip()}")
         return "\n".join(lines)
+
+    def first_turn(
+        self,
+        findings: Sequence[str] | None,
+        instruction: str,
+        indication: str | None = None,
+        report: str | None = None,
+    ) -> str:
+        """The first user message: the study context, then the instruction.
+
+        With ``prompt.first_turn`` set (an imported model's own wording) the context goes
+        into its ``{image}``, ``{findings}`` and ``{context}`` fields.
+        """
+        template = self.config.first_turn
+        if template is None:
+            return self.context(findings, indication, report) + "\n" + instruction
+        lines = []
+        if indication and indication.strip():
+            lines.append(f"Clinical indication: {indication.strip()}\n")
+        if report is not None:
+            lines.append(f"Current report: {report.strip()}\n")
+        return template.format(
+            image=self.config.image_placeholder,
+            findings=self._listed(findings) if findings is not None else "",
+            context="".join(lines),
+            instruction=instruction,
+        )
+
+    def _listed(self, findings: Sequence[str]) -> str:
+        if not findings:
+            return self.config.no_findings_text
+        return ", ".join(f.lower() for f in findings)
 
     def messages(
         self,
@@ -121,7 +148,7 @@ class PromptBuilder:
         messages: list[dict[str, str]] = []
         if self.config.system_prompt:
             messages.append({"role": "system", "content": self.config.system_prompt})
-        first = self.context(findings, indication, report) + "\n" + turns[0].content
+        first = self.first_turn(findings, turns[0].content, indication, report)
         messages.append({"role": "user", "content": first})
         messages.extend({"role": t.role, "content": t.content} for t in turns[1:])
         return messages

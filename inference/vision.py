@@ -21,6 +21,7 @@ from transformers import (
     PretrainedConfig,
 )
 
+from inference.backbones.biovil_t import BioViLTImageModel, BioViLTSizes, centre_crop
 from inference.config import AlignerConfig, ClassifierConfig, ModelConfig, VisionConfig
 from inference.errors import ConfigError
 
@@ -113,6 +114,74 @@ class FindingsClassifier(nn.Module):
         return self.head(self.dropout(self.norm(pooled)))
 
 
+class BioViLTFeatures(nn.Module):
+    """BioViL-T as the encoder: a centre crop, the image model, tokens ``(B, N, D)``.
+
+    ``tokens="patches"`` gives one token per grid cell of the fused map (RaDialog v2);
+    ``"channels_first"`` reshapes the projected map without a permute, so that token ``t``
+    is the ``t``-th run of ``D`` values of its channel-major flattening, as RaDialog v1's
+    Q-Former was trained on.
+    """
+
+    def __init__(self, config: VisionConfig, image_size: int) -> None:
+        super().__init__()
+        sizes = BioViLTSizes.from_dict(config.biovil_t, "vision.biovil_t")
+        if config.tokens == "channels_first" and sizes.projector_width is None:
+            raise ConfigError("vision.tokens 'channels_first' needs a projector_width")
+        self.model = BioViLTImageModel(sizes)
+        self.crop = config.crop
+        self.layout = config.tokens
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            probe = self.forward(torch.zeros(1, 3, image_size, image_size))
+        self.model.train(was_training)
+        self.num_tokens = int(probe.shape[1])
+        self.hidden_size = int(probe.shape[2])
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Return tokens ``(B, N, D)``."""
+        patches, projected = self.model(centre_crop(pixel_values, self.crop))
+        if self.layout == "channels_first":
+            assert projected is not None
+            return projected.reshape(projected.shape[0], -1, projected.shape[1])
+        return patches.flatten(2).transpose(1, 2)
+
+
+class BioViLTClassifier(nn.Module):
+    """RaDialog's CheXpert classifier: a BioViL-T of its own on a centre crop, its projected
+    map average-pooled (``grid_pool``), flattened channel-major, two linear layers."""
+
+    def __init__(self, config: ClassifierConfig, image_size: int) -> None:
+        super().__init__()
+        sizes = BioViLTSizes.from_dict(config.biovil_t, "classifier.biovil_t")
+        if sizes.projector_width is None:
+            raise ConfigError("classifier.biovil_t needs a projector_width")
+        self.biovil_encoder = BioViLTImageModel(sizes)
+        self.crop = config.crop
+        self.grid_pool = config.grid_pool
+        self.biovil_encoder.eval()
+        with torch.no_grad():
+            probe = self._pooled(torch.zeros(1, 3, image_size, image_size))
+        self.biovil_encoder.train()
+        self.fc1 = nn.Linear(probe.shape[1], config.hidden_size)
+        self.fc2 = nn.Linear(config.hidden_size, len(config.labels))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Return logits ``(B, num_labels)`` from pixels."""
+        return self.fc2(F.relu(self.fc1(self._pooled(pixel_values))))
+
+    def _pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        _, projected = self.biovil_encoder(centre_crop(pixel_values, self.crop))
+        assert projected is not None
+        if projected.shape[-1] < self.grid_pool:
+            raise ConfigError(
+                f"classifier.grid_pool {self.grid_pool} is wider than the projected map "
+                f"({projected.shape[-1]} cells): choose a larger crop"
+            )
+        return F.avg_pool2d(projected, self.grid_pool).flatten(1)
+
+
 class QFormerAligner(nn.Module):
     """RaDialog/BLIP-2 Q-Former: learned queries cross-attend to the patch features.
 
@@ -127,6 +196,7 @@ class QFormerAligner(nn.Module):
         super().__init__()
         del num_tokens  # the number of queries, not of patches, sets the output length
         qconfig = Blip2QFormerConfig(**{**config.qformer, "encoder_hidden_size": vision_size})
+        self.input_norm = nn.LayerNorm(vision_size) if config.input_norm else None
         self.query_tokens = nn.Parameter(
             torch.randn(1, config.num_query_tokens, qconfig.hidden_size) * qconfig.initializer_range
         )
@@ -135,6 +205,8 @@ class QFormerAligner(nn.Module):
 
     def query_outputs(self, features: torch.Tensor) -> torch.Tensor:
         """Q-Former outputs ``(B, Q, H_q)`` before projection (used by alignment losses)."""
+        if self.input_norm is not None:
+            features = self.input_norm(features)
         queries = self.query_tokens.expand(features.shape[0], -1, -1)
         mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
         return self.qformer(
@@ -238,10 +310,22 @@ class VisionTower(nn.Module):
     def __init__(self, config: ModelConfig, encoder: VisionEncoder | None = None) -> None:
         super().__init__()
         pre = config.preprocess
-        self.encoder = encoder or VisionEncoder.from_config_dict(
-            config.vision.backbone, pre.image_size, pre.channels
-        )
-        self.classifier = FindingsClassifier(self.encoder.hidden_size, config.classifier)
+        self.encoder: VisionEncoder | BioViLTFeatures
+        if encoder is not None:
+            self.encoder = encoder
+        elif config.vision.kind == "biovil_t":
+            if pre.channels != 3:
+                raise ConfigError("vision.kind 'biovil_t' needs preprocess.channels = 3")
+            self.encoder = BioViLTFeatures(config.vision, pre.image_size)
+        else:
+            self.encoder = VisionEncoder.from_config_dict(
+                config.vision.backbone, pre.image_size, pre.channels
+            )
+        self.classifier: FindingsClassifier | BioViLTClassifier
+        if config.classifier.kind == "biovil_t":
+            self.classifier = BioViLTClassifier(config.classifier, pre.image_size)
+        else:
+            self.classifier = FindingsClassifier(self.encoder.hidden_size, config.classifier)
         self.aligner = build_aligner(
             self.encoder.hidden_size,
             self.encoder.num_tokens,
@@ -275,11 +359,17 @@ class VisionTower(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(probabilities (B, L), image_embeddings (B, T, llm_size))``."""
         features = self.encoder(pixel_values)
-        probabilities = torch.sigmoid(self.classifier(features))
+        if isinstance(self.classifier, BioViLTClassifier):
+            logits = self.classifier(pixel_values)
+        else:
+            logits = self.classifier(features)
+        probabilities = torch.sigmoid(logits)
         return probabilities, self.aligner(features)
 
 
 __all__ = [
+    "BioViLTClassifier",
+    "BioViLTFeatures",
     "FindingsClassifier",
     "LinearAligner",
     "MLPAligner",

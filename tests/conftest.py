@@ -42,6 +42,20 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def radialog_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny RaDialog v1 download in the published formats, imported as a bundle."""
+    from support.published.radialog import PROJECTOR_FILE, VICUNA_DIR, write_radialog_v1
+
+    from inference.importers import import_radialog
+
+    download = write_radialog_v1(tmp_path_factory.mktemp("radialog") / "RaDialog")
+    return import_radialog(
+        download, download.parent / "bundle", llm=download / VICUNA_DIR,
+        visual_projector=download / PROJECTOR_FILE,
+    )
+
+
+@pytest.fixture(scope="session")
 def screened_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny bundle with a content check fitted on phantom frontals against synthetic
     negatives (its own random vision tower computes the embeddings)."""

@@ -12,8 +12,8 @@ import logging
 
 from dicom_node.api.app import create_app
 from dicom_node.api.dialog import DialogService, ModelProvider
-from dicom_node.errors import ServiceError
 from dicom_node.api.http_server import BackgroundHttpServer
+from dicom_node.errors import ServiceError
 from dicom_node.settings import Settings
 from dicom_node.store import Database
 

@@ -115,6 +115,48 @@ def model_verify(
         )
 
 
+# --------------------------------------------------------------------------- model import
+@model_app.command("import")
+def model_import(
+    kind: Annotated[str, typer.Argument(help="What the files are: radialog.")],
+    source: Annotated[Path, typer.Argument(help="The published model's files, as downloaded.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
+    llm: Annotated[
+        Path | None,
+        typer.Option(help="The base LLM's Hugging Face directory (radialog: Vicuna-7B v1.3); "
+                     "referenced by path and checksummed, not copied."),
+    ] = None,
+    visual_projector: Annotated[
+        Path | None,
+        typer.Option(help="radialog: the replayed 1408-wide projector (docs/models.md), "
+                     "when checkpoint_4.pth lacks it."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Bundle name (default: the kind's).")] = None,
+    version: Annotated[str, typer.Option(help="Bundle version.")] = "1",
+) -> None:
+    """Turn a published model's files into a bundle (checked with ``model verify``).
+
+    The bundle is written to a temporary folder next to OUT and renamed at the end: a
+    failed import leaves nothing behind. Errors name the file and the key.
+    """
+    _quiet_libraries()
+    from inference import InferenceError
+    from inference.importers import KINDS, import_radialog
+
+    if kind not in KINDS:
+        raise _fail(f"unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    if llm is None:
+        raise _fail(f"--llm is needed for {kind}: the base LLM's Hugging Face directory")
+    try:
+        path = import_radialog(
+            source, out, llm=llm, visual_projector=visual_projector,
+            name=name or "radialog-v1", version=version,
+        )
+    except InferenceError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"wrote {kind} bundle to {path}")
+
+
 # --------------------------------------------------------------------------- model info
 @model_app.command("info")
 def model_info(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")]) -> None:

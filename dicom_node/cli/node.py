@@ -173,8 +173,8 @@ def worker(
             consumed.remove(GPU_QUEUE)  # report jobs stay queued for a worker with a good model
     http = None
     if settings.worker.metrics_port is not None:
-        from dicom_node.ops.health import create_ops_app
         from dicom_node.api.http_server import BackgroundHttpServer
+        from dicom_node.ops.health import create_ops_app
 
         http = BackgroundHttpServer(
             create_ops_app(checks, lambda: READINESS.status().to_json()),

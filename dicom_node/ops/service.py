@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node._privacy import describe_exception
 from dicom_node.api import ApiServer
+from dicom_node.api.http_server import BackgroundHttpServer
 from dicom_node.dicom.scp import StoreSCP
 from dicom_node.dicom.tls import server_context
 from dicom_node.dicom.worklist import run_worklist_poller
@@ -48,7 +49,6 @@ from dicom_node.jobqueue import context as queue_context
 from dicom_node.models.readiness import READINESS, ModelWarmup, health_problem
 from dicom_node.ops import metrics
 from dicom_node.ops.health import HealthCheck, create_ops_app, database_check, recent_jobs_check
-from dicom_node.api.http_server import BackgroundHttpServer
 from dicom_node.pipeline.assembly import AssemblyResult, assemble
 from dicom_node.settings import Settings
 from dicom_node.store import Database

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,39 +220,6 @@ def audit_rows(db: Database) -> list[AuditEvent]:
         for row in rows:
             session.expunge(row)
         return rows
-
-
-# --------------------------------------------------------------------------- validators
-_TOOL_PACKAGES = {"dciodvfy": "dicom3tools", "dsrdump": "dcmtk"}
-
-
-def validate_sr_file(path: Path) -> str:
-    """Run dciodvfy and dsrdump on an SR file; returns dsrdump's output.
-
-    Raises ``AssertionError`` naming the output when either reports an error, and
-    ``RuntimeError`` naming the package when a tool is missing.
-    """
-    tools = {}
-    for name, package in _TOOL_PACKAGES.items():
-        found = shutil.which(name)
-        if found is None:
-            raise RuntimeError(f"{name} is not installed; apt-get install {package}")
-        tools[name] = found
-    dciodvfy = subprocess.run(
-        [tools["dciodvfy"], str(path)], capture_output=True, text=True, errors="replace",
-        timeout=60,
-    )
-    output = dciodvfy.stdout + dciodvfy.stderr
-    errors = [line for line in output.splitlines() if line.startswith("Error")]
-    assert dciodvfy.returncode == 0 and not errors, output
-    dsrdump = subprocess.run(
-        [tools["dsrdump"], "+Pc", str(path)], capture_output=True, text=True, errors="replace",
-        timeout=60,
-    )
-    dump = dsrdump.stdout + dsrdump.stderr
-    assert dsrdump.returncode == 0, dump
-    assert not [line for line in dump.splitlines() if line.startswith(("E:", "F:"))], dump
-    return dump
 
 
 def predecessor_uids(sr: Dataset) -> list[str]:

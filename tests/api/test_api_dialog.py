@@ -32,10 +32,10 @@ from apihelpers import (
     predecessor_uids,
     propose,
     state_counts,
-    validate_sr_file,
     version_sr,
 )
 from PIL import Image
+from support.validators import validate_sr_file
 
 from dicom_node.api._text import clean_generated, report_context
 from dicom_node.store import MessageKind

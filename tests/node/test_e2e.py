@@ -25,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 from support.orthanc import ORTHANC_AE, Orthanc, wait_until
 from support.peers import free_port, stop_process
+from support.validators import validate_sr_file
 
 from dicom_node.ops.service import NodeService
 from dicom_node.settings import Settings
@@ -157,6 +158,41 @@ def test_a_forwarded_study_comes_back_as_an_sr_with_the_worklist_indication(
         10, "the outbox row marked sent",
     )
     assert sent == 1
+
+
+def test_a_radialog_bundle_drafts_a_forwarded_study_into_a_valid_sr(
+    tmp_path: Path, radialog_bundle: Path, orthancs: Callable[..., Orthanc],
+    services: list[NodeService], chest_study: Callable[..., Dataset],
+) -> None:
+    """A RaDialog v1 import (BioViL-T, Q-Former, its classifier, Vicuna + LoRA, tiny) runs
+    the node's drafting path like the node's own model: the SR reaches Orthanc, names the
+    imported model and its provenance, codes all 14 findings and passes dciodvfy."""
+    node_port = free_port()
+    pacs = orthancs(node=(NODE_AE, "127.0.0.1", node_port))
+    settings = e2e_settings(
+        tmp_path / "node", radialog_bundle, node_port,
+        pacs={"orthanc": {"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": pacs.dicom_port}},
+        ris={"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": pacs.dicom_port,
+             "poll_interval_s": 3600},
+    )
+    study = chest_study("ACCRAD1")
+    pacs.add_worklist_item("order1", worklist_item(study))
+    pacs.start()
+    node = NodeService(settings)
+    services.append(node)
+    node.start()
+
+    pacs.upload(study)
+    (sr,) = wait_until(pacs.srs, 120, "the SR in Orthanc")
+    assert sr.StudyInstanceUID == study.StudyInstanceUID
+    report = read_report(sr)
+    assert report.indication == INDICATION and len(report.findings) == 14
+    assert report.algorithm is not None and report.algorithm.name == "radialog-v1"
+    assert "RaDialog" in report.algorithm.parameters["source"]
+    assert "Research use only" in report.algorithm.parameters["intended_use"]
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    validate_sr_file(path)
 
 
 def test_with_the_pacs_down_the_sr_waits_and_is_delivered_once_it_is_back(

@@ -1,0 +1,1 @@
+"""Vision backbones that are not transformers models, with their published key names."""

@@ -1,0 +1,20 @@
+"""Published chest X-ray models as node bundles (``dicom_node model import KIND SOURCE``).
+
+Each importer reads the files as their authors ship them, reads every size from their
+tensors and configs, and writes a bundle of today's format through
+:func:`inference.packaging.package_bundle` (staged, then renamed: no half-written bundle is
+left behind). Errors are :class:`~inference.errors.CheckpointError` and name the file and
+the key.
+"""
+
+from __future__ import annotations
+
+from inference.importers.radialog import import_radialog
+
+#: The kinds ``dicom_node model import`` knows, with what each reads.
+KINDS = {
+    "radialog": "RaDialog v1 (ChantalMP/RaDialog): BioViL-T, BLIP-2 Q-Former, CheXpert "
+    "classifier, Vicuna-7B v1.3 with its LoRA adapter and img_proj_layer",
+}
+
+__all__ = ["KINDS", "import_radialog"]

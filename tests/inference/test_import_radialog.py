@@ -1,0 +1,307 @@
+"""``dicom_node model import radialog``: a tiny RaDialog v1 download in the published formats
+becomes a bundle that verifies, matches a reference forward pass, and drafts.
+
+The reference is written here with plain torch operations on the published state dicts
+(hi-ml-multimodal, which holds BioViL-T's own code, needs torchvision, which the product does
+not install; LAVIS and RaDialog's LLaMA fork are not on PyPI): BioViL-T as RaDialog's
+``ImageModel`` runs it for one image, LAVIS's BERT Q-Former over the queries, RaDialog's
+classifier head, and RaDialog's ``LlamaModel.split_at_img`` splice with the LoRA deltas
+added to the weights by hand, decoded greedily with a full forward pass per token.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from support.published.radialog import (
+    ADAPTER_DIR,
+    BIOVIL_FILE,
+    CLASSIFIER_FILE,
+    PROJECTOR_FILE,
+    QFORMER_FILE,
+    RADIALOG_LABELS,
+    VICUNA_DIR,
+    TinySizes,
+    write_radialog_v1,
+)
+from transformers import AutoTokenizer, LlamaForCausalLM
+from typer.testing import CliRunner
+
+from dicom_node.cli import app
+from dicom_node.pipeline.local_study import read_study, sample_study
+from inference import ChestXrayVLM, StudyRequest, load_manifest, verify_vision_parity
+from inference.importers import import_radialog
+from inference.importers.radialog import REPORT_INSTRUCTION, SYSTEM
+from inference.preprocessing import load_images
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def download(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_radialog_v1(tmp_path_factory.mktemp("radialog") / "RaDialog")
+
+
+@pytest.fixture(scope="module")
+def bundle(download: Path) -> Path:
+    return import_radialog(
+        download, download.parent / "bundle", llm=download / VICUNA_DIR,
+        visual_projector=download / PROJECTOR_FILE,
+    )
+
+
+# --------------------------------------------------------------------------- reference
+def _bn(x: torch.Tensor, s: dict[str, torch.Tensor], p: str) -> torch.Tensor:
+    return F.batch_norm(x, s[p + "running_mean"], s[p + "running_var"], s[p + "weight"],
+                        s[p + "bias"], training=False, eps=1e-5)
+
+
+def _biovil(s: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``ImageModel(x).projected_patch_embeddings`` for one image (no previous image)."""
+    r = "encoder.encoder."
+    x = F.relu(_bn(F.conv2d(x, s[r + "conv1.weight"], stride=2, padding=3), s, r + "bn1."))
+    x = F.max_pool2d(x, 3, 2, 1)
+    stage = 1
+    while f"{r}layer{stage}.0.conv1.weight" in s:
+        block = 0
+        while f"{r}layer{stage}.{block}.conv1.weight" in s:
+            p = f"{r}layer{stage}.{block}."
+            stride = 2 if stage > 1 and block == 0 else 1
+            out = F.relu(_bn(F.conv2d(x, s[p + "conv1.weight"]), s, p + "bn1."))
+            out = F.relu(_bn(F.conv2d(out, s[p + "conv2.weight"], stride=stride, padding=1), s,
+                             p + "bn2."))
+            out = _bn(F.conv2d(out, s[p + "conv3.weight"]), s, p + "bn3.")
+            identity = x
+            if p + "downsample.0.weight" in s:
+                identity = _bn(F.conv2d(x, s[p + "downsample.0.weight"], stride=stride), s,
+                               p + "downsample.1.")
+            x = F.relu(out + identity)
+            block += 1
+        stage += 1
+    patch = F.conv2d(x, s["encoder.backbone_to_vit.weight"])
+    previous = s["encoder.missing_previous_emb"].repeat(1, 1, patch.shape[2], patch.shape[3])
+    fused = torch.cat([patch, previous], dim=1)
+    y = F.relu(_bn(F.conv2d(fused, s["projector.model.0.weight"]), s, "projector.model.1."))
+    return F.conv2d(y, s["projector.model.3.weight"], s["projector.model.3.bias"])
+
+
+def _crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    top = int(round((x.shape[-1] - size) / 2.0))
+    return x[..., top : top + size, top : top + size]
+
+
+def _attention(q_in: torch.Tensor, kv_in: torch.Tensor, s: dict[str, torch.Tensor], p: str,
+               heads: int) -> torch.Tensor:
+    def proj(name: str, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, s[f"{p}self.{name}.weight"], s[f"{p}self.{name}.bias"])
+        return y.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+    q, k, v = proj("query", q_in), proj("key", kv_in), proj("value", kv_in)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    context = (weights @ v).transpose(1, 2).reshape(q_in.shape)
+    out = F.linear(context, s[p + "output.dense.weight"], s[p + "output.dense.bias"])
+    return F.layer_norm(out + q_in, out.shape[-1:], s[p + "output.LayerNorm.weight"],
+                        s[p + "output.LayerNorm.bias"], eps=1e-12)
+
+
+def _qformer(s: dict[str, torch.Tensor], image: torch.Tensor, heads: int) -> torch.Tensor:
+    """LAVIS ``Qformer.bert(query_embeds=..., encoder_hidden_states=image)`` last state."""
+    h = s["query_tokens"]
+    e = "Qformer.bert.embeddings.LayerNorm."
+    h = F.layer_norm(h, h.shape[-1:], s[e + "weight"], s[e + "bias"], eps=1e-12)
+    layer = 0
+    while f"Qformer.bert.encoder.layer.{layer}.attention.self.query.weight" in s:
+        p = f"Qformer.bert.encoder.layer.{layer}."
+        h = _attention(h, h, s, p + "attention.", heads)
+        if p + "crossattention.self.query.weight" in s:
+            h = _attention(h, image, s, p + "crossattention.", heads)
+        inner = F.gelu(F.linear(h, s[p + "intermediate_query.dense.weight"],
+                                s[p + "intermediate_query.dense.bias"]))
+        out = F.linear(inner, s[p + "output_query.dense.weight"], s[p + "output_query.dense.bias"])
+        h = F.layer_norm(out + h, h.shape[-1:], s[p + "output_query.LayerNorm.weight"],
+                         s[p + "output_query.LayerNorm.bias"], eps=1e-12)
+        layer += 1
+    return h
+
+
+def _reference_vision(download: Path, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RaDialog v1's image tokens (after ``img_proj_layer``) and finding probabilities."""
+    load = lambda name: torch.load(download / name, weights_only=True)  # noqa: E731
+    biovil = {k: v for k, v in load(BIOVIL_FILE).items() if not k.startswith("projector.")}
+    biovil |= load(PROJECTOR_FILE)
+    ckpt = load(QFORMER_FILE)["model"]
+    projected = _biovil(biovil, _crop(pixels, 448))
+    tokens = projected.reshape(1, -1, projected.shape[1])  # RaDialog's reshape: no permute
+    tokens = F.layer_norm(tokens, tokens.shape[-1:], ckpt["ln_vision.weight"],
+                          ckpt["ln_vision.bias"])
+    queries = _qformer(ckpt, tokens, heads=TinySizes().qformer_hidden // 64)
+    adapter = load(f"{ADAPTER_DIR}/adapter_model.bin")
+    image = F.linear(queries, adapter["base_model.model.model.img_proj_layer.weight"],
+                     adapter["base_model.model.model.img_proj_layer.bias"])
+
+    c = {k.removeprefix("model.biovil_encoder."): v
+         for k, v in load(CLASSIFIER_FILE)["state_dict"].items()}
+    grid = F.avg_pool2d(_biovil(c, _crop(pixels, 488)), 4).view(1, -1)
+    hidden = F.relu(F.linear(grid, c["model.fc1.weight"], c["model.fc1.bias"]))
+    probabilities = torch.sigmoid(F.linear(hidden, c["model.fc2.weight"], c["model.fc2.bias"]))
+    return image[0], probabilities[0]
+
+
+def _radialog_findings(probabilities: torch.Tensor) -> str:
+    """RaDialog test.py's findings string (``create_structured_chexpert_findings``)."""
+    names = [label for label, p in zip(RADIALOG_LABELS, probabilities, strict=True) if p > 0.5]
+    if "No Finding" in names and any(n not in ("No Finding", "Support Devices") for n in names):
+        names.remove("No Finding")
+    return ", ".join(names).lower().strip() or "no common findings"
+
+
+def _reference_generate(download: Path, image: torch.Tensor, findings: str, steps: int) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(str(download / VICUNA_DIR))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<IMG>"]})
+    img_id = tokenizer.convert_tokens_to_ids("<IMG>")
+    user = (f"Image information: {'<IMG>' * image.shape[0]}. Predicted Findings: {findings}. "
+            f"{REPORT_INSTRUCTION}")
+    text = f"{SYSTEM} USER: {user} ASSISTANT:"
+    ids = [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
+    model = LlamaForCausalLM.from_pretrained(str(download / VICUNA_DIR)).eval()
+    adapter = torch.load(download / ADAPTER_DIR / "adapter_model.bin", weights_only=True)
+    config = json.loads((download / ADAPTER_DIR / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            key = f"base_model.model.{name}.lora_A.weight"
+            if key in adapter:
+                delta = adapter[key.replace("lora_A", "lora_B")] @ adapter[key]
+                module.weight += scale * delta
+        embed = model.get_input_embeddings()
+        positions = [i for i, t in enumerate(ids) if t == img_id]
+        assert len(positions) == image.shape[0]
+        start = positions[0]
+        inputs = torch.cat([embed(torch.tensor(ids[:start])), image,
+                            embed(torch.tensor(ids[start + image.shape[0]:]))])[None]
+        generated: list[int] = []
+        for _ in range(steps):
+            token = int(model(inputs_embeds=inputs).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            generated.append(token)
+            inputs = torch.cat([inputs, embed(torch.tensor([[token]]))], dim=1)
+    return tokenizer.decode(generated, skip_special_tokens=True).strip()
+
+
+# --------------------------------------------------------------------------- tests
+def test_the_bundle_reads_its_sizes_from_the_files_and_verifies(bundle: Path) -> None:
+    manifest = load_manifest(bundle)
+    config = manifest.config
+    sizes = TinySizes()
+    assert config.vision.biovil_t == {
+        "stem_width": sizes.stem, "blocks": list(sizes.blocks), "expansion": 4,
+        "vit_width": sizes.vit, "projector_width": sizes.qformer_in,
+    }
+    assert config.aligner.qformer == {
+        "hidden_size": sizes.qformer_hidden, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 4 * sizes.qformer_hidden, "cross_attention_frequency": 2,
+    }
+    assert config.aligner.num_query_tokens == 32
+    assert config.classifier.labels == RADIALOG_LABELS
+    assert config.classifier.hidden_size == sizes.classifier_hidden
+    assert config.llm_hidden_size == sizes.llm_hidden
+    assert manifest.provenance is not None and "RaDialog" in manifest.provenance.source
+    # The LLM is referenced where the site keeps it, not copied.
+    assert manifest.llm_base == (bundle.parent / "RaDialog" / VICUNA_DIR).resolve()
+    assert not (bundle / "llm").exists()
+    result = verify_vision_parity(bundle, batch_size=2)
+    assert result.max_abs_diff < 1e-4
+
+
+def test_image_tokens_findings_and_greedy_text_match_the_reference(
+    download: Path, bundle: Path
+) -> None:
+    model = ChestXrayVLM.from_bundle(bundle)
+    datasets = read_study([sample_study()])
+    pixels = load_images(datasets, model.config.preprocess)
+    expected_tokens, expected_probabilities = _reference_vision(download, torch.from_numpy(pixels))
+
+    probabilities, tokens = model.vision(pixels)  # ONNX Runtime
+    np.testing.assert_allclose(probabilities[0], expected_probabilities.numpy(), atol=1e-4)
+    np.testing.assert_allclose(tokens[0], expected_tokens.numpy(), atol=1e-4)
+
+    analysis = model.analyse(datasets)
+    (draft,) = model.generate_reports([StudyRequest(analysis)])
+    findings = _radialog_findings(expected_probabilities)
+    expected = _reference_generate(download, expected_tokens, findings,
+                                   model.config.generation.max_new_tokens)
+    assert expected  # the random model says something
+    assert draft.text == expected
+
+
+def test_a_missing_projector_is_named_and_nothing_is_written(
+    download: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bundle"
+    result = runner.invoke(app, ["model", "import", "radialog", str(download), "--out", str(out),
+                                 "--llm", str(download / VICUNA_DIR)])
+    assert result.exit_code != 0
+    assert "checkpoint_4.pth" in result.output
+    assert "visual_encoder.projector.model.0.weight" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def _copy(download: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "RaDialog"
+    shutil.copytree(download, copy)
+    return copy
+
+
+def test_a_missing_key_and_a_wrong_shape_are_named(download: Path, tmp_path: Path) -> None:
+    copy = _copy(download, tmp_path)
+    ckpt = torch.load(copy / CLASSIFIER_FILE, weights_only=True)
+    del ckpt["state_dict"]["model.fc1.bias"]
+    torch.save(ckpt, copy / CLASSIFIER_FILE)
+    args = ["--llm", str(copy / VICUNA_DIR), "--visual-projector", str(copy / PROJECTOR_FILE)]
+    result = runner.invoke(app, ["model", "import", "radialog", str(copy), "--out",
+                                 str(tmp_path / "a"), *args])
+    assert result.exit_code != 0
+    assert "ChexpertClassifier" in result.output and "model.fc1.bias" in result.output
+
+    ckpt["state_dict"]["model.fc1.bias"] = torch.zeros(3)
+    torch.save(ckpt, copy / CLASSIFIER_FILE)
+    result = runner.invoke(app, ["model", "import", "radialog", str(copy), "--out",
+                                 str(tmp_path / "b"), *args])
+    assert result.exit_code != 0
+    assert "ChexpertClassifier" in result.output and "classifier.fc1.bias" in result.output
+    assert "(3,)" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RaDialog"]
+
+
+def test_a_file_that_is_not_a_checkpoint_or_an_unknown_kind_is_refused(
+    download: Path, tmp_path: Path
+) -> None:
+    copy = _copy(download, tmp_path)
+    (copy / QFORMER_FILE).write_bytes(b"not a checkpoint")
+    result = runner.invoke(app, ["model", "import", "radialog", str(copy), "--out",
+                                 str(tmp_path / "a"), "--llm", str(copy / VICUNA_DIR)])
+    assert result.exit_code != 0
+    assert "checkpoint_4.pth: not a torch checkpoint" in result.output
+
+    result = runner.invoke(app, ["model", "import", "maira", str(copy), "--out",
+                                 str(tmp_path / "b"), "--llm", str(copy / VICUNA_DIR)])
+    assert result.exit_code != 0
+    assert "unknown kind 'maira'" in result.output and "radialog" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RaDialog"]
+
+
+def test_a_pickle_that_would_run_code_is_refused(download: Path, tmp_path: Path) -> None:
+    copy = _copy(download, tmp_path)
+    torch.save({"model": {"query_tokens": torch.zeros(1)}, "config": Path("/")},
+               copy / QFORMER_FILE)
+    result = runner.invoke(app, ["model", "import", "radialog", str(copy), "--out",
+                                 str(tmp_path / "a"), "--llm", str(copy / VICUNA_DIR)])
+    assert result.exit_code != 0
+    assert "refused (weights_only)" in result.output

@@ -1,0 +1,1 @@
+"""Tiny checkpoints in the formats published models ship (issue 20)."""
