@@ -8,6 +8,9 @@ Layout::
     vision.int8.onnx       optional: the same, dynamically int8-quantised for CPU hosts
     vision.safetensors     the same weights for the torch path (training, verification)
     tokenizer/             the LLM tokenizer
+    llm_config/            optional: the LLM's own config, when the base directory holds a
+                           whole multimodal model (its weights are then read with the
+                           manifest's key mapping)
     llm/                   the base LLM (Hugging Face directory) -- or a reference to an
                            external base model directory, checksummed the same way
     adapters/<name>/       one peft LoRA adapter per trained stage (report, instruct, ...)
@@ -46,6 +49,7 @@ VISION_ONNX_INT8 = "vision.int8.onnx"
 VISION_WEIGHTS = "vision.safetensors"
 TOKENIZER_DIR = "tokenizer"
 LLM_DIR = "llm"
+LLM_CONFIG_DIR = "llm_config"
 ADAPTERS_DIR = "adapters"
 LOOKUP_TABLE = "lookup_ngrams.json"
 
@@ -151,6 +155,11 @@ class Manifest:
     exporter: str = ""
     #: Where the model comes from; ``None`` for bundles written before provenance was kept.
     provenance: Provenance | None = None
+    #: The LLM's own config directory, when ``llm_base`` holds a multimodal checkpoint.
+    llm_config: Path | None = None
+    #: Regex -> replacement of the base checkpoint's weight names (``from_pretrained``'s
+    #: ``key_mapping``), for a language model inside a multimodal checkpoint.
+    llm_key_mapping: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -252,6 +261,7 @@ def write_manifest(
     exporter: str = "",
     metrics: Mapping[str, Any] | None = None,
     provenance: Provenance | None = None,
+    llm_key_mapping: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``manifest.json`` over the files already in ``root`` and return its path.
 
@@ -275,6 +285,9 @@ def write_manifest(
         Provenance recorded as given.
     provenance
         Source, licence and intended use of the model (recommended for every new bundle).
+    llm_key_mapping
+        Weight-name mapping for a language model read out of a multimodal checkpoint
+        (with ``llm_config/`` in the bundle).
     """
     bundle = Path(root)
     labels = config.classifier.labels
@@ -308,6 +321,8 @@ def write_manifest(
             "adapters": dict(adapters),
             "tasks": dict(tasks),
             "lookup_table": LOOKUP_TABLE if (bundle / LOOKUP_TABLE).is_file() else None,
+            "config": LLM_CONFIG_DIR if (bundle / LLM_CONFIG_DIR).is_dir() else None,
+            "key_mapping": dict(llm_key_mapping or {}),
         },
         "metrics": dict(metrics) if metrics is not None else None,
         "provenance": provenance.to_dict() if provenance is not None else None,
@@ -388,6 +403,8 @@ def load_manifest(root: str | PathLike[str], *, verify: bool = True) -> Manifest
         git_revision=raw.get("git_revision"),
         exporter=str(raw.get("vision", {}).get("exporter", "")),
         provenance=provenance,
+        llm_config=bundle / llm["config"] if llm.get("config") else None,
+        llm_key_mapping={str(k): str(v) for k, v in (llm.get("key_mapping") or {}).items()},
         raw=raw,
     )
     if verify:

@@ -19,7 +19,7 @@ from report_language.labels import CHEXPERT_LABELS
 
 AlignerKind = Literal["qformer", "linear", "mlp"]
 VisionKind = Literal["transformers", "biovil_t"]
-ClassifierKind = Literal["head", "biovil_t"]
+ClassifierKind = Literal["head", "biovil_t", "none"]
 TokenLayout = Literal["patches", "channels_first"]
 ConversationStyle = Literal["two", "single"]
 ResizeMode = Literal["pad", "crop"]
@@ -101,6 +101,11 @@ class VisionConfig:
         metadata={"help": "Centre crop (pixels) of the preprocessed image that the encoder "
                   "sees; unset: the whole image."},
     )
+    skip_tokens: int = field(
+        default=0,
+        metadata={"help": "Leading tokens of the backbone's output left out (1: a ViT's CLS "
+                  "token, as LLaVA's 'default' feature selection does)."},
+    )
     tokens: TokenLayout = field(
         default="patches",
         metadata={"help": "BioViL-T: 'patches' = one token per grid cell of the fused map; "
@@ -111,6 +116,8 @@ class VisionConfig:
     def __post_init__(self) -> None:
         if self.kind == "transformers" and "model_type" not in self.backbone:
             raise ConfigError("vision.backbone must contain 'model_type' (e.g. 'vit', 'resnet')")
+        if self.skip_tokens < 0:
+            raise ConfigError(f"vision.skip_tokens must be >= 0, got {self.skip_tokens}")
         if self.crop is not None and self.crop < 16:
             raise ConfigError(f"vision.crop must be >= 16 when set, got {self.crop}")
 
@@ -127,7 +134,9 @@ class ClassifierConfig:
         default="head",
         metadata={"help": "'head': a linear head on the encoder's pooled features; "
                   "'biovil_t': a BioViL-T of its own with two linear layers on its pooled "
-                  "projected map (RaDialog's CheXpert classifier)."},
+                  "projected map (RaDialog's CheXpert classifier); 'none': the model has no "
+                  "findings head (XrayGPT, LLaVA, MedGemma): no probabilities, no findings line "
+                  "in the prompt, labels empty."},
     )
     biovil_t: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Sizes of the classifier's BioViL-T."}
@@ -150,7 +159,10 @@ class ClassifierConfig:
     )
 
     def __post_init__(self) -> None:
-        if len(set(self.labels)) != len(self.labels) or not self.labels:
+        if self.kind == "none":
+            if self.labels:
+                raise ConfigError("classifier.labels must be empty when classifier.kind is 'none'")
+        elif len(set(self.labels)) != len(self.labels) or not self.labels:
             raise ConfigError("classifier.labels must be a non-empty list of distinct names")
         if self.pooling not in ("mean", "meanmax"):
             raise ConfigError(

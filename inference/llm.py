@@ -169,6 +169,8 @@ class LanguageModel:
         *,
         device: str = "auto",
         dtype: str = "auto",
+        config_dir: str | PathLike[str] | None = None,
+        key_mapping: Mapping[str, str] | None = None,
     ) -> LanguageModel:
         """Load a base model from a local directory and attach the given adapters.
 
@@ -183,10 +185,16 @@ class LanguageModel:
         device, dtype
             Placement; ``"auto"`` picks CUDA + bfloat16 when present, and on CPU the dtype
             :func:`resolve_dtype` finds faster.
+        config_dir, key_mapping
+            For a language model inside a multimodal checkpoint: its own config, and the
+            regex mapping of the checkpoint's weight names onto it (``from_pretrained``'s
+            ``key_mapping``); weights of the other parts are not loaded.
         """
         torch_device = resolve_device(device)
         try:
-            config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
+            config = AutoConfig.from_pretrained(
+                str(config_dir or base_dir), local_files_only=True
+            )
             torch_dtype = resolve_dtype(
                 dtype,
                 torch_device,
@@ -196,8 +204,9 @@ class LanguageModel:
                 ),
             )
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+            extra = {"key_mapping": dict(key_mapping)} if key_mapping else {}
             base = AutoModelForCausalLM.from_pretrained(
-                str(base_dir), config=config, dtype=torch_dtype, local_files_only=True
+                str(base_dir), config=config, dtype=torch_dtype, local_files_only=True, **extra
             )
         except (OSError, ValueError) as exc:
             raise InferenceError(f"cannot load the language model from {base_dir}: {exc}") from exc

@@ -268,6 +268,8 @@ class ChestXrayVLM:
             manifest.adapters,
             device=options.device,
             dtype=options.dtype,
+            config_dir=manifest.llm_config,
+            key_mapping=manifest.llm_key_mapping,
         )
         if options.merge_adapters:
             llm.merge_adapters()
@@ -375,12 +377,15 @@ class ChestXrayVLM:
             padding_side="left",
         )
 
-    def _prompt_findings(self, analysis: StudyAnalysis) -> list[str]:
-        """The classifier's findings as the prompt lists them.
+    def _prompt_findings(self, analysis: StudyAnalysis) -> list[str] | None:
+        """The classifier's findings as the prompt lists them (``None``: the model has no
+        findings head, and its prompt no findings line).
 
         "No Finding" is left out, unless ``prompt.list_no_finding`` is set and nothing but
         Support Devices is positive beside it (the rule RaDialog's prompts were made with).
         """
+        if self.config.classifier.kind == "none":
+            return None
         labels = analysis.positive_labels
         if not self.config.prompt.list_no_finding:
             return labels

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from inference.bundle import (
     ADAPTERS_DIR,
+    LLM_CONFIG_DIR,
     LLM_DIR,
     LOOKUP_TABLE,
     TOKENIZER_DIR,
@@ -71,6 +72,8 @@ def package_bundle(
     adapters: Mapping[str, str | PathLike[str]] | None = None,
     tasks: Mapping[str, str | None] | None = None,
     reference_base: bool = False,
+    llm_config: PretrainedConfig | None = None,
+    llm_key_mapping: Mapping[str, str] | None = None,
     name: str = "unnamed",
     version: str = "0",
     metrics: Mapping[str, Any] | None = None,
@@ -98,6 +101,10 @@ def package_bundle(
     tasks
         Task -> adapter name; defaults to ``report`` and ``chat`` using the ``report`` and
         ``instruct`` adapters when present.
+    llm_config, llm_key_mapping
+        For a language model inside a multimodal checkpoint (``llm`` then names that
+        checkpoint's directory): the LLM's own config, written to ``llm_config/``, and the
+        regex mapping of the checkpoint's weight names onto it.
     reference_base
         With ``llm`` given as a directory: record it by absolute path and checksums
         instead of copying it (saves disk when many bundles share one base model).
@@ -143,6 +150,8 @@ def package_bundle(
             llm_base = Path(llm).resolve()
         else:
             copy_tree(llm, staging / LLM_DIR)
+        if llm_config is not None:
+            llm_config.save_pretrained(str(staging / LLM_CONFIG_DIR))
         if lookup_table is not None:
             lookup_table.save(staging / LOOKUP_TABLE)
         relative_adapters = {}
@@ -162,6 +171,7 @@ def package_bundle(
             exporter=exporter,
             metrics=metrics,
             provenance=provenance,
+            llm_key_mapping=llm_key_mapping,
         )
         staging.rename(destination)
     except BaseException:

@@ -75,7 +75,7 @@ def verify_vision_parity(
     torch_probs, torch_embeds = torch_runner(pixels)
     onnx_probs, onnx_embeds = onnx_runner(pixels)
     return VerificationResult(
-        max_abs_diff_probabilities=float(np.abs(torch_probs - onnx_probs).max()),
+        max_abs_diff_probabilities=float(np.abs(torch_probs - onnx_probs).max(initial=0.0)),
         max_abs_diff_embeddings=float(np.abs(torch_embeds - onnx_embeds).max()),
         batch_size=batch_size,
         providers=list(onnx_runner.providers),

@@ -42,9 +42,12 @@ class VisionEncoder(nn.Module):
         Input channels.
     """
 
-    def __init__(self, backbone: nn.Module, image_size: int, channels: int) -> None:
+    def __init__(
+        self, backbone: nn.Module, image_size: int, channels: int, skip_tokens: int = 0
+    ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.skip_tokens = skip_tokens
         was_training = backbone.training
         backbone.eval()
         with torch.no_grad():
@@ -54,7 +57,9 @@ class VisionEncoder(nn.Module):
         self.hidden_size = int(probe.shape[2])
 
     @classmethod
-    def from_config_dict(cls, backbone: dict, image_size: int, channels: int) -> VisionEncoder:
+    def from_config_dict(
+        cls, backbone: dict, image_size: int, channels: int, skip_tokens: int = 0
+    ) -> VisionEncoder:
         """Build a randomly initialised backbone from a Hugging Face config dict."""
         config_kwargs = dict(backbone)
         model_type = config_kwargs.pop("model_type")
@@ -63,7 +68,7 @@ class VisionEncoder(nn.Module):
             model = AutoModel.from_config(hf_config)
         except (ValueError, KeyError) as exc:
             raise ConfigError(f"vision.backbone: cannot build {model_type!r}: {exc}") from exc
-        return cls(model, image_size, channels)
+        return cls(model, image_size, channels, skip_tokens)
 
     @classmethod
     def from_pretrained(
@@ -92,7 +97,7 @@ class VisionEncoder(nn.Module):
         hidden = self.backbone(pixel_values=pixel_values).last_hidden_state
         if hidden.dim() == 4:  # CNN feature map (B, C, H, W) -> tokens (B, H*W, C)
             hidden = hidden.flatten(2).transpose(1, 2)
-        return hidden
+        return hidden[:, self.skip_tokens :] if self.skip_tokens else hidden
 
 
 class FindingsClassifier(nn.Module):
@@ -319,10 +324,12 @@ class VisionTower(nn.Module):
             self.encoder = BioViLTFeatures(config.vision, pre.image_size)
         else:
             self.encoder = VisionEncoder.from_config_dict(
-                config.vision.backbone, pre.image_size, pre.channels
+                config.vision.backbone, pre.image_size, pre.channels, config.vision.skip_tokens
             )
-        self.classifier: FindingsClassifier | BioViLTClassifier
-        if config.classifier.kind == "biovil_t":
+        self.classifier: FindingsClassifier | BioViLTClassifier | None
+        if config.classifier.kind == "none":
+            self.classifier = None
+        elif config.classifier.kind == "biovil_t":
             self.classifier = BioViLTClassifier(config.classifier, pre.image_size)
         else:
             self.classifier = FindingsClassifier(self.encoder.hidden_size, config.classifier)
@@ -359,6 +366,8 @@ class VisionTower(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(probabilities (B, L), image_embeddings (B, T, llm_size))``."""
         features = self.encoder(pixel_values)
+        if self.classifier is None:  # no findings head: (B, 0)
+            return features.new_zeros(features.shape[0], 0), self.aligner(features)
         if isinstance(self.classifier, BioViLTClassifier):
             logits = self.classifier(pixel_values)
         else:

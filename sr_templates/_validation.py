@@ -118,7 +118,8 @@ def check_findings(
     require_all_labels
         Whether every CheXpert label must appear (a draft reports all 14).
     require_probability
-        Whether every finding must carry the model's probability (a draft does).
+        Whether every finding must carry the model's probability, or none of them does (a
+        draft: a model without findings head codes its findings from its text alone).
 
     Raises
     ------
@@ -138,9 +139,10 @@ def check_findings(
             )
     if require_probability:
         without = [finding.label for finding in findings if finding.probability is None]
-        if without:
+        if without and len(without) < len(findings):
             raise InconsistentFindingsError(
-                f"a draft must give the model's probability of every finding; missing for {without}"
+                "a draft gives the model's probability of every finding or of none; "
+                f"missing for {without}"
             )
     present = {finding.label for finding in findings if finding.presence is Presence.PRESENT}
     if NO_FINDING in present:

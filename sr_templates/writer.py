@@ -293,7 +293,8 @@ def build_draft_sr(
         classes (CR, DX, Secondary Capture, ...). Pixel data is not needed.
     report
         The report. Its findings text, impression text and language are required, and its
-        findings must hold all 14 CheXpert labels, each with a probability, and it has no
+        findings must hold all 14 CheXpert labels, each with the model's probability (or all
+        without one, for a model that has no findings head), and it has no
         addenda. Its document state fields (``sop_instance_uid``, ``predecessors``, flags,
         observers, verifiers, ``algorithm``) are ignored.
     algorithm

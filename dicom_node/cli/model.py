@@ -133,6 +133,19 @@ def model_import(
     ] = None,
     name: Annotated[str | None, typer.Option(help="Bundle name (default: the kind's).")] = None,
     version: Annotated[str, typer.Option(help="Bundle version.")] = "1",
+    licence: Annotated[
+        str | None, typer.Option(help="The weights' licence, as the model card states it "
+                                 "(needed for hf).")
+    ] = None,
+    intended_use: Annotated[
+        str | None, typer.Option(help="The model card's intended-use notice (needed for hf).")
+    ] = None,
+    instruction: Annotated[
+        str | None, typer.Option(help="hf: the request sent with each image.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="hf: acknowledge a model whose code lives in its repository.")
+    ] = False,
 ) -> None:
     """Turn a published model's files into a bundle (checked with ``model verify``).
 
@@ -140,18 +153,31 @@ def model_import(
     failed import leaves nothing behind. Errors name the file and the key.
     """
     _quiet_libraries()
-    from inference import InferenceError
-    from inference.importers import KINDS, import_radialog
+    from inference import InferenceError, Provenance
+    from inference.importers import KINDS, import_hf, import_radialog
+    from inference.importers.hf import DEFAULT_INSTRUCTION
 
     if kind not in KINDS:
         raise _fail(f"unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
-    if llm is None:
-        raise _fail(f"--llm is needed for {kind}: the base LLM's Hugging Face directory")
     try:
-        path = import_radialog(
-            source, out, llm=llm, visual_projector=visual_projector,
-            name=name or "radialog-v1", version=version,
-        )
+        if kind == "radialog":
+            if llm is None:
+                raise _fail("--llm is needed for radialog: the Vicuna-7B v1.3 directory")
+            path = import_radialog(
+                source, out, llm=llm, visual_projector=visual_projector,
+                name=name or "radialog-v1", version=version,
+            )
+        else:
+            if not licence or not intended_use:
+                raise _fail("--licence and --intended-use are needed for hf: copy them from "
+                            "the model card; they go into every SR the model drafts")
+            path = import_hf(
+                source, out, name=name or source.name, version=version,
+                instruction=instruction or DEFAULT_INSTRUCTION,
+                trust_remote_code=trust_remote_code,
+                provenance=Provenance(source=f"{source.name} (transformers checkpoint)",
+                                      licence=licence, intended_use=intended_use),
+            )
     except InferenceError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"wrote {kind} bundle to {path}")

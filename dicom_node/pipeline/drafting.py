@@ -262,7 +262,8 @@ def draft_to_report(draft: DraftReport) -> tuple[Report, list[FindingRecord]]:
 
     The codes follow the draft's own text, read by the labeler (:func:`code_findings`), as
     for every later version; the classifier's probability and threshold stay with each
-    label as the model's.
+    label as the model's. A model without findings head (``draft.findings`` empty) gives
+    all 14 codes without probabilities.
     """
     findings_text, impression_text = split_report_text(draft.text)
     model = [
@@ -270,18 +271,16 @@ def draft_to_report(draft: DraftReport) -> tuple[Report, list[FindingRecord]]:
         for f in draft.findings
     ]
     records = code_findings(findings_text, impression_text, model=model)
-    coded = tuple(
-        Finding(r.label, Presence(r.presence), r.probability)
-        for r in records
-        if r.probability is not None
-    )
+    if model:
+        records = [r for r in records if r.probability is not None]
+    coded = tuple(Finding(r.label, Presence(r.presence), r.probability) for r in records)
     report = Report(
         findings_text=findings_text,
         impression_text=impression_text,
         indication=draft.indication,
         findings=coded,
     )
-    return report, [r for r in records if r.probability is not None]
+    return report, records
 
 
 def _algorithm(model: ChestXrayVLM) -> AlgorithmInfo:

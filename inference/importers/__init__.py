@@ -9,12 +9,15 @@ the key.
 
 from __future__ import annotations
 
+from inference.importers.hf import import_hf
 from inference.importers.radialog import import_radialog
 
 #: The kinds ``dicom_node model import`` knows, with what each reads.
 KINDS = {
     "radialog": "RaDialog v1 (ChantalMP/RaDialog): BioViL-T, BLIP-2 Q-Former, CheXpert "
     "classifier, Vicuna-7B v1.3 with its LoRA adapter and img_proj_layer",
+    "hf": "a transformers image-text-to-text checkpoint (today: LLaVA-1.5 style, "
+    "model_type llava); the LLM stays in its shards",
 }
 
-__all__ = ["KINDS", "import_radialog"]
+__all__ = ["KINDS", "import_hf", "import_radialog"]

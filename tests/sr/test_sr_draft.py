@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 
 import pydicom
 import pytest
@@ -14,12 +15,14 @@ from sr_templates import (
     CHEXPERT_LABELS,
     DRAFT_SERIES_DESCRIPTION,
     FINDING_CONCEPTS,
+    InconsistentFindingsError,
     SPECIFIC_CHARACTER_SET,
     AlgorithmInfo,
     Report,
     WorklistInfo,
     build_draft_sr,
     codes,
+    read_report,
 )
 
 
@@ -301,3 +304,19 @@ def test_validators_catch_an_invalid_sr(
     assert any("CompletionFlag" in line for line in result.dciodvfy_errors)
     assert result.dsrdump_returncode != 0
     assert any("has properties CONTAINER" in line for line in result.dsrdump_errors)
+
+
+def test_a_model_without_findings_head_codes_all_14_without_probabilities(
+    cr_source, draft_report, algorithm, validate_sr
+):
+    # XrayGPT, LLaVA and MedGemma have no classifier: their draft's codes come from its text.
+    findings = tuple(replace(f, probability=None) for f in draft_report.findings)
+    report = replace(draft_report, findings=findings)
+    sr = build_draft_sr([cr_source], report, algorithm)
+    validate_sr(sr, "draft-no-probabilities")
+    read = read_report(sr)
+    assert len(read.findings) == 14 and all(f.probability is None for f in read.findings)
+
+    mixed = (replace(findings[0], probability=0.4), *findings[1:])
+    with pytest.raises(InconsistentFindingsError, match="every finding or of none"):
+        build_draft_sr([cr_source], replace(draft_report, findings=mixed), algorithm)

@@ -1,0 +1,318 @@
+"""transformers-native image-text-to-text checkpoints as node bundles (``kind hf``).
+
+Supported today: LLaVA-1.5-style checkpoints (``model_type: llava``: a CLIP vision tower,
+a two-layer GELU projector, a Llama language model), as ``llava-hf`` publishes them and as
+LLaVA-style fine-tunes save them with transformers. The vision tower and the projector go
+to ONNX; the language model stays in the checkpoint's own safetensors, referenced by path
+and checksummed, and is read with a key mapping onto its own config (``llm_config/``), so a
+7B model is never copied.
+
+Sizes come from ``config.json`` and the tensors. ``vision_feature_layer`` (-2 in LLaVA-1.5:
+the penultimate layer) is reproduced by building the CLIP tower with the layers up to that
+one: its last hidden state is then the layer LLaVA reads, and the layers after it are not
+run. ``vision_feature_select_strategy: default`` drops the CLS token. The image transform is
+``preprocessor_config.json``'s (resize, centre crop, CLIP mean and std). LLaVA has no
+findings head: the bundle's classifier is ``none``, so the prompt has no findings line and
+the SR's 14 codes come from the report text alone.
+
+Not yet: LLaVA-NeXT (any-resolution tiling), Gemma 3 / MedGemma (SigLIP with pooling,
+bidirectional image attention), and models whose code is not in transformers (MAIRA-2,
+CheXagent need ``trust_remote_code``; this importer refuses them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+
+from inference.bundle import Provenance
+from inference.config import (
+    AlignerConfig,
+    ClassifierConfig,
+    ConversationConfig,
+    GenerationConfig,
+    ModelConfig,
+    PreprocessConfig,
+    PromptConfig,
+    VisionConfig,
+)
+from inference.errors import CheckpointError
+from inference.packaging import package_bundle
+from inference.vision import VisionTower
+
+#: LLaVA-1.5's conversation (conv_vicuna_v1 in the LLaVA repository).
+LLAVA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the human's questions."
+)
+DEFAULT_INSTRUCTION = "Write the findings section of a radiology report for this chest X-ray."
+#: Where each part's weights are, in the layouts transformers has saved LLaVA with.
+VISION_PREFIXES = ("vision_tower.vision_model.", "model.vision_tower.vision_model.",
+                   "model.vision_tower.", "vision_tower.")
+PROJECTOR_PREFIXES = ("multi_modal_projector.", "model.multi_modal_projector.")
+#: The language model's weights under its own names (``from_pretrained(key_mapping=...)``).
+LLM_KEY_MAPPING = {
+    r"^language_model\.model\.": "model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+    r"^model\.language_model\.": "model.",
+}
+#: Model types whose code lives outside transformers.
+REMOTE_CODE_TYPES = {"maira2", "chexagent"}
+
+
+def _weights(directory: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file that holds it."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{index}: no weight_map ({exc})") from exc
+        return {name: directory / file for name, file in weight_map.items()}
+    single = directory / "model.safetensors"
+    if not single.is_file():
+        raise CheckpointError(f"{directory}: no model.safetensors(.index.json)")
+    try:
+        with safe_open(str(single), "pt") as handle:
+            return {name: single for name in handle.keys()}  # noqa: SIM118 - safe_open API
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{single}: not a safetensors file ({exc})") from exc
+
+
+def _read(files: Mapping[str, Path], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix`` (prefix stripped), read from their shards only."""
+    by_file: dict[Path, list[str]] = {}
+    for name, path in files.items():
+        if name.startswith(prefix):
+            by_file.setdefault(path, []).append(name)
+    tensors = {}
+    for path, names in by_file.items():
+        try:
+            with safe_open(str(path), "pt") as handle:
+                for name in names:
+                    tensors[name[len(prefix):]] = handle.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: unreadable ({exc})") from exc
+    return tensors
+
+
+def _prefix(files: Mapping[str, Path], prefixes: tuple[str, ...], probe: str, where: Path) -> str:
+    for prefix in prefixes:
+        if prefix + probe in files:
+            return prefix
+    raise CheckpointError(f"{where}: missing key {prefixes[0] + probe!r}")
+
+
+def _kept_layers(layers: int, feature_layer: Any, config_path: Path) -> int:
+    if not isinstance(feature_layer, int):
+        raise CheckpointError(
+            f"{config_path}: vision_feature_layer {feature_layer!r} (several layers) is not "
+            "supported"
+        )
+    kept = layers + feature_layer + 1 if feature_layer < 0 else feature_layer
+    if not 1 <= kept <= layers:
+        raise CheckpointError(
+            f"{config_path}: vision_feature_layer {feature_layer} is outside the tower's "
+            f"{layers} layers"
+        )
+    return kept
+
+
+def _preprocess(directory: Path) -> PreprocessConfig:
+    path = directory / "preprocessor_config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: no such file (the image transform)") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not JSON ({exc})") from exc
+    crop = data.get("crop_size") or data.get("size")
+    side = crop.get("height") if isinstance(crop, dict) else crop
+    if not isinstance(side, int):
+        raise CheckpointError(f"{path}: missing key 'crop_size.height'")
+    for key in ("image_mean", "image_std"):
+        if not isinstance(data.get(key), list) or len(data[key]) != 3:
+            raise CheckpointError(f"{path}: missing key {key!r} (three values)")
+    return PreprocessConfig(
+        image_size=side, resize_mode="crop", voi="dicom", channels=3,
+        mean=tuple(float(v) for v in data["image_mean"]),
+        std=tuple(float(v) for v in data["image_std"]),
+    )
+
+
+def llava_config(
+    vision: PretrainedConfig,
+    kept_layers: int,
+    skip_tokens: int,
+    projector_hidden: int,
+    llm_width: int,
+    preprocess: PreprocessConfig,
+    instruction: str,
+) -> ModelConfig:
+    """The bundle config of a LLaVA-1.5-style import."""
+    backbone = {"model_type": "clip_vision_model", **vision.to_diff_dict()}
+    backbone["num_hidden_layers"] = kept_layers
+    backbone.pop("transformers_version", None)
+    return ModelConfig(
+        preprocess=preprocess,
+        vision=VisionConfig(backbone=backbone, skip_tokens=skip_tokens),
+        classifier=ClassifierConfig(kind="none", labels=()),
+        aligner=AlignerConfig(kind="mlp", mlp_hidden_size=projector_hidden),
+        llm_hidden_size=llm_width,
+        prompt=PromptConfig(
+            system_prompt=LLAVA_SYSTEM,
+            image_placeholder="<image>",
+            report_instruction=instruction,
+            first_turn="{image}\n{context}{instruction}",
+            conversation=ConversationConfig(style="two", roles=("USER", "ASSISTANT"),
+                                            sep=" ", sep2="</s>"),
+        ),
+        generation=GenerationConfig(max_new_tokens=300, num_beams=1),
+    )
+
+
+def import_hf(
+    source: Path,
+    out: Path,
+    *,
+    provenance: Provenance,
+    name: str,
+    version: str = "1",
+    instruction: str = DEFAULT_INSTRUCTION,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Turn a transformers image-text-to-text checkpoint into a bundle at ``out``.
+
+    Parameters
+    ----------
+    source
+        The checkpoint directory (``config.json``, safetensors, tokenizer, image processor).
+    out
+        The new bundle directory (must not exist).
+    provenance
+        The model's source, licence and intended use (from its model card).
+    name, version
+        The bundle's identification.
+    instruction
+        The request the drafting step sends with each image.
+    trust_remote_code
+        Acknowledges a model whose code is not in transformers; such models are still
+        refused, with what they need.
+
+    Raises
+    ------
+    CheckpointError
+        For an unsupported model type, a missing file or key, or a shape that does not fit.
+    """
+    config_path = source / "config.json"
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{config_path}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path}: not JSON ({exc})") from exc
+    model_type = raw.get("model_type")
+    if model_type in REMOTE_CODE_TYPES or "auto_map" in raw:
+        flag = "" if trust_remote_code else " and needs --trust-remote-code"
+        raise CheckpointError(
+            f"{config_path}: model_type {model_type!r} runs code from its repository{flag}; "
+            "the node does not run such code yet"
+        )
+    if model_type != "llava":
+        raise CheckpointError(
+            f"{config_path}: model_type {model_type!r} is not supported by 'hf' yet (llava)"
+        )
+    config = AutoConfig.from_pretrained(str(source), local_files_only=True)
+    if config.projector_hidden_act != "gelu":
+        raise CheckpointError(
+            f"{config_path}: projector_hidden_act {config.projector_hidden_act!r}; the "
+            "bundle's MLP projector uses 'gelu'"
+        )
+    strategy = config.vision_feature_select_strategy
+    if strategy not in ("default", "full"):
+        raise CheckpointError(f"{config_path}: vision_feature_select_strategy {strategy!r}")
+    vision_config = config.vision_config
+    if vision_config.model_type != "clip_vision_model":
+        raise CheckpointError(
+            f"{config_path}: vision_config.model_type {vision_config.model_type!r} (clip only)"
+        )
+    kept = _kept_layers(vision_config.num_hidden_layers, config.vision_feature_layer, config_path)
+
+    files = _weights(source)
+    vision_prefix = _prefix(files, VISION_PREFIXES, "embeddings.patch_embedding.weight", source)
+    projector_prefix = _prefix(files, PROJECTOR_PREFIXES, "linear_1.weight", source)
+    vision = _read(files, vision_prefix)
+    projector = _read(files, projector_prefix)
+    for key in ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"):
+        if key not in projector:
+            raise CheckpointError(f"{source}: missing key {projector_prefix + key!r}")
+    llm_width = int(config.text_config.hidden_size)
+    bundle_config = llava_config(
+        vision_config, kept, 1 if strategy == "default" else 0,
+        int(projector["linear_1.weight"].shape[0]), llm_width, _preprocess(source), instruction,
+    )
+    tower = VisionTower(bundle_config).eval()
+    expected = tower.state_dict()
+    # CLIPVisionModel has named its parameters with and without a ``vision_model.`` level.
+    inner = ("encoder.backbone.vision_model."
+             if "encoder.backbone.vision_model.pre_layrnorm.weight" in expected
+             else "encoder.backbone.")
+    weights = {}
+    for key, value in vision.items():
+        if key.startswith("encoder.layers.") and int(key.split(".")[2]) >= kept:
+            continue  # after the feature layer: never run
+        weights[inner + key] = value
+    for ours, theirs in (("0", "linear_1"), ("2", "linear_2")):
+        for n in ("weight", "bias"):
+            weights[f"aligner.mlp.{ours}.{n}"] = projector[f"{theirs}.{n}"]
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise CheckpointError(f"{source}: no weights for {missing[0]!r} ({len(missing)} missing)")
+    for key, value in weights.items():
+        if key not in expected:
+            raise CheckpointError(f"{source}: unexpected vision weight {key!r}")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{source}: {key!r} has shape {tuple(value.shape)}, config.json's sizes need "
+                f"{tuple(expected[key].shape)}"
+            )
+    tower.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{source}: no loadable tokenizer ({exc})") from exc
+    image_token = tokenizer.convert_ids_to_tokens(config.image_token_id)
+    if image_token != "<image>":
+        raise CheckpointError(
+            f"{config_path}: image_token_index {config.image_token_id} is {image_token!r} in "
+            "the tokenizer, not '<image>'"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    return package_bundle(
+        out,
+        config=bundle_config,
+        tower=tower,
+        thresholds={},
+        tokenizer=tokenizer,
+        llm=source,
+        reference_base=True,
+        llm_config=config.text_config,
+        llm_key_mapping=LLM_KEY_MAPPING,
+        adapters={},
+        tasks={"report": None, "chat": None},
+        name=name,
+        version=version,
+        int8=False,
+        provenance=provenance,
+    )
+
+
+__all__ = ["DEFAULT_INSTRUCTION", "LLM_KEY_MAPPING", "import_hf", "llava_config"]
