@@ -22,7 +22,7 @@ VisionKind = Literal["transformers", "biovil_t"]
 ClassifierKind = Literal["head", "biovil_t", "none"]
 TokenLayout = Literal["patches", "channels_first"]
 ConversationStyle = Literal["two", "single"]
-ResizeMode = Literal["pad", "crop"]
+ResizeMode = Literal["pad", "crop", "stretch"]
 VoiMode = Literal["dicom", "percentile", "minmax"]
 
 _T = TypeVar("_T")
@@ -35,7 +35,8 @@ class PreprocessConfig:
     image_size: int = field(default=224, metadata={"help": "Square encoder input size in pixels."})
     resize_mode: ResizeMode = field(
         default="pad",
-        metadata={"help": "'pad': keep the whole image, pad the short side; 'crop': centre crop."},
+        metadata={"help": "'pad': keep the whole image, pad the short side; 'crop': centre "
+                  "crop; 'stretch': resize both sides to the square (XrayGPT's transform)."},
     )
     voi: VoiMode = field(
         default="dicom",
@@ -320,6 +321,11 @@ class GenerationConfig:
     num_beams: int = field(default=1, metadata={"help": "1 = greedy; > 1 = beam search."})
     use_cache: bool = field(default=True, metadata={"help": "Reuse the KV cache across steps."})
     repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 disables it."})
+    stop_strings: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Text that ends an answer besides EOS (XrayGPT's '###'); the answer "
+                  "is cut before it."},
+    )
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -69,6 +69,7 @@ def generate_ids(
     with llm.adapter(adapter) as model, torch.inference_mode():
         if (
             lookup is not None
+            and not options.stop_strings
             and _single_greedy_sequence(batch, options)
             and supports_lookup(model.config)
         ):
@@ -92,6 +93,8 @@ def generate_ids(
             eos_token_id=llm.stop_token_ids(),
             pad_token_id=llm.pad_token_id(),
             streamer=streamer,
+            **({"stop_strings": list(options.stop_strings), "tokenizer": llm.tokenizer}
+               if options.stop_strings else {}),
         )
     return output
 
@@ -105,10 +108,17 @@ def _single_greedy_sequence(batch: MultimodalBatch, options: GenerationConfig) -
     )
 
 
-def decode(llm: LanguageModel, ids: torch.Tensor) -> list[str]:
-    """Decode generated ids to text, dropping special tokens and surrounding space."""
+def decode(llm: LanguageModel, ids: torch.Tensor, stop_strings: tuple[str, ...] = ()) -> list[str]:
+    """Decode generated ids to text, dropping special tokens, everything from the first stop
+    string on, and surrounding space."""
     texts = llm.tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return [text.strip() for text in texts]
+    return [cut_at_stop(text, stop_strings).strip() for text in texts]
+
+
+def cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
+    """``text`` up to the first of ``stop_strings`` (all of it when none occurs)."""
+    ends = [i for i in (text.find(stop) for stop in stop_strings) if i >= 0]
+    return text[: min(ends)] if ends else text
 
 
 def generate_texts(
@@ -123,7 +133,7 @@ def generate_texts(
     """Generate and decode; ``on_text`` receives text pieces as they appear."""
     streamer = CallbackStreamer(llm.tokenizer, on_text) if on_text is not None else None
     ids = generate_ids(llm, batch, options, adapter=adapter, streamer=streamer, lookup=lookup)
-    return decode(llm, ids)
+    return decode(llm, ids, options.stop_strings)
 
 
 def stream_text(
@@ -164,6 +174,7 @@ def stream_text(
 __all__ = [
     "CallbackStreamer",
     "TextCallback",
+    "cut_at_stop",
     "decode",
     "generate_ids",
     "generate_texts",

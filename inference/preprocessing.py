@@ -191,18 +191,21 @@ def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
         Output side length.
     mode
         ``"pad"`` fits the long side and pads the short one with 0 (black, like air);
-        ``"crop"`` fits the short side and crops the centre.
+        ``"crop"`` fits the short side and crops the centre; ``"stretch"`` resizes each side
+        to ``size`` (the aspect ratio is not kept).
 
     Returns
     -------
     numpy.ndarray
         ``(size, size)`` float32 array.
     """
-    if mode not in ("pad", "crop"):
-        raise ValueError(f"mode must be 'pad' or 'crop', got {mode!r}")
+    if mode not in ("pad", "crop", "stretch"):
+        raise ValueError(f"mode must be 'pad', 'crop' or 'stretch', got {mode!r}")
     h, w = image.shape
     scale = size / max(h, w) if mode == "pad" else size / min(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    if mode == "stretch":
+        new_h = new_w = size
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     resized = F.interpolate(
         tensor, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True

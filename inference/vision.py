@@ -18,12 +18,19 @@ from transformers import (
     AutoModel,
     Blip2QFormerConfig,
     Blip2QFormerModel,
+    Blip2VisionConfig,
+    Blip2VisionModel,
     PretrainedConfig,
 )
 
 from inference.backbones.biovil_t import BioViLTImageModel, BioViLTSizes, centre_crop
 from inference.config import AlignerConfig, ClassifierConfig, ModelConfig, VisionConfig
 from inference.errors import ConfigError
+
+#: Vision models that ``AutoModel`` does not map from their config (model_type -> classes).
+_UNMAPPED_VISION_MODELS: dict[str, tuple[type[PretrainedConfig], type[nn.Module]]] = {
+    "blip_2_vision_model": (Blip2VisionConfig, Blip2VisionModel),  # XrayGPT's EVA ViT-g
+}
 
 
 class VisionEncoder(nn.Module):
@@ -64,10 +71,15 @@ class VisionEncoder(nn.Module):
         config_kwargs = dict(backbone)
         model_type = config_kwargs.pop("model_type")
         try:
-            hf_config = AutoConfig.for_model(model_type, **config_kwargs)
-            model = AutoModel.from_config(hf_config)
+            if model_type in _UNMAPPED_VISION_MODELS:
+                config_class, model_class = _UNMAPPED_VISION_MODELS[model_type]
+                model = model_class(config_class(**config_kwargs))
+            else:
+                hf_config = AutoConfig.for_model(model_type, **config_kwargs)
+                model = AutoModel.from_config(hf_config)
         except (ValueError, KeyError) as exc:
-            raise ConfigError(f"vision.backbone: cannot build {model_type!r}: {exc}") from exc
+            reason = str(exc).splitlines()[0][:300]
+            raise ConfigError(f"vision.backbone: cannot build {model_type!r}: {reason}") from exc
         return cls(model, image_size, channels, skip_tokens)
 
     @classmethod

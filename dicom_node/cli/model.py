@@ -118,13 +118,14 @@ def model_verify(
 # --------------------------------------------------------------------------- model import
 @model_app.command("import")
 def model_import(
-    kind: Annotated[str, typer.Argument(help="What the files are: radialog.")],
+    kind: Annotated[str, typer.Argument(help="What the files are: radialog, xraygpt or hf.")],
     source: Annotated[Path, typer.Argument(help="The published model's files, as downloaded.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
     llm: Annotated[
         Path | None,
-        typer.Option(help="The base LLM's Hugging Face directory (radialog: Vicuna-7B v1.3); "
-                     "referenced by path and checksummed, not copied."),
+        typer.Option(help="The base LLM's Hugging Face directory (radialog: Vicuna-7B v1.3; "
+                     "xraygpt: Vicuna_Radiology_fp16); referenced by path and checksummed, "
+                     "not copied."),
     ] = None,
     visual_projector: Annotated[
         Path | None,
@@ -154,19 +155,23 @@ def model_import(
     """
     _quiet_libraries()
     from inference import InferenceError, Provenance
-    from inference.importers import KINDS, import_hf, import_radialog
+    from inference.importers import KINDS, import_hf, import_radialog, import_xraygpt
     from inference.importers.hf import DEFAULT_INSTRUCTION
 
     if kind not in KINDS:
         raise _fail(f"unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
     try:
+        if kind in ("radialog", "xraygpt") and llm is None:
+            raise _fail(f"--llm is needed for {kind}: the base LLM's Hugging Face directory")
         if kind == "radialog":
-            if llm is None:
-                raise _fail("--llm is needed for radialog: the Vicuna-7B v1.3 directory")
+            assert llm is not None
             path = import_radialog(
                 source, out, llm=llm, visual_projector=visual_projector,
                 name=name or "radialog-v1", version=version,
             )
+        elif kind == "xraygpt":
+            assert llm is not None
+            path = import_xraygpt(source, out, llm=llm, name=name or "xraygpt", version=version)
         else:
             if not licence or not intended_use:
                 raise _fail("--licence and --intended-use are needed for hf: copy them from "

@@ -41,7 +41,6 @@ otherwise.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ from inference.config import (
     VisionConfig,
 )
 from inference.errors import CheckpointError, ConfigError
+from inference.importers.blip2 import convert_qformer
 from inference.importers.checkpoints import check_shape, load_checkpoint, need, state_dict
 from inference.packaging import package_bundle
 from inference.vision import VisionTower
@@ -92,8 +92,6 @@ FIRST_TURN = "Image information: {image}. Predicted Findings: {findings}. {conte
 IMAGE_TOKEN = "<IMG>"
 #: Resize, then the crops of the Q-Former path and of the classifier (demo.py).
 RESIZE, QFORMER_CROP, CLASSIFIER_CROP = 512, 448, 488
-#: BERT's attention head width: the Q-Former's heads are its width / 64.
-BERT_HEAD_WIDTH = 64
 
 BIOVIL_NAME = "biovil_t_image_model_proj_size_128.pt"
 QFORMER_NAME = "checkpoint_4.pth"
@@ -155,74 +153,6 @@ def _find(source: Path, usual: str, anywhere: str, what: str) -> Path:
             names = ", ".join(str(p.relative_to(source)) for p in found)
             raise CheckpointError(f"{source}: more than one file for {what}: {names}")
     raise CheckpointError(f"{source}: no file for {what} (looked for {usual})")
-
-
-def convert_qformer(
-    state: Mapping[str, torch.Tensor], path: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, int], int]:
-    """LAVIS's BLIP-2 Q-Former keys as transformers' ``Blip2QFormerModel`` keys.
-
-    Returns
-    -------
-    tuple
-        The renamed state dict (query path only), the ``Blip2QFormerConfig`` keyword
-        arguments read from the shapes, and the encoder (image feature) width.
-
-    Raises
-    ------
-    CheckpointError
-        For a missing key or a layout the transformers model cannot hold.
-    """
-    prefix = "Qformer.bert."
-    layer = re.compile(re.escape(prefix) + r"encoder\.layer\.(\d+)\.(.+)$")
-    converted: dict[str, torch.Tensor] = {}
-    layers: set[int] = set()
-    crossing: set[int] = set()
-    for key, value in state.items():
-        if key.startswith(prefix + "embeddings.LayerNorm."):
-            converted["layernorm." + key.rsplit(".", 1)[1]] = value
-            continue
-        match = layer.match(key)
-        if not match:
-            continue
-        index, rest = int(match.group(1)), match.group(2)
-        layers.add(index)
-        if rest.startswith(("intermediate.", "output.")):
-            continue  # the text FFN: stage-1 text losses only
-        if rest.startswith("crossattention."):
-            crossing.add(index)
-        rest = rest.replace("attention.self.", "attention.attention.")
-        converted[f"encoder.layer.{index}.{rest}"] = value
-    if not layers:
-        raise CheckpointError(f"{path}: missing keys {prefix + 'encoder.layer.*'!r}")
-    count = max(layers) + 1
-    if layers != set(range(count)):
-        raise CheckpointError(f"{path}: Q-Former layers {sorted(layers)} are not 0..{count - 1}")
-    ordered = sorted(crossing)
-    frequency = min((b - a for a, b in zip(ordered, ordered[1:], strict=False)), default=count)
-    if not crossing or crossing != set(range(0, count, frequency)):
-        raise CheckpointError(
-            f"{path}: cross-attention in layers {sorted(crossing)}; transformers' Q-Former "
-            "needs it every k-th layer from layer 0"
-        )
-    hidden = int(need(state, "query_tokens", path).shape[-1])
-    if hidden % BERT_HEAD_WIDTH:
-        raise CheckpointError(
-            f"{path}: Q-Former width {hidden} is not a multiple of BERT's head width "
-            f"{BERT_HEAD_WIDTH} (the heads are not stored)"
-        )
-    first = f"{prefix}encoder.layer.0."
-    need(state, prefix + "embeddings.LayerNorm.weight", path)
-    width = int(need(state, first + "crossattention.self.key.weight", path).shape[1])
-    inter = int(need(state, first + "intermediate_query.dense.weight", path).shape[0])
-    kwargs = {
-        "hidden_size": hidden,
-        "num_hidden_layers": count,
-        "num_attention_heads": hidden // BERT_HEAD_WIDTH,
-        "intermediate_size": inter,
-        "cross_attention_frequency": frequency,
-    }
-    return converted, kwargs, width
 
 
 def _visual_projector(
@@ -475,4 +405,4 @@ def _origin(key: str, files: RadialogFiles) -> Path:
     return files.qformer
 
 
-__all__ = ["LABELS", "RadialogFiles", "convert_qformer", "import_radialog", "radialog_config"]
+__all__ = ["LABELS", "RadialogFiles", "import_radialog", "radialog_config"]

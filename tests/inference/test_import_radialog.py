@@ -30,6 +30,7 @@ from support.published.radialog import (
     TinySizes,
     write_radialog_v1,
 )
+from support.published.reference import biovil, crop, greedy, qformer
 from transformers import AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
@@ -57,97 +58,24 @@ def bundle(download: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- reference
-def _bn(x: torch.Tensor, s: dict[str, torch.Tensor], p: str) -> torch.Tensor:
-    return F.batch_norm(x, s[p + "running_mean"], s[p + "running_var"], s[p + "weight"],
-                        s[p + "bias"], training=False, eps=1e-5)
-
-
-def _biovil(s: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``ImageModel(x).projected_patch_embeddings`` for one image (no previous image)."""
-    r = "encoder.encoder."
-    x = F.relu(_bn(F.conv2d(x, s[r + "conv1.weight"], stride=2, padding=3), s, r + "bn1."))
-    x = F.max_pool2d(x, 3, 2, 1)
-    stage = 1
-    while f"{r}layer{stage}.0.conv1.weight" in s:
-        block = 0
-        while f"{r}layer{stage}.{block}.conv1.weight" in s:
-            p = f"{r}layer{stage}.{block}."
-            stride = 2 if stage > 1 and block == 0 else 1
-            out = F.relu(_bn(F.conv2d(x, s[p + "conv1.weight"]), s, p + "bn1."))
-            out = F.relu(_bn(F.conv2d(out, s[p + "conv2.weight"], stride=stride, padding=1), s,
-                             p + "bn2."))
-            out = _bn(F.conv2d(out, s[p + "conv3.weight"]), s, p + "bn3.")
-            identity = x
-            if p + "downsample.0.weight" in s:
-                identity = _bn(F.conv2d(x, s[p + "downsample.0.weight"], stride=stride), s,
-                               p + "downsample.1.")
-            x = F.relu(out + identity)
-            block += 1
-        stage += 1
-    patch = F.conv2d(x, s["encoder.backbone_to_vit.weight"])
-    previous = s["encoder.missing_previous_emb"].repeat(1, 1, patch.shape[2], patch.shape[3])
-    fused = torch.cat([patch, previous], dim=1)
-    y = F.relu(_bn(F.conv2d(fused, s["projector.model.0.weight"]), s, "projector.model.1."))
-    return F.conv2d(y, s["projector.model.3.weight"], s["projector.model.3.bias"])
-
-
-def _crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    top = int(round((x.shape[-1] - size) / 2.0))
-    return x[..., top : top + size, top : top + size]
-
-
-def _attention(q_in: torch.Tensor, kv_in: torch.Tensor, s: dict[str, torch.Tensor], p: str,
-               heads: int) -> torch.Tensor:
-    def proj(name: str, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, s[f"{p}self.{name}.weight"], s[f"{p}self.{name}.bias"])
-        return y.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
-
-    q, k, v = proj("query", q_in), proj("key", kv_in), proj("value", kv_in)
-    weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-    context = (weights @ v).transpose(1, 2).reshape(q_in.shape)
-    out = F.linear(context, s[p + "output.dense.weight"], s[p + "output.dense.bias"])
-    return F.layer_norm(out + q_in, out.shape[-1:], s[p + "output.LayerNorm.weight"],
-                        s[p + "output.LayerNorm.bias"], eps=1e-12)
-
-
-def _qformer(s: dict[str, torch.Tensor], image: torch.Tensor, heads: int) -> torch.Tensor:
-    """LAVIS ``Qformer.bert(query_embeds=..., encoder_hidden_states=image)`` last state."""
-    h = s["query_tokens"]
-    e = "Qformer.bert.embeddings.LayerNorm."
-    h = F.layer_norm(h, h.shape[-1:], s[e + "weight"], s[e + "bias"], eps=1e-12)
-    layer = 0
-    while f"Qformer.bert.encoder.layer.{layer}.attention.self.query.weight" in s:
-        p = f"Qformer.bert.encoder.layer.{layer}."
-        h = _attention(h, h, s, p + "attention.", heads)
-        if p + "crossattention.self.query.weight" in s:
-            h = _attention(h, image, s, p + "crossattention.", heads)
-        inner = F.gelu(F.linear(h, s[p + "intermediate_query.dense.weight"],
-                                s[p + "intermediate_query.dense.bias"]))
-        out = F.linear(inner, s[p + "output_query.dense.weight"], s[p + "output_query.dense.bias"])
-        h = F.layer_norm(out + h, h.shape[-1:], s[p + "output_query.LayerNorm.weight"],
-                         s[p + "output_query.LayerNorm.bias"], eps=1e-12)
-        layer += 1
-    return h
-
-
 def _reference_vision(download: Path, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RaDialog v1's image tokens (after ``img_proj_layer``) and finding probabilities."""
     load = lambda name: torch.load(download / name, weights_only=True)  # noqa: E731
-    biovil = {k: v for k, v in load(BIOVIL_FILE).items() if not k.startswith("projector.")}
-    biovil |= load(PROJECTOR_FILE)
+    encoder = {k: v for k, v in load(BIOVIL_FILE).items() if not k.startswith("projector.")}
+    encoder |= load(PROJECTOR_FILE)
     ckpt = load(QFORMER_FILE)["model"]
-    projected = _biovil(biovil, _crop(pixels, 448))
+    projected = biovil(encoder, crop(pixels, 448))
     tokens = projected.reshape(1, -1, projected.shape[1])  # RaDialog's reshape: no permute
     tokens = F.layer_norm(tokens, tokens.shape[-1:], ckpt["ln_vision.weight"],
                           ckpt["ln_vision.bias"])
-    queries = _qformer(ckpt, tokens, heads=TinySizes().qformer_hidden // 64)
+    queries = qformer(ckpt, tokens, heads=TinySizes().qformer_hidden // 64)
     adapter = load(f"{ADAPTER_DIR}/adapter_model.bin")
     image = F.linear(queries, adapter["base_model.model.model.img_proj_layer.weight"],
                      adapter["base_model.model.model.img_proj_layer.bias"])
 
     c = {k.removeprefix("model.biovil_encoder."): v
          for k, v in load(CLASSIFIER_FILE)["state_dict"].items()}
-    grid = F.avg_pool2d(_biovil(c, _crop(pixels, 488)), 4).view(1, -1)
+    grid = F.avg_pool2d(biovil(c, crop(pixels, 488)), 4).view(1, -1)
     hidden = F.relu(F.linear(grid, c["model.fc1.weight"], c["model.fc1.bias"]))
     probabilities = torch.sigmoid(F.linear(hidden, c["model.fc2.weight"], c["model.fc2.bias"]))
     return image[0], probabilities[0]
@@ -185,13 +113,7 @@ def _reference_generate(download: Path, image: torch.Tensor, findings: str, step
         start = positions[0]
         inputs = torch.cat([embed(torch.tensor(ids[:start])), image,
                             embed(torch.tensor(ids[start + image.shape[0]:]))])[None]
-        generated: list[int] = []
-        for _ in range(steps):
-            token = int(model(inputs_embeds=inputs).logits[0, -1].argmax())
-            if token == tokenizer.eos_token_id:
-                break
-            generated.append(token)
-            inputs = torch.cat([inputs, embed(torch.tensor([[token]]))], dim=1)
+    generated = greedy(model, inputs, steps, tokenizer.eos_token_id)
     return tokenizer.decode(generated, skip_special_tokens=True).strip()
 
 

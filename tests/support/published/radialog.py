@@ -132,11 +132,13 @@ def projector_state(inp: int, width: int, gen: torch.Generator) -> dict[str, tor
 
 
 def qformer_state(
-    sizes: TinySizes, frozen: dict[str, torch.Tensor], gen: torch.Generator
+    sizes: TinySizes, frozen: dict[str, torch.Tensor], gen: torch.Generator,
+    encoder_width: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The ``model`` dict of ``checkpoint_4.pth``: trained parameters and all buffers
-    (those of the frozen visual encoder ``frozen`` too)."""
-    h, w, inter = sizes.qformer_hidden, sizes.qformer_in, 4 * sizes.qformer_hidden
+    """A LAVIS BLIP-2 ``model`` dict (``checkpoint_4.pth``): trained parameters and all
+    buffers (those of the frozen visual encoder ``frozen`` too)."""
+    h, inter = sizes.qformer_hidden, 4 * sizes.qformer_hidden
+    w = encoder_width or sizes.qformer_in
     vocab, positions = 50, 16
 
     def lin(prefix: str, out: int, inp: int) -> None:

@@ -1,0 +1,215 @@
+"""XrayGPT (github.com/mbzuai-oryx/XrayGPT) as a node bundle.
+
+XrayGPT's README and paper speak of a MedCLIP image encoder, but no code path loads MedCLIP:
+``Blip2Base.init_vision_encoder`` asserts ``eva_clip_g`` and builds BLIP-2's EVA ViT-g. The
+importer follows the code (docs/models.md):
+
+=========================================  ================================================
+published file                             bundle
+=========================================  ================================================
+``eva_vit_g.pth`` (LAVIS, flat)            ``vision.onnx``: transformers' ``Blip2VisionModel``
+                                           with the file's blocks but the last (BLIP-2 reads
+                                           the penultimate: 39 of 40)
+``blip2_pretrained_flant5xxl.pth``         ``vision.onnx``: ``ln_vision`` (as the vision
+                                           model's final norm), the Q-Former, the queries
+``checkpoint_0.pth`` (XrayGPT stage 2)     ``vision.onnx``: ``llama_proj`` (the aligner's
+                                           projection); its buffers are not needed
+``Vicuna_Radiology_fp16/`` (``--llm``)     referenced by path and checksummed, not copied
+=========================================  ================================================
+
+Sizes are read from the tensors; EVA's and BERT's head widths (88 and 64) are not stored and
+are those of ``create_eva_vit_g`` and bert-base. ``ln_vision`` is a LayerNorm with eps 1e-5
+in XrayGPT and runs here as the vision model's final norm with EVA's eps 1e-6 (a relative
+difference of about 1e-6 in the image features). XrayGPT has no findings head: the prompt
+has no findings line and the SR's codes come from the report text. The prompt is its demo's
+conversation (``CONV_VISION``: ``###`` separators, Patient/Doctor), greedy instead of the
+demo's sampling, stopped at ``###``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from inference.bundle import Provenance
+from inference.config import (
+    AlignerConfig,
+    ClassifierConfig,
+    ConversationConfig,
+    GenerationConfig,
+    ModelConfig,
+    PreprocessConfig,
+    PromptConfig,
+    VisionConfig,
+)
+from inference.errors import CheckpointError
+from inference.importers.blip2 import convert_eva_vit, convert_qformer
+from inference.importers.checkpoints import check_shape, load_checkpoint, need, state_dict
+from inference.packaging import package_bundle
+from inference.vision import VisionTower
+
+EVA_NAME = "eva_vit_g.pth"
+QFORMER_NAME = "blip2_pretrained_flant5xxl.pth"
+STAGE2_GLOB = "checkpoint_*.pth"
+SYSTEM = (
+    "You are an experienced Doctor, give the following medical scan: <Img>ImageContent</Img>. "
+    "You will be able to see the medical scan once I provide it to you. Please answer my "
+    "questions."
+)
+#: One of XrayGPT's alignment prompts (prompts/alignment.txt).
+REPORT_INSTRUCTION = "Describe the given chest x-ray image in detail."
+#: OpenAI CLIP's normalisation (Blip2ImageEvalProcessor).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+DEFAULT_PROVENANCE = Provenance(
+    source="XrayGPT (github.com/mbzuai-oryx/XrayGPT), imported by dicom_node model import",
+    licence=(
+        "XrayGPT code and checkpoints: CC BY-NC-SA 4.0 (README); its Vicuna: LLaMA licence "
+        "terms; EVA ViT-g and BLIP-2 weights: Salesforce LAVIS (weight terms unverified)"
+    ),
+    intended_use="Research use only; not a medical device. Every draft needs a radiologist.",
+)
+
+
+def _one(source: Path, pattern: str, what: str) -> Path:
+    found = sorted(source.rglob(pattern))
+    if not found:
+        raise CheckpointError(f"{source}: no file for {what} ({pattern})")
+    if len(found) > 1:
+        names = ", ".join(str(p.relative_to(source)) for p in found)
+        raise CheckpointError(f"{source}: more than one file for {what}: {names}")
+    return found[0]
+
+
+def xraygpt_config(
+    vision: dict[str, object], qformer: dict[str, int], queries: int, llm_width: int
+) -> ModelConfig:
+    """The bundle config of an XrayGPT import."""
+    image_size = int(vision["image_size"])  # type: ignore[call-overload]
+    return ModelConfig(
+        preprocess=PreprocessConfig(image_size=image_size, resize_mode="stretch", voi="dicom",
+                                    channels=3, mean=CLIP_MEAN, std=CLIP_STD),
+        vision=VisionConfig(backbone={"model_type": "blip_2_vision_model", **vision}),
+        classifier=ClassifierConfig(kind="none", labels=()),
+        aligner=AlignerConfig(kind="qformer", num_query_tokens=queries, qformer=dict(qformer)),
+        llm_hidden_size=llm_width,
+        prompt=PromptConfig(
+            system_prompt=SYSTEM,
+            image_placeholder="<ImageHere>",
+            report_instruction=REPORT_INSTRUCTION,
+            first_turn="<Img>{image}</Img> {context}{instruction}",
+            conversation=ConversationConfig(style="single", roles=("Patient", "Doctor"),
+                                            sep="###", sep2=""),
+        ),
+        generation=GenerationConfig(max_new_tokens=300, num_beams=1, stop_strings=("###",)),
+    )
+
+
+def import_xraygpt(
+    source: Path,
+    out: Path,
+    *,
+    llm: Path,
+    name: str = "xraygpt",
+    version: str = "1",
+    provenance: Provenance = DEFAULT_PROVENANCE,
+) -> Path:
+    """Turn an XrayGPT download into a bundle at ``out`` (written whole, or not at all).
+
+    Parameters
+    ----------
+    source
+        The folder with ``eva_vit_g.pth``, ``blip2_pretrained_flant5xxl.pth`` and XrayGPT's
+        stage-2 ``checkpoint_*.pth``.
+    out
+        The new bundle directory (must not exist).
+    llm
+        The fine-tuned Vicuna folder (``Vicuna_Radiology_fp16``), referenced, not copied.
+
+    Raises
+    ------
+    CheckpointError
+        For a missing file or key, or a shape that does not fit (named).
+    """
+    if not source.is_dir():
+        raise CheckpointError(f"{source}: not a directory (an XrayGPT download)")
+    eva_path = _one(source, EVA_NAME, "the EVA ViT-g weights")
+    qformer_path = _one(source, QFORMER_NAME, "the BLIP-2 Q-Former")
+    stage2_path = _one(source, STAGE2_GLOB, "XrayGPT's stage-2 checkpoint (llama_proj)")
+    eva = state_dict(load_checkpoint(eva_path), eva_path)
+    blip2 = state_dict(load_checkpoint(qformer_path), qformer_path, "model")
+    stage2 = state_dict(load_checkpoint(stage2_path), stage2_path, "model")
+
+    vision_weights, vision_kwargs = convert_eva_vit(eva, eva_path)
+    qformer, qformer_kwargs, feature_width = convert_qformer(blip2, qformer_path)
+    if feature_width != vision_kwargs["hidden_size"]:
+        raise CheckpointError(
+            f"{qformer_path}: the Q-Former attends to {feature_width}-wide features, "
+            f"{eva_path.name} gives {vision_kwargs['hidden_size']}"
+        )
+    for n in ("weight", "bias"):
+        ln = need(blip2, f"ln_vision.{n}", qformer_path)
+        check_shape(ln, (feature_width,), f"ln_vision.{n}", qformer_path)
+        vision_weights[f"post_layernorm.{n}"] = ln
+    projection = {n: need(stage2, f"llama_proj.{n}", stage2_path) for n in ("weight", "bias")}
+    llm_width, hidden = projection["weight"].shape
+    if hidden != qformer_kwargs["hidden_size"]:
+        raise CheckpointError(
+            f"{stage2_path}: key 'llama_proj.weight' takes {hidden} inputs, the Q-Former "
+            f"gives {qformer_kwargs['hidden_size']}"
+        )
+    try:
+        llm_config = AutoConfig.from_pretrained(str(llm), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{llm}: not a Hugging Face model directory ({exc})") from exc
+    if llm_config.hidden_size != llm_width:
+        raise CheckpointError(
+            f"{stage2_path}: key 'llama_proj.weight' projects to {llm_width}, the LLM in {llm} "
+            f"is {llm_config.hidden_size} wide"
+        )
+    query_tokens = need(blip2, "query_tokens", qformer_path)
+    config = xraygpt_config(vision_kwargs, qformer_kwargs, int(query_tokens.shape[1]),
+                            int(llm_width))
+    tower = VisionTower(config).eval()
+    weights = {f"encoder.backbone.{k}": v for k, v in vision_weights.items()}
+    weights["aligner.query_tokens"] = query_tokens
+    weights |= {f"aligner.qformer.{k}": v for k, v in qformer.items()}
+    weights |= {f"aligner.projection.{n}": v for n, v in projection.items()}
+    expected = tower.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise CheckpointError(f"{source}: no weights for {missing[0]!r} ({len(missing)} missing)")
+    for key, value in weights.items():
+        if key not in expected or tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{source}: {key!r} has shape {tuple(value.shape)}, the model built from the "
+                f"files' sizes needs {tuple(expected[key].shape) if key in expected else None}"
+            )
+    tower.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(llm), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{llm}: no loadable tokenizer ({exc})") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # as XrayGPT sets it
+    return package_bundle(
+        out,
+        config=config,
+        tower=tower,
+        thresholds={},
+        tokenizer=tokenizer,
+        llm=llm,
+        reference_base=True,
+        adapters={},
+        tasks={"report": None, "chat": None},
+        name=name,
+        version=version,
+        int8=False,
+        provenance=provenance,
+    )
+
+
+__all__ = ["REPORT_INSTRUCTION", "SYSTEM", "import_xraygpt", "xraygpt_config"]
