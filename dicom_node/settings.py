@@ -97,8 +97,9 @@ class InferenceSettings(BaseModel):
     verify_checksums: bool = Field(default=True, description="Check bundle sha256 sums on load.")
     merge_adapters: bool = Field(
         default=True,
-        description="Generate with a merged copy of the LLM per LoRA adapter: faster decoding "
-        "for one more copy of the LLM weights per adapter in memory.",
+        description="Generate with LoRA adapters merged into the LLM weights (faster "
+        "decoding): a single adapter in place, at no memory cost; several as one copy each "
+        "while the copies fit 2 GiB (a 7B model keeps them unmerged).",
     )
     lookup_tokens: int = Field(
         default=8,

@@ -16,7 +16,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from os import PathLike
 from typing import Any
 
@@ -33,6 +33,10 @@ from transformers import (
 from inference.errors import InferenceError
 
 logger = logging.getLogger(__name__)
+
+#: Most memory that merged copies of the LLM may take together (see
+#: :meth:`LanguageModel.merge_adapters`): room for the demo model's two adapters.
+MERGE_COPIES_MAX_BYTES = 2 << 30
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -156,6 +160,8 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self._active: str | None = None
         self._merged: dict[str, PreTrainedModel] = {}
+        #: The adapter merged into the weights themselves (no copy), when there is one.
+        self._in_place: str | None = None
         self.lock = threading.RLock()
         if isinstance(model, PeftModel):
             self._active = model.active_adapter
@@ -228,6 +234,8 @@ class LanguageModel:
     @property
     def adapters(self) -> list[str]:
         """Names of the loaded adapters."""
+        if self._in_place is not None:
+            return [self._in_place]
         if isinstance(self.model, PeftModel):
             return list(self.model.peft_config)
         return []
@@ -245,7 +253,13 @@ class LanguageModel:
         InferenceError
             For an adapter that is not loaded.
         """
-        if name is not None:
+        if self._in_place is not None:
+            if name != self._in_place:
+                raise InferenceError(
+                    f"adapter {self._in_place!r} is merged into the weights; {name!r} is not "
+                    "available (load the model without merge_adapters to switch)"
+                )
+        elif name is not None:
             if name not in self.adapters:
                 raise InferenceError(f"adapter {name!r} not loaded; loaded: {self.adapters}")
             assert isinstance(self.model, PeftModel)
@@ -254,24 +268,63 @@ class LanguageModel:
 
     @property
     def merged_adapters(self) -> list[str]:
-        """Adapters that also have a merged copy (see :meth:`merge_adapters`)."""
-        return list(self._merged)
+        """Adapters merged into weights (see :meth:`merge_adapters`)."""
+        return [self._in_place] if self._in_place is not None else list(self._merged)
 
-    def merge_adapters(self) -> None:
-        """Fold each adapter into its own copy of the base weights, for generation.
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the model's parameters (one full copy of the LLM)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def merge_adapters(
+        self,
+        used: Iterable[str | None] | None = None,
+        *,
+        max_copy_bytes: int = MERGE_COPIES_MAX_BYTES,
+    ) -> None:
+        """Fold adapters into weights for generation, holding at most one extra full copy of
+        the LLM in all, and none for a large one.
 
         An unmerged LoRA layer runs two extra small matmuls next to its Linear; the demo
-        model has 210 of them, a noticeable share of each decoding step on a CPU. A merged
-        copy runs as a plain model and gives the same outputs up to float rounding. Costs one
-        copy of the LLM's weights per adapter (540 MB in float32 for SmolLM2-135M); the
-        adapters themselves stay loaded, so :meth:`use_adapter` and training keep working.
+        model has 210 of them, a noticeable share of each decoding step on a CPU. Merged
+        weights run as a plain model and give the same outputs up to float rounding.
+
+        * When the tasks use one adapter and never the bare model (an imported RaDialog:
+          ``instruct`` for reports and dialog), it is merged into the weights in place (peft's
+          ``merge_and_unload``): no copy at all; peak memory grows by one layer's delta.
+          The other adapters are dropped.
+        * Otherwise each used adapter is folded into its own copy while all copies together
+          stay within ``max_copy_bytes`` (the demo model: two copies of 540 MB); a larger
+          model keeps its adapters unmerged, since every copy of a 7B model is 13 GB more.
+          The adapters stay loaded, so :meth:`use_adapter` and training keep working.
+
+        Parameters
+        ----------
+        used
+            The adapter names the tasks use (``None`` = the bare base model); default: all.
+        max_copy_bytes
+            Most memory the merged copies may take together.
         """
-        if not isinstance(self.model, PeftModel):
+        if not isinstance(self.model, PeftModel) or self._in_place is not None:
             return
+        names = list(self.adapters) if used is None else list(dict.fromkeys(used))
         with self.lock:
-            for name in self.adapters:
-                if name in self._merged:
-                    continue
+            if len(names) == 1 and names[0] is not None:
+                (name,) = names
+                self.model.set_adapter(name)
+                merged = self.model.merge_and_unload(adapter_names=[name])
+                merged.eval()
+                self.model = merged
+                self._in_place = self._active = name
+                return
+            wanted = [n for n in names if n is not None and n not in self._merged]
+            if len(wanted) * self.weight_bytes > max_copy_bytes:
+                logger.info(
+                    "adapters %s stay unmerged: %d copies of %.1f GB exceed %.1f GB",
+                    wanted, len(wanted), self.weight_bytes / 1e9, max_copy_bytes / 1e9,
+                )
+                return
+            for name in wanted:
                 twin = copy.deepcopy(self.model)
                 twin.set_adapter(name)
                 merged = twin.merge_and_unload(adapter_names=[name])
@@ -286,6 +339,10 @@ class LanguageModel:
         :attr:`model` with the adapter active.
         """
         with self.lock:
+            if self._in_place is not None:
+                self.use_adapter(name)  # refuses any other adapter
+                yield self.model
+                return
             if name is not None and name in self._merged:
                 yield self._merged[name]
                 return
@@ -345,6 +402,7 @@ class LanguageModel:
 __all__ = [
     "CPU_BF16_MAX_RATIO",
     "LanguageModel",
+    "MERGE_COPIES_MAX_BYTES",
     "cpu_bf16_time_ratio",
     "resolve_device",
     "resolve_dtype",

@@ -84,8 +84,9 @@ class RuntimeOptions:
     merge_adapters: bool = field(
         default=True,
         metadata={
-            "help": "Generate with a merged copy of the LLM per adapter (faster decoding, one "
-            "more copy of the LLM weights per adapter in memory)."
+            "help": "Generate with adapters merged into the weights (faster decoding): one "
+            "adapter in place, several as copies while they fit "
+            "(LanguageModel.merge_adapters)."
         },
     )
     lookup_tokens: int = field(
@@ -272,7 +273,7 @@ class ChestXrayVLM:
             key_mapping=manifest.llm_key_mapping,
         )
         if options.merge_adapters:
-            llm.merge_adapters()
+            llm.merge_adapters(used=manifest.tasks.values())
         lookup = None
         if manifest.lookup_table is not None and options.lookup_tokens > 0:
             lookup = LookupDecoding(NgramTable.load(manifest.lookup_table), options.lookup_tokens)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from support.published.radialog import (
     ADAPTER_DIR,
     BIOVIL_FILE,
@@ -36,7 +37,14 @@ from typer.testing import CliRunner
 
 from dicom_node.cli import app
 from dicom_node.pipeline.local_study import read_study, sample_study
-from inference import ChestXrayVLM, StudyRequest, load_manifest, verify_vision_parity
+from inference import (
+    ChestXrayVLM,
+    InferenceError,
+    RuntimeOptions,
+    StudyRequest,
+    load_manifest,
+    verify_vision_parity,
+)
 from inference.importers import import_radialog
 from inference.importers.radialog import REPORT_INSTRUCTION, SYSTEM
 from inference.preprocessing import load_images
@@ -161,6 +169,17 @@ def test_image_tokens_findings_and_greedy_text_match_the_reference(
                                    model.config.generation.max_new_tokens)
     assert expected  # the random model says something
     assert draft.text == expected
+
+    # Its one adapter serves both tasks: merged into the weights in place, not copied.
+    assert model.llm.merged_adapters == ["instruct"]
+    assert not isinstance(model.llm.model, PeftModel)
+    with pytest.raises(InferenceError, match="merged into the weights"):
+        model.llm.use_adapter(None)
+    unmerged = ChestXrayVLM.from_bundle(bundle, RuntimeOptions(merge_adapters=False))
+    assert isinstance(unmerged.llm.model, PeftModel)
+    assert unmerged.llm.weight_bytes > model.llm.weight_bytes  # + the LoRA matrices only
+    (same,) = unmerged.generate_reports([StudyRequest(analysis)])
+    assert same.text == draft.text
 
 
 def test_a_missing_projector_is_named_and_nothing_is_written(

@@ -220,3 +220,17 @@ def test_the_gate_says_no_site_data_instead_of_comparing_phantom_figures() -> No
     # An imported model that nobody evaluated here: no figure, and the gate says why.
     gate = compare(_version("imp", {}, ModelSource.IMPORTED), site)
     assert not gate.passed and "evaluated on this site's studies" in gate.message
+
+
+def test_an_imported_published_model_registers_and_the_gate_says_it_has_no_site_figure(
+    settings: Settings, db: Database, radialog_bundle: Path
+) -> None:
+    ensure_initial_version(db, settings)
+    info = register_bundle(db, settings, radialog_bundle, version="radialog-1")
+    assert info.source is ModelSource.IMPORTED and info.model_name == "radialog-v1"
+    manifest = load_manifest(info.bundle, verify=True)  # the referenced Vicuna is checked too
+    assert manifest.llm_base.is_absolute() and manifest.external_files
+    with pytest.raises(PromotionRefusedError, match="not evaluated; an imported model"):
+        promote(db, settings, "radialog-1")
+    result = promote(db, settings, "radialog-1", force=True)
+    assert result.forced and active_version(db, settings).version == "radialog-1"
