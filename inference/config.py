@@ -23,6 +23,7 @@ ClassifierKind = Literal["head", "biovil_t", "none"]
 TokenLayout = Literal["patches", "channels_first"]
 ConversationStyle = Literal["two", "single"]
 ResizeMode = Literal["pad", "crop", "stretch"]
+ImageTokenization = Literal["separate", "separate_stripped", "whole"]
 VoiMode = Literal["dicom", "percentile", "minmax"]
 
 _T = TypeVar("_T")
@@ -284,6 +285,16 @@ class PromptConfig:
             "{instruction}; unset: the node's own layout."
         },
     )
+    image_tokenization: ImageTokenization = field(
+        default="separate",
+        metadata={
+            "help": "How the text around the image placeholder becomes tokens, as the "
+            "model's authors tokenized it: 'separate' = each side on its own (XrayGPT); "
+            "'separate_stripped' = each side on its own without the whitespace next to the "
+            "placeholder (RaDialog: transformers 4.28's slow tokenizer around a special "
+            "token); 'whole' = the whole prompt, split at the placeholder token (LLaVA)."
+        },
+    )
     list_no_finding: bool = field(
         default=False,
         metadata={
@@ -433,6 +444,7 @@ __all__ = [
     "ClassifierKind",
     "ConversationConfig",
     "ConversationStyle",
+    "ImageTokenization",
     "GenerationConfig",
     "ModelConfig",
     "PreprocessConfig",

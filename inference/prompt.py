@@ -249,13 +249,47 @@ class PromptBuilder:
                 f"the image placeholder {placeholder!r} must occur exactly once in the prompt; "
                 "remove it from instructions, reports and history"
             )
-        before, after = prompt.split(placeholder)
+        prefix_ids, suffix_ids = self._encode_around_image(prompt)
         encode = self.tokenizer.encode
         return EncodedPrompt(
-            prefix_ids=encode(before, add_special_tokens=False),
-            suffix_ids=encode(after, add_special_tokens=False),
+            prefix_ids=prefix_ids,
+            suffix_ids=suffix_ids,
             target_ids=encode(target, add_special_tokens=False) if target else [],
             text=prompt + target,
+        )
+
+    def _encode_around_image(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the image placeholder (``prompt.image_tokenization``).
+
+        With a conversation template the BOS token is added as an id, not parsed from the
+        text: a SentencePiece tokenizer then begins the text as LLaMA's did (with its
+        leading-space piece).
+        """
+        tokenizer = self.tokenizer
+        placeholder = self.config.image_placeholder
+        bos_ids: list[int] = []
+        bos = tokenizer.bos_token
+        if self.config.conversation is not None and bos and prompt.startswith(bos):
+            prompt = prompt[len(bos):]
+            bos_ids = [int(tokenizer.bos_token_id)]  # type: ignore[arg-type]
+        mode = self.config.image_tokenization
+        if mode == "whole":
+            image_id = tokenizer.convert_tokens_to_ids(placeholder)
+            ids = tokenizer.encode(prompt, add_special_tokens=False)
+            if not isinstance(image_id, int) or ids.count(image_id) != 1:
+                raise InferenceError(
+                    f"prompt.image_tokenization 'whole' needs {placeholder!r} as one token of "
+                    "the tokenizer"
+                )
+            at = ids.index(image_id)
+            return bos_ids + ids[:at], ids[at + 1 :]
+        before, after = prompt.split(placeholder)
+        if mode == "separate_stripped":
+            before, after = before.rstrip(), after.lstrip()
+        encode = tokenizer.encode
+        return (
+            bos_ids + encode(before, add_special_tokens=False),
+            encode(after, add_special_tokens=False),
         )
 
 

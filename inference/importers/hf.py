@@ -170,6 +170,7 @@ def llava_config(
             image_placeholder="<image>",
             report_instruction=instruction,
             first_turn="{image}\n{context}{instruction}",
+            image_tokenization="whole",
             conversation=ConversationConfig(style="two", roles=("USER", "ASSISTANT"),
                                             sep=" ", sep2="</s>"),
         ),

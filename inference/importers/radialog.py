@@ -257,6 +257,7 @@ def radialog_config(
             report_instruction=REPORT_INSTRUCTION,
             no_findings_text="no common findings",
             first_turn=FIRST_TURN,
+            image_tokenization="separate_stripped",
             list_no_finding=True,
             conversation=ConversationConfig(style="two", roles=("USER", "ASSISTANT"),
                                             sep=" ", sep2="</s>"),

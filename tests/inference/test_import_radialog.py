@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
@@ -98,13 +99,14 @@ def _radialog_findings(probabilities: torch.Tensor) -> str:
 
 
 def _reference_generate(download: Path, image: torch.Tensor, findings: str, steps: int) -> str:
-    tokenizer = AutoTokenizer.from_pretrained(str(download / VICUNA_DIR))
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<IMG>"]})
-    img_id = tokenizer.convert_tokens_to_ids("<IMG>")
-    user = (f"Image information: {'<IMG>' * image.shape[0]}. Predicted Findings: {findings}. "
-            f"{REPORT_INSTRUCTION}")
-    text = f"{SYSTEM} USER: {user} ASSISTANT:"
-    ids = [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
+    """RaDialog's prompt as transformers 4.28's slow LlamaTokenizer made it: the text next to
+    the added special token ``<IMG>`` is stripped of whitespace and each piece is encoded by
+    SentencePiece on its own (here with sentencepiece itself), BOS first."""
+    sp = spm.SentencePieceProcessor(model_file=str(download / VICUNA_DIR / "tokenizer.model"))
+    before = f"{SYSTEM} USER: Image information:"
+    after = f". Predicted Findings: {findings}. {REPORT_INSTRUCTION} ASSISTANT:"
+    img_id = -1  # never looked up: the image tokens take the 32 places
+    ids = [sp.bos_id(), *sp.encode(before), *[img_id] * image.shape[0], *sp.encode(after)]
     model = LlamaForCausalLM.from_pretrained(str(download / VICUNA_DIR)).eval()
     adapter = torch.load(download / ADAPTER_DIR / "adapter_model.bin", weights_only=True)
     config = json.loads((download / ADAPTER_DIR / "adapter_config.json").read_text())
@@ -121,7 +123,8 @@ def _reference_generate(download: Path, image: torch.Tensor, findings: str, step
         start = positions[0]
         inputs = torch.cat([embed(torch.tensor(ids[:start])), image,
                             embed(torch.tensor(ids[start + image.shape[0]:]))])[None]
-    generated = greedy(model, inputs, steps, tokenizer.eos_token_id)
+    generated = greedy(model, inputs, steps, sp.eos_id())
+    tokenizer = AutoTokenizer.from_pretrained(str(download / VICUNA_DIR))
     return tokenizer.decode(generated, skip_special_tokens=True).strip()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 from support.published.reference import eva_vit, greedy, qformer
@@ -57,8 +58,10 @@ def _reference_tokens(download: Path, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_text(download: Path, image: torch.Tensor, steps: int) -> str:
-    """XrayGPT's ``Chat``: the CONV_VISION prompt split at ``<ImageHere>`` (BOS on the first
-    segment only), greedy, cut at ``###``."""
+    """XrayGPT's ``Chat``: the CONV_VISION prompt split at ``<ImageHere>``, each segment
+    encoded on its own by its LLaMA tokenizer (here with sentencepiece itself; BOS on the first
+    only), greedy, cut at ``###``."""
+    sp = spm.SentencePieceProcessor(model_file=str(download / VICUNA_DIR / "tokenizer.model"))
     tokenizer = AutoTokenizer.from_pretrained(str(download / VICUNA_DIR))
     model = LlamaForCausalLM.from_pretrained(str(download / VICUNA_DIR)).eval()
     prompt = (f"{SYSTEM}###Patient: <Img><ImageHere></Img> {REPORT_INSTRUCTION}###Doctor:")
@@ -66,12 +69,11 @@ def _reference_text(download: Path, image: torch.Tensor, steps: int) -> str:
     embed = model.get_input_embeddings()
     with torch.no_grad():
         inputs = torch.cat([
-            embed(torch.tensor([tokenizer.bos_token_id,
-                                *tokenizer.encode(before, add_special_tokens=False)])),
+            embed(torch.tensor([sp.bos_id(), *sp.encode(before)])),
             image,
-            embed(torch.tensor(tokenizer.encode(after, add_special_tokens=False))),
+            embed(torch.tensor(sp.encode(after))),
         ])[None]
-    ids = greedy(model, inputs, steps, tokenizer.eos_token_id,
+    ids = greedy(model, inputs, steps, sp.eos_id(),
                  stop=lambda ids: "###" in tokenizer.decode(ids))
     return tokenizer.decode(ids, skip_special_tokens=True).split("###")[0].strip()
 

@@ -150,3 +150,26 @@ def test_a_conversation_template_round_trips_and_bad_values_name_the_key() -> No
     data["prompt"]["conversation"] = {"roles": ["USER"]}
     with pytest.raises(ConfigError, match="prompt.conversation.roles"):
         ModelConfig.from_dict(data)
+
+
+def test_image_tokenization_as_the_authors_tokenized() -> None:
+    tokenizer = train_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<IMG>"]})
+    ask = {"findings": [], "instruction": "Write the report."}
+
+    def encoded(mode: str) -> tuple[list[int], list[int]]:
+        config = PromptConfig(image_placeholder="<IMG>", image_tokenization=mode,  # type: ignore[arg-type]
+                              first_turn="Image information: {image} . {instruction}")
+        prompt = PromptBuilder(tokenizer, config).encode(**ask)  # type: ignore[arg-type]
+        return prompt.prefix_ids, prompt.suffix_ids
+
+    separate, whole = encoded("separate"), encoded("whole")
+    stripped = encoded("separate_stripped")
+    assert whole == separate  # byte-level BPE: no leading-space piece per call
+    assert tokenizer.decode(separate[0]).endswith("information: ")
+    assert tokenizer.decode(stripped[0]).endswith("information:")
+    assert tokenizer.decode(stripped[1]).startswith(".")
+
+    config = PromptConfig(image_tokenization="whole")  # "<ImageHere>" is no token here
+    with pytest.raises(InferenceError, match="needs '<ImageHere>' as one token"):
+        PromptBuilder(tokenizer, config).encode(**ask)  # type: ignore[arg-type]

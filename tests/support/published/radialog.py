@@ -25,9 +25,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import sentencepiece as spm
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 #: RaDialog's classifier label order (demo.py), not the node's alphabetical one.
 RADIALOG_LABELS = (
@@ -190,15 +197,21 @@ def qformer_state(
     return state
 
 
-def vicuna_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with LLaMA's special tokens (``<unk>``, ``<s>``, ``</s>``)."""
-    corpus = [
+#: Text the tiny tokenizers are trained on: the prompts and a few report sentences.
+CORPUS = [
         "A chat between a curious user and an artificial intelligence assistant acting as an "
         "experienced radiologist. USER: Image information: . Predicted Findings: "
         "cardiomegaly, edema, no common findings. You are to act as a radiologist and write "
         "the finding section of a chest x-ray radiology report. ASSISTANT: The heart is "
         "enlarged. There is no pleural effusion or pneumothorax. Lungs are clear.",
-    ] * 8
+    "You are an experienced Doctor, give the following medical scan: <Img>ImageContent</Img>. "
+    "###Patient: Describe the given chest x-ray image in detail.###Doctor:",
+]
+
+
+def vicuna_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with LLaMA's special tokens (``<unk>``, ``<s>``, ``</s>``)."""
+    corpus = CORPUS * 8
     model = Tokenizer(models.BPE(unk_token="<unk>"))
     model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     model.decoder = decoders.ByteLevel()
@@ -215,10 +228,32 @@ def vicuna_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def write_sentencepiece_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
+    """LLaMA's tokenizer as Vicuna's folders ship it: ``tokenizer.model`` (SentencePiece BPE
+    with byte fallback; ``<unk>``, ``<s>``, ``</s>`` = 0, 1, 2) and ``tokenizer_config.json``
+    (``LlamaTokenizer``), no ``tokenizer.json``. Returns it as transformers reads it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20), model_prefix=str(directory / "tokenizer"),
+        vocab_size=400, model_type="bpe", byte_fallback=True, character_coverage=1.0,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+    )
+    (directory / "tokenizer.vocab").unlink()
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
+        "model_max_length": 2048,
+    }))
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    ))
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
 def write_vicuna(directory: Path, sizes: TinySizes, seed: int) -> None:
     """A tiny Llama in a Hugging Face directory with its tokenizer (the Vicuna base)."""
     torch.manual_seed(seed)
-    tokenizer = vicuna_tokenizer()
+    tokenizer = write_sentencepiece_tokenizer(directory)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=sizes.llm_hidden, intermediate_size=128,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
@@ -227,7 +262,6 @@ def write_vicuna(directory: Path, sizes: TinySizes, seed: int) -> None:
     )
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
 
 
 def write_radialog_v1(root: Path, *, seed: int = 0, sizes: TinySizes | None = None) -> Path:

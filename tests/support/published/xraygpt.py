@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from support.published.radialog import TinySizes, qformer_state, vicuna_tokenizer
+from support.published.radialog import TinySizes, qformer_state, write_sentencepiece_tokenizer
 
 EVA_FILE = "eva_vit_g.pth"
 QFORMER_FILE = "blip2_pretrained_flant5xxl.pth"
@@ -73,8 +73,8 @@ def write_xraygpt(root: Path, *, seed: int = 0) -> Path:
                 "scaler": None, "epoch": 0}, root / STAGE2_FILE)
 
     torch.manual_seed(seed)
-    tokenizer = vicuna_tokenizer()
     vicuna = root / VICUNA_DIR
+    tokenizer = write_sentencepiece_tokenizer(vicuna)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=sizes.llm_hidden, intermediate_size=128,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
@@ -82,7 +82,6 @@ def write_xraygpt(root: Path, *, seed: int = 0) -> Path:
         initializer_range=0.2, tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).eval()
-    vicuna.mkdir()
     config.save_pretrained(str(vicuna))
     # The published folder has pytorch_model-0000N-of-0000M.bin shards and their index.
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -95,7 +94,6 @@ def write_xraygpt(root: Path, *, seed: int = 0) -> Path:
         "metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
         "weight_map": {k: file for file, keys in shards.items() for k in keys},
     }))
-    tokenizer.save_pretrained(str(vicuna))
     return root
 
 
