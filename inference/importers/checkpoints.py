@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,4 +90,36 @@ def check_shape(tensor: torch.Tensor, shape: tuple[int, ...], key: str, path: Pa
         )
 
 
-__all__ = ["check_shape", "load_checkpoint", "need", "state_dict"]
+def load_weights(
+    module: torch.nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    origin: Callable[[str], Path],
+) -> None:
+    """Load every weight of ``module`` from ``weights`` (cast to its dtypes).
+
+    ``origin(key)`` names the published file a module key comes from, for the errors.
+
+    Raises
+    ------
+    CheckpointError
+        When a key is missing, or a tensor's shape differs from the one the model built
+        from the files' sizes needs (naming the file and the key).
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise CheckpointError(
+            f"{origin(missing[0])}: no weights for {missing[0]!r} ({len(missing)} missing)"
+        )
+    for key, value in weights.items():
+        if key not in expected:
+            raise CheckpointError(f"{origin(key)}: {key!r} has no place in the model")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{origin(key)}: {key!r} has shape {tuple(value.shape)}, the model built "
+                f"from the files' sizes needs {tuple(expected[key].shape)}"
+            )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
+
+
+__all__ = ["check_shape", "load_checkpoint", "load_weights", "need", "state_dict"]

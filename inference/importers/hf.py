@@ -43,6 +43,7 @@ from inference.config import (
     VisionConfig,
 )
 from inference.errors import CheckpointError
+from inference.importers.checkpoints import load_weights
 from inference.packaging import package_bundle
 from inference.vision import VisionTower
 
@@ -272,18 +273,7 @@ def import_hf(
     for ours, theirs in (("0", "linear_1"), ("2", "linear_2")):
         for n in ("weight", "bias"):
             weights[f"aligner.mlp.{ours}.{n}"] = projector[f"{theirs}.{n}"]
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        raise CheckpointError(f"{source}: no weights for {missing[0]!r} ({len(missing)} missing)")
-    for key, value in weights.items():
-        if key not in expected:
-            raise CheckpointError(f"{source}: unexpected vision weight {key!r}")
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(
-                f"{source}: {key!r} has shape {tuple(value.shape)}, config.json's sizes need "
-                f"{tuple(expected[key].shape)}"
-            )
-    tower.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
+    load_weights(tower, weights, lambda key: source)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)

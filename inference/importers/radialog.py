@@ -51,7 +51,7 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoTokenizer
 
-from inference.backbones.biovil_t import biovil_sizes, image_model_state
+from inference.backbones.biovil_t import BioViLTSizes, biovil_sizes, image_model_state
 from inference.bundle import Provenance
 from inference.config import (
     AlignerConfig,
@@ -65,7 +65,13 @@ from inference.config import (
 )
 from inference.errors import CheckpointError, ConfigError
 from inference.importers.blip2 import convert_qformer
-from inference.importers.checkpoints import check_shape, load_checkpoint, need, state_dict
+from inference.importers.checkpoints import (
+    check_shape,
+    load_checkpoint,
+    load_weights,
+    need,
+    state_dict,
+)
 from inference.packaging import package_bundle
 from inference.vision import VisionTower
 
@@ -180,9 +186,52 @@ def _visual_projector(
     return found
 
 
-def _adapter(directory: Path, hidden: int, out: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """Split the published adapter into its LoRA part (written to ``out`` in today's peft
-    format) and ``img_proj_layer``; return the latter and the LLM width it projects to."""
+@dataclass(frozen=True)
+class ClassifierParts:
+    """RaDialog's CheXpert classifier read from its Lightning checkpoint."""
+
+    path: Path
+    sizes: BioViLTSizes
+    hidden: int
+    #: The tower's ``classifier.*`` weights.
+    weights: dict[str, torch.Tensor]
+
+
+def load_classifier(path: Path) -> ClassifierParts:
+    """Read the classifier (``state_dict`` of a Lightning ``.ckpt``), sizes from its shapes.
+
+    Raises
+    ------
+    CheckpointError
+        For a missing key or a head that does not give the 14 labels.
+    """
+    state = state_dict(load_checkpoint(path), path, "state_dict")
+    encoder = image_model_state(state, "model.biovil_encoder.")
+    try:
+        sizes = biovil_sizes(encoder, source=str(path))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    fc1 = need(state, "model.fc1.weight", path)
+    fc2 = need(state, "model.fc2.weight", path)
+    check_shape(fc2, (len(LABELS), fc1.shape[0]), "model.fc2.weight", path)
+    weights = {f"classifier.biovil_encoder.{k}": v for k, v in encoder.items()}
+    for part in ("fc1", "fc2"):
+        for n in ("weight", "bias"):
+            weights[f"classifier.{part}.{n}"] = need(state, f"model.{part}.{n}", path)
+    return ClassifierParts(path, sizes, int(fc1.shape[0]), weights)
+
+
+def rewrite_adapter(directory: Path, out: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """Write the LoRA part of a published peft adapter to ``out`` in today's peft format.
+
+    Returns the published tensors (RaDialog v1 keeps ``img_proj_layer`` among them) and the
+    weights file's path.
+
+    Raises
+    ------
+    CheckpointError
+        For a missing file or key, or a rank that differs from the config's.
+    """
     weights = directory / "adapter_model.bin"
     if not weights.is_file():
         weights = directory / "adapter_model.safetensors"
@@ -197,16 +246,6 @@ def _adapter(directory: Path, hidden: int, out: Path) -> tuple[dict[str, torch.T
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in published:
             raise CheckpointError(f"{config_path}: missing key {key!r}")
-    projection = {
-        "weight": need(state, IMG_PROJ + "weight", weights),
-        "bias": need(state, IMG_PROJ + "bias", weights),
-    }
-    llm_width, qformer_width = projection["weight"].shape
-    if qformer_width != hidden:
-        raise CheckpointError(
-            f"{weights}: key {IMG_PROJ + 'weight'!r} takes {qformer_width} inputs, the "
-            f"Q-Former gives {hidden}"
-        )
     lora = {k: v.contiguous() for k, v in state.items() if ".lora_" in k}
     if not lora:
         raise CheckpointError(f"{weights}: no LoRA keys ('*.lora_A.weight')")
@@ -225,43 +264,55 @@ def _adapter(directory: Path, hidden: int, out: Path) -> tuple[dict[str, torch.T
         base_model_name_or_path=published.get("base_model_name_or_path"),
     ).save_pretrained(str(out))
     save_file(lora, str(out / "adapter_model.safetensors"))
-    return projection, int(llm_width)
+    return state, weights
+
+
+def radialog_preprocess() -> PreprocessConfig:
+    """RaDialog's image transform: the square centre at 512 px, no normalisation (the crops
+    are the vision config's)."""
+    return PreprocessConfig(image_size=RESIZE, resize_mode="crop", voi="dicom", channels=3,
+                            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+def radialog_classifier(parts: ClassifierParts) -> ClassifierConfig:
+    """The classifier config of RaDialog's CheXpert classifier (v1 and v2)."""
+    return ClassifierConfig(labels=LABELS, kind="biovil_t", biovil_t=parts.sizes.to_dict(),
+                            crop=CLASSIFIER_CROP, hidden_size=parts.hidden, grid_pool=4)
+
+
+def radialog_prompt(first_turn: str, placeholder: str, tokenization: str) -> PromptConfig:
+    """RaDialog's prompt (v1 and v2): Vicuna v1.1, its system message and report request,
+    its findings rule."""
+    return PromptConfig(
+        system_prompt=SYSTEM,
+        image_placeholder=placeholder,
+        report_instruction=REPORT_INSTRUCTION,
+        no_findings_text="no common findings",
+        first_turn=first_turn,
+        image_tokenization=tokenization,  # type: ignore[arg-type]
+        list_no_finding=True,
+        conversation=ConversationConfig(style="two", roles=("USER", "ASSISTANT"),
+                                        sep=" ", sep2="</s>"),
+    )
 
 
 def radialog_config(
     vision_sizes: dict[str, object],
-    classifier_sizes: dict[str, object],
-    classifier_hidden: int,
+    classifier: ClassifierParts,
     qformer: dict[str, int],
     queries: int,
     llm_width: int,
 ) -> ModelConfig:
     """The bundle config of a RaDialog v1 import: its sizes, crops, prompt and decoding."""
     return ModelConfig(
-        preprocess=PreprocessConfig(
-            image_size=RESIZE, resize_mode="crop", voi="dicom", channels=3,
-            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-        ),
+        preprocess=radialog_preprocess(),
         vision=VisionConfig(kind="biovil_t", biovil_t=vision_sizes, crop=QFORMER_CROP,
                             tokens="channels_first"),
-        classifier=ClassifierConfig(
-            labels=LABELS, kind="biovil_t", biovil_t=classifier_sizes, crop=CLASSIFIER_CROP,
-            hidden_size=classifier_hidden, grid_pool=4,
-        ),
+        classifier=radialog_classifier(classifier),
         aligner=AlignerConfig(kind="qformer", num_query_tokens=queries, qformer=dict(qformer),
                               input_norm=True),
         llm_hidden_size=llm_width,
-        prompt=PromptConfig(
-            system_prompt=SYSTEM,
-            image_placeholder=IMAGE_TOKEN,
-            report_instruction=REPORT_INSTRUCTION,
-            no_findings_text="no common findings",
-            first_turn=FIRST_TURN,
-            image_tokenization="separate_stripped",
-            list_no_finding=True,
-            conversation=ConversationConfig(style="two", roles=("USER", "ASSISTANT"),
-                                            sep=" ", sep2="</s>"),
-        ),
+        prompt=radialog_prompt(FIRST_TURN, IMAGE_TOKEN, "separate_stripped"),
         generation=GenerationConfig(max_new_tokens=300, num_beams=1),
     )
 
@@ -299,16 +350,13 @@ def import_radialog(
     files = RadialogFiles.locate(source)
     biovil_state = state_dict(load_checkpoint(files.biovil), files.biovil)
     qformer_state = state_dict(load_checkpoint(files.qformer), files.qformer, "model")
-    classifier_state = state_dict(load_checkpoint(files.classifier), files.classifier,
-                                  "state_dict")
+    classifier = load_classifier(files.classifier)
 
     encoder = {k: v for k, v in image_model_state(biovil_state).items()
                if not k.startswith("projector.")}
     encoder.update(_visual_projector(qformer_state, files.qformer, visual_projector))
     try:
         vision_sizes = biovil_sizes(encoder, source=str(files.biovil))
-        classifier_encoder = image_model_state(classifier_state, "model.biovil_encoder.")
-        classifier_sizes = biovil_sizes(classifier_encoder, source=str(files.classifier))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     qformer, qformer_kwargs, feature_width = convert_qformer(qformer_state, files.qformer)
@@ -322,9 +370,6 @@ def import_radialog(
     }
     check_shape(ln_vision["weight"], (feature_width,), "ln_vision.weight", files.qformer)
     query_tokens = need(qformer_state, "query_tokens", files.qformer)
-    fc1 = need(classifier_state, "model.fc1.weight", files.classifier)
-    fc2 = need(classifier_state, "model.fc2.weight", files.classifier)
-    check_shape(fc2, (len(LABELS), fc1.shape[0]), "model.fc2.weight", files.classifier)
 
     try:
         llm_config = AutoConfig.from_pretrained(str(llm), local_files_only=True)
@@ -332,29 +377,38 @@ def import_radialog(
         raise CheckpointError(f"{llm}: not a Hugging Face model directory ({exc})") from exc
     with tempfile.TemporaryDirectory() as tmp:
         adapter_dir = Path(tmp) / "instruct"
-        projection, llm_width = _adapter(files.adapter, qformer_kwargs["hidden_size"], adapter_dir)
+        adapter, adapter_file = rewrite_adapter(files.adapter, adapter_dir)
+        projection = {n: need(adapter, IMG_PROJ + n, adapter_file) for n in ("weight", "bias")}
+        llm_width, hidden = projection["weight"].shape
+        if hidden != qformer_kwargs["hidden_size"]:
+            raise CheckpointError(
+                f"{adapter_file}: key {IMG_PROJ + 'weight'!r} takes {hidden} inputs, the "
+                f"Q-Former gives {qformer_kwargs['hidden_size']}"
+            )
         if llm_width != llm_config.hidden_size:
             raise CheckpointError(
-                f"{files.adapter / 'adapter_model.bin'}: key {IMG_PROJ + 'weight'!r} projects "
-                f"to {llm_width}, the LLM in {llm} is {llm_config.hidden_size} wide"
+                f"{adapter_file}: key {IMG_PROJ + 'weight'!r} projects to {llm_width}, the "
+                f"LLM in {llm} is {llm_config.hidden_size} wide"
             )
         config = radialog_config(
-            vision_sizes.to_dict(), classifier_sizes.to_dict(), int(fc1.shape[0]),
-            qformer_kwargs, int(query_tokens.shape[1]), llm_width,
+            vision_sizes.to_dict(), classifier, qformer_kwargs, int(query_tokens.shape[1]),
+            int(llm_width),
         )
         tower = VisionTower(config).eval()
-        weights = {f"encoder.model.{k}": v for k, v in encoder.items()}
-        weights |= {f"classifier.biovil_encoder.{k}": v for k, v in classifier_encoder.items()}
-        for part in ("fc1", "fc2"):
-            for n in ("weight", "bias"):
-                key = f"model.{part}.{n}"
-                weights[f"classifier.{part}.{n}"] = need(classifier_state, key, files.classifier)
+        weights = {f"encoder.model.{k}": v for k, v in encoder.items()} | classifier.weights
         weights["aligner.query_tokens"] = query_tokens
         weights |= {f"aligner.input_norm.{n}": v for n, v in ln_vision.items()}
         weights |= {f"aligner.qformer.{k}": v for k, v in qformer.items()}
         weights |= {f"aligner.projection.{n}": v for n, v in projection.items()}
-        _load_tower(tower, weights, files)
 
+        def origin(key: str) -> Path:
+            if key.startswith("classifier."):
+                return files.classifier
+            if key.startswith("encoder."):
+                return files.biovil
+            return adapter_file if key.startswith("aligner.projection.") else files.qformer
+
+        load_weights(tower, weights, origin)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(llm), local_files_only=True)
         except (OSError, ValueError) as exc:
@@ -379,31 +433,17 @@ def import_radialog(
         )
 
 
-def _load_tower(tower: VisionTower, weights: dict[str, torch.Tensor], files: RadialogFiles) -> None:
-    expected = tower.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        raise CheckpointError(f"{files.qformer.parent}: no weights for {missing[0]!r} "
-                              f"({len(missing)} missing)")
-    for key, value in weights.items():
-        if key not in expected:
-            raise CheckpointError(f"internal: {key!r} is not a tower key")
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(
-                f"{_origin(key, files)}: {key!r} has shape {tuple(value.shape)}, the model "
-                f"built from the files' sizes needs {tuple(expected[key].shape)}"
-            )
-    tower.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
-
-
-def _origin(key: str, files: RadialogFiles) -> Path:
-    if key.startswith("classifier."):
-        return files.classifier
-    if key.startswith("encoder."):
-        return files.biovil
-    if key.startswith("aligner.projection."):
-        return files.adapter
-    return files.qformer
-
-
-__all__ = ["LABELS", "RadialogFiles", "import_radialog", "radialog_config"]
+__all__ = [
+    "CLASSIFIER_DIR",
+    "CLASSIFIER_GLOB",
+    "LABELS",
+    "ClassifierParts",
+    "RadialogFiles",
+    "import_radialog",
+    "load_classifier",
+    "radialog_classifier",
+    "radialog_config",
+    "radialog_preprocess",
+    "radialog_prompt",
+    "rewrite_adapter",
+]

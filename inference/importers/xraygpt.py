@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from inference.bundle import Provenance
@@ -46,7 +45,13 @@ from inference.config import (
 )
 from inference.errors import CheckpointError
 from inference.importers.blip2 import convert_eva_vit, convert_qformer
-from inference.importers.checkpoints import check_shape, load_checkpoint, need, state_dict
+from inference.importers.checkpoints import (
+    check_shape,
+    load_checkpoint,
+    load_weights,
+    need,
+    state_dict,
+)
 from inference.packaging import package_bundle
 from inference.vision import VisionTower
 
@@ -178,17 +183,10 @@ def import_xraygpt(
     weights["aligner.query_tokens"] = query_tokens
     weights |= {f"aligner.qformer.{k}": v for k, v in qformer.items()}
     weights |= {f"aligner.projection.{n}": v for n, v in projection.items()}
-    expected = tower.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        raise CheckpointError(f"{source}: no weights for {missing[0]!r} ({len(missing)} missing)")
-    for key, value in weights.items():
-        if key not in expected or tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(
-                f"{source}: {key!r} has shape {tuple(value.shape)}, the model built from the "
-                f"files' sizes needs {tuple(expected[key].shape) if key in expected else None}"
-            )
-    tower.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
+    origins = {"encoder.backbone.post": qformer_path, "encoder.": eva_path,
+               "aligner.projection.": stage2_path, "aligner.": qformer_path}
+    load_weights(tower, weights,
+                 lambda key: next(p for prefix, p in origins.items() if key.startswith(prefix)))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(llm), local_files_only=True)
     except (OSError, ValueError) as exc:
