@@ -118,7 +118,9 @@ def model_verify(
 # --------------------------------------------------------------------------- model import
 @model_app.command("import")
 def model_import(
-    kind: Annotated[str, typer.Argument(help="What the files are: radialog, xraygpt or hf.")],
+    kind: Annotated[
+        str, typer.Argument(help="What the files are: radialog, radialog-llava, xraygpt or hf.")
+    ],
     source: Annotated[Path, typer.Argument(help="The published model's files, as downloaded.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
     llm: Annotated[
@@ -155,13 +157,19 @@ def model_import(
     """
     _quiet_libraries()
     from inference import InferenceError, Provenance
-    from inference.importers import KINDS, import_hf, import_radialog, import_xraygpt
+    from inference.importers import (
+        KINDS,
+        import_hf,
+        import_radialog,
+        import_radialog_llava,
+        import_xraygpt,
+    )
     from inference.importers.hf import DEFAULT_INSTRUCTION
 
     if kind not in KINDS:
         raise _fail(f"unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
     try:
-        if kind in ("radialog", "xraygpt") and llm is None:
+        if kind in ("radialog", "radialog-llava", "xraygpt") and llm is None:
             raise _fail(f"--llm is needed for {kind}: the base LLM's Hugging Face directory")
         if kind == "radialog":
             assert llm is not None
@@ -169,6 +177,10 @@ def model_import(
                 source, out, llm=llm, visual_projector=visual_projector,
                 name=name or "radialog-v1", version=version,
             )
+        elif kind == "radialog-llava":
+            assert llm is not None
+            path = import_radialog_llava(source, out, llm=llm, name=name or "radialog-v2",
+                                         version=version)
         elif kind == "xraygpt":
             assert llm is not None
             path = import_xraygpt(source, out, llm=llm, name=name or "xraygpt", version=version)

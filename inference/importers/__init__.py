@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from inference.importers.hf import import_hf
 from inference.importers.radialog import import_radialog
+from inference.importers.radialog_llava import import_radialog_llava
 from inference.importers.xraygpt import import_xraygpt
 
 #: The kinds ``dicom_node model import`` knows, with what each reads.
 KINDS = {
     "radialog": "RaDialog v1 (ChantalMP/RaDialog): BioViL-T, BLIP-2 Q-Former, CheXpert "
     "classifier, Vicuna-7B v1.3 with its LoRA adapter and img_proj_layer",
+    "radialog-llava": "RaDialog v2 / RaDialog-LLaVA: fine-tuned BioViL-T, mlp2x_gelu projector, "
+    "CheXpert classifier, LoRA on LLaVA-1.5-7B (original LLaVA layout)",
     "xraygpt": "XrayGPT (mbzuai-oryx/XrayGPT): EVA ViT-g, BLIP-2 Q-Former, llama_proj, its "
     "fine-tuned Vicuna",
     "hf": "a transformers image-text-to-text checkpoint (today: LLaVA-1.5 style, "
     "model_type llava); the LLM stays in its shards",
 }
 
-__all__ = ["KINDS", "import_hf", "import_radialog", "import_xraygpt"]
+__all__ = ["KINDS", "import_hf", "import_radialog", "import_radialog_llava", "import_xraygpt"]

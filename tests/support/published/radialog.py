@@ -264,6 +264,27 @@ def write_vicuna(directory: Path, sizes: TinySizes, seed: int) -> None:
     model.save_pretrained(str(directory))
 
 
+def write_classifier(path: Path, sizes: TinySizes, gen: torch.Generator) -> None:
+    """RaDialog's CheXpert classifier as its Lightning 1.6 ``.ckpt`` (v1 and v2)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoder = image_model_state(sizes, sizes.classifier_proj, gen)
+    state = {f"model.biovil_encoder.{k}": v for k, v in encoder.items()}
+    fc_in = sizes.classifier_proj * 4 * 4
+    state["model.fc1.weight"] = (
+        torch.randn(sizes.classifier_hidden, fc_in, generator=gen) * fc_in**-0.5
+    )
+    state["model.fc1.bias"] = 0.1 * torch.randn(sizes.classifier_hidden, generator=gen)
+    state["model.fc2.weight"] = torch.randn(14, sizes.classifier_hidden, generator=gen)
+    state["model.fc2.bias"] = 0.1 * torch.randn(14, generator=gen)
+    state["criterion.pos_weight"] = torch.ones(14)
+    torch.save(
+        {"epoch": 6, "global_step": 4200, "pytorch-lightning_version": "1.6.5",
+         "state_dict": state, "loops": {}, "callbacks": {}, "optimizer_states": [],
+         "lr_schedulers": []},
+        path,
+    )
+
+
 def write_radialog_v1(root: Path, *, seed: int = 0, sizes: TinySizes | None = None) -> Path:
     """Write the tiny RaDialog v1 files under ``root`` and return it."""
     sizes = sizes or TinySizes()
@@ -290,24 +311,7 @@ def write_radialog_v1(root: Path, *, seed: int = 0, sizes: TinySizes | None = No
     )
     torch.save(replayed, root / PROJECTOR_FILE)
 
-    classifier = root / CLASSIFIER_FILE
-    classifier.parent.mkdir(parents=True, exist_ok=True)
-    encoder = image_model_state(sizes, sizes.classifier_proj, gen)
-    state = {f"model.biovil_encoder.{k}": v for k, v in encoder.items()}
-    fc_in = sizes.classifier_proj * 4 * 4
-    state["model.fc1.weight"] = (
-        torch.randn(sizes.classifier_hidden, fc_in, generator=gen) * fc_in**-0.5
-    )
-    state["model.fc1.bias"] = 0.1 * torch.randn(sizes.classifier_hidden, generator=gen)
-    state["model.fc2.weight"] = torch.randn(14, sizes.classifier_hidden, generator=gen)
-    state["model.fc2.bias"] = 0.1 * torch.randn(14, generator=gen)
-    state["criterion.pos_weight"] = torch.ones(14)
-    torch.save(
-        {"epoch": 6, "global_step": 4200, "pytorch-lightning_version": "1.6.5",
-         "state_dict": state, "loops": {}, "callbacks": {}, "optimizer_states": [],
-         "lr_schedulers": []},
-        classifier,
-    )
+    write_classifier(root / CLASSIFIER_FILE, sizes, gen)
 
     write_vicuna(root / VICUNA_DIR, sizes, seed)
 
@@ -336,6 +340,7 @@ def write_radialog_v1(root: Path, *, seed: int = 0, sizes: TinySizes | None = No
 
 
 __all__ = [
+    "write_classifier",
     "ADAPTER_DIR", "BIOVIL_FILE", "CLASSIFIER_FILE", "PROJECTOR_FILE", "QFORMER_FILE",
     "RADIALOG_LABELS", "TinySizes", "VICUNA_DIR", "write_radialog_v1",
 ]

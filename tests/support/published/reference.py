@@ -22,6 +22,13 @@ def bn(x: torch.Tensor, s: dict[str, torch.Tensor], p: str) -> torch.Tensor:
 
 def biovil(s: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``ImageModel(x).projected_patch_embeddings`` for one image (no previous image)."""
+    fused = biovil_patches(s, x)
+    y = F.relu(bn(F.conv2d(fused, s["projector.model.0.weight"]), s, "projector.model.1."))
+    return F.conv2d(y, s["projector.model.3.weight"], s["projector.model.3.bias"])
+
+
+def biovil_patches(s: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``ImageModel(x).patch_embeddings``: the fused map, BatchNorm in eval mode."""
     r = "encoder.encoder."
     x = F.relu(bn(F.conv2d(x, s[r + "conv1.weight"], stride=2, padding=3), s, r + "bn1."))
     x = F.max_pool2d(x, 3, 2, 1)
@@ -44,9 +51,7 @@ def biovil(s: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         stage += 1
     patch = F.conv2d(x, s["encoder.backbone_to_vit.weight"])
     previous = s["encoder.missing_previous_emb"].repeat(1, 1, patch.shape[2], patch.shape[3])
-    fused = torch.cat([patch, previous], dim=1)
-    y = F.relu(bn(F.conv2d(fused, s["projector.model.0.weight"]), s, "projector.model.1."))
-    return F.conv2d(y, s["projector.model.3.weight"], s["projector.model.3.bias"])
+    return torch.cat([patch, previous], dim=1)
 
 
 def crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -134,4 +139,4 @@ def greedy(
     return generated
 
 
-__all__ = ["attention", "biovil", "bn", "crop", "eva_vit", "greedy", "qformer"]
+__all__ = ["attention", "biovil", "biovil_patches", "bn", "crop", "eva_vit", "greedy", "qformer"]
