@@ -210,13 +210,17 @@ class LanguageModel:
                 ),
             )
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-            extra = {"key_mapping": dict(key_mapping)} if key_mapping else {}
+            extra: dict[str, Any] = {"key_mapping": dict(key_mapping)} if key_mapping else {}
+            if torch_device.type == "cuda":
+                # Straight onto the GPU, shard by shard: no full copy in host memory first.
+                extra["device_map"] = str(torch_device)
             base = AutoModelForCausalLM.from_pretrained(
                 str(base_dir), config=config, dtype=torch_dtype, local_files_only=True, **extra
             )
         except (OSError, ValueError) as exc:
             raise InferenceError(f"cannot load the language model from {base_dir}: {exc}") from exc
-        base = base.to(torch_device)  # type: ignore[arg-type]  # transformers' stub
+        if torch_device.type != "cuda":
+            base = base.to(torch_device)  # type: ignore[arg-type]  # transformers' stub
         base.eval()
         model: PreTrainedModel | PeftModel = base
         for index, (name, path) in enumerate((adapters or {}).items()):

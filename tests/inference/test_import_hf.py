@@ -50,6 +50,11 @@ def test_the_bundle_keeps_the_llm_in_the_checkpoint_and_has_no_findings_head(
     assert not (bundle / "llm").exists()
     assert json.loads((bundle / "llm_config" / "config.json").read_text())["model_type"] == "llama"
     assert str(checkpoint / "model.safetensors") in manifest.external_files
+    result = runner.invoke(app, ["model", "verify", str(bundle)])
+    assert result.exit_code == 0, result.output
+    drafted = runner.invoke(app, ["infer", "-m", str(bundle), "--json", "--no-stream"])
+    assert drafted.exit_code == 0, drafted.output
+    assert json.loads(drafted.stdout[drafted.stdout.index("{"):])["report"]
 
 
 def test_image_features_and_greedy_text_match_transformers(checkpoint: Path, bundle: Path) -> None:

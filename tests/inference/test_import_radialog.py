@@ -151,6 +151,10 @@ def test_the_bundle_reads_its_sizes_from_the_files_and_verifies(bundle: Path) ->
     assert not (bundle / "llm").exists()
     result = verify_vision_parity(bundle, batch_size=2)
     assert result.max_abs_diff < 1e-4
+    drafted = runner.invoke(app, ["infer", "-m", str(bundle), "--json", "--no-stream"])
+    assert drafted.exit_code == 0, drafted.output
+    payload = json.loads(drafted.stdout[drafted.stdout.index("{"):])
+    assert payload["model"]["name"] == "radialog-v1" and len(payload["findings"]) == 14
 
 
 def test_image_tokens_findings_and_greedy_text_match_the_reference(

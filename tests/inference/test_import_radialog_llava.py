@@ -115,6 +115,12 @@ def test_the_bundle_reads_the_fine_tuned_tower_and_keeps_the_base_where_it_is(
     llm_config = json.loads((bundle / "llm_config" / "config.json").read_text())
     assert llm_config["model_type"] == "llama"
     assert not any(key.startswith("mm_") for key in llm_config)
+    result = runner.invoke(app, ["model", "verify", str(bundle)])
+    assert result.exit_code == 0, result.output
+    drafted = runner.invoke(app, ["infer", "-m", str(bundle), "--json", "--no-stream"])
+    assert drafted.exit_code == 0, drafted.output
+    payload = json.loads(drafted.stdout[drafted.stdout.index("{"):])
+    assert payload["model"]["name"] == "radialog-v2" and len(payload["findings"]) == 14
 
 
 def test_image_tokens_findings_and_greedy_text_match_the_reference(

@@ -5,6 +5,7 @@ for this Python; the reference is in ``support/published/reference.py``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,12 @@ def test_the_bundle_follows_the_code_eva_vit_g_not_medclip(download: Path, bundl
     assert manifest.config.generation.stop_strings == ("###",)
     assert manifest.llm_base == (download / VICUNA_DIR).resolve()
     assert "XrayGPT" in manifest.provenance.source  # type: ignore[union-attr]
+    result = runner.invoke(app, ["model", "verify", str(bundle)])
+    assert result.exit_code == 0, result.output
+    drafted = runner.invoke(app, ["infer", "-m", str(bundle), "--json", "--no-stream"])
+    assert drafted.exit_code == 0, drafted.output
+    payload = json.loads(drafted.stdout[drafted.stdout.index("{"):])
+    assert payload["model"]["name"] == "xraygpt" and payload["findings"] == []
 
 
 def test_image_tokens_and_greedy_text_match_the_reference(download: Path, bundle: Path) -> None:
