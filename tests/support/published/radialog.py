@@ -67,7 +67,20 @@ class TinySizes:
     qformer_layers: int = 2
     queries: int = 32
     llm_hidden: int = 64
+    llm_intermediate: int = 128
+    llm_layers: int = 2
+    llm_heads: int = 4
+    #: The LLM's vocabulary; ``None``: the tokenizer's (Vicuna's is 32000).
+    llm_vocab: int | None = None
     lora_r: int = 2
+
+
+#: RaDialog v1 at its published sizes (random weights), for the GPU benchmark.
+FULL_SIZES = TinySizes(
+    stem=64, blocks=(3, 4, 6, 3), vit=256, qformer_in=1408, classifier_proj=128,
+    classifier_hidden=512, qformer_hidden=768, qformer_layers=12, queries=32, llm_hidden=4096,
+    llm_intermediate=11008, llm_layers=32, llm_heads=32, llm_vocab=32000, lora_r=8,
+)
 
 
 def _bn(state: dict[str, torch.Tensor], prefix: str, width: int, gen: torch.Generator) -> None:
@@ -255,12 +268,20 @@ def write_vicuna(directory: Path, sizes: TinySizes, seed: int) -> None:
     torch.manual_seed(seed)
     tokenizer = write_sentencepiece_tokenizer(directory)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=sizes.llm_hidden, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        vocab_size=sizes.llm_vocab or len(tokenizer), hidden_size=sizes.llm_hidden,
+        intermediate_size=sizes.llm_intermediate, num_hidden_layers=sizes.llm_layers,
+        num_attention_heads=sizes.llm_heads, num_key_value_heads=sizes.llm_heads,
         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        initializer_range=0.2, rms_norm_eps=1e-6,
+        initializer_range=0.2 if sizes.llm_vocab is None else 0.02, rms_norm_eps=1e-6,
     )
-    model = LlamaForCausalLM(config).eval()
+    large = sizes.llm_hidden >= 1024
+    previous = torch.get_default_dtype()
+    if large:  # a 7B model: built and saved in float16, as Vicuna is published
+        torch.set_default_dtype(torch.float16)
+    try:
+        model = LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
     model.save_pretrained(str(directory))
 
 
@@ -319,7 +340,7 @@ def write_radialog_v1(root: Path, *, seed: int = 0, sizes: TinySizes | None = No
     adapter.mkdir(parents=True, exist_ok=True)
     lora: dict[str, torch.Tensor] = {}
     d, r = sizes.llm_hidden, sizes.lora_r
-    for layer in range(2):
+    for layer in range(sizes.llm_layers):
         for proj in ("q_proj", "v_proj"):
             p = f"base_model.model.model.layers.{layer}.self_attn.{proj}."
             lora[p + "lora_A.weight"] = torch.randn(r, d, generator=gen) * 0.3
@@ -342,5 +363,5 @@ def write_radialog_v1(root: Path, *, seed: int = 0, sizes: TinySizes | None = No
 __all__ = [
     "write_classifier",
     "ADAPTER_DIR", "BIOVIL_FILE", "CLASSIFIER_FILE", "PROJECTOR_FILE", "QFORMER_FILE",
-    "RADIALOG_LABELS", "TinySizes", "VICUNA_DIR", "write_radialog_v1",
+    "FULL_SIZES", "RADIALOG_LABELS", "TinySizes", "VICUNA_DIR", "write_radialog_v1",
 ]
