@@ -9,7 +9,7 @@ LookupDecoding` (same text, fewer forward passes).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -121,6 +121,37 @@ def cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
     return text[: min(ends)] if ends else text
 
 
+def cut_stream_at_stop(pieces: Iterable[str], stop_strings: tuple[str, ...]) -> Iterator[str]:
+    """The non-empty ``pieces`` up to the first of ``stop_strings``, which may span pieces.
+
+    The last ``len(longest stop) - 1`` characters are held back until the next piece shows
+    whether they begin a stop string. All pieces are consumed, so a generating thread that
+    feeds them is never left blocked.
+    """
+    if not stop_strings:
+        yield from (piece for piece in pieces if piece)
+        return
+    hold = max(len(stop) for stop in stop_strings) - 1
+    pending = ""
+    stopped = False
+    for piece in pieces:
+        if stopped or not piece:
+            continue
+        pending += piece
+        cut = cut_at_stop(pending, stop_strings)
+        if len(cut) < len(pending):
+            stopped = True
+            if cut:
+                yield cut
+            pending = ""
+            continue
+        if len(pending) > hold:
+            ready, pending = pending[: len(pending) - hold], pending[len(pending) - hold :]
+            yield ready
+    if pending and not stopped:
+        yield pending
+
+
 def generate_texts(
     llm: LanguageModel,
     batch: MultimodalBatch,
@@ -163,9 +194,7 @@ def stream_text(
 
     worker = threading.Thread(target=run, name="generate-stream", daemon=True)
     worker.start()
-    for piece in streamer:
-        if piece:
-            yield piece
+    yield from cut_stream_at_stop(streamer, options.stop_strings)
     worker.join()
     if failure:
         raise failure[0]
@@ -175,6 +204,7 @@ __all__ = [
     "CallbackStreamer",
     "TextCallback",
     "cut_at_stop",
+    "cut_stream_at_stop",
     "decode",
     "generate_ids",
     "generate_texts",

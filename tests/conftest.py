@@ -56,6 +56,20 @@ def radialog_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def llava_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LLaVA-1.5 in the llava-hf layout, imported: a model without findings head."""
+    from support.published.llava import write_llava_hf
+
+    from inference import Provenance
+    from inference.importers import import_hf
+
+    checkpoint = write_llava_hf(tmp_path_factory.mktemp("llava") / "llava-tiny")
+    return import_hf(checkpoint, checkpoint.parent / "bundle", name="llava-tiny",
+                     provenance=Provenance(source="tiny llava", licence="none",
+                                           intended_use="Tests only."))
+
+
+@pytest.fixture(scope="session")
 def screened_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny bundle with a content check fitted on phantom frontals against synthetic
     negatives (its own random vision tower computes the embeddings)."""

@@ -160,15 +160,17 @@ def evaluate_bundle(
         nlg["meteor"] = {"skipped": str(exc)}
     if bertscore_model is not None:
         nlg["bertscore"] = bert_score(generated, references, bertscore_model)
+    # A model without findings head (XrayGPT, LLaVA) has neither figure.
+    has_head = model.config.classifier.kind != "none"
     result: dict[str, Any] = {
         "n_studies": len(records),
         "ce": ce,
         # The findings classifier alone (its thresholded output, before the LLM writes it):
         # separates vision errors from reporting errors.
-        "classifier_ce": ce_metrics(classifier_labels, reference_labels),
+        "classifier_ce": ce_metrics(classifier_labels, reference_labels) if has_head else None,
         # The reports against the findings their prompt listed: how faithfully the LLM
         # writes what it was given, whatever the image shows.
-        "faithfulness_ce": ce_metrics(predicted, classifier_labels),
+        "faithfulness_ce": ce_metrics(predicted, classifier_labels) if has_head else None,
         "nlg": nlg,
         "samples": [
             {"study_id": r.study_id, "generated": g, "reference": r.report}
@@ -314,11 +316,12 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
         "n_studies": float(result["n_studies"]),
         "ce_f1_macro": float(result["ce"]["f1_macro"]),
         "ce_f1_micro": float(result["ce"]["f1_micro"]),
-        "classifier_f1_macro": float(result["classifier_ce"]["f1_macro"]),
-        "faithfulness_f1_macro": float(result["faithfulness_ce"]["f1_macro"]),
         "bleu_4": float(result["nlg"]["bleu4"]),
         "rouge_l": float(result["nlg"]["rouge_l"]["mean"]),
     }
+    for key in ("classifier", "faithfulness"):
+        if result[f"{key}_ce"] is not None:
+            out[f"{key}_f1_macro"] = float(result[f"{key}_ce"]["f1_macro"])
     meteor = result["nlg"].get("meteor", {})
     if "mean" in meteor:
         out["meteor"] = float(meteor["mean"])
@@ -342,11 +345,11 @@ def render_table(result: dict[str, Any]) -> Table:
     ce = result["ce"]
     low, high = ce["f1_macro_ci95"]
     table.add_row("CE F1 macro (95% CI)", f"{ce['f1_macro']:.3f} ({low:.3f}-{high:.3f})")
-    table.add_row("classifier alone: F1 macro", f"{result['classifier_ce']['f1_macro']:.3f}")
-    table.add_row(
-        "reports vs their prompt's findings: F1 macro",
-        f"{result['faithfulness_ce']['f1_macro']:.3f}",
-    )
+    for key, name in (("classifier", "classifier alone: F1 macro"),
+                      ("faithfulness", "reports vs their prompt's findings: F1 macro")):
+        figures = result[f"{key}_ce"]
+        table.add_row(name, "no findings head" if figures is None else
+                      f"{figures['f1_macro']:.3f}")
     for key in ("precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro"):
         table.add_row(f"CE {key.replace('_', ' ')}", f"{ce[key]:.3f}")
     for label in CHEXPERT_LABELS:

@@ -204,3 +204,16 @@ def test_chat_uses_the_report_as_context(tiny_model: ChestXrayVLM, chest_cr_path
         )
         == answer_a
     )
+
+
+def test_a_streamed_answer_stops_before_a_stop_string_split_across_pieces() -> None:
+    from inference.generation import cut_stream_at_stop
+
+    pieces = ["The heart", " is normal.#", "## Patient", ": next question", "###"]
+    assert "".join(cut_stream_at_stop(iter(pieces), ("###",))) == "The heart is normal."
+    assert "".join(cut_stream_at_stop(iter(pieces[:2]), ("###",))) == "The heart is normal.#"
+    assert list(cut_stream_at_stop(iter(["a", "", "b"]), ())) == ["a", "b"]
+    # Everything is read, so the thread that writes the pieces is never left blocked.
+    source = iter(pieces)
+    list(cut_stream_at_stop(source, ("###",)))
+    assert next(source, None) is None

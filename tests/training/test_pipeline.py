@@ -184,6 +184,20 @@ def test_evaluate_command_prints_every_metric(
     assert 0.0 <= report["faithfulness_ce"]["f1_macro"] <= 1.0
 
 
+def test_a_model_without_findings_head_is_evaluated_on_its_reports_alone(
+    phantom_dir: Path, llava_bundle: Path
+) -> None:
+    args = ["evaluate", "--model", str(llava_bundle), "--data", str(phantom_dir), "--limit",
+            "2", "--corrections", "0"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["classifier_ce"] is None and report["faithfulness_ce"] is None
+    assert 0.0 <= report["ce"]["f1_macro"] <= 1.0  # its reports, read by the labeler
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0 and "no findings head" in table.output
+
+
 def test_evaluate_command_refuses_a_missing_dataset(tiny_bundle: Path, tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["evaluate", "--model", str(tiny_bundle), "--data", str(tmp_path / "none")]
