@@ -9,6 +9,7 @@ study's chain of SRs, and the tests read what the PACS holds, not what the page 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apihelpers import JANE_TOKEN, PATIENT_NAME, seed_drafted_study
+from apihelpers import JANE_TOKEN, PATIENT_NAME, api_settings, seed_drafted_study
 from support.orthanc import Orthanc
 from test_api_pacs import check_chain, deliver_draft, pacs_settings
 
@@ -412,3 +413,57 @@ def test_a_reader_who_may_not_sign_is_told_why_sign_off_is_greyed_out(
         sync_api.expect(page.locator("#sign-hint")).to_contain_text("may not sign")
     finally:
         context.close()
+
+
+def test_switching_studies_mid_request_keeps_each_answer_and_typed_text_in_its_study(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, browser: Any,
+    start_api_server: Callable[..., ApiServer],
+) -> None:
+    settings = api_settings(tmp_path / "node", tiny_bundle)
+    db = Database(settings.database_url)
+    db.create_all()
+    first = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+    second = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+    server = start_api_server(settings, db)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url)
+        page.fill("#token", JANE_TOKEN)
+        page.click("#login-button")
+        row = '#worklist tbody tr[data-uid="{}"]'
+        page.locator(row.format(first.study_uid)).click()
+        sync_api.expect(page.locator("#report-version")).to_have_text("1")
+        page.fill("#message-input", "Is the heart enlarged?")
+        # Send, and open the other study while the answer is still being written.
+        page.evaluate(
+            """([rowSelector]) => {
+                document.querySelector('#send').click();
+                setTimeout(() => document.querySelector(rowSelector).click(), 20);
+            }""",
+            [row.format(second.study_uid)],
+        )
+        sync_api.expect(page.locator(row.format(second.study_uid))).to_have_class(
+            re.compile("selected"))
+        sync_api.expect(page.locator("#message-input")).to_have_value("")
+        page.fill("#message-input", "A note for the second study")
+        sync_api.expect(page.locator("#status")).to_contain_text("in the study you left",
+                                                                 timeout=60_000)
+        # The second study shows none of the first one's dialog, and keeps its typed text.
+        sync_api.expect(page.locator("#messages")).not_to_contain_text("Is the heart enlarged?")
+        sync_api.expect(page.locator("#message-input")).to_have_value(
+            "A note for the second study")
+        # Back in the first study: the question and its answer are there, the box is empty.
+        page.locator(row.format(first.study_uid)).click()
+        sync_api.expect(page.locator("#messages")).to_contain_text("Is the heart enlarged?")
+        sync_api.expect(page.locator("#message-input")).to_have_value("")
+        page.locator(row.format(second.study_uid)).click()
+        sync_api.expect(page.locator("#message-input")).to_have_value(
+            "A note for the second study")
+        assert errors == []
+    finally:
+        context.close()
+        db.dispose()

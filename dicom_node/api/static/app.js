@@ -16,6 +16,7 @@ const state = {
   review: null,     // {version, sha256} of the report the sign-off confirmation shows
   addendum: false,  // the addendum form is open
   addendumShown: null,  // {version, text} the addendum confirmation shows
+  drafts: {},       // study UID -> what the reader typed in its message box, not sent yet
 };
 
 const $ = (id) => document.getElementById(id);
@@ -143,10 +144,15 @@ async function loadWorklist() {
 // ------------------------------------------------------------------ study
 async function openStudy(uid) {
   const changed = uid !== state.uid;
-  state.uid = uid;
   if (changed) {
+    // Each study keeps its own typed message; the previous patient leaves the screen at once.
+    if (state.uid) state.drafts[state.uid] = $("message-input").value;
+    state.uid = uid;
+    state.detail = null;
     state.addendum = false;
     state.addendumShown = null;
+    $("message-input").value = state.drafts[uid] || "";
+    clearStudy();
   }
   for (const row of $("worklist").querySelectorAll("tbody tr")) {
     row.classList.toggle("selected", row.dataset.uid === uid);
@@ -156,9 +162,25 @@ async function openStudy(uid) {
 }
 
 async function reloadStudy() {
+  const uid = state.uid;
   const response = await api(studyPath());
-  state.detail = await response.json();
+  const detail = await response.json();
+  if (uid !== state.uid) return;  // the reader opened another study meanwhile
+  state.detail = detail;
   renderStudy();
+}
+
+// What shows while a newly opened study loads: nothing of the previous one.
+function clearStudy() {
+  $("patient").textContent = "Loading the study\u2026";
+  $("report-version").textContent = "-";
+  $("report-status").textContent = "";
+  for (const id of ["report-findings", "report-impression", "report-codes-changes", "messages",
+                    "proposals", "versions"]) {
+    $(id).replaceChildren();
+  }
+  $("findings").querySelector("tbody").replaceChildren();
+  $("image").removeAttribute("src");
 }
 
 function renderDiff(container, segments, fallback) {
@@ -427,13 +449,16 @@ function parseEvent(raw) {
 
 function sendMessage(text, intent) {
   return guarded(async () => {
+    // The request belongs to the study it was sent in, whatever the reader opens meanwhile.
+    const uid = state.uid;
+    const path = studyPath("/messages?stream=true");
     const messages = $("messages");
     messages.append(messageBubble("user", text, "sending"));
     const bubble = messageBubble("assistant", "", "generating");
     bubble.classList.add("streaming");
     messages.append(bubble);
     const body = bubble.querySelector(".body");
-    const response = await api(studyPath("/messages?stream=true"), {
+    const response = await api(path, {
       method: "POST", json: { text, intent }, headers: { Accept: "text/event-stream" },
     });
     const reader = response.body.getReader();
@@ -462,6 +487,12 @@ function sendMessage(text, intent) {
     }
     bubble.classList.remove("streaming");
     // Only now is the message stored: until then a failure keeps what the reader typed.
+    if (state.uid !== uid) {
+      if (state.drafts[uid] === text) state.drafts[uid] = "";
+      await loadWorklist();
+      setStatus(`${outcome} in the study you left; open it again to read it.`);
+      return;
+    }
     if ($("message-input").value === text) $("message-input").value = "";
     await reloadStudy();
     await loadWorklist();
