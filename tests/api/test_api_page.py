@@ -187,7 +187,12 @@ def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
         )
         sync_api.expect(page.locator("#report-version")).to_have_text("2")
         sync_api.expect(page.locator("#report-status")).to_have_text("amended")
+        # The report reads as clean text; "Show changes" marks what version 2 changed.
+        sync_api.expect(page.locator("#report-findings del")).to_have_count(0)
+        page.check("#show-changes")
         sync_api.expect(page.locator("#report-findings del").first).to_be_visible()
+        page.uncheck("#show-changes")
+        sync_api.expect(page.locator("#report-findings del")).to_have_count(0)
         sync_api.expect(page.locator('.proposal[data-status="accepted"]')).to_have_count(1)
         if os.environ.get(SCREENSHOT_ENV):  # a picture of the page for a person to look at
             page.screenshot(path=os.environ[SCREENSHOT_ENV], full_page=True)
@@ -467,3 +472,40 @@ def test_switching_studies_mid_request_keeps_each_answer_and_typed_text_in_its_s
     finally:
         context.close()
         db.dispose()
+
+
+def test_after_several_turns_send_stays_on_screen_and_the_newest_answer_shows(
+    served_study: ServedStudy, browser: Any
+) -> None:
+    """A laptop screen (1366 x 768): the message box is pinned to the bottom of the dialog
+    pane, and the conversation scrolls to the newest message."""
+    study, server = served_study.study, served_study.server
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server.url)
+        page.fill("#token", JANE_TOKEN)
+        page.click("#login-button")
+        page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
+        sync_api.expect(page.locator("#report-version")).to_have_text("1")
+        page.select_option("#intent", "question")
+        for turn in range(5):
+            page.fill("#message-input", f"Question {turn}: is the heart enlarged? " + (
+                "Compare it with the prior study and describe the cardiac silhouette, the "
+                "mediastinum and both costophrenic angles in detail."))
+            page.click("#send")
+            sync_api.expect(page.locator("#status")).to_have_text("Answered")
+            sync_api.expect(page.locator("#messages .message.assistant")).to_have_count(turn + 1)
+            sync_api.expect(page.locator("#messages .message.streaming")).to_have_count(0)
+        send = page.locator("#send").bounding_box()
+        assert send is not None and send["y"] + send["height"] <= 768
+        sync_api.expect(page.locator("#send")).to_be_in_viewport()
+        sync_api.expect(page.locator("#messages .message.assistant").last).to_be_in_viewport()
+        scrolled = page.eval_on_selector(
+            "#conversation", "(el) => el.scrollHeight - el.scrollTop - el.clientHeight")
+        assert scrolled < 2
+        assert page.eval_on_selector("#conversation",
+                                     "(el) => el.scrollHeight > el.clientHeight")
+    finally:
+        context.close()

@@ -17,6 +17,7 @@ const state = {
   addendum: false,  // the addendum form is open
   addendumShown: null,  // {version, text} the addendum confirmation shows
   drafts: {},       // study UID -> what the reader typed in its message box, not sent yet
+  showChanges: false,  // the report as clean text (false) or with the last change marked
 };
 
 const $ = (id) => document.getElementById(id);
@@ -222,10 +223,12 @@ function renderStudy() {
   $("report-caution").hidden = !(current && current.findings_text.startsWith(
     "CAUTION: outside the model's training distribution"));
   $("report-status").textContent = detail.study.status;
-  renderDiff($("report-findings"), current && current.diff ? current.diff.findings : null,
+  // Clean text to read; the last version's changes on request ("Show changes").
+  const diff = current && state.showChanges ? current.diff : null;
+  renderDiff($("report-findings"), diff ? diff.findings : null,
     current ? current.findings_text
       : `(no report yet: ${detail.study.status}${detail.study.status_reason ? ", " + detail.study.status_reason : ""})`);
-  renderDiff($("report-impression"), current && current.diff ? current.diff.impression : null,
+  renderDiff($("report-impression"), diff ? diff.impression : null,
     current ? current.impression_text : "");
   $("report-codes-changes").textContent = current ? codeChanges(current.diff) : "";
   const signed = detail.study.status === "signed";
@@ -289,6 +292,15 @@ function renderStudy() {
   for (const proposal of detail.proposals) {
     proposals.append(proposalCard(proposal));
   }
+  scrollToNewest(true);
+}
+
+// Keeps the newest message in view; while text streams in, only if the reader has not
+// scrolled up to read something older.
+function scrollToNewest(always = false) {
+  const pane = $("conversation");
+  const nearBottom = pane.scrollHeight - pane.scrollTop - pane.clientHeight < 80;
+  if (always || nearBottom) pane.scrollTop = pane.scrollHeight;
 }
 
 const PRESENCES = ["present", "absent", "uncertain", "not_assessed"];
@@ -457,6 +469,7 @@ function sendMessage(text, intent) {
     const bubble = messageBubble("assistant", "", "generating");
     bubble.classList.add("streaming");
     messages.append(bubble);
+    scrollToNewest(true);
     const body = bubble.querySelector(".body");
     const response = await api(path, {
       method: "POST", json: { text, intent }, headers: { Accept: "text/event-stream" },
@@ -476,6 +489,7 @@ function sendMessage(text, intent) {
         buffer = buffer.slice(cut + 2);
         if (event === "token") {
           body.textContent += data.text;
+          if (state.uid === uid) scrollToNewest();
         } else if (event === "done") {
           finished = true;
           outcome = data.proposal ? `Proposal ${data.proposal.id} ready` : "Answered";
@@ -739,6 +753,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("logout-button").addEventListener("click", () => logout(""));
   $("refresh-button").addEventListener("click", () => loadWorklist().catch(reportFailure));
+  $("show-changes").addEventListener("change", (event) => {
+    state.showChanges = event.target.checked;
+    if (state.detail) renderStudy();
+  });
   // Ctrl+Enter (Cmd+Enter on a Mac) sends; Enter alone starts a new line.
   $("message-input").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
