@@ -193,6 +193,21 @@ def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
         sync_api.expect(page.locator("#report-findings del").first).to_be_visible()
         page.uncheck("#show-changes")
         sync_api.expect(page.locator("#report-findings del")).to_have_count(0)
+        # An earlier version opens read-only from the list; nothing can be signed meanwhile.
+        version_2_text = page.inner_text("#report-findings")
+        page.locator('#versions li[data-version="1"]').click()
+        sync_api.expect(page.locator("#report-version")).to_have_text("1")
+        note = page.locator("#version-note")
+        sync_api.expect(note).to_contain_text("current report is version 2")
+        sync_api.expect(page.locator("#report-findings")).to_contain_text(
+            "Small left pleural effusion.")
+        sync_api.expect(page.locator("#sign-button")).to_be_disabled()
+        sync_api.expect(page.locator("#edit-button")).to_be_disabled()
+        page.click("#version-back")
+        sync_api.expect(page.locator("#report-version")).to_have_text("2")
+        sync_api.expect(page.locator("#version-note")).to_be_hidden()
+        assert page.inner_text("#report-findings") == version_2_text
+        sync_api.expect(page.locator("#sign-button")).to_be_enabled()
         sync_api.expect(page.locator('.proposal[data-status="accepted"]')).to_have_count(1)
         if os.environ.get(SCREENSHOT_ENV):  # a picture of the page for a person to look at
             page.screenshot(path=os.environ[SCREENSHOT_ENV], full_page=True)

@@ -18,6 +18,7 @@ const state = {
   addendumShown: null,  // {version, text} the addendum confirmation shows
   drafts: {},       // study UID -> what the reader typed in its message box, not sent yet
   showChanges: false,  // the report as clean text (false) or with the last change marked
+  viewVersion: null,   // an earlier version the reader opened from the list (read-only)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -150,6 +151,7 @@ async function openStudy(uid) {
     if (state.uid) state.drafts[state.uid] = $("message-input").value;
     state.uid = uid;
     state.detail = null;
+    state.viewVersion = null;
     state.addendum = false;
     state.addendumShown = null;
     $("message-input").value = state.drafts[uid] || "";
@@ -217,7 +219,19 @@ function renderStudy() {
     ? `${patient.name.replaceAll("^", " ")} \u00b7 ID ${patient.patient_id} \u00b7 born ${dicomDate(patient.birth_date)} `
       + `\u00b7 ${patient.sex} \u00b7 study ${dicomDate(patient.study_date)} \u00b7 acc. ${patient.accession_number}`
     : detail.study.study_instance_uid;
-  const current = detail.current;
+  const latest = detail.current;
+  // An earlier version opened from the list is shown read-only: nothing can be edited or
+  // signed while it is on screen, so a sign-off never follows a text other than the current.
+  const older = latest && state.viewVersion !== null && state.viewVersion !== latest.version
+    ? detail.versions.find((v) => v.version === state.viewVersion) || null : null;
+  if (!older) state.viewVersion = null;
+  const current = older || latest;
+  $("version-note").hidden = !older;
+  if (older) {
+    $("version-note-text").textContent = `You are reading version ${older.version} (${older.kind}, `
+      + `${older.author || "model"}, ${new Date(older.created_at).toLocaleString()}); `
+      + `the current report is version ${latest.version}. `;
+  }
   $("report-version").textContent = current ? String(current.version) : "-";
   // The node opens a screened draft with this statement (inference.screening = warn).
   $("report-caution").hidden = !(current && current.findings_text.startsWith(
@@ -234,9 +248,9 @@ function renderStudy() {
   const signed = detail.study.status === "signed";
   if (state.edit && (!current || state.edit.uid !== state.uid || signed)) state.edit = null;
   const editing = Boolean(state.edit);
-  $("edit-button").disabled = !current || signed || editing;
+  $("edit-button").disabled = !current || signed || editing || Boolean(older);
   // An unsaved edit is never signed: sign-off waits until it is saved or discarded.
-  $("sign-button").disabled = !current || signed || editing
+  $("sign-button").disabled = !current || signed || editing || Boolean(older)
     || !(state.user && state.user.may_sign);
   const maySignOff = Boolean(state.user && state.user.may_sign);
   $("sign-hint").textContent = editing
@@ -267,7 +281,7 @@ function renderStudy() {
 
   const findings = $("findings").querySelector("tbody");
   findings.replaceChildren();
-  const locked = !current || signed || editing;
+  const locked = !current || signed || editing || Boolean(older);
   for (const finding of current ? current.findings : []) {
     findings.append(findingRow(finding, locked));
   }
@@ -278,6 +292,19 @@ function renderStudy() {
     const when = new Date(version.created_at).toLocaleString();
     const item = element("li", `v${version.version} ${version.kind} \u00b7 ${version.author || "model"} \u00b7 ${when}`);
     item.dataset.version = version.version;
+    item.tabIndex = 0;
+    item.classList.toggle("selected", version.version === (current && current.version));
+    const open = () => {
+      state.viewVersion = version.version;
+      renderStudy();
+    };
+    item.addEventListener("click", open);
+    item.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        open();
+      }
+    });
     versions.append(item);
   }
 
@@ -753,6 +780,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("logout-button").addEventListener("click", () => logout(""));
   $("refresh-button").addEventListener("click", () => loadWorklist().catch(reportFailure));
+  $("version-back").addEventListener("click", () => {
+    state.viewVersion = null;
+    renderStudy();
+  });
   $("show-changes").addEventListener("change", (event) => {
     state.showChanges = event.target.checked;
     if (state.detail) renderStudy();
