@@ -314,7 +314,7 @@ class LanguageModel:
         names = list(self.adapters) if used is None else list(dict.fromkeys(used))
         with self.lock:
             if len(names) == 1 and names[0] is not None:
-                (name,) = names
+                name = names[0]
                 self.model.set_adapter(name)
                 merged = self.model.merge_and_unload(adapter_names=[name])
                 merged.eval()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,30 +66,27 @@ class BioViLTSizes:
         """Channels of the ResNet's last feature map (2048 in ResNet-50)."""
         return self.stem_width * 2 ** (len(self.blocks) - 1) * self.expansion
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what the model config stores)."""
         data = asdict(self)
         data["blocks"] = list(self.blocks)
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object], key: str) -> BioViLTSizes:
+    def from_dict(cls, data: Mapping[str, Any], key: str) -> BioViLTSizes:
         """Read :meth:`to_dict` output; ``key`` names the config entry in errors."""
         known = {"stem_width", "blocks", "expansion", "vit_width", "projector_width"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config key '{key}.{unknown[0]}'")
+        projector = data.get("projector_width")
         try:
             sizes = cls(
-                stem_width=int(data.get("stem_width", 64)),  # type: ignore[call-overload]
-                blocks=tuple(int(b) for b in data.get("blocks", (3, 4, 6, 3))),  # type: ignore[union-attr]
-                expansion=int(data.get("expansion", 4)),  # type: ignore[call-overload]
-                vit_width=int(data.get("vit_width", 256)),  # type: ignore[call-overload]
-                projector_width=(
-                    None
-                    if data.get("projector_width") is None
-                    else int(data["projector_width"])  # type: ignore[call-overload]
-                ),
+                stem_width=int(data.get("stem_width", 64)),
+                blocks=tuple(int(b) for b in data.get("blocks", (3, 4, 6, 3))),
+                expansion=int(data.get("expansion", 4)),
+                vit_width=int(data.get("vit_width", 256)),
+                projector_width=None if projector is None else int(projector),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{key}: {exc}") from exc

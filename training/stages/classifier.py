@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from inference.vision import FindingsClassifier, VisionTower
 from report_language import CHEXPERT_LABELS
 from training.config import ClassifierStage
 from training.engine.context import RunContext
+from training.errors import TrainingConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +92,20 @@ def _augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out * scale + offset
 
 
+def _head(tower: VisionTower) -> FindingsClassifier:
+    """The tower's linear findings head: the one kind of classifier this stage trains."""
+    if not isinstance(tower.classifier, FindingsClassifier):
+        raise TrainingConfigError(
+            "the classifier stage trains a 'head' findings classifier; this model's "
+            "classifier.kind is not 'head'"
+        )
+    return tower.classifier
+
+
 def predict_probabilities(ctx: RunContext, split: str, batch_size: int = 64) -> np.ndarray:
     """Classifier probabilities ``(N, 14)`` for a split's cached images (eval mode)."""
     tower = ctx.tower
+    head = _head(tower)
     was_training = tower.training
     tower.eval()
     outputs = []
@@ -101,7 +114,7 @@ def predict_probabilities(ctx: RunContext, split: str, batch_size: int = 64) -> 
             pixels = torch.from_numpy(
                 np.asarray(ctx.images[split][start : start + batch_size], dtype=np.float32)
             ).to(ctx.device)
-            logits = tower.classifier(tower.encoder(pixels))
+            logits = head(tower.encoder(pixels))
             outputs.append(torch.sigmoid(logits.float()).cpu().numpy())
     tower.train(was_training)
     return np.concatenate(outputs) if outputs else np.zeros((0, len(CHEXPERT_LABELS)))
@@ -112,12 +125,13 @@ def run_classifier_stage(ctx: RunContext) -> dict[str, float]:
     config = ctx.config.stage("classifier")
     assert isinstance(config, ClassifierStage)
     tower = ctx.tower
+    head = _head(tower)
     tower.requires_grad_(False)
-    tower.classifier.requires_grad_(True)
+    head.requires_grad_(True)
     tower.encoder.requires_grad_(config.train_backbone)
     # channels-last convolutions: a quarter less time per step on CPU (oneDNN); the
     # weights go back to the default layout after training (safetensors needs it)
-    net = _ClassifierNet(tower.encoder, tower.classifier).to(ctx.device)
+    net = _ClassifierNet(tower.encoder, head).to(ctx.device)
     net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in the stub
 
     n_train = ctx.train_size(config)
