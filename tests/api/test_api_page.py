@@ -524,3 +524,39 @@ def test_after_several_turns_send_stays_on_screen_and_the_newest_answer_shows(
                                      "(el) => el.scrollHeight > el.clientHeight")
     finally:
         context.close()
+
+
+def test_the_worklist_is_searched_and_sorted_by_the_reader(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, browser: Any,
+    start_api_server: Callable[..., ApiServer],
+) -> None:
+    settings = api_settings(tmp_path / "node", tiny_bundle)
+    db = Database(settings.database_url)
+    db.create_all()
+    older = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+    newer = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+    server = start_api_server(settings, db)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server.url)
+        page.fill("#token", JANE_TOKEN)
+        page.click("#login-button")
+        rows = page.locator("#worklist tbody tr")
+        sync_api.expect(rows).to_have_count(2)
+        # Newest first; the Received header turns the order round.
+        sync_api.expect(rows.first).to_have_attribute("data-uid", newer.study_uid)
+        page.click('#worklist th[data-sort="received"] button')
+        sync_api.expect(rows.first).to_have_attribute("data-uid", older.study_uid)
+        sync_api.expect(page.locator('#worklist th[data-sort="received"]')).to_have_attribute(
+            "aria-sort", "ascending")
+        page.fill("#worklist-search", "no such accession")
+        sync_api.expect(rows).to_have_count(0)
+        sync_api.expect(page.locator("#worklist-nomatch")).to_be_visible()
+        page.fill("#worklist-search", "DRAFTED")
+        sync_api.expect(rows).to_have_count(2)
+        sync_api.expect(page.locator("#worklist-nomatch")).to_be_hidden()
+    finally:
+        context.close()
+        db.dispose()

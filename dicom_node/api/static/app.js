@@ -19,6 +19,9 @@ const state = {
   drafts: {},       // study UID -> what the reader typed in its message box, not sent yet
   showChanges: false,  // the report as clean text (false) or with the last change marked
   viewVersion: null,   // an earlier version the reader opened from the list (read-only)
+  worklist: [],        // the studies as the API listed them
+  sort: { key: "received", descending: true },
+  search: "",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -114,7 +117,37 @@ function logout(message) {
 // ------------------------------------------------------------------ worklist
 async function loadWorklist() {
   const response = await api("/api/studies");
-  const studies = await response.json();
+  state.worklist = await response.json();
+  renderWorklist();
+}
+
+function statusText(study) {
+  return study.open_proposals ? `${study.status} (${study.open_proposals} open)`
+    : study.status_reason ? `${study.status}: ${study.status_reason}` : study.status;
+}
+
+const SORT_KEYS = {
+  accession: (study) => study.accession_number || "",
+  received: (study) => study.received_at,
+  status: (study) => study.status,
+};
+
+// The worklist as the reader filters (accession or status text) and sorts it (a header).
+function renderWorklist() {
+  const needle = state.search.trim().toLowerCase();
+  const key = SORT_KEYS[state.sort.key];
+  const studies = state.worklist
+    .filter((study) => !needle || `${study.accession_number || ""} ${statusText(study)}`
+      .toLowerCase().includes(needle))
+    .sort((a, b) => {
+      const order = key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0;
+      return state.sort.descending ? -order : order;
+    });
+  for (const header of $("worklist").querySelectorAll("th[data-sort]")) {
+    const sorted = header.dataset.sort === state.sort.key;
+    header.setAttribute("aria-sort", sorted ? (state.sort.descending ? "descending" : "ascending")
+      : "none");
+  }
   const body = $("worklist").querySelector("tbody");
   body.replaceChildren();
   for (const study of studies) {
@@ -124,8 +157,7 @@ async function loadWorklist() {
     row.append(
       element("td", study.accession_number || "-"),
       element("td", new Date(study.received_at).toLocaleString()),
-      element("td", study.open_proposals ? `${study.status} (${study.open_proposals} open)`
-        : study.status_reason ? `${study.status}: ${study.status_reason}` : study.status),
+      element("td", statusText(study)),
       element("td", study.latest_version ?? "-"),
     );
     row.classList.add(`status-${study.status}`);
@@ -140,7 +172,8 @@ async function loadWorklist() {
     });
     body.append(row);
   }
-  $("worklist-empty").hidden = studies.length > 0;
+  $("worklist-empty").hidden = state.worklist.length > 0;
+  $("worklist-nomatch").hidden = !state.worklist.length || studies.length > 0;
 }
 
 // ------------------------------------------------------------------ study
@@ -784,6 +817,17 @@ document.addEventListener("DOMContentLoaded", () => {
     state.viewVersion = null;
     renderStudy();
   });
+  $("worklist-search").addEventListener("input", (event) => {
+    state.search = event.target.value;
+    renderWorklist();
+  });
+  for (const header of $("worklist").querySelectorAll("th[data-sort]")) {
+    header.querySelector("button").addEventListener("click", () => {
+      const key = header.dataset.sort;
+      state.sort = { key, descending: state.sort.key === key ? !state.sort.descending : false };
+      renderWorklist();
+    });
+  }
   $("show-changes").addEventListener("change", (event) => {
     state.showChanges = event.target.checked;
     if (state.detail) renderStudy();
