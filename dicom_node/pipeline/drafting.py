@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -47,7 +47,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node._privacy import describe_exception, scrub_text, uid_digest
-from dicom_node.dicom.worklist import resolve_worklist
+from dicom_node.dicom.worklist import WorklistMatch, resolve_worklist
 from dicom_node.errors import (
     NOT_DRAFTED_PREFIX,
     JobError,
@@ -69,7 +69,7 @@ from dicom_node.store import Database, Instance, Job, JobState, ReportKind, Repo
 from sr_templates import AlgorithmInfo, Finding, Presence, Report, SRError, build_draft_sr
 
 if TYPE_CHECKING:
-    from inference import ChestXrayVLM, DraftReport
+    from inference import ChestXrayVLM, DraftReport, StudyAnalysis
     from inference.content_check import ContentScore
 
 logger = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ def draft_job(
     *,
     now: datetime | None = None,
 ) -> DraftOutcome:
-    """Run one report job (see the module docstring).
+    """Run one report job (see the module docstring): :func:`draft_jobs` with one job.
 
     Parameters
     ----------
@@ -380,36 +380,90 @@ def draft_job(
     JobError
         The job is ``failed`` (the message says why).
     """
+    (result,) = draft_jobs(settings, db, model, [job_id], now=now)
+    if isinstance(result, JobError):
+        raise result
+    return result
+
+
+@dataclass
+class _Prepared:
+    """A claimed job, ready for the model's text: its images, order and image analysis."""
+
+    job: Job
+    study: Study
+    images: JobImages
+    destinations: list[str]
+    match: WorklistMatch | None
+    analysis: StudyAnalysis
+    outside: list[ContentScore]
+    vision_seconds: float
+
+
+def draft_jobs(
+    settings: Settings,
+    db: Database,
+    model: ChestXrayVLM,
+    job_ids: Sequence[int],
+    *,
+    now: datetime | None = None,
+) -> list[DraftOutcome | JobError]:
+    """Run several report jobs, their reports written by one batched ``generate``.
+
+    Each job is claimed, read, matched and analysed on its own, and its outcome (done,
+    superseded, failed with its reason, or back in ``queued``) is recorded on its own row:
+    a study that fails fails alone. The jobs that reach the model are drafted in one call
+    of :meth:`~inference.ChestXrayVLM.generate_reports`; when that call fails, each is
+    drafted alone so that the failure lands on the study that caused it.
+
+    Returns
+    -------
+    list
+        One :class:`DraftOutcome`, or the :class:`~dicom_node.errors.JobError` (a
+        :class:`~dicom_node.errors.TransientJobError` when the job is back in ``queued``)
+        that ended it, per job id, in order.
+    """
     now = now or datetime.now(UTC)
+    results: dict[int, DraftOutcome | JobError] = {}
+    prepared: list[_Prepared] = []
+    for job_id in job_ids:
+        step = _guarded(db, job_id, lambda job_id=job_id: _claim_and_prepare(
+            settings, db, model, job_id, now))
+        if isinstance(step, _Prepared):
+            prepared.append(step)
+        else:
+            results[job_id] = step
+    for item, drafted in zip(prepared, _generate(model, prepared), strict=True):
+        job_id = item.job.id
+        results[job_id] = _guarded(db, job_id, lambda item=item, drafted=drafted: _finish(
+            settings, db, model, item, drafted))
+    return [results[job_id] for job_id in job_ids]
+
+
+def _guarded(db: Database, job_id: int, step: Any) -> Any:
+    """Run one job's step; on an exception record the job's outcome and return the error.
+
+    Transient failures (database away) put the job back in ``queued``; every other one
+    fails it with the reason, scrubbed of patient data: no job is left ``running``.
+    """
     try:
-        if not claim_job(db, job_id, settings.worker.stale_job_s, now):
-            logger.info("job %d is not queued; skipped", job_id)
-            return DraftOutcome(job_id, None)
-        job, study = _load_job(db, job_id)
-        study_tag = uid_digest(study.study_instance_uid)
-        if _superseded(db, job):
-            finish_job(db, job_id, JobState.SUPERSEDED)
-            logger.info("job %d of study %s superseded by a newer job", job_id, study_tag)
-            return DraftOutcome(job_id, JobState.SUPERSEDED)
-        outcome = _run(settings, db, model, job, study)
-        finish_job(db, job_id, JobState.DONE, outcome.note)
-        return outcome
+        return step()
     except TransientJobError as exc:
         _record_failure(db, job_id, JobState.QUEUED, scrub_text(str(exc)))
-        raise
+        return exc
     except (JobError, SRError, OutboxError, ReportStoreError) as exc:
         reason = scrub_text(str(exc)) if isinstance(exc, JobError) else describe_exception(exc)
         _record_failure(db, job_id, JobState.FAILED, reason)
-        raise JobError(reason) from exc
+        return JobError(reason)
     except SQLAlchemyError as exc:
         reason = f"database error: {type(exc).__name__}"
         _record_failure(db, job_id, JobState.QUEUED, reason)
-        raise TransientJobError(reason) from exc
+        return TransientJobError(reason)
     except Exception as exc:  # noqa: BLE001 - no job is left running by an exception
         reason = f"unexpected error: {describe_exception(exc)}"
         logger.error("job %d: %s", job_id, reason, exc_info=True)
         _record_failure(db, job_id, JobState.FAILED, reason)
-        raise JobError(reason) from exc
+        return JobError(reason)
 
 
 def _record_failure(db: Database, job_id: int, state: JobState, reason: str) -> None:
@@ -419,12 +473,18 @@ def _record_failure(db: Database, job_id: int, state: JobState, reason: str) -> 
         logger.error("cannot record the outcome of job %d", job_id)
 
 
-def _run(
-    settings: Settings, db: Database, model: ChestXrayVLM, job: Job, study: Study
-) -> DraftOutcome:
-    from inference import InferenceError
-
+def _claim_and_prepare(
+    settings: Settings, db: Database, model: ChestXrayVLM, job_id: int, now: datetime
+) -> _Prepared | DraftOutcome:
+    if not claim_job(db, job_id, settings.worker.stale_job_s, now):
+        logger.info("job %d is not queued; skipped", job_id)
+        return DraftOutcome(job_id, None)
+    job, study = _load_job(db, job_id)
     study_tag = uid_digest(study.study_instance_uid)
+    if _superseded(db, job):
+        finish_job(db, job_id, JobState.SUPERSEDED)
+        logger.info("job %d of study %s superseded by a newer job", job_id, study_tag)
+        return DraftOutcome(job_id, JobState.SUPERSEDED)
     images = load_job_images(db, settings.storage.spool_dir, job)
     destinations = settings.destinations_for(images.calling_ae)
     existing = _existing_version(db, job.id)
@@ -433,36 +493,96 @@ def _run(
         ids = requeue_version(
             db, settings.storage.reports_dir, settings.storage.outbox_dir, existing, destinations
         )
+        finish_job(db, job_id, JobState.DONE)
         return DraftOutcome(job.id, JobState.DONE, existing.version, ids)
     match = resolve_worklist(settings, db, study)
-    indication = match.indication if match is not None else None
     started = time.perf_counter()
+    analysis, outside = _analyse(settings, model, job, images)
+    return _Prepared(job, study, images, destinations, match, analysis, outside,
+                     time.perf_counter() - started)
+
+
+def _analyse(
+    settings: Settings, model: ChestXrayVLM, job: Job, images: JobImages
+) -> tuple[StudyAnalysis, list[ContentScore]]:
+    """The vision side of one job, with the content check's verdict applied."""
+    from inference import InferenceError
+    from inference.model import NotChestError
+
     refuse = settings.inference.screening == "refuse"
     try:
-        from inference import StudyRequest
-        from inference.model import NotChestError
-
-        try:
-            analysis = model.analyse(
-                images.frontal, skip_unusable=True, leave_out_non_chest=refuse
-            )
-        except NotChestError as exc:
-            raise JobError(f"{NOT_DRAFTED_PREFIX}{exc}") from exc
-        outside = [s for s in analysis.content if not (s.is_chest and s.in_distribution)]
-        if outside and refuse:
-            raise JobError(
-                f"{NOT_DRAFTED_PREFIX}{len(outside)} image(s) {outside[0].describe()} "
-                "(inference.screening = refuse)"
-            )
-        (draft,) = model.generate_reports([StudyRequest(analysis, indication)])
+        analysis = model.analyse(images.frontal, skip_unusable=True, leave_out_non_chest=refuse)
+    except NotChestError as exc:
+        raise JobError(f"{NOT_DRAFTED_PREFIX}{exc}") from exc
     except InferenceError as exc:
         raise JobError(f"the model cannot use the images of job {job.id}: {exc}") from exc
-    seconds = time.perf_counter() - started
+    outside = [s for s in analysis.content if not (s.is_chest and s.in_distribution)]
+    if outside and refuse:
+        raise JobError(
+            f"{NOT_DRAFTED_PREFIX}{len(outside)} image(s) {outside[0].describe()} "
+            "(inference.screening = refuse)"
+        )
+    return analysis, outside
+
+
+def _generate(
+    model: ChestXrayVLM, prepared: Sequence[_Prepared]
+) -> list[tuple[DraftReport, float] | Exception]:
+    """Each prepared job's draft and its model seconds: one batched call, or one call per
+    job when the batch fails (so the failure lands on the study that caused it)."""
+    from inference import StudyRequest
+
+    if not prepared:
+        return []
+    requests = [
+        StudyRequest(p.analysis, p.match.indication if p.match is not None else None)
+        for p in prepared
+    ]
+    started = time.perf_counter()
+    try:
+        drafts = model.generate_reports(requests)
+    except Exception as exc:  # noqa: BLE001 - retried one by one below
+        if len(prepared) == 1:
+            return [exc]
+        logger.warning("a batch of %d drafts failed (%s); drafting them one by one",
+                       len(prepared), describe_exception(exc))
+    else:
+        share = (time.perf_counter() - started) / len(prepared)
+        return [(draft, share) for draft in drafts]
+    results: list[tuple[DraftReport, float] | Exception] = []
+    for request in requests:
+        started = time.perf_counter()
+        try:
+            (draft,) = model.generate_reports([request])
+            results.append((draft, time.perf_counter() - started))
+        except Exception as exc:  # noqa: BLE001 - recorded on its job by _finish
+            results.append(exc)
+    return results
+
+
+def _finish(
+    settings: Settings,
+    db: Database,
+    model: ChestXrayVLM,
+    item: _Prepared,
+    drafted: tuple[DraftReport, float] | Exception,
+) -> DraftOutcome:
+    from inference import InferenceError
+
+    job, study, images = item.job, item.study, item.images
+    if isinstance(drafted, InferenceError):
+        raise JobError(f"the model cannot use the images of job {job.id}: {drafted}")
+    if isinstance(drafted, Exception):
+        raise drafted
+    draft, model_seconds = drafted
+    seconds = item.vision_seconds + model_seconds
+    study_tag = uid_digest(study.study_instance_uid)
+    outside = item.outside
     if outside:
         logger.warning("job %d: study %s drafted with a caution: %s", job.id, study_tag,
                        outside[0].describe())
         draft.text = _with_caution(draft.text, outside)
-    skipped = describe_unusable(images.frontal, analysis.unusable)
+    skipped = describe_unusable(images.frontal, item.analysis.unusable)
     if skipped:
         # Drafted from the usable images; the others are named in the job, the log and
         # the SR's findings text, so the reader knows what the draft did not look at.
@@ -476,9 +596,11 @@ def _run(
         report,
         _algorithm(model),
         instance_number=1 if latest is None else latest.version + 1,
-        worklist=match.worklist_info() if match is not None else None,
+        worklist=item.match.worklist_info() if item.match is not None else None,
     )
-    version, ids = _store_draft(settings, db, sr, report, records, job, model, destinations)
+    version, ids = _store_draft(settings, db, sr, report, records, job, model, item.destinations)
+    note = f"drafted without {'; '.join(skipped)}" if skipped else None
+    finish_job(db, job.id, JobState.DONE, note)
     logger.info(
         "job %d: study %s drafted in %.1f s (%d image(s), %d frontal), report version %d, "
         "%d destination(s)",
@@ -490,10 +612,7 @@ def _run(
         version.version,
         len(ids),
     )
-    return DraftOutcome(
-        job.id, JobState.DONE, version.version, ids, seconds,
-        note=f"drafted without {'; '.join(skipped)}" if skipped else None,
-    )
+    return DraftOutcome(job.id, JobState.DONE, version.version, ids, seconds, note=note)
 
 
 def describe_unusable(frontal: Sequence[Dataset], unusable: Sequence[tuple[int, str]]) -> list[str]:
@@ -536,6 +655,7 @@ __all__ = [
     "JobImages",
     "claim_job",
     "draft_job",
+    "draft_jobs",
     "draft_to_report",
     "finish_job",
     "load_job_images",

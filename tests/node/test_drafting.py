@@ -260,3 +260,74 @@ def test_a_skull_film_is_not_drafted_or_is_drafted_with_a_caution_by_setting(
     assert version.findings_text.startswith(CAUTION_STATEMENT)
     assert version.impression_text.startswith(CAUTION_STATEMENT)
     assert "not a frontal chest radiograph" in version.findings_text
+
+
+def test_a_batch_of_jobs_is_drafted_by_one_model_call_and_a_failing_study_fails_alone(
+    settings: Settings, db: Database, rg1_uncr: Path, tiny_model: object
+) -> None:
+    from dicom_node.pipeline.drafting import draft_jobs
+
+    source = pydicom.dcmread(rg1_uncr)
+    for index in range(3):
+        sop, study = f"1.2.3.{index + 1}", f"1.2.840.99.{index + 1}"
+        target = settings.storage.spool_dir / f"{sop}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        new_instance(source, SOPInstanceUID=sop, StudyInstanceUID=study).save_as(target)
+        db.record_instance(record(sop, study=study, at=T0))
+    job_ids = sorted(assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created)
+    assert len(job_ids) == 3
+    (settings.storage.spool_dir / "1.2.3.2.dcm").unlink()  # the middle study cannot be read
+
+    calls: list[int] = []
+    generate = tiny_model.generate_reports  # type: ignore[attr-defined]
+
+    def counted(requests, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(requests))
+        return generate(requests, **kwargs)
+
+    tiny_model.generate_reports = counted  # type: ignore[attr-defined]
+    try:
+        results = draft_jobs(settings, db, tiny_model, job_ids)  # type: ignore[arg-type]
+    finally:
+        del tiny_model.generate_reports  # type: ignore[attr-defined]
+    assert calls == [2]  # the two readable studies in one call
+    first, failed, third = results
+    assert isinstance(failed, JobError) and "cannot be read from the spool" in str(failed)
+    assert not isinstance(first, JobError) and first.state is JobState.DONE
+    assert not isinstance(third, JobError) and third.state is JobState.DONE
+    assert [job.state for job in jobs(db)] == [JobState.DONE, JobState.FAILED, JobState.DONE]
+    with db.session() as session:
+        versions = list(session.scalars(select(ReportVersion).order_by(ReportVersion.job_id)))
+    assert [v.job_id for v in versions] == [job_ids[0], job_ids[2]]
+
+
+def test_when_the_batched_call_fails_each_study_is_drafted_alone(
+    settings: Settings, db: Database, rg1_uncr: Path, tiny_model: object
+) -> None:
+    from dicom_node.pipeline.drafting import draft_jobs
+
+    source = pydicom.dcmread(rg1_uncr)
+    for index in range(3):
+        sop, study = f"1.2.3.{index + 1}", f"1.2.840.98.{index + 1}"
+        target = settings.storage.spool_dir / f"{sop}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        new_instance(source, SOPInstanceUID=sop, StudyInstanceUID=study).save_as(target)
+        db.record_instance(record(sop, study=study, at=T0))
+    job_ids = sorted(assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created)
+    generate = tiny_model.generate_reports  # type: ignore[attr-defined]
+    calls: list[int] = []
+
+    def flaky(requests, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(requests))
+        if len(requests) > 1 or len(calls) == 3:  # the batch, then the second study alone
+            raise RuntimeError("CUDA out of memory")
+        return generate(requests, **kwargs)
+
+    tiny_model.generate_reports = flaky  # type: ignore[attr-defined]
+    try:
+        results = draft_jobs(settings, db, tiny_model, job_ids)  # type: ignore[arg-type]
+    finally:
+        del tiny_model.generate_reports  # type: ignore[attr-defined]
+    assert calls == [3, 1, 1, 1]
+    assert [job.state for job in jobs(db)] == [JobState.DONE, JobState.FAILED, JobState.DONE]
+    assert isinstance(results[1], JobError) and "RuntimeError" in str(results[1])
