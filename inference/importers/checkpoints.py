@@ -1,4 +1,8 @@
-"""Reading published checkpoint files safely, with errors that name the file and the key.
+"""Reading published model files safely, with errors that name the file and the key.
+
+What every importer needs: finding a file in a download, reading checkpoints, JSON configs,
+an LLM's config and tokenizer, loading weights into the vision tower, and writing the
+bundle.
 
 Published medical models ship torch pickles (``.pth``, ``.pt``, ``.bin``, Lightning
 ``.ckpt``) and safetensors. Pickles are read with ``torch.load(weights_only=True)``: tensors,
@@ -8,17 +12,23 @@ file that needs more (a pickled class) is refused with the reason.
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from inference.bundle import Provenance
+from inference.config import ModelConfig
 from inference.errors import CheckpointError
+from inference.packaging import package_bundle
+from inference.vision import VisionTower
 
 
 def load_checkpoint(path: Path) -> Any:
@@ -122,4 +132,108 @@ def load_weights(
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
 
 
-__all__ = ["check_shape", "load_checkpoint", "load_weights", "need", "state_dict"]
+def find_file(source: Path, patterns: Sequence[str], what: str) -> Path:
+    """The one file for ``what`` in a download: the first pattern (a glob under ``source``)
+    that matches exactly one file.
+
+    Raises
+    ------
+    CheckpointError
+        When no pattern matches, or one matches several files (all named).
+    """
+    if not source.is_dir():
+        raise CheckpointError(f"{source}: not a directory (the model's files)")
+    for pattern in patterns:
+        found = sorted(source.glob(pattern))
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            names = ", ".join(str(p.relative_to(source)) for p in found)
+            raise CheckpointError(f"{source}: more than one file for {what}: {names}")
+    raise CheckpointError(f"{source}: no file for {what} (looked for {patterns[0]})")
+
+
+def read_json(path: Path, what: str = "") -> dict[str, Any]:
+    """A JSON object from ``path``; ``what`` says in the error what the file is for."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: no such file{f' ({what})' if what else ''}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return data
+
+
+def hf_config(directory: Path) -> PretrainedConfig:
+    """The config of the Hugging Face model in ``directory``."""
+    try:
+        return AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory}: not a Hugging Face model directory ({exc})") from exc
+
+
+def load_tokenizer(directory: Path, pad: str = "unk") -> PreTrainedTokenizerBase:
+    """The tokenizer in ``directory``; without a pad token it pads with its ``unk`` (as
+    LLaVA and RaDialog set it) or ``eos`` (as XrayGPT sets it) token."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory}: no loadable tokenizer ({exc})") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if pad == "unk" else tokenizer.eos_token
+    return tokenizer
+
+
+def write_imported_bundle(
+    out: Path,
+    *,
+    config: ModelConfig,
+    tower: VisionTower,
+    tokenizer: PreTrainedTokenizerBase,
+    llm: Path,
+    provenance: Provenance,
+    name: str,
+    version: str,
+    adapters: Mapping[str, Path] | None = None,
+    llm_config: PretrainedConfig | None = None,
+    llm_key_mapping: Mapping[str, str] | None = None,
+) -> Path:
+    """Write an imported model's bundle: the LLM referenced where it is (checksummed, not
+    copied), thresholds 0.5 (the published models use one global threshold), no int8
+    vision model (its accuracy is unmeasured for these models), every task on the single
+    adapter when there is one."""
+    adapters = dict(adapters or {})
+    adapter = next(iter(adapters), None)
+    return package_bundle(
+        out,
+        config=config,
+        tower=tower,
+        thresholds={label: 0.5 for label in config.classifier.labels},
+        tokenizer=tokenizer,
+        llm=llm,
+        reference_base=True,
+        llm_config=llm_config,
+        llm_key_mapping=llm_key_mapping,
+        adapters=adapters,
+        tasks={"report": adapter, "chat": adapter},
+        name=name,
+        version=version,
+        int8=False,
+        provenance=provenance,
+    )
+
+
+__all__ = [
+    "check_shape",
+    "find_file",
+    "hf_config",
+    "load_checkpoint",
+    "load_tokenizer",
+    "load_weights",
+    "need",
+    "read_json",
+    "state_dict",
+    "write_imported_bundle",
+]

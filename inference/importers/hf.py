@@ -22,14 +22,13 @@ CheXagent need ``trust_remote_code``; this importer refuses them).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+from transformers import PretrainedConfig
 
 from inference.bundle import Provenance
 from inference.config import (
@@ -43,8 +42,13 @@ from inference.config import (
     VisionConfig,
 )
 from inference.errors import CheckpointError
-from inference.importers.checkpoints import load_weights
-from inference.packaging import package_bundle
+from inference.importers.checkpoints import (
+    hf_config,
+    load_tokenizer,
+    load_weights,
+    read_json,
+    write_imported_bundle,
+)
 from inference.vision import VisionTower
 
 #: LLaVA-1.5's conversation (conv_vicuna_v1 in the LLaVA repository).
@@ -71,10 +75,9 @@ def _weights(directory: Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file that holds it."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(f"{index}: no weight_map ({exc})") from exc
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: missing key 'weight_map'")
         return {name: directory / file for name, file in weight_map.items()}
     single = directory / "model.safetensors"
     if not single.is_file():
@@ -127,12 +130,7 @@ def _kept_layers(layers: int, feature_layer: Any, config_path: Path) -> int:
 
 def _preprocess(directory: Path) -> PreprocessConfig:
     path = directory / "preprocessor_config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: no such file (the image transform)") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not JSON ({exc})") from exc
+    data = read_json(path, "the image transform")
     crop = data.get("crop_size") or data.get("size")
     side = crop.get("height") if isinstance(crop, dict) else crop
     if not isinstance(side, int):
@@ -213,12 +211,7 @@ def import_hf(
         For an unsupported model type, a missing file or key, or a shape that does not fit.
     """
     config_path = source / "config.json"
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{config_path}: no such file") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path}: not JSON ({exc})") from exc
+    raw = read_json(config_path)
     model_type = raw.get("model_type")
     if model_type in REMOTE_CODE_TYPES or "auto_map" in raw:
         flag = "" if trust_remote_code else " and needs --trust-remote-code"
@@ -230,7 +223,7 @@ def import_hf(
         raise CheckpointError(
             f"{config_path}: model_type {model_type!r} is not supported by 'hf' yet (llava)"
         )
-    config = AutoConfig.from_pretrained(str(source), local_files_only=True)
+    config = hf_config(source)
     if config.projector_hidden_act != "gelu":
         raise CheckpointError(
             f"{config_path}: projector_hidden_act {config.projector_hidden_act!r}; the "
@@ -275,34 +268,17 @@ def import_hf(
             weights[f"aligner.mlp.{ours}.{n}"] = projector[f"{theirs}.{n}"]
     load_weights(tower, weights, lambda key: source)
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{source}: no loadable tokenizer ({exc})") from exc
+    tokenizer = load_tokenizer(source)
     image_token = tokenizer.convert_ids_to_tokens(config.image_token_id)
     if image_token != "<image>":
         raise CheckpointError(
             f"{config_path}: image_token_index {config.image_token_id} is {image_token!r} in "
             "the tokenizer, not '<image>'"
         )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token
-    return package_bundle(
-        out,
-        config=bundle_config,
-        tower=tower,
-        thresholds={},
-        tokenizer=tokenizer,
-        llm=source,
-        reference_base=True,
-        llm_config=config.text_config,
-        llm_key_mapping=LLM_KEY_MAPPING,
-        adapters={},
-        tasks={"report": None, "chat": None},
-        name=name,
-        version=version,
-        int8=False,
-        provenance=provenance,
+    return write_imported_bundle(
+        out, config=bundle_config, tower=tower, tokenizer=tokenizer, llm=source,
+        provenance=provenance, name=name, version=version,
+        llm_config=config.text_config, llm_key_mapping=LLM_KEY_MAPPING,
     )
 
 

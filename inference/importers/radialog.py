@@ -40,7 +40,6 @@ otherwise.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoTokenizer
 
 from inference.backbones.biovil_t import BioViLTSizes, biovil_sizes, image_model_state
 from inference.bundle import Provenance
@@ -67,12 +65,16 @@ from inference.errors import CheckpointError, ConfigError
 from inference.importers.blip2 import convert_qformer
 from inference.importers.checkpoints import (
     check_shape,
+    find_file,
+    hf_config,
     load_checkpoint,
+    load_tokenizer,
     load_weights,
     need,
+    read_json,
     state_dict,
+    write_imported_bundle,
 )
-from inference.packaging import package_bundle
 from inference.vision import VisionTower
 
 #: The classifier's label order (RaDialog demo.py), which is its output order.
@@ -136,29 +138,22 @@ class RadialogFiles:
         CheckpointError
             When a file is missing or more than one file could be meant (all are named).
         """
-        if not source.is_dir():
-            raise CheckpointError(f"{source}: not a directory (a RaDialog v1 download)")
-        adapters = _find(source, f"{ADAPTER_DIR}/checkpoint-*/adapter_model.bin",
-                         "**/checkpoint-*/adapter_model.bin", "the instruct adapter")
+        adapters = find_file(source, [f"{ADAPTER_DIR}/checkpoint-*/adapter_model.bin",
+                                      "**/checkpoint-*/adapter_model.bin"], "the instruct adapter")
         return cls(
-            biovil=_find(source, BIOVIL_NAME, f"**/{BIOVIL_NAME}",
-                         "the BioViL-T weights (microsoft/BiomedVLP-BioViL-T)"),
-            qformer=_find(source, QFORMER_PATH, f"**/{QFORMER_NAME}", "the stage-1 Q-Former"),
-            classifier=_find(source, f"{CLASSIFIER_DIR}/{CLASSIFIER_GLOB}",
-                             f"**/{CLASSIFIER_GLOB}", "the CheXpert classifier"),
+            biovil=find_file(source, [BIOVIL_NAME, f"**/{BIOVIL_NAME}"],
+                             "the BioViL-T weights (microsoft/BiomedVLP-BioViL-T)"),
+            qformer=find_file(source, [QFORMER_PATH, f"**/{QFORMER_NAME}"],
+                              "the stage-1 Q-Former"),
+            classifier=classifier_file(source),
             adapter=adapters.parent,
         )
 
 
-def _find(source: Path, usual: str, anywhere: str, what: str) -> Path:
-    for pattern in (usual, anywhere):
-        found = sorted(source.glob(pattern))
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            names = ", ".join(str(p.relative_to(source)) for p in found)
-            raise CheckpointError(f"{source}: more than one file for {what}: {names}")
-    raise CheckpointError(f"{source}: no file for {what} (looked for {usual})")
+def classifier_file(source: Path) -> Path:
+    """RaDialog's CheXpert classifier checkpoint in a download (v1 and v2)."""
+    return find_file(source, [f"{CLASSIFIER_DIR}/{CLASSIFIER_GLOB}", f"**/{CLASSIFIER_GLOB}"],
+                     "the CheXpert classifier")
 
 
 def _visual_projector(
@@ -237,12 +232,7 @@ def rewrite_adapter(directory: Path, out: Path) -> tuple[dict[str, torch.Tensor]
         weights = directory / "adapter_model.safetensors"
     state = state_dict(load_checkpoint(weights), weights)
     config_path = directory / "adapter_config.json"
-    try:
-        published = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{config_path}: no such file") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path}: not JSON ({exc})") from exc
+    published = read_json(config_path)
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in published:
             raise CheckpointError(f"{config_path}: missing key {key!r}")
@@ -371,10 +361,7 @@ def import_radialog(
     check_shape(ln_vision["weight"], (feature_width,), "ln_vision.weight", files.qformer)
     query_tokens = need(qformer_state, "query_tokens", files.qformer)
 
-    try:
-        llm_config = AutoConfig.from_pretrained(str(llm), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{llm}: not a Hugging Face model directory ({exc})") from exc
+    base = hf_config(llm)
     with tempfile.TemporaryDirectory() as tmp:
         adapter_dir = Path(tmp) / "instruct"
         adapter, adapter_file = rewrite_adapter(files.adapter, adapter_dir)
@@ -385,10 +372,10 @@ def import_radialog(
                 f"{adapter_file}: key {IMG_PROJ + 'weight'!r} takes {hidden} inputs, the "
                 f"Q-Former gives {qformer_kwargs['hidden_size']}"
             )
-        if llm_width != llm_config.hidden_size:
+        if llm_width != base.hidden_size:
             raise CheckpointError(
                 f"{adapter_file}: key {IMG_PROJ + 'weight'!r} projects to {llm_width}, the "
-                f"LLM in {llm} is {llm_config.hidden_size} wide"
+                f"LLM in {llm} is {base.hidden_size} wide"
             )
         config = radialog_config(
             vision_sizes.to_dict(), classifier, qformer_kwargs, int(query_tokens.shape[1]),
@@ -409,33 +396,17 @@ def import_radialog(
             return adapter_file if key.startswith("aligner.projection.") else files.qformer
 
         load_weights(tower, weights, origin)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(llm), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{llm}: no loadable tokenizer ({exc})") from exc
+        tokenizer = load_tokenizer(llm)
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.unk_token
-        return package_bundle(
-            out,
-            config=config,
-            tower=tower,
-            thresholds={label: 0.5 for label in LABELS},
-            tokenizer=tokenizer,
-            llm=llm,
-            reference_base=True,
+        return write_imported_bundle(
+            out, config=config, tower=tower, tokenizer=tokenizer, llm=llm,
+            provenance=provenance, name=name, version=version,
             adapters={"instruct": adapter_dir},
-            tasks={"report": "instruct", "chat": "instruct"},
-            name=name,
-            version=version,
-            int8=False,
-            provenance=provenance,
         )
 
 
 __all__ = [
-    "CLASSIFIER_DIR",
-    "CLASSIFIER_GLOB",
+    "classifier_file",
     "LABELS",
     "ClassifierParts",
     "RadialogFiles",

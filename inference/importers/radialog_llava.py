@@ -25,29 +25,34 @@ images are batched together. docs/models.md says so.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig
+from transformers import LlamaConfig
 
 from inference.backbones.biovil_t import biovil_sizes, image_model_state
 from inference.bundle import Provenance
 from inference.config import AlignerConfig, GenerationConfig, ModelConfig, VisionConfig
 from inference.errors import CheckpointError, ConfigError
-from inference.importers.checkpoints import load_checkpoint, load_weights, need, state_dict
+from inference.importers.checkpoints import (
+    load_checkpoint,
+    load_tokenizer,
+    load_weights,
+    need,
+    read_json,
+    state_dict,
+    write_imported_bundle,
+)
 from inference.importers.radialog import (
-    CLASSIFIER_DIR,
-    CLASSIFIER_GLOB,
     QFORMER_CROP,
+    classifier_file,
     load_classifier,
     radialog_classifier,
     radialog_preprocess,
     radialog_prompt,
     rewrite_adapter,
 )
-from inference.packaging import package_bundle
 from inference.vision import VisionTower
 
 NON_LORA = ("non_lora_trainables_extended.bin", "non_lora_trainables.bin")
@@ -83,12 +88,7 @@ def _llm_config(llm: Path) -> LlamaConfig:
     """LLaVA-1.5's language model config: its ``config.json`` (the original LLaVA layout,
     ``model_type: llava``) read as the LLaMA it is."""
     path = llm / "config.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: no such file") from exc
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: not JSON ({exc})") from exc
+    raw = read_json(path)
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if key not in raw:
             raise CheckpointError(f"{path}: missing key {key!r}")
@@ -146,7 +146,7 @@ def import_radialog_llava(
             f"{non_lora}: key 'model.mm_projector.2.weight' projects to {llm_width}, the LLM in "
             f"{llm} is {llm_config.hidden_size} wide"
         )
-    classifier_path = _classifier_file(source)
+    classifier_path = classifier_file(source)
     classifier = load_classifier(classifier_path)
 
     config = ModelConfig(
@@ -169,40 +169,11 @@ def import_radialog_llava(
     with tempfile.TemporaryDirectory() as tmp:
         adapter_dir = Path(tmp) / "instruct"
         rewrite_adapter(source, adapter_dir)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(llm), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{llm}: no loadable tokenizer ({exc})") from exc
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.unk_token
-        return package_bundle(
-            out,
-            config=config,
-            tower=vision,
-            thresholds={label: 0.5 for label in config.classifier.labels},
-            tokenizer=tokenizer,
-            llm=llm,
-            reference_base=True,
-            llm_config=llm_config,
-            adapters={"instruct": adapter_dir},
-            tasks={"report": "instruct", "chat": "instruct"},
-            name=name,
-            version=version,
-            int8=False,
-            provenance=provenance,
+        return write_imported_bundle(
+            out, config=config, tower=vision, tokenizer=load_tokenizer(llm), llm=llm,
+            provenance=provenance, name=name, version=version,
+            adapters={"instruct": adapter_dir}, llm_config=llm_config,
         )
-
-
-def _classifier_file(source: Path) -> Path:
-    found = sorted(source.glob(f"{CLASSIFIER_DIR}/{CLASSIFIER_GLOB}")) or sorted(
-        source.rglob(CLASSIFIER_GLOB)
-    )
-    if len(found) != 1:
-        raise CheckpointError(
-            f"{source}: {'no' if not found else 'more than one'} file for the CheXpert "
-            f"classifier ({CLASSIFIER_DIR}/{CLASSIFIER_GLOB})"
-        )
-    return found[0]
 
 
 __all__ = ["import_radialog_llava"]

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer
-
 from inference.bundle import Provenance
 from inference.config import (
     AlignerConfig,
@@ -47,12 +45,15 @@ from inference.errors import CheckpointError
 from inference.importers.blip2 import convert_eva_vit, convert_qformer
 from inference.importers.checkpoints import (
     check_shape,
+    find_file,
+    hf_config,
     load_checkpoint,
+    load_tokenizer,
     load_weights,
     need,
     state_dict,
+    write_imported_bundle,
 )
-from inference.packaging import package_bundle
 from inference.vision import VisionTower
 
 EVA_NAME = "eva_vit_g.pth"
@@ -77,16 +78,6 @@ DEFAULT_PROVENANCE = Provenance(
     ),
     intended_use="Research use only; not a medical device. Every draft needs a radiologist.",
 )
-
-
-def _one(source: Path, pattern: str, what: str) -> Path:
-    found = sorted(source.rglob(pattern))
-    if not found:
-        raise CheckpointError(f"{source}: no file for {what} ({pattern})")
-    if len(found) > 1:
-        names = ", ".join(str(p.relative_to(source)) for p in found)
-        raise CheckpointError(f"{source}: more than one file for {what}: {names}")
-    return found[0]
 
 
 def xraygpt_config(
@@ -139,11 +130,10 @@ def import_xraygpt(
     CheckpointError
         For a missing file or key, or a shape that does not fit (named).
     """
-    if not source.is_dir():
-        raise CheckpointError(f"{source}: not a directory (an XrayGPT download)")
-    eva_path = _one(source, EVA_NAME, "the EVA ViT-g weights")
-    qformer_path = _one(source, QFORMER_NAME, "the BLIP-2 Q-Former")
-    stage2_path = _one(source, STAGE2_GLOB, "XrayGPT's stage-2 checkpoint (llama_proj)")
+    eva_path = find_file(source, [f"**/{EVA_NAME}"], "the EVA ViT-g weights")
+    qformer_path = find_file(source, [f"**/{QFORMER_NAME}"], "the BLIP-2 Q-Former")
+    stage2_path = find_file(source, [f"**/{STAGE2_GLOB}"],
+                            "XrayGPT's stage-2 checkpoint (llama_proj)")
     eva = state_dict(load_checkpoint(eva_path), eva_path)
     blip2 = state_dict(load_checkpoint(qformer_path), qformer_path, "model")
     stage2 = state_dict(load_checkpoint(stage2_path), stage2_path, "model")
@@ -166,14 +156,11 @@ def import_xraygpt(
             f"{stage2_path}: key 'llama_proj.weight' takes {hidden} inputs, the Q-Former "
             f"gives {qformer_kwargs['hidden_size']}"
         )
-    try:
-        llm_config = AutoConfig.from_pretrained(str(llm), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{llm}: not a Hugging Face model directory ({exc})") from exc
-    if llm_config.hidden_size != llm_width:
+    base = hf_config(llm)
+    if base.hidden_size != llm_width:
         raise CheckpointError(
             f"{stage2_path}: key 'llama_proj.weight' projects to {llm_width}, the LLM in {llm} "
-            f"is {llm_config.hidden_size} wide"
+            f"is {base.hidden_size} wide"
         )
     query_tokens = need(blip2, "query_tokens", qformer_path)
     config = xraygpt_config(vision_kwargs, qformer_kwargs, int(query_tokens.shape[1]),
@@ -187,26 +174,9 @@ def import_xraygpt(
                "aligner.projection.": stage2_path, "aligner.": qformer_path}
     load_weights(tower, weights,
                  lambda key: next(p for prefix, p in origins.items() if key.startswith(prefix)))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(llm), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{llm}: no loadable tokenizer ({exc})") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # as XrayGPT sets it
-    return package_bundle(
-        out,
-        config=config,
-        tower=tower,
-        thresholds={},
-        tokenizer=tokenizer,
-        llm=llm,
-        reference_base=True,
-        adapters={},
-        tasks={"report": None, "chat": None},
-        name=name,
-        version=version,
-        int8=False,
-        provenance=provenance,
+    return write_imported_bundle(
+        out, config=config, tower=tower, tokenizer=load_tokenizer(llm, pad="eos"), llm=llm,
+        provenance=provenance, name=name, version=version,
     )
 
 
