@@ -106,6 +106,41 @@ def reader_page(served_study: ServedStudy, browser: Any) -> Iterator[ReaderPage]
         context.close()
 
 
+@dataclass
+class TwoStudies:
+    """Two drafted studies (the first received first) and the API serving them."""
+
+    first: Any
+    second: Any
+    server: ApiServer
+
+
+@pytest.fixture
+def two_studies(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path,
+    start_api_server: Callable[..., ApiServer],
+) -> Iterator[TwoStudies]:
+    settings = api_settings(tmp_path / "node", tiny_bundle)
+    db = Database(settings.database_url)
+    db.create_all()
+    try:
+        first = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        second = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        yield TwoStudies(first, second, start_api_server(settings, db))
+    finally:
+        db.dispose()
+
+
+def _logged_in(context: Any, url: str, token: str = JANE_TOKEN) -> Any:
+    """A new page of `context`, logged in at `url`."""
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.fill("#token", token)
+    page.click("#login-button")
+    return page
+
+
 def test_reader_page_asks_corrects_accepts_and_signs(
     served_study: ServedStudy, orthanc: Orthanc, browser: Any
 ) -> None:
@@ -421,11 +456,7 @@ def test_a_reader_who_may_not_sign_is_told_why_sign_off_is_greyed_out(
 
     context = browser.new_context()
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(reader_page.server.url)
-        page.fill("#token", BOB_TOKEN)
-        page.click("#login-button")
+        page = _logged_in(context, reader_page.server.url, BOB_TOKEN)
         page.locator(f'#worklist tbody tr[data-uid="{reader_page.study.study_uid}"]').click()
         sync_api.expect(page.locator("#report-version")).to_have_text("1")
         sync_api.expect(page.locator("#sign-button")).to_be_disabled()
@@ -436,24 +467,14 @@ def test_a_reader_who_may_not_sign_is_told_why_sign_off_is_greyed_out(
 
 
 def test_switching_studies_mid_request_keeps_each_answer_and_typed_text_in_its_study(
-    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, browser: Any,
-    start_api_server: Callable[..., ApiServer],
+    two_studies: TwoStudies, browser: Any
 ) -> None:
-    settings = api_settings(tmp_path / "node", tiny_bundle)
-    db = Database(settings.database_url)
-    db.create_all()
-    first = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
-    second = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
-    server = start_api_server(settings, db)
+    first, second = two_studies.first, two_studies.second
     context = browser.new_context()
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+        page = _logged_in(context, two_studies.server.url)
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url)
-        page.fill("#token", JANE_TOKEN)
-        page.click("#login-button")
         row = '#worklist tbody tr[data-uid="{}"]'
         page.locator(row.format(first.study_uid)).click()
         sync_api.expect(page.locator("#report-version")).to_have_text("1")
@@ -486,7 +507,6 @@ def test_switching_studies_mid_request_keeps_each_answer_and_typed_text_in_its_s
         assert errors == []
     finally:
         context.close()
-        db.dispose()
 
 
 def test_after_several_turns_send_stays_on_screen_and_the_newest_answer_shows(
@@ -497,11 +517,7 @@ def test_after_several_turns_send_stays_on_screen_and_the_newest_answer_shows(
     study, server = served_study.study, served_study.server
     context = browser.new_context(viewport={"width": 1366, "height": 768})
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server.url)
-        page.fill("#token", JANE_TOKEN)
-        page.click("#login-button")
+        page = _logged_in(context, server.url)
         page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
         sync_api.expect(page.locator("#report-version")).to_have_text("1")
         page.select_option("#intent", "question")
@@ -527,22 +543,12 @@ def test_after_several_turns_send_stays_on_screen_and_the_newest_answer_shows(
 
 
 def test_the_worklist_is_searched_and_sorted_by_the_reader(
-    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path, browser: Any,
-    start_api_server: Callable[..., ApiServer],
+    two_studies: TwoStudies, browser: Any
 ) -> None:
-    settings = api_settings(tmp_path / "node", tiny_bundle)
-    db = Database(settings.database_url)
-    db.create_all()
-    older = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
-    newer = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
-    server = start_api_server(settings, db)
+    older, newer = two_studies.first, two_studies.second
     context = browser.new_context()
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server.url)
-        page.fill("#token", JANE_TOKEN)
-        page.click("#login-button")
+        page = _logged_in(context, two_studies.server.url)
         rows = page.locator("#worklist tbody tr")
         sync_api.expect(rows).to_have_count(2)
         # Newest first; the Received header turns the order round.
@@ -559,4 +565,3 @@ def test_the_worklist_is_searched_and_sorted_by_the_reader(
         sync_api.expect(page.locator("#worklist-nomatch")).to_be_hidden()
     finally:
         context.close()
-        db.dispose()

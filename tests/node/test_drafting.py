@@ -14,7 +14,13 @@ from sqlalchemy import select, update
 
 from dicom_node.errors import JobError
 from dicom_node.pipeline.assembly import assemble
-from dicom_node.pipeline.drafting import NO_NARRATIVE, draft_job, draft_to_report, split_report_text
+from dicom_node.pipeline.drafting import (
+    NO_NARRATIVE,
+    draft_job,
+    draft_jobs,
+    draft_to_report,
+    split_report_text,
+)
 from dicom_node.settings import Settings
 from dicom_node.store import Database, Job, JobState, OutboxItem, ReportKind, ReportVersion
 from inference import DraftReport, FindingPrediction
@@ -262,11 +268,8 @@ def test_a_skull_film_is_not_drafted_or_is_drafted_with_a_caution_by_setting(
     assert "not a frontal chest radiograph" in version.findings_text
 
 
-def test_a_batch_of_jobs_is_drafted_by_one_model_call_and_a_failing_study_fails_alone(
-    settings: Settings, db: Database, rg1_uncr: Path, tiny_model: object
-) -> None:
-    from dicom_node.pipeline.drafting import draft_jobs
-
+def _three_studies(settings: Settings, db: Database, rg1_uncr: Path) -> list[int]:
+    """Three studies of one image each (SOP 1.2.3.1-3), assembled: their job ids."""
     source = pydicom.dcmread(rg1_uncr)
     for index in range(3):
         sop, study = f"1.2.3.{index + 1}", f"1.2.840.99.{index + 1}"
@@ -276,6 +279,13 @@ def test_a_batch_of_jobs_is_drafted_by_one_model_call_and_a_failing_study_fails_
         db.record_instance(record(sop, study=study, at=T0))
     job_ids = sorted(assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created)
     assert len(job_ids) == 3
+    return job_ids
+
+
+def test_a_batch_of_jobs_is_drafted_by_one_model_call_and_a_failing_study_fails_alone(
+    settings: Settings, db: Database, rg1_uncr: Path, tiny_model: object
+) -> None:
+    job_ids = _three_studies(settings, db, rg1_uncr)
     (settings.storage.spool_dir / "1.2.3.2.dcm").unlink()  # the middle study cannot be read
 
     calls: list[int] = []
@@ -304,16 +314,7 @@ def test_a_batch_of_jobs_is_drafted_by_one_model_call_and_a_failing_study_fails_
 def test_when_the_batched_call_fails_each_study_is_drafted_alone(
     settings: Settings, db: Database, rg1_uncr: Path, tiny_model: object
 ) -> None:
-    from dicom_node.pipeline.drafting import draft_jobs
-
-    source = pydicom.dcmread(rg1_uncr)
-    for index in range(3):
-        sop, study = f"1.2.3.{index + 1}", f"1.2.840.98.{index + 1}"
-        target = settings.storage.spool_dir / f"{sop}.dcm"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        new_instance(source, SOPInstanceUID=sop, StudyInstanceUID=study).save_as(target)
-        db.record_instance(record(sop, study=study, at=T0))
-    job_ids = sorted(assemble(db, 0.0, T0 + timedelta(seconds=5)).jobs_created)
+    job_ids = _three_studies(settings, db, rg1_uncr)
     generate = tiny_model.generate_reports  # type: ignore[attr-defined]
     calls: list[int] = []
 
