@@ -378,7 +378,7 @@ class ChestXrayVLM:
             padding_side="left",
         )
 
-    def _prompt_findings(self, analysis: StudyAnalysis) -> list[str] | None:
+    def prompt_findings(self, analysis: StudyAnalysis) -> list[str] | None:
         """The classifier's findings as the prompt lists them (``None``: the model has no
         findings head, and its prompt no findings line).
 
@@ -405,7 +405,7 @@ class ChestXrayVLM:
         findings: Sequence[str] | None = None,
     ) -> EncodedPrompt:
         return self.prompts.encode(
-            findings=self._prompt_findings(analysis) if findings is None else list(findings),
+            findings=self.prompt_findings(analysis) if findings is None else list(findings),
             indication=indication,
             instruction=self.config.prompt.report_instruction,
         )
@@ -431,7 +431,7 @@ class ChestXrayVLM:
         prompts = [
             self.prompts.encode(
                 findings=(
-                    self._prompt_findings(analysis) if r.findings is None else list(r.findings)
+                    self.prompt_findings(analysis) if r.findings is None else list(r.findings)
                 ),
                 indication=r.indication,
                 report=r.report,

@@ -86,7 +86,7 @@ def self_test(model: ChestXrayVLM, tokens: int = SELF_TEST_TOKENS) -> SelfTestRe
     prompts = {
         "report": model._report_prompt(analysis, None),
         "chat": model.prompts.encode(
-            findings=analysis.positive_labels,
+            findings=model.prompt_findings(analysis),
             indication=None,
             report="No acute cardiopulmonary abnormality.",
             history=(),
