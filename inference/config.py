@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 from inference.errors import ConfigError
 from report_language.labels import CHEXPERT_LABELS
 
-AlignerKind = Literal["qformer", "linear", "mlp"]
+AlignerKind = Literal["qformer", "linear", "mlp", "gemma3"]
 VisionKind = Literal["transformers", "biovil_t"]
 ClassifierKind = Literal["head", "biovil_t", "none"]
 TokenLayout = Literal["patches", "channels_first"]
@@ -181,7 +181,9 @@ class AlignerConfig:
         metadata={
             "help": "'qformer': learned queries cross-attending to patches (RaDialog); "
             "'linear': a linear projection of patch tokens (XrayGPT); "
-            "'mlp': a 2-layer MLP over patch tokens (RaDialog v2 / LLaVA)."
+            "'mlp': a 2-layer MLP over patch tokens (RaDialog v2 / LLaVA); "
+            "'gemma3': the patch grid average-pooled to max_image_tokens, an RMS norm "
+            "(scale 1 + w) and a matrix product (Gemma 3 / MedGemma)."
         },
     )
     num_query_tokens: int = field(default=32, metadata={"help": "Q-Former queries = image tokens."})
@@ -205,7 +207,12 @@ class AlignerConfig:
     )
     max_image_tokens: int | None = field(
         default=None,
-        metadata={"help": "For 'linear'/'mlp': average-pool the patch tokens down to this many."},
+        metadata={"help": "For 'linear'/'mlp': average-pool the patch tokens down to this many; "
+                  "for 'gemma3': the tokens per image (a square; the patch grid is pooled "
+                  "in 2-D)."},
+    )
+    norm_eps: float = field(
+        default=1e-6, metadata={"help": "For 'gemma3': epsilon of its RMS norm."}
     )
 
     def __post_init__(self) -> None:
@@ -217,6 +224,11 @@ class AlignerConfig:
             raise ConfigError("aligner.num_query_tokens must be >= 1")
         if self.max_image_tokens is not None and self.max_image_tokens < 1:
             raise ConfigError("aligner.max_image_tokens must be >= 1 when set")
+        if self.kind == "gemma3" and (
+            self.max_image_tokens is None or round(self.max_image_tokens**0.5) ** 2
+            != self.max_image_tokens
+        ):
+            raise ConfigError("aligner.kind 'gemma3' needs max_image_tokens, a square number")
 
 
 @dataclass
@@ -295,6 +307,22 @@ class PromptConfig:
             "token); 'whole' = the whole prompt, split at the placeholder token (LLaVA)."
         },
     )
+    image_expansion: str | None = field(
+        default=None,
+        metadata={
+            "help": "With 'whole': text that replaces the placeholder before tokenizing, "
+            "with {image} where the image tokens go, as the model's processor expands it "
+            "(Gemma 3: '\\n\\n<start_of_image>{image}<end_of_image>\\n\\n'); unset: "
+            "the placeholder itself marks the image."
+        },
+    )
+    image_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "The tokenizer's token at image positions, with image_expansion "
+            "(Gemma 3: '<image_soft_token>')."
+        },
+    )
     list_no_finding: bool = field(
         default=False,
         metadata={
@@ -304,6 +332,13 @@ class PromptConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.image_expansion is not None:
+            if self.image_tokenization != "whole" or not self.image_token:
+                raise ConfigError(
+                    "prompt.image_expansion needs image_tokenization 'whole' and an image_token"
+                )
+            if self.image_expansion.count("{image}") != 1:
+                raise ConfigError("prompt.image_expansion must contain {image} once")
         if self.first_turn is not None:
             for name in ("{image}", "{instruction}"):
                 if name not in self.first_turn:

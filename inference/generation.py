@@ -14,13 +14,16 @@ from typing import Any
 
 import torch
 from transformers import TextIteratorStreamer, TextStreamer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from inference.config import GenerationConfig
 from inference.llm import LanguageModel
-from inference.multimodal import MultimodalBatch
+from inference.multimodal import ImageFeatureBatch, MultimodalBatch
 from inference.speculative import LookupDecoding, lookup_greedy_decode, supports_lookup
 
 TextCallback = Callable[[str], None]
+#: What :func:`generate_ids` decodes from: spliced embeddings, or ids with image features.
+Batch = MultimodalBatch | ImageFeatureBatch
 
 
 class CallbackStreamer(TextStreamer):
@@ -37,7 +40,7 @@ class CallbackStreamer(TextStreamer):
 
 def generate_ids(
     llm: LanguageModel,
-    batch: MultimodalBatch,
+    batch: Batch,
     options: GenerationConfig,
     *,
     adapter: str | None,
@@ -51,7 +54,9 @@ def generate_ids(
     llm
         The language model.
     batch
-        Left-padded inputs from :func:`~inference.multimodal.assemble_batch`.
+        Left-padded inputs from :func:`~inference.multimodal.assemble_batch`, or from
+        :func:`~inference.multimodal.assemble_feature_batch` for a model that puts image
+        features in itself (never with lookup drafts).
     options
         Decoding options.
     adapter
@@ -64,9 +69,12 @@ def generate_ids(
         whose cache can drop rejected drafts (:func:`~inference.speculative.supports_lookup`),
         ignored otherwise.
     """
-    if streamer is not None and (batch.inputs_embeds.shape[0] != 1 or options.num_beams != 1):
+    size = batch.attention_mask.shape[0]
+    if streamer is not None and (size != 1 or options.num_beams != 1):
         raise ValueError("streaming needs a single sequence and greedy decoding (num_beams=1)")
     with llm.adapter(adapter) as model, torch.inference_mode():
+        if isinstance(batch, ImageFeatureBatch):
+            return _generate_with_features(llm, model, batch, options, streamer)
         if (
             lookup is not None
             and not options.stop_strings
@@ -97,6 +105,36 @@ def generate_ids(
                if options.stop_strings else {}),
         )
     return output
+
+
+def _generate_with_features(
+    llm: LanguageModel,
+    model: Any,
+    batch: ImageFeatureBatch,
+    options: GenerationConfig,
+    streamer: TextStreamer | None,
+) -> torch.Tensor:
+    """``generate`` from token ids, the image features passed as the model's pre-encoded
+    image output (``mm_encoder_outputs``) and ``token_type_ids`` marking image positions;
+    returns the new ids only."""
+    features = BaseModelOutputWithPooling(pooler_output=batch.image_features)
+    output = model.generate(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        token_type_ids=batch.token_type_ids,
+        mm_encoder_outputs={"image": features},
+        max_new_tokens=options.max_new_tokens,
+        num_beams=options.num_beams,
+        do_sample=False,
+        use_cache=options.use_cache,
+        repetition_penalty=options.repetition_penalty,
+        eos_token_id=llm.stop_token_ids(),
+        pad_token_id=llm.pad_token_id(),
+        streamer=streamer,
+        **({"stop_strings": list(options.stop_strings), "tokenizer": llm.tokenizer}
+           if options.stop_strings else {}),
+    )
+    return output[:, batch.input_ids.shape[1]:]
 
 
 def _single_greedy_sequence(batch: MultimodalBatch, options: GenerationConfig) -> bool:
@@ -154,7 +192,7 @@ def cut_stream_at_stop(pieces: Iterable[str], stop_strings: tuple[str, ...]) -> 
 
 def generate_texts(
     llm: LanguageModel,
-    batch: MultimodalBatch,
+    batch: Batch,
     options: GenerationConfig,
     *,
     adapter: str | None,
@@ -169,7 +207,7 @@ def generate_texts(
 
 def stream_text(
     llm: LanguageModel,
-    batch: MultimodalBatch,
+    batch: Batch,
     options: GenerationConfig,
     *,
     adapter: str | None,
@@ -201,6 +239,7 @@ def stream_text(
 
 
 __all__ = [
+    "Batch",
     "CallbackStreamer",
     "TextCallback",
     "cut_at_stop",

@@ -201,12 +201,13 @@ class LanguageModel:
             config = AutoConfig.from_pretrained(
                 str(config_dir or base_dir), local_files_only=True
             )
+            text_config = config.get_text_config()  # the config itself for a text model
             torch_dtype = resolve_dtype(
                 dtype,
                 torch_device,
                 (
-                    int(config.hidden_size),
-                    int(getattr(config, "intermediate_size", 4 * config.hidden_size)),
+                    int(text_config.hidden_size),
+                    int(getattr(text_config, "intermediate_size", 4 * text_config.hidden_size)),
                 ),
             )
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
@@ -221,6 +222,7 @@ class LanguageModel:
             raise InferenceError(f"cannot load the language model from {base_dir}: {exc}") from exc
         if torch_device.type != "cuda":
             base = base.to(torch_device)  # type: ignore[arg-type]  # transformers' stub
+        _release_vision_tower(base)
         base.eval()
         model: PreTrainedModel | PeftModel = base
         for index, (name, path) in enumerate((adapters or {}).items()):
@@ -379,6 +381,17 @@ class LanguageModel:
         return embeddings
 
     @property
+    def image_token_id(self) -> int | None:
+        """The token at which the model puts pre-encoded image features itself (an
+        image-text model such as Gemma 3, see :mod:`inference.multimodal`); ``None`` for a
+        language model that takes image tokens as input embeddings."""
+        config = self.model.config
+        if getattr(config, "vision_config", None) is None:
+            return None
+        token = getattr(config, "image_token_id", None)
+        return int(token) if token is not None else None
+
+    @property
     def hidden_size(self) -> int:
         """Embedding width."""
         return int(self.input_embeddings.embedding_dim)
@@ -401,6 +414,17 @@ class LanguageModel:
         """Padding id (the EOS token when the tokenizer has no pad token)."""
         pad = self.tokenizer.pad_token_id
         return int(pad) if pad is not None else self.stop_token_ids()[0]
+
+
+def _release_vision_tower(model: PreTrainedModel) -> None:
+    """Drop the vision tower of an image-text model loaded as the LLM (Gemma 3): the node
+    runs the vision side in ONNX and passes its features in, so the torch copy (0.8 GB in
+    bf16 for MedGemma's SigLIP) would only hold memory. It is replaced by an empty module,
+    which fails loudly if anything ever tried to run it."""
+    inner = getattr(model, "model", None)
+    has_vision = getattr(model.config, "vision_config", None) is not None
+    if has_vision and isinstance(getattr(inner, "vision_tower", None), torch.nn.Module):
+        inner.vision_tower = torch.nn.Module()  # type: ignore[union-attr]
 
 
 __all__ = [

@@ -30,7 +30,12 @@ from inference.content_check import ContentCheck, ContentScore
 from inference.errors import BundleError, ConfigError, InferenceError, PreprocessingError
 from inference.generation import TextCallback, generate_texts, stream_text
 from inference.llm import LanguageModel, resolve_device
-from inference.multimodal import MultimodalBatch, assemble_batch
+from inference.multimodal import (
+    ImageFeatureBatch,
+    MultimodalBatch,
+    assemble_batch,
+    assemble_feature_batch,
+)
 from inference.onnx_runtime import OnnxVisionRunner, OrtOptions, choose_providers
 from inference.packaging import load_vision_tower
 from inference.preprocessing import load_images
@@ -223,6 +228,12 @@ class ChestXrayVLM:
                 f"LLM hidden size {llm.hidden_size} differs from the config's llm_hidden_size "
                 f"{config.llm_hidden_size}"
             )
+        if llm.image_token_id is not None and config.max_images != 1:
+            raise InferenceError(
+                "an LLM that puts image features in itself (image token "
+                f"{llm.image_token_id}) takes one image per study: max_images must be 1, "
+                f"not {config.max_images}"
+            )
         self.config = config
         self.vision = vision
         self.llm = llm
@@ -369,7 +380,17 @@ class ChestXrayVLM:
 
     def _batch(
         self, prompts: list[EncodedPrompt], analyses: list[StudyAnalysis]
-    ) -> MultimodalBatch:
+    ) -> MultimodalBatch | ImageFeatureBatch:
+        image_token_id = self.llm.image_token_id
+        if image_token_id is not None:  # the model puts the image features in itself
+            return assemble_feature_batch(
+                prompts,
+                [a.image_tokens for a in analyses],
+                image_token_id=image_token_id,
+                pad_token_id=self.llm.pad_token_id(),
+                device=self.llm.device,
+                dtype=self.llm.dtype,
+            )
         return assemble_batch(
             self.llm.input_embeddings,
             prompts,
@@ -418,12 +439,14 @@ class ChestXrayVLM:
         instruction: str,
         indication: str | None,
         findings: Sequence[str] | None = None,
-    ) -> MultimodalBatch:
+    ) -> MultimodalBatch | ImageFeatureBatch:
         return self._chat_requests_batch(
             [ChatRequest(images, report, instruction, history, indication, findings)]
         )
 
-    def _chat_requests_batch(self, requests: Sequence[ChatRequest]) -> MultimodalBatch:
+    def _chat_requests_batch(
+        self, requests: Sequence[ChatRequest]
+    ) -> MultimodalBatch | ImageFeatureBatch:
         analyses = [
             r.images if isinstance(r.images, StudyAnalysis) else self.analyse(r.images)
             for r in requests

@@ -3,6 +3,11 @@
 Each sequence is ``embed(prefix) + image tokens + embed(suffix) [+ embed(target)]``. Batches
 are padded on the left for generation (so every sequence ends where decoding starts) and on
 the right for training; padded positions get attention mask 0 and label -100.
+
+Models that merge pre-encoded image features themselves (Gemma 3: its image tokens attend to
+each other both ways, which it reads from ``token_type_ids``, and its ``generate`` does not
+start from embeddings) get token ids instead (:func:`assemble_feature_batch`): the prompt
+with the image token at each image position, and the features beside them.
 """
 
 from __future__ import annotations
@@ -105,4 +110,72 @@ def assemble_batch(
     )
 
 
-__all__ = ["IGNORE_INDEX", "MultimodalBatch", "assemble_batch"]
+@dataclass
+class ImageFeatureBatch:
+    """Token ids with image placeholders, and the image features to put there."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    #: 1 at image positions, 0 elsewhere.
+    token_type_ids: torch.Tensor
+    #: ``(B, T, H)``: each sequence's image tokens, in order.
+    image_features: torch.Tensor
+
+
+def assemble_feature_batch(
+    prompts: Sequence[EncodedPrompt],
+    image_tokens: Sequence[torch.Tensor],
+    *,
+    image_token_id: int,
+    pad_token_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> ImageFeatureBatch:
+    """Build a left-padded :class:`ImageFeatureBatch` for generation.
+
+    Parameters
+    ----------
+    prompts
+        Encoded prompts, one per sequence.
+    image_tokens
+        ``(T, H)`` image-token embeddings, one per sequence, all of one length.
+    image_token_id
+        The token the model replaces by image features.
+    pad_token_id
+        The token at padded positions.
+    device, dtype
+        Where the features go, and their dtype (the LLM's).
+    """
+    if len(prompts) != len(image_tokens) or not prompts:
+        raise ValueError("need one image-token tensor per prompt, and at least one prompt")
+    if len({tuple(t.shape) for t in image_tokens}) != 1:
+        raise ValueError("every sequence needs image tokens of the same shape")
+    rows = [
+        (prompt.prefix_ids, image.shape[0], prompt.suffix_ids)
+        for prompt, image in zip(prompts, image_tokens, strict=True)
+    ]
+    longest = max(len(before) + count + len(after) for before, count, after in rows)
+    ids = torch.full((len(rows), longest), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    types = torch.zeros((len(rows), longest), dtype=torch.long)
+    for row, (before, count, after) in enumerate(rows):
+        sequence = torch.tensor([*before, *[image_token_id] * count, *after], dtype=torch.long)
+        start = longest - sequence.shape[0]
+        ids[row, start:] = sequence
+        mask[row, start:] = 1
+        types[row, start + len(before): start + len(before) + count] = 1
+    return ImageFeatureBatch(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        token_type_ids=types.to(device),
+        image_features=torch.stack(list(image_tokens)).to(device, dtype),
+    )
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ImageFeatureBatch",
+    "MultimodalBatch",
+    "assemble_batch",
+    "assemble_feature_batch",
+]

@@ -274,11 +274,17 @@ class PromptBuilder:
             bos_ids = [int(tokenizer.bos_token_id)]  # type: ignore[arg-type]
         mode = self.config.image_tokenization
         if mode == "whole":
-            image_id = tokenizer.convert_tokens_to_ids(placeholder)
+            marker = placeholder
+            if self.config.image_expansion is not None:
+                marker = str(self.config.image_token)
+                prompt = prompt.replace(
+                    placeholder, self.config.image_expansion.format(image=marker)
+                )
+            image_id = tokenizer.convert_tokens_to_ids(marker)
             ids = tokenizer.encode(prompt, add_special_tokens=False)
             if not isinstance(image_id, int) or ids.count(image_id) != 1:
                 raise InferenceError(
-                    f"prompt.image_tokenization 'whole' needs {placeholder!r} as one token of "
+                    f"prompt.image_tokenization 'whole' needs {marker!r} as one token of "
                     "the tokenizer"
                 )
             at = ids.index(image_id)

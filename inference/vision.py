@@ -289,6 +289,46 @@ class MLPAligner(nn.Module):
         return self.mlp(self.pool(features))
 
 
+class Gemma3Aligner(nn.Module):
+    """Gemma 3's projector (MedGemma): the square patch grid average-pooled to
+    ``max_image_tokens``, an RMS norm that scales by ``1 + weight`` in float32, and a product
+    with a ``(vision, llm)`` matrix (stored that way round, not as a Linear's ``(out, in)``).
+    Parameter names follow the published checkpoint."""
+
+    def __init__(
+        self, vision_size: int, num_tokens: int, llm_size: int, config: AlignerConfig
+    ) -> None:
+        super().__init__()
+        assert config.max_image_tokens is not None  # AlignerConfig checks it
+        self.patches_per_side = round(num_tokens**0.5)
+        tokens_per_side = round(config.max_image_tokens**0.5)
+        if (
+            self.patches_per_side**2 != num_tokens
+            or self.patches_per_side % tokens_per_side
+        ):
+            raise ConfigError(
+                f"aligner.kind 'gemma3': {num_tokens} patches are not a square grid that "
+                f"pools to {config.max_image_tokens} tokens"
+            )
+        self.kernel = self.patches_per_side // tokens_per_side
+        self.out_tokens = config.max_image_tokens
+        self.eps = config.norm_eps
+        self.mm_soft_emb_norm_weight = nn.Parameter(torch.zeros(vision_size))
+        self.mm_input_projection_weight = nn.Parameter(torch.zeros(vision_size, llm_size))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Return image tokens ``(B, max_image_tokens, llm_size)``."""
+        batch, _, width = features.shape
+        grid = features.transpose(1, 2).reshape(
+            batch, width, self.patches_per_side, self.patches_per_side
+        )
+        pooled = F.avg_pool2d(grid, self.kernel).flatten(2).transpose(1, 2)
+        x = pooled.float()
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        normed = normed * (1.0 + self.mm_soft_emb_norm_weight.float())
+        return torch.matmul(normed.type_as(features), self.mm_input_projection_weight)
+
+
 def build_aligner(
     vision_size: int, num_tokens: int, llm_size: int, config: AlignerConfig
 ) -> nn.Module:
@@ -309,6 +349,7 @@ def build_aligner(
         "qformer": QFormerAligner,
         "linear": LinearAligner,
         "mlp": MLPAligner,
+        "gemma3": Gemma3Aligner,
     }
     return kinds[config.kind](vision_size, num_tokens, llm_size, config)
 
@@ -372,6 +413,8 @@ class VisionTower(nn.Module):
         """Image tokens produced per image."""
         if isinstance(self.aligner, QFormerAligner):
             return self.aligner.query_tokens.shape[1]
+        if isinstance(self.aligner, Gemma3Aligner):
+            return self.aligner.out_tokens
         pool: _PatchPool = self.aligner.pool  # type: ignore[assignment]
         return pool.out_tokens
 
@@ -392,6 +435,7 @@ __all__ = [
     "BioViLTClassifier",
     "BioViLTFeatures",
     "FindingsClassifier",
+    "Gemma3Aligner",
     "LinearAligner",
     "MLPAligner",
     "QFormerAligner",

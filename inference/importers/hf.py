@@ -15,9 +15,19 @@ run. ``vision_feature_select_strategy: default`` drops the CLS token. The image 
 findings head: the bundle's classifier is ``none``, so the prompt has no findings line and
 the SR's 14 codes come from the report text alone.
 
-Not yet: LLaVA-NeXT (any-resolution tiling), Gemma 3 / MedGemma (SigLIP with pooling,
-bidirectional image attention), and models whose code is not in transformers (MAIRA-2,
-CheXagent need ``trust_remote_code``; this importer refuses them).
+Gemma 3 checkpoints (``model_type: gemma3``, MedGemma 4B): the SigLIP tower (all its
+layers, no pooling head) and Gemma 3's projector (the patch grid average-pooled to
+``mm_tokens_per_image``, RMS norm, matrix product) go to ONNX. The language model is the
+checkpoint's own ``Gemma3ForConditionalGeneration``, read from its shards where they are: it
+takes the node's image features through its own merge, because Gemma 3 lets the image tokens
+of one image attend to each other both ways (``token_type_ids``) and its ``generate`` does not
+start from embeddings (:func:`~inference.multimodal.assemble_feature_batch`); its torch
+vision tower is released after loading. The prompt is the tokenizer's chat template with the
+processor's expansion of ``<start_of_image>``; the image transform is the processor's
+(stretch to the square size, mean and std 0.5). One image per study.
+
+Not yet: LLaVA-NeXT (any-resolution tiling), and models whose code is not in transformers
+(MAIRA-2, CheXagent need ``trust_remote_code``; this importer refuses them).
 """
 
 from __future__ import annotations
@@ -57,6 +67,8 @@ LLAVA_SYSTEM = (
     "gives helpful, detailed, and polite answers to the human's questions."
 )
 DEFAULT_INSTRUCTION = "Write the findings section of a radiology report for this chest X-ray."
+#: The system text of MedGemma's model card.
+GEMMA3_SYSTEM = "You are an expert radiologist."
 #: Where each part's weights are, in the layouts transformers has saved LLaVA with.
 VISION_PREFIXES = ("vision_tower.vision_model.", "model.vision_tower.vision_model.",
                    "model.vision_tower.", "vision_tower.")
@@ -128,18 +140,25 @@ def _kept_layers(layers: int, feature_layer: Any, config_path: Path) -> int:
     return kept
 
 
-def _preprocess(directory: Path) -> PreprocessConfig:
+def _preprocess(directory: Path, *, crop: bool = True) -> PreprocessConfig:
+    """The image transform of ``preprocessor_config.json``: CLIP's resize and centre crop,
+    or (``crop=False``) Gemma 3's resize of the whole image to its square size."""
     path = directory / "preprocessor_config.json"
     data = read_json(path, "the image transform")
-    crop = data.get("crop_size") or data.get("size")
-    side = crop.get("height") if isinstance(crop, dict) else crop
+    key = "crop_size" if crop else "size"
+    size = (data.get("crop_size") or data.get("size")) if crop else data.get("size")
+    side = size.get("height") if isinstance(size, dict) else size
     if not isinstance(side, int):
-        raise CheckpointError(f"{path}: missing key 'crop_size.height'")
-    for key in ("image_mean", "image_std"):
-        if not isinstance(data.get(key), list) or len(data[key]) != 3:
-            raise CheckpointError(f"{path}: missing key {key!r} (three values)")
+        raise CheckpointError(f"{path}: missing key '{key}.height'")
+    if isinstance(size, dict) and size.get("width", side) != side:
+        raise CheckpointError(f"{path}: {key} {size} is not square")
+    if data.get("do_pan_and_scan"):
+        raise CheckpointError(f"{path}: do_pan_and_scan (extra crops) is not supported")
+    for name in ("image_mean", "image_std"):
+        if not isinstance(data.get(name), list) or len(data[name]) != 3:
+            raise CheckpointError(f"{path}: missing key {name!r} (three values)")
     return PreprocessConfig(
-        image_size=side, resize_mode="crop", voi="dicom", channels=3,
+        image_size=side, resize_mode="crop" if crop else "stretch", voi="dicom", channels=3,
         mean=tuple(float(v) for v in data["image_mean"]),
         std=tuple(float(v) for v in data["image_std"]),
     )
@@ -219,10 +238,20 @@ def import_hf(
             f"{config_path}: model_type {model_type!r} runs code from its repository{flag}; "
             "the node does not run such code yet"
         )
-    if model_type != "llava":
-        raise CheckpointError(
-            f"{config_path}: model_type {model_type!r} is not supported by 'hf' yet (llava)"
-        )
+    if model_type == "llava":
+        return _import_llava(source, out, provenance, name, version, instruction)
+    if model_type == "gemma3":
+        return _import_gemma3(source, out, provenance, name, version, instruction)
+    raise CheckpointError(
+        f"{config_path}: model_type {model_type!r} is not supported by 'hf' yet "
+        "(llava, gemma3)"
+    )
+
+
+def _import_llava(
+    source: Path, out: Path, provenance: Provenance, name: str, version: str, instruction: str
+) -> Path:
+    config_path = source / "config.json"
     config = hf_config(source)
     if config.projector_hidden_act != "gelu":
         raise CheckpointError(
@@ -253,16 +282,11 @@ def import_hf(
         int(projector["linear_1.weight"].shape[0]), llm_width, _preprocess(source), instruction,
     )
     tower = VisionTower(bundle_config).eval()
-    expected = tower.state_dict()
-    # CLIPVisionModel has named its parameters with and without a ``vision_model.`` level.
-    inner = ("encoder.backbone.vision_model."
-             if "encoder.backbone.vision_model.pre_layrnorm.weight" in expected
-             else "encoder.backbone.")
     weights = {}
     for key, value in vision.items():
         if key.startswith("encoder.layers.") and int(key.split(".")[2]) >= kept:
             continue  # after the feature layer: never run
-        weights[inner + key] = value
+        weights[_backbone_prefix(tower) + key] = value
     for ours, theirs in (("0", "linear_1"), ("2", "linear_2")):
         for n in ("weight", "bias"):
             weights[f"aligner.mlp.{ours}.{n}"] = projector[f"{theirs}.{n}"]
@@ -282,4 +306,108 @@ def import_hf(
     )
 
 
-__all__ = ["DEFAULT_INSTRUCTION", "LLM_KEY_MAPPING", "import_hf", "llava_config"]
+def _backbone_prefix(tower: VisionTower) -> str:
+    """Where the transformers vision model's own keys begin in the tower's state dict (its
+    classes have named their parameters with and without a ``vision_model.`` level)."""
+    expected = tower.state_dict()
+    nested = any(key.startswith("encoder.backbone.vision_model.") for key in expected)
+    return "encoder.backbone.vision_model." if nested else "encoder.backbone."
+
+
+def gemma3_config(
+    vision: PretrainedConfig,
+    tokens_per_image: int,
+    llm_width: int,
+    preprocess: PreprocessConfig,
+    boi: str,
+    eoi: str,
+    image_token: str,
+    instruction: str,
+) -> ModelConfig:
+    """The bundle config of a Gemma 3 import (MedGemma)."""
+    backbone = {"model_type": "siglip_vision_model", **vision.to_diff_dict()}
+    backbone["vision_use_head"] = False  # Gemma 3 reads the last hidden state
+    backbone.pop("transformers_version", None)
+    return ModelConfig(
+        preprocess=preprocess,
+        vision=VisionConfig(backbone=backbone),
+        classifier=ClassifierConfig(kind="none", labels=()),
+        aligner=AlignerConfig(kind="gemma3", max_image_tokens=tokens_per_image,
+                              norm_eps=float(vision.layer_norm_eps)),
+        llm_hidden_size=llm_width,
+        max_images=1,
+        prompt=PromptConfig(
+            system_prompt=GEMMA3_SYSTEM,
+            image_placeholder=boi,
+            report_instruction=instruction,
+            first_turn="{context}{instruction}{image}",
+            image_tokenization="whole",
+            image_expansion=f"\n\n{boi}{{image}}{eoi}\n\n",
+            image_token=image_token,
+            conversation=None,  # the tokenizer's chat template
+        ),
+        generation=GenerationConfig(max_new_tokens=300, num_beams=1),
+    )
+
+
+def _import_gemma3(
+    source: Path, out: Path, provenance: Provenance, name: str, version: str, instruction: str
+) -> Path:
+    config_path = source / "config.json"
+    config = hf_config(source)
+    vision_config = config.vision_config
+    if vision_config.model_type != "siglip_vision_model":
+        raise CheckpointError(
+            f"{config_path}: vision_config.model_type {vision_config.model_type!r} (siglip only)"
+        )
+    files = _weights(source)
+    vision_prefix = _prefix(files, VISION_PREFIXES, "embeddings.patch_embedding.weight", source)
+    projector_prefix = _prefix(files, PROJECTOR_PREFIXES, "mm_input_projection_weight", source)
+    vision = {k: v for k, v in _read(files, vision_prefix).items() if not k.startswith("head.")}
+    projector = _read(files, projector_prefix)
+    if "mm_soft_emb_norm.weight" not in projector:
+        raise CheckpointError(
+            f"{source}: missing key {projector_prefix + 'mm_soft_emb_norm.weight'!r}"
+        )
+
+    tokenizer = load_tokenizer(source)
+    token_ids = {
+        "boi_token_id": config.boi_token_id, "eoi_token_id": config.eoi_token_id,
+        "image_token_id": config.image_token_id,
+    }
+    tokens = {}
+    for key, token_id in token_ids.items():
+        token = tokenizer.convert_ids_to_tokens(token_id) if token_id < len(tokenizer) else None
+        if not isinstance(token, str):
+            raise CheckpointError(
+                f"{config_path}: {key} {token_id} is not a token of the tokenizer"
+            )
+        tokens[key] = token
+    if not tokenizer.chat_template:
+        raise CheckpointError(f"{source}: the tokenizer has no chat template (chat_template.jinja)")
+
+    bundle_config = gemma3_config(
+        vision_config, int(config.mm_tokens_per_image), int(config.text_config.hidden_size),
+        _preprocess(source, crop=False), tokens["boi_token_id"], tokens["eoi_token_id"],
+        tokens["image_token_id"], instruction,
+    )
+    tower = VisionTower(bundle_config).eval()
+    inner = _backbone_prefix(tower)
+    weights = {inner + key: value for key, value in vision.items()}
+    weights["aligner.mm_soft_emb_norm_weight"] = projector["mm_soft_emb_norm.weight"]
+    weights["aligner.mm_input_projection_weight"] = projector["mm_input_projection_weight"]
+    load_weights(tower, weights, lambda key: source)
+    return write_imported_bundle(
+        out, config=bundle_config, tower=tower, tokenizer=tokenizer, llm=source,
+        provenance=provenance, name=name, version=version,
+    )
+
+
+__all__ = [
+    "DEFAULT_INSTRUCTION",
+    "GEMMA3_SYSTEM",
+    "LLM_KEY_MAPPING",
+    "gemma3_config",
+    "import_hf",
+    "llava_config",
+]
