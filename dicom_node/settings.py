@@ -501,6 +501,21 @@ class WorkerSettings(BaseModel):
         description="/healthz answers 503 when the last this many report jobs all failed "
         "(0 = never).",
     )
+    batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Report jobs a gpu worker drafts together: the queued jobs it finds, up "
+        "to this many, go through the vision side and one batched generate (1 = one study "
+        "per job, with lookup decoding; see docs/node.md).",
+    )
+    batch_wait_ms: float = Field(
+        default=200.0,
+        ge=0,
+        le=60_000,
+        description="How long a gpu worker waits for more queued jobs to fill a batch of "
+        "batch_size (milliseconds); unused with batch_size 1.",
+    )
 
     @field_validator("queues")
     @classmethod

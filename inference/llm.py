@@ -16,7 +16,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from os import PathLike
 from typing import Any
 
@@ -142,6 +142,86 @@ def resolve_dtype(
     return _DTYPES[dtype]
 
 
+class AdapterGate:
+    """Admits blocks that need one adapter of a shared model at the same time.
+
+    A block enters with the adapter it needs. Blocks for the adapter in effect run
+    together; a block for another adapter waits until no block runs, has the model switched
+    (``switch(name)``, called while no block runs) and runs. While a block waits to switch,
+    new blocks for the current adapter wait too, so a switch is not starved. When the last
+    block ends and no switch waits, ``restore()`` puts the model back as it was.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._running = 0
+        #: The adapter in effect while blocks run; ``self`` (no adapter name) when idle.
+        self._current: object = self
+        self._waiting_to_switch = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def using(
+        self,
+        name: str | None,
+        switch: Callable[[str | None], None],
+        restore: Callable[[], None],
+    ) -> Iterator[None]:
+        """Run the block with adapter `name` in effect (see the class docstring).
+
+        Parameters
+        ----------
+        name
+            The adapter the block needs (``None``: the bare base model).
+        switch
+            Puts the model in the state `name` needs.
+        restore
+            Puts the model back in the state it had before the first block.
+        """
+        with self._condition:
+            switching = False
+            while True:
+                if not self._exclusive:
+                    if self._running == 0:
+                        break
+                    if self._current == name and not self._waiting_to_switch:
+                        break
+                if not switching and self._running and self._current != name:
+                    switching = True
+                    self._waiting_to_switch += 1
+                self._condition.wait()
+            if switching:
+                self._waiting_to_switch -= 1
+            if self._running == 0 and self._current != name:
+                switch(name)
+                self._current = name
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._running -= 1
+                if self._running == 0:
+                    if not self._waiting_to_switch and self._current is not self:
+                        restore()
+                        self._current = self
+                    self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model alone: no block runs meanwhile (changing the model object)."""
+        with self._condition:
+            while self._exclusive or self._running:
+                self._condition.wait()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._exclusive = False
+                self._condition.notify_all()
+
+
 class LanguageModel:
     """A causal LM, its tokenizer and its named LoRA adapters.
 
@@ -162,7 +242,14 @@ class LanguageModel:
         self._merged: dict[str, PreTrainedModel] = {}
         #: The adapter merged into the weights themselves (no copy), when there is one.
         self._in_place: str | None = None
+        #: Held around changes of the model object itself (merging adapters).
         self.lock = threading.RLock()
+        #: Lets blocks of one adapter run together on the live model (:meth:`adapter`).
+        self._gate = AdapterGate()
+        #: The open ``disable_adapter()`` context while blocks run on the bare base model.
+        self._base_only: contextlib.AbstractContextManager[None] | None = None
+        #: The adapter in use before the first running block, while blocks run.
+        self._rest: tuple[str | None] | None = None
         if isinstance(model, PeftModel):
             self._active = model.active_adapter
 
@@ -314,7 +401,7 @@ class LanguageModel:
         if not isinstance(self.model, PeftModel) or self._in_place is not None:
             return
         names = list(self.adapters) if used is None else list(dict.fromkeys(used))
-        with self.lock:
+        with self.lock, self._gate.exclusive():
             if len(names) == 1 and names[0] is not None:
                 name = names[0]
                 self.model.set_adapter(name)
@@ -339,29 +426,64 @@ class LanguageModel:
 
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[PreTrainedModel | PeftModel]:
-        """Hold the model lock with adapter ``name`` active for the duration of the block.
+        """Run the block with adapter ``name`` (``None``: the bare base model) in effect.
 
         Yields the model to run: the adapter's merged copy when there is one, else
         :attr:`model` with the adapter active.
+
+        Blocks on one model run at the same time (``generate`` in eval mode changes no
+        weights or state of the model). Only switching a :class:`peft.PeftModel` between
+        adapters changes it; so a block whose adapter is merged (in place, or its own copy)
+        takes no lock at all, and blocks that need the live model run together while they
+        want the same adapter: a block for another adapter waits until they end, and new
+        blocks for the current adapter wait behind it (no switch waits forever).
+
+        Raises
+        ------
+        InferenceError
+            For an adapter that is not loaded, or another than the one merged in place.
         """
-        with self.lock:
-            if self._in_place is not None:
-                self.use_adapter(name)  # refuses any other adapter
-                yield self.model
-                return
-            if name is not None and name in self._merged:
-                yield self._merged[name]
-                return
-            previous = self._active
-            self.use_adapter(name)
-            try:
-                if name is None and isinstance(self.model, PeftModel):
-                    with self.model.disable_adapter():
-                        yield self.model
-                else:
-                    yield self.model
-            finally:
-                self.use_adapter(previous)
+        if self._in_place is not None:
+            if name != self._in_place:
+                self.use_adapter(name)  # raises: only the merged adapter is available
+            yield self.model
+            return
+        if name is not None and name in self._merged:
+            yield self._merged[name]
+            return
+        if not isinstance(self.model, PeftModel):
+            if name is not None:
+                self.use_adapter(name)  # raises: no adapters loaded
+            yield self.model
+            return
+        if name is not None and name not in self.adapters:
+            self.use_adapter(name)  # raises, naming the loaded adapters
+        with self._gate.using(name, self._switch_to, self._restore):
+            yield self.model
+
+    def _switch_to(self, name: str | None) -> None:
+        """Put the live model in the state adapter ``name`` needs (no block runs):
+        ``None`` disables the adapter layers."""
+        assert isinstance(self.model, PeftModel)
+        self._leave_base_only()
+        if self._rest is None:
+            self._rest = (self._active,)
+        self.use_adapter(name)
+        if name is None:
+            self._base_only = self.model.disable_adapter()
+            self._base_only.__enter__()
+
+    def _restore(self) -> None:
+        """The adapter in use before the first block (no block runs)."""
+        self._leave_base_only()
+        if self._rest is not None:
+            self.use_adapter(self._rest[0])
+            self._rest = None
+
+    def _leave_base_only(self) -> None:
+        if self._base_only is not None:
+            self._base_only.__exit__(None, None, None)
+            self._base_only = None
 
     @property
     def device(self) -> torch.device:
@@ -429,6 +551,7 @@ def _release_vision_tower(model: PreTrainedModel) -> None:
 
 __all__ = [
     "CPU_BF16_MAX_RATIO",
+    "AdapterGate",
     "LanguageModel",
     "MERGE_COPIES_MAX_BYTES",
     "cpu_bf16_time_ratio",

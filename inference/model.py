@@ -183,6 +183,17 @@ class ChatRequest:
     findings: Sequence[str] | None = None
 
 
+@dataclass
+class _LoadedStudy:
+    """One study's preprocessed pixels before the vision side."""
+
+    pixels: np.ndarray
+    #: Index in the study's input of each row of ``pixels``.
+    used: list[int]
+    #: Images left out as unusable: (index in the input, reason).
+    unusable: list[tuple[int, str]]
+
+
 class ChestXrayVLM:
     """RaDialog-style chest X-ray report model.
 
@@ -332,37 +343,111 @@ class ChestXrayVLM:
             When an image cannot be used (not an image, empty pixels, bad photometry), or
             with ``skip_unusable`` when none can.
         """
+        (result,) = self.analyse_many(
+            [images], skip_unusable=skip_unusable, leave_out_non_chest=leave_out_non_chest
+        )
+        if isinstance(result, PreprocessingError):
+            raise result
+        return result
+
+    def analyse_many(
+        self,
+        studies: Sequence[Sequence[ImageSource]],
+        *,
+        skip_unusable: bool = False,
+        leave_out_non_chest: bool = True,
+    ) -> list[StudyAnalysis | PreprocessingError]:
+        """:meth:`analyse` for several studies, their images through the vision side in one
+        call.
+
+        Each study's images are preprocessed on their own, so a study whose images cannot
+        be used gets its error in its place of the result and the others are analysed;
+        the usable pixels of all studies are stacked into one batch for the vision runner,
+        and its outputs are split back per study. The results are those of :meth:`analyse`
+        on each study.
+
+        Returns
+        -------
+        list
+            Per study, in order: its :class:`StudyAnalysis`, or the
+            :class:`~inference.errors.PreprocessingError` (a :class:`NotChestError` among
+            them) that :meth:`analyse` would raise for it.
+
+        Raises
+        ------
+        InferenceError
+            When the vision runner itself fails (for the whole batch).
+        """
+        loaded: list[_LoadedStudy | PreprocessingError] = []
+        for images in studies:
+            try:
+                loaded.append(self._load_study(images, skip_unusable))
+            except PreprocessingError as exc:
+                loaded.append(exc)
+        ready = [item for item in loaded if isinstance(item, _LoadedStudy)]
+        if ready:
+            probabilities, embeddings = self.vision(np.concatenate([r.pixels for r in ready]))
+            probabilities, embeddings = np.asarray(probabilities), np.asarray(embeddings)
+        results: list[StudyAnalysis | PreprocessingError] = []
+        offset = 0
+        for item in loaded:
+            if isinstance(item, PreprocessingError):
+                results.append(item)
+                continue
+            count = len(item.pixels)
+            rows = slice(offset, offset + count)
+            offset += count
+            try:
+                results.append(self._study_analysis(
+                    item, probabilities[rows], embeddings[rows],
+                    skip_unusable and leave_out_non_chest,
+                ))
+            except PreprocessingError as exc:
+                results.append(exc)
+        return results
+
+    def _load_study(self, images: Sequence[ImageSource], skip_unusable: bool) -> _LoadedStudy:
+        """One study's preprocessed pixels, and which images they are."""
+        if not skip_unusable:
+            return _LoadedStudy(
+                load_images(list(images), self.config.preprocess), list(range(len(images))), []
+            )
         unusable: list[tuple[int, str]] = []
-        used = list(range(len(images)))
-        if skip_unusable:
-            usable: list[np.ndarray] = []
-            used = []
-            for index, image in enumerate(images):
-                try:
-                    usable.append(load_images([image], self.config.preprocess))
-                    used.append(index)
-                except PreprocessingError as exc:
-                    unusable.append((index, str(exc)))
-            if not usable:
-                reasons = "; ".join(reason for _, reason in unusable)
-                raise PreprocessingError(f"no image of the study can be used ({reasons})")
-            pixels = np.concatenate(usable)
-        else:
-            pixels = load_images(list(images), self.config.preprocess)
-        probabilities, embeddings = self.vision(pixels)
+        usable: list[np.ndarray] = []
+        used: list[int] = []
+        for index, image in enumerate(images):
+            try:
+                usable.append(load_images([image], self.config.preprocess))
+                used.append(index)
+            except PreprocessingError as exc:
+                unusable.append((index, str(exc)))
+        if not usable:
+            reasons = "; ".join(reason for _, reason in unusable)
+            raise PreprocessingError(f"no image of the study can be used ({reasons})")
+        return _LoadedStudy(np.concatenate(usable), used, unusable)
+
+    def _study_analysis(
+        self,
+        study: _LoadedStudy,
+        probabilities: np.ndarray,
+        embeddings: np.ndarray,
+        leave_out_non_chest: bool,
+    ) -> StudyAnalysis:
+        """A study's analysis from its rows of the vision side's outputs."""
+        unusable = list(study.unusable)
         content: list[ContentScore] = []
         if self.content_check is not None:
-            content = self.content_check.score(np.asarray(embeddings))
-            if skip_unusable and leave_out_non_chest:
+            content = self.content_check.score(embeddings)
+            if leave_out_non_chest:
                 keep = [i for i, score in enumerate(content) if score.is_chest]
                 for i, score in enumerate(content):
                     if not score.is_chest:
-                        unusable.append((used[i], score.describe()))
+                        unusable.append((study.used[i], score.describe()))
                 if not keep:
                     reasons = "; ".join(reason for _, reason in sorted(unusable))
                     raise NotChestError(f"no image of the study can be used ({reasons})")
-                probabilities = np.asarray(probabilities)[keep]
-                embeddings = np.asarray(embeddings)[keep]
+                probabilities = probabilities[keep]
+                embeddings = embeddings[keep]
                 content = [content[i] for i in keep]
                 unusable.sort()
         study_probs = probabilities.max(axis=0)
@@ -370,8 +455,23 @@ class ChestXrayVLM:
             FindingPrediction(label, float(p), self.thresholds[label])
             for label, p in zip(self.config.classifier.labels, study_probs, strict=True)
         ]
-        tokens = torch.from_numpy(np.asarray(embeddings[: self.config.max_images]))
+        tokens = torch.from_numpy(np.ascontiguousarray(embeddings[: self.config.max_images]))
         return StudyAnalysis(findings, tokens.reshape(-1, tokens.shape[-1]), unusable, content)
+
+    def _analyses(
+        self, inputs: Sequence[Sequence[ImageSource] | StudyAnalysis]
+    ) -> list[StudyAnalysis]:
+        """Each input's analysis: given, or computed (those in one vision call); the first
+        unusable study raises its :class:`~inference.errors.PreprocessingError`."""
+        pending = [item for item in inputs if not isinstance(item, StudyAnalysis)]
+        computed = iter(self.analyse_many(pending) if pending else [])
+        analyses: list[StudyAnalysis] = []
+        for item in inputs:
+            result = item if isinstance(item, StudyAnalysis) else next(computed)
+            if isinstance(result, PreprocessingError):
+                raise result
+            analyses.append(result)
+        return analyses
 
     # ----------------------------------------------------------------------------- prompts
     def _options(self, generation: GenerationConfig | None, **overrides: Any) -> GenerationConfig:
@@ -447,10 +547,7 @@ class ChestXrayVLM:
     def _chat_requests_batch(
         self, requests: Sequence[ChatRequest]
     ) -> MultimodalBatch | ImageFeatureBatch:
-        analyses = [
-            r.images if isinstance(r.images, StudyAnalysis) else self.analyse(r.images)
-            for r in requests
-        ]
+        analyses = self._analyses([r.images for r in requests])
         prompts = [
             self.prompts.encode(
                 findings=(
@@ -510,10 +607,7 @@ class ChestXrayVLM:
         """
         if not studies:
             return []
-        analyses = [
-            s.images if isinstance(s.images, StudyAnalysis) else self.analyse(s.images)
-            for s in studies
-        ]
+        analyses = self._analyses([s.images for s in studies])
         prompts = [
             self._report_prompt(a, s.indication, s.findings)
             for a, s in zip(analyses, studies, strict=True)

@@ -1,13 +1,17 @@
 """The node's Celery tasks. Arguments are row ids; everything else is in the database.
 
 ``dicom_node.draft_report(job_id)`` (queue ``gpu``)
-    Runs :func:`~dicom_node.pipeline.drafting.draft_job` with the process's model, then sends the
-    new SR's outbox rows to the ``delivery`` queue. While the job runs, a heartbeat
-    refreshes its row every ``worker.stale_job_s`` / 4 seconds (for at most
+    Drafts the job with the process's model, together with up to ``worker.batch_size`` - 1
+    other queued jobs (:mod:`~dicom_node.jobqueue.batching`; one vision call and one
+    batched ``generate`` in :func:`~dicom_node.pipeline.drafting.draft_jobs`), then sends
+    each new SR's outbox rows to the ``delivery`` queue. While the batch runs, one heartbeat
+    refreshes every row it claimed every ``worker.stale_job_s`` / 4 seconds (for at most
     ``worker.time_limit_s``), so ``serve`` sees within ``worker.stale_job_s`` that a worker
-    died and sends the job again. Transient failures (database away) are
-    retried with exponential backoff up to ``worker.max_retries``; permanent ones (images
-    unusable) fail the job at once. A job that hits the soft time limit is failed.
+    died and sends the jobs again. Each job keeps its own outcome: transient failures
+    (database away) put a job back in ``queued``; the task's own job is then retried with
+    exponential backoff up to ``worker.max_retries``, the batch's other jobs are sent again
+    by the dispatcher. Permanent failures (images unusable) fail that job at once. The jobs
+    still running when the batch hits the soft time limit are failed.
 ``dicom_node.deliver(outbox_ids)`` (queue ``delivery``)
     Runs :func:`~dicom_node.pipeline.delivery.deliver_items`. A PACS that is down is not a task
     failure: the rows stay pending with their own backoff, and ``serve`` sends them again
@@ -33,9 +37,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicom_node.errors import JobError, TransientJobError
 from dicom_node.jobqueue import context
 from dicom_node.jobqueue.app import APP_NAME, DELIVERY_QUEUE, app
+from dicom_node.jobqueue.batching import collect_batch
 from dicom_node.latency import INFERENCE_SECONDS, JOB_SECONDS
 from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items
-from dicom_node.pipeline.drafting import draft_job, finish_job, touch_job
+from dicom_node.pipeline.drafting import DraftOutcome, draft_jobs, fail_claimed, touch_jobs
 from dicom_node.pipeline.heartbeat import Heartbeat, heartbeat_interval
 from dicom_node.store import JobState
 
@@ -53,45 +58,70 @@ logger = logging.getLogger(__name__)
     max_retries=5,
 )
 def draft_report(self: Task, job_id: int) -> dict[str, Any]:
-    """Draft the report of one job and queue its delivery (see the module docstring)."""
+    """Draft the report of one job, with the batch it leads, and queue the deliveries (see
+    the module docstring)."""
     settings = context.settings()
     db = context.database()
     started = time.perf_counter()
+    job_ids = [job_id]
+    claimed_at: datetime | None = None
     try:
         model = context.model()  # before the claim: a first load does not age the claim
-        claimed_at = datetime.now(UTC)  # the claim's time, which names this run's heartbeat
+        job_ids = collect_batch(settings, db, job_id)
+        claimed_at = datetime.now(UTC)  # every claim's time, which names this run's heartbeat
         heartbeat = Heartbeat(
-            partial(touch_job, db, job_id, claimed_at),
+            partial(touch_jobs, db, job_ids, claimed_at),
             heartbeat_interval(settings.worker.stale_job_s),
-            f"job {job_id}",
+            f"job {job_id}" + (f" and {len(job_ids) - 1} more" if len(job_ids) > 1 else ""),
             max_s=settings.worker.time_limit_s,
         )
         with heartbeat:
-            outcome = draft_job(settings, db, model, job_id, now=claimed_at)
+            results = draft_jobs(settings, db, model, job_ids, now=claimed_at)
     except SoftTimeLimitExceeded:
         logger.error("job %d hit the soft time limit (%.0f s)", job_id,
                      settings.worker.soft_time_limit_s)
-        finish_job(db, job_id, JobState.FAILED, "time limit exceeded")
+        if claimed_at is not None:
+            fail_claimed(db, job_ids, claimed_at, "time limit exceeded")
         raise
-    except JobError as exc:
-        if isinstance(exc, TransientJobError):
-            logger.warning("job %d: %s; retrying", job_id, exc)
-            raise
-        logger.error("job %d failed: %s", job_id, exc)
-        return {"job_id": job_id, "state": JobState.FAILED.value, "error": str(exc)}
-    if outcome.state is JobState.DONE:
-        JOB_SECONDS.observe(time.perf_counter() - started)
-        if outcome.inference_seconds:
-            INFERENCE_SECONDS.observe(outcome.inference_seconds)
-        if outcome.outbox_ids:
-            deliver.apply_async(
-                (outcome.outbox_ids,), queue=DELIVERY_QUEUE, ignore_result=True
-            )
+    elapsed = time.perf_counter() - started
+    for other, result in zip(job_ids[1:], results[1:], strict=True):
+        _after(other, result, elapsed)
+    leader = results[0]
+    if isinstance(leader, TransientJobError):
+        logger.warning("job %d: %s; retrying", job_id, leader)
+        raise leader
+    _after(job_id, leader, elapsed)
+    if isinstance(leader, JobError):
+        return {"job_id": job_id, "state": JobState.FAILED.value, "error": str(leader),
+                "batch": len(job_ids)}
     return {
         "job_id": job_id,
-        "state": outcome.state.value if outcome.state else None,
-        "report_version": outcome.report_version,
+        "state": leader.state.value if leader.state else None,
+        "report_version": leader.report_version,
+        "batch": len(job_ids),
     }
+
+
+def _after(job_id: int, result: DraftOutcome | JobError, elapsed: float) -> None:
+    """Log a job's failure, or observe its latencies and send its SR's delivery.
+
+    A job of the batch other than the leader that is back in ``queued`` after a transient
+    failure is sent again by the dispatcher (its own message was used up); the leader is
+    retried by Celery.
+    """
+    if isinstance(result, TransientJobError):
+        logger.warning("job %d: %s; queued again", job_id, result)
+        return
+    if isinstance(result, JobError):
+        logger.error("job %d failed: %s", job_id, result)
+        return
+    if result.state is not JobState.DONE:
+        return
+    JOB_SECONDS.observe(elapsed)
+    if result.inference_seconds:
+        INFERENCE_SECONDS.observe(result.inference_seconds)
+    if result.outbox_ids:
+        deliver.apply_async((result.outbox_ids,), queue=DELIVERY_QUEUE, ignore_result=True)
 
 
 @app.task(  # type: ignore[untyped-decorator]

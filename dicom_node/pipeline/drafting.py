@@ -164,6 +164,45 @@ def touch_job(db: Database, job_id: int, claimed_at: datetime, now: datetime) ->
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def touch_jobs(
+    db: Database, job_ids: Sequence[int], claimed_at: datetime, now: datetime
+) -> int:
+    """The heartbeat of a batch: :func:`touch_job` for every job of `job_ids` that this run
+    claimed at `claimed_at` (one UPDATE); returns how many rows were refreshed."""
+    with db.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id.in_(list(job_ids)),
+                Job.state == JobState.RUNNING,
+                Job.started_at == claimed_at,
+            )
+            .values(updated_at=now)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def fail_claimed(
+    db: Database, job_ids: Sequence[int], claimed_at: datetime, reason: str
+) -> list[int]:
+    """Fail the jobs of `job_ids` that are still running under the claim made at
+    `claimed_at` (a batch stopped by its time limit); returns their ids."""
+    now = datetime.now(UTC)
+    with db.session() as session:
+        return list(
+            session.scalars(
+                update(Job)
+                .where(
+                    Job.id.in_(list(job_ids)),
+                    Job.state == JobState.RUNNING,
+                    Job.started_at == claimed_at,
+                )
+                .values(state=JobState.FAILED, error=reason, finished_at=now, updated_at=now)
+                .returning(Job.id)
+            )
+        )
+
+
 def finish_job(
     db: Database, job_id: int, state: JobState, error: str | None = None
 ) -> None:
@@ -387,6 +426,18 @@ def draft_job(
 
 
 @dataclass
+class _Claimed:
+    """A claimed job, read from the spool and matched with its order: ready for the vision
+    side."""
+
+    job: Job
+    study: Study
+    images: JobImages
+    destinations: list[str]
+    match: WorklistMatch | None
+
+
+@dataclass
 class _Prepared:
     """A claimed job, ready for the model's text: its images, order and image analysis."""
 
@@ -408,13 +459,19 @@ def draft_jobs(
     *,
     now: datetime | None = None,
 ) -> list[DraftOutcome | JobError]:
-    """Run several report jobs, their reports written by one batched ``generate``.
+    """Run several report jobs: one vision call for all their images, one batched
+    ``generate`` for all their reports.
 
-    Each job is claimed, read, matched and analysed on its own, and its outcome (done,
-    superseded, failed with its reason, or back in ``queued``) is recorded on its own row:
-    a study that fails fails alone. The jobs that reach the model are drafted in one call
-    of :meth:`~inference.ChestXrayVLM.generate_reports`; when that call fails, each is
-    drafted alone so that the failure lands on the study that caused it.
+    Each job is claimed, read and matched on its own, and its outcome (done, superseded,
+    failed with its reason, or back in ``queued``) is recorded on its own row: a study that
+    fails fails alone. The frontal images of every claimed job go through the vision side
+    in one call (:meth:`~inference.ChestXrayVLM.analyse_many`), and the jobs that reach the
+    model are drafted in one call of :meth:`~inference.ChestXrayVLM.generate_reports`; when
+    either call fails as a whole, each job is run alone so that the failure lands on the
+    study that caused it.
+
+    Every job is claimed with the same `now`, its ``started_at``: one heartbeat
+    (:func:`touch_jobs`) keeps all of them alive.
 
     Returns
     -------
@@ -425,18 +482,37 @@ def draft_jobs(
     """
     now = now or datetime.now(UTC)
     results: dict[int, DraftOutcome | JobError] = {}
-    prepared: list[_Prepared] = []
+    # Every claim first, so that a batch holds its jobs before it reads any of them.
+    mine: list[int] = []
     for job_id in job_ids:
-        step = _guarded(db, job_id, lambda job_id=job_id: _claim_and_prepare(
-            settings, db, model, job_id, now))
+        step = _guarded(db, job_id, lambda job_id=job_id: claim_job(
+            db, job_id, settings.worker.stale_job_s, now))
+        if step is True:
+            mine.append(job_id)
+        elif step is False:
+            logger.info("job %d is not queued; skipped", job_id)
+            results[job_id] = DraftOutcome(job_id, None)
+        else:
+            results[job_id] = step
+    claimed: list[_Claimed] = []
+    for job_id in mine:
+        step = _guarded(db, job_id, lambda job_id=job_id: _read(settings, db, job_id))
+        if isinstance(step, _Claimed):
+            claimed.append(step)
+        else:
+            results[job_id] = step
+    prepared: list[_Prepared] = []
+    for item, analysed in zip(claimed, _analyse_all(settings, model, claimed), strict=True):
+        step = _guarded(db, item.job.id, lambda item=item, analysed=analysed: _screen(
+            settings, item, analysed))
         if isinstance(step, _Prepared):
             prepared.append(step)
         else:
-            results[job_id] = step
-    for item, drafted in zip(prepared, _generate(model, prepared), strict=True):
-        job_id = item.job.id
-        results[job_id] = _guarded(db, job_id, lambda item=item, drafted=drafted: _finish(
-            settings, db, model, item, drafted))
+            results[item.job.id] = step
+    for ready, drafted in zip(prepared, _generate(model, prepared), strict=True):
+        job_id = ready.job.id
+        results[job_id] = _guarded(db, job_id, lambda ready=ready, drafted=drafted: _finish(
+            settings, db, model, ready, drafted))
     return [results[job_id] for job_id in job_ids]
 
 
@@ -473,12 +549,8 @@ def _record_failure(db: Database, job_id: int, state: JobState, reason: str) -> 
         logger.error("cannot record the outcome of job %d", job_id)
 
 
-def _claim_and_prepare(
-    settings: Settings, db: Database, model: ChestXrayVLM, job_id: int, now: datetime
-) -> _Prepared | DraftOutcome:
-    if not claim_job(db, job_id, settings.worker.stale_job_s, now):
-        logger.info("job %d is not queued; skipped", job_id)
-        return DraftOutcome(job_id, None)
+def _read(settings: Settings, db: Database, job_id: int) -> _Claimed | DraftOutcome:
+    """A claimed job's study, images and order; or its outcome when it needs no draft."""
     job, study = _load_job(db, job_id)
     study_tag = uid_digest(study.study_instance_uid)
     if _superseded(db, job):
@@ -496,33 +568,69 @@ def _claim_and_prepare(
         finish_job(db, job_id, JobState.DONE)
         return DraftOutcome(job.id, JobState.DONE, existing.version, ids)
     match = resolve_worklist(settings, db, study)
+    return _Claimed(job, study, images, destinations, match)
+
+
+def _analyse_all(
+    settings: Settings, model: ChestXrayVLM, claimed: Sequence[_Claimed]
+) -> list[tuple[StudyAnalysis, float] | Exception]:
+    """The vision side of every claimed job, with its share of the seconds: one call for
+    all their images, or one call per job when the batch fails as a whole."""
+    if not claimed:
+        return []
+    refuse = settings.inference.screening == "refuse"
     started = time.perf_counter()
-    analysis, outside = _analyse(settings, model, job, images)
-    return _Prepared(job, study, images, destinations, match, analysis, outside,
-                     time.perf_counter() - started)
+    try:
+        analysed = model.analyse_many(
+            [item.images.frontal for item in claimed],
+            skip_unusable=True,
+            leave_out_non_chest=refuse,
+        )
+    except Exception as exc:  # noqa: BLE001 - run one by one below
+        if len(claimed) == 1:
+            return [exc]
+        logger.warning("the vision side failed on a batch of %d studies (%s); running them "
+                       "one by one", len(claimed), describe_exception(exc))
+    else:
+        share = (time.perf_counter() - started) / len(claimed)
+        return [a if isinstance(a, Exception) else (a, share) for a in analysed]
+    results: list[tuple[StudyAnalysis, float] | Exception] = []
+    for item in claimed:
+        started = time.perf_counter()
+        try:
+            analysis = model.analyse(
+                item.images.frontal, skip_unusable=True, leave_out_non_chest=refuse
+            )
+            results.append((analysis, time.perf_counter() - started))
+        except Exception as exc:  # noqa: BLE001 - recorded on its job by _screen
+            results.append(exc)
+    return results
 
 
-def _analyse(
-    settings: Settings, model: ChestXrayVLM, job: Job, images: JobImages
-) -> tuple[StudyAnalysis, list[ContentScore]]:
-    """The vision side of one job, with the content check's verdict applied."""
+def _screen(
+    settings: Settings, item: _Claimed, analysed: tuple[StudyAnalysis, float] | Exception
+) -> _Prepared:
+    """A claimed job's image analysis, with the content check's verdict applied."""
     from inference import InferenceError
     from inference.model import NotChestError
 
-    refuse = settings.inference.screening == "refuse"
-    try:
-        analysis = model.analyse(images.frontal, skip_unusable=True, leave_out_non_chest=refuse)
-    except NotChestError as exc:
-        raise JobError(f"{NOT_DRAFTED_PREFIX}{exc}") from exc
-    except InferenceError as exc:
-        raise JobError(f"the model cannot use the images of job {job.id}: {exc}") from exc
+    if isinstance(analysed, NotChestError):
+        raise JobError(f"{NOT_DRAFTED_PREFIX}{analysed}") from analysed
+    if isinstance(analysed, InferenceError):
+        raise JobError(
+            f"the model cannot use the images of job {item.job.id}: {analysed}"
+        ) from analysed
+    if isinstance(analysed, Exception):
+        raise analysed
+    analysis, seconds = analysed
     outside = [s for s in analysis.content if not (s.is_chest and s.in_distribution)]
-    if outside and refuse:
+    if outside and settings.inference.screening == "refuse":
         raise JobError(
             f"{NOT_DRAFTED_PREFIX}{len(outside)} image(s) {outside[0].describe()} "
             "(inference.screening = refuse)"
         )
-    return analysis, outside
+    return _Prepared(item.job, item.study, item.images, item.destinations, item.match,
+                     analysis, outside, seconds)
 
 
 def _generate(
@@ -657,8 +765,10 @@ __all__ = [
     "draft_job",
     "draft_jobs",
     "draft_to_report",
+    "fail_claimed",
     "finish_job",
     "load_job_images",
     "split_report_text",
     "touch_job",
+    "touch_jobs",
 ]
