@@ -29,6 +29,19 @@ class MessageRequest(_Request):
     )
 
 
+class PriorityRequest(_Request):
+    """A reader marks a study urgent, or takes the mark off."""
+
+    urgent: bool = Field(description="true = urgent: the study heads the worklist.")
+
+
+class PriorityOut(BaseModel):
+    """A study's priority after a reader set it."""
+
+    study_instance_uid: str
+    urgent: bool
+
+
 class EditRequest(_Request):
     """A direct edit of the report text."""
 
@@ -83,6 +96,7 @@ class StudySummary(BaseModel):
     latest_kind: ReportKind | None
     updated_at: datetime | None
     open_proposals: int
+    urgent: bool = Field(default=False, description="Marked urgent by a reader.")
 
 
 class FindingOut(BaseModel):
@@ -286,6 +300,8 @@ __all__ = [
     "MessageOut",
     "MessageRequest",
     "PatientOut",
+    "PriorityOut",
+    "PriorityRequest",
     "ProposalOut",
     "ProposalResult",
     "ReportDiff",

@@ -7,9 +7,12 @@ except ``/api/openapi.json`` needs ``Authorization: Bearer <token>`` of a user i
 =======  =============================================  ==========================================
 GET      /api/me                                        the authenticated user
 GET      /api/studies?drafted=&limit=                   worklist with draft status
+GET      /api/events                                    live updates (SSE; see ``_events``)
+PUT      /api/studies/{uid}/priority                    mark a study urgent or normal
 GET      /api/studies/{uid}                             report, history, dialog, proposals, images
 GET      /api/studies/{uid}/images/{id}                 window defaults of an image
 GET      /api/studies/{uid}/images/{id}.png             the image (?center=&width=&size=)
+GET      /api/studies/{uid}/images/{id}/pixels          full-resolution pixels for the viewer
 POST     /api/studies/{uid}/messages                    question or request (?stream=true: SSE)
 POST     /api/studies/{uid}/proposals/{id}/accept       new version from a proposal (201)
 POST     /api/studies/{uid}/proposals/{id}/reject       close a proposal
@@ -42,6 +45,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from dicom_node.api._auth import Authenticator, Reader
+from dicom_node.api._events import LiveEvents
 from dicom_node.api._images import DEFAULT_RENDER_SIDE, MAX_RENDER_SIDE
 from dicom_node.api._ratelimit import FailedTokenLimiter
 from dicom_node.api._schemas import (
@@ -49,6 +53,8 @@ from dicom_node.api._schemas import (
     EditRequest,
     ImageInfo,
     MessageRequest,
+    PriorityOut,
+    PriorityRequest,
     ProposalOut,
     SignOffRequest,
     StudyDetail,
@@ -81,6 +87,12 @@ SECURITY_HEADERS = {
         "form-action 'self'"
     ),
 }
+
+#: Headers of ``.../images/{id}/pixels`` that describe its body.
+PIXEL_HEADERS = (
+    "X-Rows", "X-Columns", "X-Pixel-Format", "X-Photometric-Interpretation",
+    "X-Window-Center", "X-Window-Width",
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -275,6 +287,8 @@ def create_app(service: DialogService) -> FastAPI:
         openapi_url="/api/openapi.json",
     )
     app.state.service = service
+    live = LiveEvents(service.db)
+    app.state.live = live
     app.state.authenticator = authenticator
     app.state.token_limiter = FailedTokenLimiter(
         settings.api.auth_failure_limit, settings.api.auth_failure_window_s
@@ -320,6 +334,7 @@ def create_app(service: DialogService) -> FastAPI:
             allow_origins=list(settings.api.cors_origins),
             allow_methods=["GET", "POST", "PUT"],
             allow_headers=["Authorization", "Content-Type"],
+            expose_headers=list(PIXEL_HEADERS),
         )
     app.add_middleware(_Guard, max_body_bytes=settings.api.max_body_bytes)
 
@@ -350,6 +365,22 @@ def create_app(service: DialogService) -> FastAPI:
         """Studies, newest first, with their draft status."""
         return service.list_studies(drafted_only=drafted, limit=limit)
 
+    @api.get("/events")
+    def events(reader: ReaderDep) -> StreamingResponse:
+        """Live updates: ``worklist`` and ``study`` events as the node's state changes."""
+        return StreamingResponse(
+            live.stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @api.put("/studies/{study_uid}/priority")
+    def set_priority(reader: ReaderDep, study_uid: str, body: PriorityRequest) -> PriorityOut:
+        """Mark the study urgent (it heads the worklist) or normal; audited."""
+        result = service.set_urgent(reader, study_uid, body.urgent)
+        live.study_changed([study_uid])
+        return result
+
     @api.get("/studies/{study_uid}")
     def study(reader: ReaderDep, study_uid: str) -> StudyDetail:
         """One study: current report, versions with diffs, dialog, proposals, images."""
@@ -368,6 +399,35 @@ def create_app(service: DialogService) -> FastAPI:
         path = service.image_path(study_uid, instance_id)
         png = service.images.render_png(path, center, width, size)
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @api.get(
+        "/studies/{study_uid}/images/{instance_id}/pixels",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}},
+                         "description": "rows x columns values, row by row, little-endian"}},
+    )
+    def image_pixels(reader: ReaderDep, study_uid: str, instance_id: int) -> Response:
+        """The first frame's full-resolution pixels after the Modality LUT, for the viewer.
+
+        The body holds ``X-Rows`` x ``X-Columns`` values in ``X-Pixel-Format`` (uint8,
+        uint16, int16 or float32); ``X-Photometric-Interpretation`` (MONOCHROME1 shows the
+        lowest value white) and the default window ``X-Window-Center``/``X-Window-Width``
+        (the file's first, else the 0.5th to 99.5th percentile) come as headers.
+        """
+        frame = service.images.frame(service.image_path(study_uid, instance_id))
+        return Response(
+            frame.data,
+            media_type="application/octet-stream",
+            headers={
+                "Cache-Control": "no-store",
+                "X-Rows": str(frame.rows),
+                "X-Columns": str(frame.columns),
+                "X-Pixel-Format": frame.pixel_format,
+                "X-Photometric-Interpretation": frame.photometric,
+                "X-Window-Center": repr(frame.default_center),
+                "X-Window-Width": repr(frame.default_width),
+            },
+        )
 
     @api.get("/studies/{study_uid}/images/{instance_id}")
     def image_info(reader: ReaderDep, study_uid: str, instance_id: int) -> ImageInfo:
@@ -390,37 +450,49 @@ def create_app(service: DialogService) -> FastAPI:
         if wants_events:
             return _stream_turn(service, turn)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(service.model_executor, service.run_turn, turn)
+        result = await loop.run_in_executor(service.model_executor, service.run_turn, turn)
+        live.study_changed([study_uid])
+        return result
 
     @api.post("/studies/{study_uid}/proposals/{proposal_id}/accept", status_code=201)
     def accept(reader: ReaderDep, study_uid: str, proposal_id: int) -> VersionResult:
         """Accept a proposal: the next version, sent to the PACS (409 when stale)."""
-        return service.accept(reader, study_uid, proposal_id)
+        result = service.accept(reader, study_uid, proposal_id)
+        live.study_changed([study_uid])
+        return result
 
     @api.post("/studies/{study_uid}/proposals/{proposal_id}/reject")
     def reject(reader: ReaderDep, study_uid: str, proposal_id: int) -> ProposalOut:
         """Reject a proposal; the report stays."""
-        return service.reject(reader, study_uid, proposal_id)
+        result = service.reject(reader, study_uid, proposal_id)
+        live.study_changed([study_uid])
+        return result
 
     @api.put("/studies/{study_uid}/report", status_code=201)
     def edit(reader: ReaderDep, study_uid: str, body: EditRequest) -> VersionResult:
         """Store the reader's own text as the next version (409 when stale)."""
-        return service.edit(
+        result = service.edit(
             reader, study_uid, body.based_on_version, body.findings_text,
             body.impression_text, body.findings, body.confirm,
         )
+        live.study_changed([study_uid])
+        return result
 
     @api.post("/studies/{study_uid}/addenda", status_code=201)
     def add_addendum(reader: ReaderDep, study_uid: str, body: AddendumRequest) -> VersionResult:
         """Add an addendum to the signed report: a new verified SR naming the signed one
         (409 when the report is not signed or the version is stale)."""
-        return service.add_addendum(reader, study_uid, body.based_on_version, body.text)
+        result = service.add_addendum(reader, study_uid, body.based_on_version, body.text)
+        live.study_changed([study_uid])
+        return result
 
     @api.post("/studies/{study_uid}/signoff", status_code=201)
     def sign_off(reader: ReaderDep, study_uid: str, body: SignOffRequest) -> VersionResult:
         """Sign the latest version off (409 when stale, already signed, not what the reader
         was shown, or while a finding's code and text disagree)."""
-        return service.sign_off(reader, study_uid, body.based_on_version, body.shown_sha256)
+        result = service.sign_off(reader, study_uid, body.based_on_version, body.shown_sha256)
+        live.study_changed([study_uid])
+        return result
 
     app.include_router(api)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from dicom_node.api._events import LiveEvents
 from dicom_node.api.app import create_app
 from dicom_node.api.dialog import DialogService, ModelProvider
 from dicom_node.api.http_server import BackgroundHttpServer
@@ -52,6 +53,7 @@ class ApiServer:
         self._model_provider = model_provider
         self.service: DialogService | None = None
         self._http: BackgroundHttpServer | None = None
+        self._live: LiveEvents | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -96,20 +98,23 @@ class ApiServer:
         self.db.create_all()
         service = DialogService(self.settings, self.db, self._model_provider)
         try:
+            app = create_app(service)
             http = BackgroundHttpServer(
-                create_app(service), self.settings.api.bind_address, self.settings.api.port,
-                "dialog API",
+                app, self.settings.api.bind_address, self.settings.api.port, "dialog API",
             )
             http.start()
         except ServiceError:
             service.close()
             raise
-        self.service, self._http = service, http
+        self.service, self._http, self._live = service, http, app.state.live
         return self.address
 
     def stop(self) -> None:
         """Stop serving (open requests get a grace period), wait for running dialog turns
         and SR deliveries, and close the database when the server opened it."""
+        if self._live is not None:
+            self._live.close()  # open event streams end, so the server stops at once
+            self._live = None
         if self._http is not None:
             self._http.stop()
             self._http = None

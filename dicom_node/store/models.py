@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Enum,
     ForeignKey,
     Index,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -97,6 +99,8 @@ class Study(Base):
     assembled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: Why the routing rules did not queue the study at its last assembly; None = queued.
     not_reportable_reason: Mapped[str | None] = mapped_column(String(200))
+    #: Marked urgent by a reader (the reader page); urgent studies head the worklist.
+    urgent: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.id")

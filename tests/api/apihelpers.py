@@ -43,6 +43,8 @@ from sr_templates import AlgorithmInfo, Finding, Presence, Report, build_draft_s
 #: Bearer tokens of the test users.
 JANE_TOKEN = "jane-token-0123456789abcdef"
 BOB_TOKEN = "bob-token-0123456789abcdef"
+#: A second reader who may sign (the colleague of the live-update tests).
+ANN_TOKEN = "ann-token-0123456789abcdef"
 #: Patient attributes of the seeded study; they must never reach the log.
 PATIENT_NAME = "Zyxwvu^Qwertina"
 PATIENT_ID = "PID-778899-SECRET"
@@ -55,7 +57,8 @@ SOURCE_AE = "ORTHANC"
 
 
 def api_settings(folder: Path, bundle: Path, **sections: Any) -> Settings:
-    """Settings of a test node: storage in `folder`, the tiny bundle, two API users."""
+    """Settings of a test node: storage in `folder`, the tiny bundle, three API users (jane
+    and ann may sign, bob may not)."""
     values: dict[str, Any] = {
         "storage": {"folder": folder, "min_free_bytes": 0},
         "inference": {"bundle": bundle, "device": "cpu"},
@@ -75,6 +78,11 @@ def api_settings(folder: Path, bundle: Path, **sections: Any) -> Settings:
                     "display_name": "Roe^Bob",
                     "organization": "General Hospital",
                     "may_sign": False,
+                },
+                "ann": {
+                    "token_sha256": _sha256(ANN_TOKEN),
+                    "display_name": "Moe^Ann",
+                    "organization": "General Hospital",
                 },
             },
         },

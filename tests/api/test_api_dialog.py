@@ -619,3 +619,35 @@ def test_the_dialog_runs_on_postgresql(pg_api: ApiUnderTest) -> None:
     listed = api.client.get("/api/studies?drafted=true", headers=auth()).json()
     assert [s["status"] for s in listed] == ["signed"]
     assert [r.outcome for r in audit_rows(api.db)][-1] == "ok"
+
+
+def test_the_live_watcher_names_each_changed_study_and_the_priority_is_validated(
+    api: ApiUnderTest,
+) -> None:
+    """What another ``serve`` process or a worker wrote is found in the database: each
+    proposal, decision and version names its study; a quiet database names none."""
+    from apihelpers import propose
+
+    from dicom_node.api._events import changed_studies, read_mark
+
+    mark = read_mark(api.db)
+    assert changed_studies(api.db, mark) == []
+    proposal = propose(api)
+    after_proposal = read_mark(api.db)
+    assert after_proposal != mark
+    assert changed_studies(api.db, mark) == [api.study.study_uid]
+    response = api.client.post(api.path(f"/proposals/{proposal['id']}/reject"), headers=auth())
+    assert response.status_code == 200, response.text
+    assert changed_studies(api.db, after_proposal) == [api.study.study_uid]
+    marked = read_mark(api.db)
+    response = api.client.put(api.path("/priority"), json={"urgent": True}, headers=auth())
+    assert response.status_code == 200, response.text
+    assert response.json() == {"study_instance_uid": api.study.study_uid, "urgent": True}
+    assert read_mark(api.db) != marked  # the worklist changed: an urgent study
+    listed = api.client.get("/api/studies", headers=auth()).json()
+    assert [s["urgent"] for s in listed] == [True]
+    bad = api.client.put(api.path("/priority"), json={"urgent": "very"}, headers=auth())
+    assert bad.status_code == 422
+    unknown = api.client.put(api.path("/priority", "1.2.3.999"), json={"urgent": True},
+                             headers=auth())
+    assert unknown.status_code == 404

@@ -17,6 +17,7 @@ Modules, one job each, each importing only those listed before it:
 * ``views``: the worklist, one study, its images, and the response models;
 * ``turns``: dialog turns, the model and its analysis cache, rejecting a proposal;
 * ``versions``: new report versions (accept, edit, sign-off, addendum) and their delivery;
+* ``priority``: a reader's urgent mark on a study;
 * ``service``: :class:`DialogService`, the entry point that composes them.
 """
 

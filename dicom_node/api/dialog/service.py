@@ -18,6 +18,7 @@ from dicom_node.api._classify import Intent
 from dicom_node.api._images import ImageRenderer
 from dicom_node.api._schemas import (
     ImageInfo,
+    PriorityOut,
     ProposalOut,
     StudyDetail,
     StudySummary,
@@ -26,6 +27,7 @@ from dicom_node.api._schemas import (
 )
 from dicom_node.api.dialog.audit import AuditLog
 from dicom_node.api.dialog.lookups import StudyLookups
+from dicom_node.api.dialog.priority import StudyPriority
 from dicom_node.api.dialog.turns import DialogTurns, ModelProvider, PreparedTurn
 from dicom_node.api.dialog.versions import ReportVersions
 from dicom_node.api.dialog.views import StudyViews
@@ -59,6 +61,7 @@ class DialogService:
         self._views = StudyViews(settings, db, lookups, audit, self.images)
         self._turns = DialogTurns(settings, db, lookups, self._views, audit, model_provider)
         self._versions = ReportVersions(settings, db, lookups, self._views, audit)
+        self._priority = StudyPriority(db, lookups, audit)
         #: The vision side's results per study (the turns' cache).
         self._analyses = self._turns.analyses
         #: Runs dialog turns (model work) off the event loop.
@@ -101,6 +104,13 @@ class DialogService:
         (:meth:`StudyViews.image_info <dicom_node.api.dialog.views.StudyViews.image_info>`).
         """
         return self._views.image_info(study_uid, instance_id)
+
+    def set_urgent(self, reader: Reader, study_uid: str, urgent: bool) -> PriorityOut:
+        """Mark a study urgent or normal; urgent studies head the worklist
+        (:meth:`StudyPriority.set_urgent
+        <dicom_node.api.dialog.priority.StudyPriority.set_urgent>`).
+        """
+        return self._priority.set_urgent(reader, study_uid, urgent)
 
     # ------------------------------------------------------------------ dialog turns
     def prepare_turn(

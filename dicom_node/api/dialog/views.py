@@ -96,6 +96,40 @@ def report_content_sha256(
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+#: A failed job's technical reasons, as a reader reads them (prefix -> plain words).
+_FAILURES_IN_WORDS = (
+    ("time limit exceeded", "drafting took longer than the node allows; it was stopped"),
+    ("the worker was lost", "the drafting process stopped several times (time limit or "
+     "crash); the node gave up"),
+    ("unexpected error", "drafting stopped on an unexpected error; the node's log has the "
+     "details"),
+    ("database error", "the node's database could not be reached while drafting"),
+)
+
+
+def failure_in_words(error: str | None) -> str:
+    """Why a study's draft job failed, in words a reader understands.
+
+    Parameters
+    ----------
+    error
+        The job's recorded error (``jobs.error``), scrubbed of patient data.
+
+    Returns
+    -------
+    str
+        The reason: a known technical one is said in plain words, a reason the pipeline
+        already words for a reader (``not drafted: ...``, a refused image) is kept.
+    """
+    if not error:
+        return "the node recorded no reason"
+    lowered = error.lower()
+    for prefix, words in _FAILURES_IN_WORDS:
+        if lowered.startswith(prefix):
+            return words
+    return error
+
+
 class StudyViews:
     """The worklist, one study's state and its images, as the API's response models.
 
@@ -129,7 +163,7 @@ class StudyViews:
 
     # ------------------------------------------------------------------ worklist
     def list_studies(self, *, drafted_only: bool = False, limit: int = 100) -> list[StudySummary]:
-        """The studies, newest first, with their draft status.
+        """The studies, urgent ones first, then newest first, with their draft status.
 
         Parameters
         ----------
@@ -146,7 +180,7 @@ class StudyViews:
         query = (
             select(Study, newest.c.version)
             .outerjoin(newest, newest.c.study_id == Study.id)
-            .order_by(Study.last_received_at.desc(), Study.id.desc())
+            .order_by(Study.urgent.desc(), Study.last_received_at.desc(), Study.id.desc())
             .limit(limit)
         )
         if drafted_only:
@@ -211,7 +245,7 @@ class StudyViews:
         elif job_state in ("queued", "running", "failed"):
             status = job_state  # type: ignore[assignment]
             if job_state == "failed":
-                reason = job_error or "no reason recorded"
+                reason = failure_in_words(job_error)
             elif job_state == "queued":
                 model = READINESS.status()
                 if model.phase is ModelPhase.FAILED:
@@ -231,6 +265,7 @@ class StudyViews:
             latest_kind=None if latest is None else latest.kind,
             updated_at=None if latest is None else latest.created_at,
             open_proposals=open_proposals,
+            urgent=bool(study.urgent),
         )
 
     # ------------------------------------------------------------------ one study

@@ -8,19 +8,17 @@ const state = {
   user: null,
   uid: null,
   detail: null,
-  image: null,      // {id, info}
-  imageUrl: null,   // current object URL
-  imageRequest: 0,  // sequence number: only the newest rendering is shown
   busy: false,
   edit: null,       // {uid, version} while the reader edits the report text (unsaved)
   review: null,     // {version, sha256} of the report the sign-off confirmation shows
+  resolveVersion: null,  // the version whose code/text choices are on screen
   addendum: false,  // the addendum form is open
   addendumShown: null,  // {version, text} the addendum confirmation shows
   drafts: {},       // study UID -> what the reader typed in its message box, not sent yet
   showChanges: false,  // the report as clean text (false) or with the last change marked
   viewVersion: null,   // an earlier version the reader opened from the list (read-only)
   worklist: [],        // the studies as the API listed them
-  sort: { key: "received", descending: true },
+  sort: { key: "priority", descending: false },  // urgent first, then the longest waiting
   search: "",
 };
 
@@ -30,6 +28,13 @@ class ApiFailure extends Error {
   constructor(status, detail) {
     super(detail);
     this.status = status;
+  }
+}
+
+// The node did not answer at all (down, restarting, network gone): fetch() itself failed.
+class NodeUnreachable extends Error {
+  constructor() {
+    super("The node is not answering");
   }
 }
 
@@ -53,7 +58,13 @@ async function api(path, options = {}) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(options.json);
   }
-  const response = await fetch(path, init);
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (error) {
+    if (error instanceof TypeError) throw new NodeUnreachable();
+    throw error;
+  }
   if (response.status === 401) {
     logout("The token is not valid (or no longer valid).");
     throw new ApiFailure(401, "not logged in");
@@ -71,15 +82,36 @@ async function api(path, options = {}) {
 
 const studyPath = (suffix = "") => `/api/studies/${encodeURIComponent(state.uid)}${suffix}`;
 
-function reportFailure(error) {
+// Says what went wrong in plain words. When the node did not answer, a Retry button runs
+// `retry` (the same request again); what the reader typed stays where it was.
+function reportFailure(error, retry) {
   if (error instanceof ApiFailure) {
     if (error.status !== 401) setStatus(`${error.status}: ${error.message}`, true);
-  } else if (error instanceof TypeError) {
-    // fetch() rejects with a TypeError when the node cannot be reached at all.
-    setStatus("The node cannot be reached; nothing was sent. Try again in a moment.", true);
+  } else if (error instanceof NodeUnreachable || error instanceof TypeError) {
+    // A stream cut off midway rejects with a TypeError too.
+    setStatus("");
+    showFailure("The node is not answering; your text is kept.", retry);
   } else {
     setStatus(String(error), true);
   }
+}
+
+let failureRetry = null;
+function showFailure(text, retry) {
+  failureRetry = retry || null;
+  $("failure-text").textContent = text + (retry ? " Retry when it is back." : " Try again in a moment.");
+  $("retry-button").hidden = !retry;
+  $("failure").hidden = false;
+}
+
+function clearFailure() {
+  failureRetry = null;
+  $("failure").hidden = true;
+}
+
+// Runs `work`; when the node does not answer, the failure offers to run it again.
+function attempt(work) {
+  return work().then(clearFailure, (error) => reportFailure(error, () => attempt(work)));
 }
 
 // ------------------------------------------------------------------ login
@@ -100,10 +132,12 @@ async function login(token) {
   $("logout-button").hidden = false;
   $("user").textContent = `${state.user.display_name.replaceAll("^", " ")} (${state.user.name})`;
   $("sign-button").disabled = !state.user.may_sign;
-  await loadWorklist();
+  await attempt(loadWorklist);
+  connectLive();
 }
 
 function logout(message) {
+  disconnectLive();
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
   state.user = null;
@@ -112,6 +146,7 @@ function logout(message) {
   $("logout-button").hidden = true;
   $("user").textContent = "";
   $("login-error").textContent = message || "";
+  if (window.cxrViewer) window.cxrViewer.clear();
 }
 
 // ------------------------------------------------------------------ worklist
@@ -121,59 +156,203 @@ async function loadWorklist() {
   renderWorklist();
 }
 
+// What each state is called on the page (the API's "running" is a draft being written).
+const STATUS_NAMES = { received: "received", queued: "queued", running: "drafting",
+  failed: "failed", drafted: "drafted", amended: "amended", signed: "signed" };
+
 function statusText(study) {
-  return study.open_proposals ? `${study.status} (${study.open_proposals} open)`
-    : study.status_reason ? `${study.status}: ${study.status_reason}` : study.status;
+  const name = STATUS_NAMES[study.status] || study.status;
+  return study.open_proposals ? `${name} (${study.open_proposals} open)`
+    : study.status_reason ? `${name}: ${study.status_reason}` : name;
 }
 
+// Sort keys; ties are broken by age (the longest waiting first).
 const SORT_KEYS = {
+  priority: (study) => (study.urgent ? 0 : 1),
   accession: (study) => study.accession_number || "",
   received: (study) => study.received_at,
   status: (study) => study.status,
 };
 
-// The worklist as the reader filters (accession or status text) and sorts it (a header).
-function renderWorklist() {
-  const needle = state.search.trim().toLowerCase();
+function compareStudies(a, b) {
   const key = SORT_KEYS[state.sort.key];
-  const studies = state.worklist
+  let order = key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0;
+  if (state.sort.descending) order = -order;
+  if (order === 0) order = a.received_at < b.received_at ? -1 : a.received_at > b.received_at ? 1 : 0;
+  return order;
+}
+
+// The studies as the worklist shows them now (filtered and sorted), for next/previous.
+function shownStudies() {
+  const needle = state.search.trim().toLowerCase();
+  return state.worklist
     .filter((study) => !needle || `${study.accession_number || ""} ${statusText(study)}`
       .toLowerCase().includes(needle))
-    .sort((a, b) => {
-      const order = key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0;
-      return state.sort.descending ? -order : order;
-    });
+    .sort(compareStudies);
+}
+
+// The worklist as the reader filters (accession or status text) and sorts it (a header).
+function renderWorklist() {
+  const studies = shownStudies();
   for (const header of $("worklist").querySelectorAll("th[data-sort]")) {
     const sorted = header.dataset.sort === state.sort.key;
     header.setAttribute("aria-sort", sorted ? (state.sort.descending ? "descending" : "ascending")
       : "none");
   }
   const body = $("worklist").querySelector("tbody");
+  // A reload (live update) keeps the keyboard focus on the row it was on.
+  const focused = document.activeElement && document.activeElement.closest
+    ? document.activeElement.closest("#worklist tbody tr") : null;
+  const focusedUid = focused ? focused.dataset.uid : null;
   body.replaceChildren();
   for (const study of studies) {
     const row = element("tr");
     row.dataset.uid = study.study_instance_uid;
     row.title = study.study_instance_uid;
+    const priority = element("td", study.urgent ? "urgent" : "routine",
+      study.urgent ? "urgent" : "muted");
     row.append(
+      priority,
       element("td", study.accession_number || "-"),
       element("td", new Date(study.received_at).toLocaleString()),
       element("td", statusText(study)),
       element("td", study.latest_version ?? "-"),
     );
     row.classList.add(`status-${study.status}`);
+    row.classList.toggle("is-urgent", Boolean(study.urgent));
     row.classList.toggle("selected", study.study_instance_uid === state.uid);
-    row.addEventListener("click", () => openStudy(study.study_instance_uid).catch(reportFailure));
+    row.addEventListener("click", () => attempt(() => openStudy(study.study_instance_uid)));
     // Reachable with Tab, opened with Enter or Space, as a link would be.
     row.tabIndex = 0;
     row.addEventListener("keydown", (event) => {
       if (event.key !== "Enter" && event.key !== " ") return;
       event.preventDefault();
-      openStudy(study.study_instance_uid).catch(reportFailure);
+      attempt(() => openStudy(study.study_instance_uid));
     });
     body.append(row);
+    if (study.study_instance_uid === focusedUid) row.focus();
   }
   $("worklist-empty").hidden = state.worklist.length > 0;
   $("worklist-nomatch").hidden = !state.worklist.length || studies.length > 0;
+}
+
+// ------------------------------------------------------------------ live updates
+// One event stream per page (GET /api/events, read with fetch so that the token goes in
+// the Authorization header, never in a URL). "worklist" reloads the worklist, "study" the
+// study on screen; both wait while the reader's own request runs. A dropped stream is
+// opened again, 1 s, 2 s, ... up to 30 s later, and the page reloads what it missed.
+const live = { controller: null, timer: null, retryMs: 1000 };
+const pending = { worklist: false, study: false, running: false };
+
+function setLive(connected) {
+  $("live").textContent = connected ? "Live" : "Live updates paused: reconnecting\u2026";
+  $("live").classList.toggle("error", !connected);
+}
+
+async function connectLive() {
+  if (!state.token || live.controller) return;
+  const controller = new AbortController();
+  live.controller = controller;
+  try {
+    const response = await fetch("/api/events", {
+      headers: { Authorization: `Bearer ${state.token}`, Accept: "text/event-stream" },
+      signal: controller.signal,
+    });
+    if (response.status === 401) {
+      live.controller = null;
+      logout("The token is not valid (or no longer valid).");
+      return;
+    }
+    if (!response.ok) throw new ApiFailure(response.status, response.statusText);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const chunk = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        if (chunk.startsWith(":")) continue;  // keep-alive comment
+        const { event, data } = parseEvent(chunk);
+        if (event === "ready") {
+          live.retryMs = 1000;
+          setLive(true);
+          // Whatever changed while the stream was down.
+          scheduleRefresh(true, true);
+        } else if (event === "worklist") {
+          scheduleRefresh(true, false);
+        } else if (event === "study" && data && data.study_instance_uid === state.uid) {
+          scheduleRefresh(false, true);
+        }
+      }
+    }
+  } catch (error) {
+    if (controller.signal.aborted) return;
+  } finally {
+    if (live.controller === controller) live.controller = null;
+  }
+  if (controller.signal.aborted || !state.token) return;
+  setLive(false);
+  clearTimeout(live.timer);
+  live.timer = setTimeout(connectLive, live.retryMs);
+  live.retryMs = Math.min(live.retryMs * 2, 30000);
+}
+
+function disconnectLive() {
+  clearTimeout(live.timer);
+  if (live.controller) live.controller.abort();
+  live.controller = null;
+}
+
+function scheduleRefresh(worklist, study) {
+  pending.worklist = pending.worklist || worklist;
+  pending.study = pending.study || study;
+  runRefresh();
+}
+
+// Reloads what live events named, one request at a time, never during the reader's own.
+async function runRefresh() {
+  if (pending.running || state.busy || !state.token) return;
+  pending.running = true;
+  try {
+    while ((pending.worklist || pending.study) && !state.busy) {
+      if (pending.worklist) {
+        pending.worklist = false;
+        await loadWorklist();
+      }
+      if (pending.study && !state.busy) {
+        pending.study = false;
+        if (state.uid && state.detail) await refreshStudy();
+      }
+    }
+  } catch (error) {
+    // A live reload that fails is not the reader's request: the stream's reconnect retries.
+  } finally {
+    pending.running = false;
+  }
+}
+
+// What the reader sees of a study, to tell whether a reload changed anything.
+function fingerprint(detail) {
+  return JSON.stringify([detail.study.status, detail.study.urgent,
+    detail.versions.map((v) => v.version), detail.messages.length,
+    detail.proposals.map((p) => [p.id, p.status, p.stale])]);
+}
+
+// A study reload caused by a live event: rendered only when something the page shows
+// changed (the reader's own change is on screen already, and a render would close
+// confirmations that are still valid).
+async function refreshStudy() {
+  const uid = state.uid;
+  const response = await api(studyPath());
+  const detail = await response.json();
+  if (uid !== state.uid || state.busy || !state.detail) return;
+  if (fingerprint(detail) === fingerprint(state.detail)) return;
+  state.detail = detail;
+  renderStudy();
 }
 
 // ------------------------------------------------------------------ study
@@ -194,7 +373,7 @@ async function openStudy(uid) {
     row.classList.toggle("selected", row.dataset.uid === uid);
   }
   await reloadStudy();
-  if (changed) await selectImage(state.detail.images.length ? state.detail.images[0].id : null);
+  if (changed) showImages();
 }
 
 async function reloadStudy() {
@@ -216,7 +395,7 @@ function clearStudy() {
     $(id).replaceChildren();
   }
   $("findings").querySelector("tbody").replaceChildren();
-  $("image").removeAttribute("src");
+  if (window.cxrViewer) window.cxrViewer.clear();
 }
 
 function renderDiff(container, segments, fallback) {
@@ -269,7 +448,9 @@ function renderStudy() {
   // The node opens a screened draft with this statement (inference.screening = warn).
   $("report-caution").hidden = !(current && current.findings_text.startsWith(
     "CAUTION: outside the model's training distribution"));
-  $("report-status").textContent = detail.study.status;
+  $("report-status").textContent = STATUS_NAMES[detail.study.status] || detail.study.status;
+  $("urgent-button").setAttribute("aria-pressed", String(Boolean(detail.study.urgent)));
+  $("urgent-button").textContent = detail.study.urgent ? "Urgent (click: routine)" : "Mark urgent";
   // Clean text to read; the last version's changes on request ("Show changes").
   const diff = current && state.showChanges ? current.diff : null;
   renderDiff($("report-findings"), diff ? diff.findings : null,
@@ -286,12 +467,25 @@ function renderStudy() {
   $("sign-button").disabled = !current || signed || editing || Boolean(older)
     || !(state.user && state.user.may_sign);
   const maySignOff = Boolean(state.user && state.user.may_sign);
+  const signedBy = signed && latest
+    ? `Signed off by ${latest.author || "a reader"} on ${new Date(latest.created_at).toLocaleString()}: `
+      + "the report cannot be changed; an addendum can be added." : "";
   $("sign-hint").textContent = editing
     ? "Save or discard your edit to sign off: an unsaved edit is never signed."
+    : signed ? signedBy
     : "Your account may not sign reports off; a radiologist who may signs them.";
-  $("sign-hint").hidden = !editing && (maySignOff || !current || signed);
-  $("sign-review").hidden = true;
-  $("resolve-review").hidden = true;
+  $("sign-hint").hidden = !editing && !signed && (maySignOff || !current);
+  // A confirmation stays open through a reload only while it still shows the latest version.
+  const reviewing = (shown) => shown !== null && current && !older && !signed && !editing
+    && shown === current.version;
+  if (!reviewing(state.review ? state.review.version : null)) {
+    state.review = null;
+    $("sign-review").hidden = true;
+  }
+  if (!reviewing(state.resolveVersion)) {
+    state.resolveVersion = null;
+    $("resolve-review").hidden = true;
+  }
   // A reload (a dialog turn, a colleague's change) keeps an edit in progress on screen.
   $("edit-form").hidden = !editing;
   $("report").hidden = editing;
@@ -484,15 +678,19 @@ async function guarded(work) {
   for (const button of document.querySelectorAll(".proposal button")) button.disabled = true;
   try {
     await work();
+    clearFailure();
   } catch (error) {
-    reportFailure(error);
+    reportFailure(error, () => guarded(work));
     // Show the study as it is now (a 409 means someone else changed it).
-    if (state.token && state.uid) await reloadStudy().catch(() => undefined);
+    if (state.token && state.uid && !(error instanceof NodeUnreachable)) {
+      await reloadStudy().catch(() => undefined);
+    }
   } finally {
     state.busy = false;
     document.body.classList.remove("busy");
     $("send").disabled = false;
     for (const button of document.querySelectorAll(".proposal button")) button.disabled = false;
+    runRefresh();  // live updates that arrived meanwhile
   }
 }
 
@@ -531,35 +729,17 @@ function sendMessage(text, intent) {
     messages.append(bubble);
     scrollToNewest(true);
     const body = bubble.querySelector(".body");
-    const response = await api(path, {
-      method: "POST", json: { text, intent }, headers: { Accept: "text/event-stream" },
-    });
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    let finished = false;
-    let outcome = "";
-    while (!finished) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const { event, data } = parseEvent(buffer.slice(0, cut));
-        buffer = buffer.slice(cut + 2);
-        if (event === "token") {
-          body.textContent += data.text;
-          if (state.uid === uid) scrollToNewest();
-        } else if (event === "done") {
-          finished = true;
-          outcome = data.proposal ? `Proposal ${data.proposal.id} ready` : "Answered";
-        } else if (event === "error") {
-          finished = true;
-          throw new ApiFailure(data.status, data.detail);
-        }
-      }
+    const sent = messages.lastElementChild.previousElementSibling;
+    try {
+      await streamTurn(uid, path, text, intent, body);
+    } catch (error) {
+      // Nothing half-done stays on screen; the typed text stays in the box.
+      sent.remove();
+      bubble.remove();
+      throw error;
     }
     bubble.classList.remove("streaming");
+    const outcome = bubble.dataset.outcome;
     // Only now is the message stored: until then a failure keeps what the reader typed.
     if (state.uid !== uid) {
       if (state.drafts[uid] === text) state.drafts[uid] = "";
@@ -571,6 +751,51 @@ function sendMessage(text, intent) {
     await reloadStudy();
     await loadWorklist();
     setStatus(outcome);
+  });
+}
+
+// Posts one message and writes the streamed answer into `body` (its bubble's text).
+async function streamTurn(uid, path, text, intent, body) {
+  const response = await api(path, {
+    method: "POST", json: { text, intent }, headers: { Accept: "text/event-stream" },
+  });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  let finished = false;
+  while (!finished) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const { event, data } = parseEvent(buffer.slice(0, cut));
+      buffer = buffer.slice(cut + 2);
+      if (event === "token") {
+        body.textContent += data.text;
+        if (state.uid === uid) scrollToNewest();
+      } else if (event === "done") {
+        finished = true;
+        body.parentElement.dataset.outcome = data.proposal
+          ? `Proposal ${data.proposal.id} ready` : "Answered";
+      } else if (event === "error") {
+        finished = true;
+        throw new ApiFailure(data.status, data.detail);
+      }
+    }
+  }
+  if (!finished) throw new NodeUnreachable();  // the stream ended without an answer
+}
+
+// ------------------------------------------------------------------ priority
+function toggleUrgent() {
+  if (!state.detail) return undefined;
+  const urgent = !state.detail.study.urgent;
+  return guarded(async () => {
+    await api(studyPath("/priority"), { method: "PUT", json: { urgent } });
+    await reloadStudy();
+    await loadWorklist();
+    setStatus(urgent ? "Marked urgent: the study heads the worklist" : "Marked routine");
   });
 }
 
@@ -600,6 +825,7 @@ function reviewSignOff() {
     return;
   }
   $("resolve-review").hidden = true;
+  state.resolveVersion = null;
   $("review-version").textContent = String(current.version);
   $("review-findings").textContent = current.findings_text;
   $("review-impression").textContent = current.impression_text;
@@ -638,6 +864,8 @@ function showResolve(disagreeing) {
     body.append(row);
   }
   $("sign-review").hidden = true;
+  state.review = null;
+  state.resolveVersion = state.detail.current.version;
   $("resolve-review").hidden = false;
 }
 
@@ -667,6 +895,7 @@ function applyResolve() {
       },
     });
     $("resolve-review").hidden = true;
+    state.resolveVersion = null;
     await reloadStudy();
     // The choices are a version of their own: review exactly that before signing.
     reviewSignOff();
@@ -750,59 +979,17 @@ function signOff() {
 }
 
 // ------------------------------------------------------------------ image
-async function selectImage(id) {
-  const select = $("image-select");
-  select.replaceChildren();
-  for (const image of state.detail.images) {
-    const option = element("option", `${image.modality || "?"} ${image.view_position || ""}`.trim());
-    option.value = image.id;
-    select.append(option);
-  }
-  if (id === null) {
-    state.image = null;
-    $("image").removeAttribute("src");
+// The viewer (Cornerstone3D) is built from frontend/ into /static/viewer/viewer.js and
+// exposes window.cxrViewer; it fetches the full-resolution pixels itself.
+function showImages() {
+  if (!window.cxrViewer) {
+    setStatus("The image viewer is not installed (build it: cd frontend && npm ci && npm run build).", true);
     return;
   }
-  select.value = String(id);
-  const response = await api(studyPath(`/images/${id}`));
-  const info = await response.json();
-  state.image = { id, info };
-  const low = Math.floor(info.minimum);
-  const high = Math.ceil(info.maximum);
-  const span = Math.max(high - low, 1);
-  const center = $("wl-center");
-  center.min = String(low - span);
-  center.max = String(high + span);
-  center.value = String(Math.round(info.default_center));
-  const width = $("wl-width");
-  width.max = String(Math.max(2 * span, Math.ceil(info.default_width)));
-  width.value = String(Math.round(info.default_width));
-  await renderImage();
-}
-
-async function renderImage() {
-  if (!state.image) return;
-  const request = ++state.imageRequest;
-  const query = new URLSearchParams({
-    center: $("wl-center").value, width: $("wl-width").value, size: "1024",
-  });
-  const response = await api(studyPath(`/images/${state.image.id}.png?${query}`));
-  const blob = await response.blob();
-  if (request !== state.imageRequest) return;  // a newer rendering was asked for
-  if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
-  state.imageUrl = URL.createObjectURL(blob);
-  $("image").src = state.imageUrl;
-}
-
-let renderTimer = null;
-function scheduleRender() {
-  clearTimeout(renderTimer);
-  renderTimer = setTimeout(() => renderImage().catch(reportFailure), 80);
-}
-
-// Zoom 1 fits the image to the frame's width; larger values scroll inside the frame.
-function applyZoom() {
-  $("image").style.width = `${Math.round(Number($("zoom").value) * 100)}%`;
+  window.cxrViewer.show({
+    studyUid: state.uid, images: state.detail.images, priors: state.detail.priors || [],
+    token: state.token,
+  }).catch(reportFailure);
 }
 
 // ------------------------------------------------------------------ wiring
@@ -812,7 +999,14 @@ document.addEventListener("DOMContentLoaded", () => {
     login($("token").value.trim());
   });
   $("logout-button").addEventListener("click", () => logout(""));
-  $("refresh-button").addEventListener("click", () => loadWorklist().catch(reportFailure));
+  $("refresh-button").addEventListener("click", () => attempt(loadWorklist));
+  $("retry-button").addEventListener("click", () => {
+    const retry = failureRetry;
+    clearFailure();
+    if (retry) retry();
+  });
+  $("failure-dismiss").addEventListener("click", clearFailure);
+  $("urgent-button").addEventListener("click", toggleUrgent);
   $("version-back").addEventListener("click", () => {
     state.viewVersion = null;
     renderStudy();
@@ -856,22 +1050,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("addendum-review").addEventListener("click", reviewAddendum);
   $("addendum-sign").addEventListener("click", signAddendum);
   $("addendum-text").addEventListener("input", () => { $("addendum-confirm").hidden = true; });
-  $("resolve-cancel").addEventListener("click", () => { $("resolve-review").hidden = true; });
+  $("resolve-cancel").addEventListener("click", () => {
+    state.resolveVersion = null;
+    $("resolve-review").hidden = true;
+  });
   $("sign-cancel").addEventListener("click", () => {
     state.review = null;
     $("sign-review").hidden = true;
   });
-  $("wl-center").addEventListener("input", scheduleRender);
-  $("wl-width").addEventListener("input", scheduleRender);
-  $("zoom").addEventListener("input", applyZoom);
-  $("wl-reset").addEventListener("click", () => selectImage(state.image ? state.image.id : null).catch(reportFailure));
-  $("image-select").addEventListener("change", (event) => selectImage(Number(event.target.value)).catch(reportFailure));
-  $("image-frame").addEventListener("wheel", (event) => {
-    if (!event.ctrlKey) return;
-    event.preventDefault();
-    const zoom = $("zoom");
-    zoom.value = String(Math.min(4, Math.max(0.25, Number(zoom.value) * (event.deltaY < 0 ? 1.1 : 0.9))));
-    applyZoom();
-  }, { passive: false });
   if (state.token) login(state.token);
 });

@@ -1,0 +1,212 @@
+"""The reader page's workflow in a real headless Chromium: every worklist state, priority,
+live updates between two readers, failures with a retry, keyboard shortcuts.
+
+The page is served by ApiServer on a free port over a SQLite node database; studies are
+seeded as the node would leave them (a drafted report, or a draft job queued, running or
+failed) and changed behind the page's back as another process (a worker, a colleague's
+``serve``) would: the page must show it without a reload.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apihelpers import ANN_TOKEN, JANE_TOKEN, api_settings, audit_rows, seed_drafted_study
+from pydicom.uid import generate_uid
+from sqlalchemy import select, update
+from test_api_page import TwoStudies, _logged_in, browser, two_studies  # noqa: F401
+
+from dicom_node.api import ApiServer
+from dicom_node.store import Database, InstanceRecord, Job, JobState, Study
+
+pytestmark = pytest.mark.network
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
+expect = sync_api.expect
+
+ROW = '#worklist tbody tr[data-uid="{}"]'
+
+
+def _seed_job(db: Database, state: JobState, error: str | None = None) -> str:
+    """A study of one instance whose draft job is in `state` (no report yet)."""
+    study_uid = generate_uid()
+    now = datetime.now(UTC)
+    db.record_instance(InstanceRecord(
+        sop_instance_uid=generate_uid(), study_instance_uid=study_uid,
+        series_instance_uid=generate_uid(), sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        modality="CR", body_part="CHEST", view_position="PA", accession_number="ACC9",
+        patient_key=None, path="none.dcm", size_bytes=1,
+        transfer_syntax_uid="1.2.840.10008.1.2.1", calling_ae="ORTHANC", received_at=now,
+    ))
+    with db.session() as session:
+        study_id = session.scalars(
+            select(Study.id).where(Study.study_instance_uid == study_uid)).one()
+        session.add(Job(
+            study_id=study_id, instance_set_hash=study_uid[-40:].rjust(64, "0"),
+            instance_count=1, instances_until=now, state=state, attempts=1, error=error,
+            created_at=now, updated_at=now,
+            started_at=now if state is not JobState.QUEUED else None,
+            finished_at=now if state is JobState.FAILED else None,
+        ))
+    return study_uid
+
+
+@dataclass
+class Worklist:
+    """Studies in every state, and the API serving them."""
+
+    drafted: Any
+    queued: str
+    running: str
+    failed: str
+    server: ApiServer
+    db: Database
+
+
+@pytest.fixture
+def worklist(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path,
+    start_api_server: Callable[..., ApiServer],
+) -> Iterator[Worklist]:
+    settings = api_settings(tmp_path / "node", tiny_bundle)
+    db = Database(settings.database_url)
+    db.create_all()
+    try:
+        drafted = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        queued = _seed_job(db, JobState.QUEUED)
+        running = _seed_job(db, JobState.RUNNING)
+        failed = _seed_job(db, JobState.FAILED, "time limit exceeded")
+        yield Worklist(drafted, queued, running, failed, start_api_server(settings, db), db)
+    finally:
+        db.dispose()
+
+
+def test_the_worklist_shows_every_state_and_a_failed_study_with_its_reason(
+    worklist: Worklist, browser: Any  # noqa: F811
+) -> None:
+    context = browser.new_context()
+    try:
+        page = _logged_in(context, worklist.server.url)
+        expect(page.locator("#worklist tbody tr")).to_have_count(4)
+        expect(page.locator(ROW.format(worklist.queued))).to_contain_text("queued")
+        expect(page.locator(ROW.format(worklist.running))).to_contain_text("drafting")
+        expect(page.locator(ROW.format(worklist.drafted.study_uid))).to_contain_text("drafted")
+        failed = page.locator(ROW.format(worklist.failed))
+        # The reason in plain words, not the worker's "time limit exceeded".
+        expect(failed).to_contain_text(
+            "failed: drafting took longer than the node allows; it was stopped")
+        # A study without a report opens and says why there is none.
+        failed.click()
+        expect(page.locator("#report-findings")).to_contain_text("no report yet: failed")
+        expect(page.locator("#sign-button")).to_be_disabled()
+    finally:
+        context.close()
+
+
+def test_a_study_marked_urgent_heads_the_worklist_and_the_mark_is_audited(
+    two_studies: TwoStudies, browser: Any  # noqa: F811
+) -> None:
+    older, newer = two_studies.first, two_studies.second
+    context = browser.new_context()
+    try:
+        page = _logged_in(context, two_studies.server.url)
+        rows = page.locator("#worklist tbody tr")
+        expect(rows).to_have_count(2)
+        # Priority, then age: the longest waiting first while none is urgent.
+        expect(rows.first).to_have_attribute("data-uid", older.study_uid)
+        expect(rows.first.locator("td").first).to_have_text("routine")
+        page.locator(ROW.format(newer.study_uid)).click()
+        expect(page.locator("#report-version")).to_have_text("1")
+        page.click("#urgent-button")
+        expect(page.locator("#urgent-button")).to_have_attribute("aria-pressed", "true")
+        expect(rows.first).to_have_attribute("data-uid", newer.study_uid)
+        expect(rows.first.locator("td").first).to_have_text("urgent")
+        # Stored: a new page shows it too.
+        page.reload()
+        expect(page.locator("#worklist tbody tr").first).to_have_attribute(
+            "data-uid", newer.study_uid)
+    finally:
+        context.close()
+    server = two_studies.server
+    assert server.service is not None
+    marks = [(row.user, row.detail) for row in audit_rows(server.service.db)
+             if row.action == "set_priority"]
+    assert marks == [("jane", "marked urgent")]
+
+
+def test_a_colleagues_proposal_and_sign_off_appear_live(
+    two_studies: TwoStudies, browser: Any  # noqa: F811
+) -> None:
+    """Reader A (Jane) keeps the study open; reader B (Ann) works on it in her own browser.
+    A sees B's proposal and B's sign-off without reloading."""
+    study = two_studies.first
+    context_a, context_b = browser.new_context(), browser.new_context()
+    try:
+        page_a = _logged_in(context_a, two_studies.server.url, JANE_TOKEN)
+        errors: list[str] = []
+        page_a.on("pageerror", lambda error: errors.append(str(error)))
+        page_a.locator(ROW.format(study.study_uid)).click()
+        expect(page_a.locator("#report-version")).to_have_text("1")
+        expect(page_a.locator("#live")).to_have_text("Live")
+        page_a.fill("#message-input", "A draft of my own, not sent")
+
+        page_b = _logged_in(context_b, two_studies.server.url, ANN_TOKEN)
+        page_b.locator(ROW.format(study.study_uid)).click()
+        expect(page_b.locator("#report-version")).to_have_text("1")
+        page_b.select_option("#intent", "amend")
+        page_b.fill("#message-input", "There is no pleural effusion.")
+        page_b.click("#send")
+        expect(page_b.locator("#status")).to_have_text("Proposal 1 ready")
+        # A: the colleague's proposal, without a reload.
+        expect(page_a.locator('.proposal[data-status="open"]')).to_have_count(1)
+        page_b.locator('.proposal[data-status="open"] button.reject').click()
+        expect(page_b.locator("#status")).to_have_text("Proposal 1 rejected")
+        expect(page_a.locator('.proposal[data-status="rejected"]')).to_have_count(1)
+
+        page_b.click("#sign-button")
+        page_b.click("#sign-confirm")
+        expect(page_b.locator("#status")).to_have_text("Signed off as version 2")
+        # A: status badge, worklist row and a disabled Sign off that says why.
+        expect(page_a.locator("#report-status")).to_have_text("signed")
+        expect(page_a.locator("#report-version")).to_have_text("2")
+        expect(page_a.locator(ROW.format(study.study_uid))).to_contain_text("signed")
+        expect(page_a.locator("#sign-button")).to_be_disabled()
+        expect(page_a.locator("#sign-hint")).to_be_visible()
+        expect(page_a.locator("#sign-hint")).to_contain_text("Signed off by ann")
+        # What A typed is still there.
+        expect(page_a.locator("#message-input")).to_have_value("A draft of my own, not sent")
+        assert errors == [], errors
+    finally:
+        context_a.close()
+        context_b.close()
+
+
+def test_a_job_state_written_by_another_process_reaches_the_worklist_live(
+    worklist: Worklist, browser: Any  # noqa: F811
+) -> None:
+    """A worker (another process) fails a running job: only the database changes; the
+    page's stream learns it from the database watcher."""
+    context = browser.new_context()
+    try:
+        page = _logged_in(context, worklist.server.url)
+        row = page.locator(ROW.format(worklist.running))
+        expect(row).to_contain_text("drafting")
+        expect(page.locator("#live")).to_have_text("Live")
+        with worklist.db.session() as session:
+            study_id = session.scalars(select(Study.id).where(
+                Study.study_instance_uid == worklist.running)).one()
+            session.execute(update(Job).where(Job.study_id == study_id).values(
+                state=JobState.FAILED, error="not drafted: the image is not a chest radiograph",
+                finished_at=datetime.now(UTC)))
+        expect(row).to_contain_text(
+            "failed: not drafted: the image is not a chest radiograph")
+        expect(row).to_have_class(re.compile("status-failed"))
+    finally:
+        context.close()
+
