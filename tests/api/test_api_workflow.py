@@ -210,3 +210,52 @@ def test_a_job_state_written_by_another_process_reaches_the_worklist_live(
     finally:
         context.close()
 
+
+
+def test_with_the_node_down_the_page_says_so_keeps_the_text_and_retries(
+    two_studies: TwoStudies, browser: Any  # noqa: F811
+) -> None:
+    study = two_studies.first
+    context = browser.new_context()
+    try:
+        page = _logged_in(context, two_studies.server.url)
+        page.locator(ROW.format(study.study_uid)).click()
+        expect(page.locator("#report-version")).to_have_text("1")
+        page.select_option("#intent", "question")
+        page.fill("#message-input", "Is the heart enlarged?")
+        # The node goes away: every request to the API fails at the network level.
+        page.route("**/api/**", lambda route: route.abort("connectionrefused"))
+        page.click("#send")
+        failure = page.locator("#failure")
+        expect(failure).to_be_visible()
+        expect(failure).to_contain_text("The node is not answering; your text is kept.")
+        expect(failure).not_to_contain_text("TypeError")
+        # No endless spinner, nothing half-sent on screen, the text still in the box.
+        expect(page.locator("#messages .message")).to_have_count(0)
+        expect(page.locator("body.busy")).to_have_count(0)
+        expect(page.locator("#send")).to_be_enabled()
+        expect(page.locator("#message-input")).to_have_value("Is the heart enlarged?")
+        # Retry while still down: the same plain message again.
+        page.click("#retry-button")
+        expect(failure).to_be_visible()
+        expect(page.locator("#message-input")).to_have_value("Is the heart enlarged?")
+        # The node is back: Retry sends what was typed, once.
+        page.unroute("**/api/**")
+        page.click("#retry-button")
+        expect(page.locator("#status")).to_have_text("Answered")
+        expect(failure).to_be_hidden()
+        expect(page.locator("#messages .message.user")).to_have_count(1)
+        expect(page.locator("#messages .message.assistant")).to_have_count(1)
+        expect(page.locator("#message-input")).to_have_value("")
+        # Opening a study while the node is down: said, and retried the same way.
+        page.route("**/api/**", lambda route: route.abort("connectionrefused"))
+        page.locator(ROW.format(two_studies.second.study_uid)).click()
+        expect(failure).to_contain_text("The node is not answering")
+        page.unroute("**/api/**")
+        page.click("#retry-button")
+        expect(page.locator(ROW.format(two_studies.second.study_uid))).to_have_class(
+            re.compile("selected"))
+        expect(page.locator("#report-version")).to_have_text("1")
+        expect(failure).to_be_hidden()
+    finally:
+        context.close()
