@@ -386,8 +386,7 @@ class ChestXrayVLM:
                 loaded.append(exc)
         ready = [item for item in loaded if isinstance(item, _LoadedStudy)]
         if ready:
-            probabilities, embeddings = self.vision(np.concatenate([r.pixels for r in ready]))
-            probabilities, embeddings = np.asarray(probabilities), np.asarray(embeddings)
+            probabilities, embeddings = self._run_vision(np.concatenate([r.pixels for r in ready]))
         results: list[StudyAnalysis | PreprocessingError] = []
         offset = 0
         for item in loaded:
@@ -426,18 +425,38 @@ class ChestXrayVLM:
             raise PreprocessingError(f"no image of the study can be used ({reasons})")
         return _LoadedStudy(np.concatenate(usable), used, unusable)
 
+    def _run_vision(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
+        """The vision side's ``(probabilities, image embeddings)`` for a batch of images.
+
+        With ONNX Runtime and the LLM on a GPU that its session can write to, the embeddings
+        come back as a tensor in GPU memory (I/O binding), ready for the LLM without a trip
+        through host memory; otherwise both are arrays.
+        """
+        device = self.llm.device
+        if (
+            device.type == "cuda"
+            and isinstance(self.vision, OnnxVisionRunner)
+            and self.vision.binds(device)
+        ):
+            bound_probabilities, embeddings = self.vision.run_on(pixels, device)
+            return bound_probabilities.cpu().numpy(), embeddings
+        probabilities, arrays = self.vision(pixels)
+        return np.asarray(probabilities), np.asarray(arrays)
+
     def _study_analysis(
         self,
         study: _LoadedStudy,
         probabilities: np.ndarray,
-        embeddings: np.ndarray,
+        embeddings: np.ndarray | torch.Tensor,
         leave_out_non_chest: bool,
     ) -> StudyAnalysis:
         """A study's analysis from its rows of the vision side's outputs."""
         unusable = list(study.unusable)
         content: list[ContentScore] = []
         if self.content_check is not None:
-            content = self.content_check.score(embeddings)
+            content = self.content_check.score(
+                embeddings.cpu().numpy() if isinstance(embeddings, torch.Tensor) else embeddings
+            )
             if leave_out_non_chest:
                 keep = [i for i, score in enumerate(content) if score.is_chest]
                 for i, score in enumerate(content):
@@ -455,7 +474,10 @@ class ChestXrayVLM:
             FindingPrediction(label, float(p), self.thresholds[label])
             for label, p in zip(self.config.classifier.labels, study_probs, strict=True)
         ]
-        tokens = torch.from_numpy(np.ascontiguousarray(embeddings[: self.config.max_images]))
+        kept = embeddings[: self.config.max_images]
+        tokens = (
+            kept if isinstance(kept, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(kept))
+        )
         return StudyAnalysis(findings, tokens.reshape(-1, tokens.shape[-1]), unusable, content)
 
     def _analyses(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 
 import numpy as np
+import torch
 
 from inference.errors import InferenceError, RuntimeUnavailableError
 from inference.onnx_export import INPUT_NAME, OUTPUT_NAMES
@@ -96,6 +97,7 @@ class OnnxVisionRunner:
             raise InferenceError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
         self.providers = self.session.get_providers()
         self.per_image = per_image
+        self._sizes: list[tuple[int, ...]] | None = None
         logger.info("vision runtime: ONNX Runtime with %s", ",".join(self.providers))
 
     def __call__(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +114,73 @@ class OnnxVisionRunner:
             np.concatenate([probs for probs, _ in outputs]),
             np.concatenate([embeds for _, embeds in outputs]),
         )
+
+
+    def binds(self, device: torch.device) -> bool:
+        """Whether :meth:`run_on` keeps the outputs on ``device`` without a host copy: a CUDA
+        device with the CUDA provider in this session (the CPU is always bindable)."""
+        if device.type == "cpu":
+            return True
+        return device.type == "cuda" and "CUDAExecutionProvider" in self.providers
+
+    def run_on(
+        self, pixel_values: np.ndarray, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run with ONNX Runtime's I/O binding, the outputs written straight into torch
+        tensors on ``device``.
+
+        On a GPU the image tokens stay in GPU memory from the vision graph to the LLM: the
+        pixels go up once, and nothing comes back through numpy. Returns
+        ``(probabilities (B, L), image_embeddings (B, T, H))`` as float32 tensors.
+
+        Raises
+        ------
+        InferenceError
+            When the session cannot bind ``device`` (see :meth:`binds`).
+        """
+        if not self.binds(device):
+            raise InferenceError(
+                f"ONNX Runtime with {self.providers} cannot write its outputs to {device}"
+            )
+        batch = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        if self.per_image:
+            parts = [self._bound_run(batch[i : i + 1], device) for i in range(batch.shape[0])]
+            return (torch.cat([probs for probs, _ in parts]),
+                    torch.cat([embeds for _, embeds in parts]))
+        return self._bound_run(batch, device)
+
+    def _bound_run(
+        self, batch: np.ndarray, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.from_numpy(batch).to(device)
+        index = (device.index or 0) if device.type == "cuda" else 0
+        binding = self.session.io_binding()
+        binding.bind_input(INPUT_NAME, device.type, index, np.float32, tuple(pixels.shape),
+                           pixels.data_ptr())
+        outputs = []
+        for name, rest in zip(OUTPUT_NAMES, self._output_sizes(batch), strict=True):
+            tensor = torch.empty((batch.shape[0], *rest), dtype=torch.float32, device=device)
+            if tensor.numel():
+                binding.bind_output(name, device.type, index, np.float32, tuple(tensor.shape),
+                                    tensor.data_ptr())
+            else:  # nothing to write (no findings head: (B, 0)); ONNX Runtime's own buffer
+                binding.bind_output(name, device.type, index)
+            outputs.append(tensor)
+        self.session.run_with_iobinding(binding)
+        probabilities, embeddings = outputs
+        return probabilities, embeddings
+
+    def _output_sizes(self, batch: np.ndarray) -> list[tuple[int, ...]]:
+        """Each output's sizes after the batch axis (fixed by the model; exporters may leave
+        them symbolic in the graph, so they are read once from a run on one image)."""
+        if self._sizes is None:
+            declared = [list(output.shape)[1:] for output in self.session.get_outputs()]
+            if all(isinstance(d, int) for dims in declared for d in dims):
+                self._sizes = [tuple(int(d) for d in dims) for dims in declared]
+            else:
+                probe = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch[:1]})
+                self._sizes = [tuple(int(d) for d in out.shape[1:]) for out in probe]
+        return self._sizes
 
 
 __all__ = ["OnnxVisionRunner", "OrtOptions", "choose_providers"]

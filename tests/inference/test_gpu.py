@@ -25,3 +25,16 @@ def test_llm_runs_on_cuda_in_bfloat16(tiny_bundle: Path, chest_cr_path: Path) ->
     assert model.llm.device.type == "cuda" and model.llm.dtype == torch.bfloat16
     draft = model.generate_report([chest_cr_path], "Cough.")
     assert isinstance(draft.text, str) and len(draft.findings) == 14
+
+
+def test_image_tokens_stay_on_the_gpu_from_onnx_runtime_to_the_llm(
+    tiny_bundle: Path, chest_cr_path: Path
+) -> None:
+    options = RuntimeOptions(
+        device="cuda", ort=OrtOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    )
+    model = ChestXrayVLM.from_bundle(tiny_bundle, options)
+    analysis = model.analyse([chest_cr_path])
+    assert analysis.image_tokens.device.type == "cuda"
+    cpu = ChestXrayVLM.from_bundle(tiny_bundle).analyse([chest_cr_path])
+    assert (analysis.image_tokens.cpu() - cpu.image_tokens).abs().max() < 1e-3

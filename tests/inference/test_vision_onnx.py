@@ -46,6 +46,11 @@ def test_onnx_runtime_matches_torch(tmp_path: Path, backbone: str, aligner: str)
         assert onnx_embeds.shape == (batch, tower.num_image_tokens, config.llm_hidden_size)
         assert np.abs(onnx_probs - probs.numpy()).max() < PARITY_TOLERANCE
         assert np.abs(onnx_embeds - embeds.numpy()).max() < PARITY_TOLERANCE
+        # I/O binding writes the same outputs straight into torch tensors (on a GPU: into
+        # GPU memory, for the LLM), whatever sizes the exporter left symbolic.
+        bound_probs, bound_embeds = runner.run_on(pixels, torch.device("cpu"))
+        assert torch.equal(bound_probs, torch.from_numpy(onnx_probs))
+        assert torch.equal(bound_embeds, torch.from_numpy(onnx_embeds))
 
 
 def test_qformer_gives_32_image_tokens_and_is_bidirectional() -> None:
