@@ -259,3 +259,87 @@ def test_with_the_node_down_the_page_says_so_keeps_the_text_and_retries(
         expect(failure).to_be_hidden()
     finally:
         context.close()
+
+
+def _blur(page: Any) -> None:
+    """Focus on nothing in particular (the keys then go to the page, not a text field)."""
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+
+
+def test_keyboard_shortcuts_open_studies_decide_proposals_sign_and_list_themselves(
+    two_studies: TwoStudies, browser: Any  # noqa: F811
+) -> None:
+    first, second = two_studies.first, two_studies.second  # the worklist's order
+    context = browser.new_context()
+    try:
+        page = _logged_in(context, two_studies.server.url)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        expect(page.locator("#worklist tbody tr")).to_have_count(2)
+        selected = "#worklist tbody tr.selected"
+        # j / k outside text fields: next and previous study.
+        _blur(page)
+        page.keyboard.press("j")
+        expect(page.locator(selected)).to_have_attribute("data-uid", first.study_uid)
+        expect(page.locator("#report-version")).to_have_text("1")
+        page.keyboard.press("j")
+        expect(page.locator(selected)).to_have_attribute("data-uid", second.study_uid)
+        page.keyboard.press("k")
+        expect(page.locator(selected)).to_have_attribute("data-uid", first.study_uid)
+        # In the message box the bare key types; Alt+Down moves on and keeps the text.
+        page.fill("#message-input", "")
+        page.press("#message-input", "j")
+        expect(page.locator("#message-input")).to_have_value("j")
+        expect(page.locator(selected)).to_have_attribute("data-uid", first.study_uid)
+        page.press("#message-input", "Alt+ArrowDown")
+        expect(page.locator(selected)).to_have_attribute("data-uid", second.study_uid)
+        page.press("#message-input", "Alt+ArrowUp")
+        expect(page.locator(selected)).to_have_attribute("data-uid", first.study_uid)
+        expect(page.locator("#message-input")).to_have_value("j")
+
+        # Ctrl+Enter sends; r rejects the open proposal, Alt+A accepts the next one.
+        page.select_option("#intent", "amend")
+        page.fill("#message-input", "There is no pleural effusion.")
+        page.press("#message-input", "Control+Enter")
+        expect(page.locator("#status")).to_have_text("Proposal 1 ready")
+        _blur(page)
+        page.keyboard.press("r")
+        expect(page.locator('.proposal[data-id="1"]')).to_have_attribute(
+            "data-status", "rejected")
+        page.fill("#message-input", "There is no pleural effusion.")
+        page.press("#message-input", "Control+Enter")
+        expect(page.locator("#status")).to_have_text("Proposal 2 ready")
+        page.press("#message-input", "Alt+a")
+        expect(page.locator("#report-version")).to_have_text("2")
+        expect(page.locator('.proposal[data-id="2"]')).to_have_attribute(
+            "data-status", "accepted")
+
+        # s opens the sign-off confirmation, focused on Confirm; Enter signs.
+        _blur(page)
+        page.keyboard.press("j")
+        expect(page.locator(selected)).to_have_attribute("data-uid", second.study_uid)
+        expect(page.locator("#report-version")).to_have_text("1")
+        _blur(page)
+        page.keyboard.press("s")
+        expect(page.locator("#sign-review")).to_be_visible()
+        expect(page.locator("#sign-confirm")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text("Signed off as version 2")
+        expect(page.locator("#report-status")).to_have_text("signed")
+
+        # ? lists the shortcuts in a modal dialog; Tab stays inside it; Escape closes it.
+        _blur(page)
+        page.keyboard.press("?")
+        help_dialog = page.locator("#help")
+        expect(help_dialog).to_be_visible()
+        expect(help_dialog).to_contain_text("Next study")
+        expect(help_dialog).to_contain_text("Ctrl")
+        for _ in range(4):
+            page.keyboard.press("Tab")
+            assert page.evaluate(
+                "() => document.getElementById('help').contains(document.activeElement)")
+        page.keyboard.press("Escape")
+        expect(help_dialog).to_be_hidden()
+        assert errors == [], errors
+    finally:
+        context.close()
