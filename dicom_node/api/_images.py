@@ -4,7 +4,12 @@ The pixels go through the Modality LUT (rescale slope/intercept), then the linea
 of PS3.3 C.11.2.1.2 (``center``/``width`` from the request, else the file's first window,
 else the 0.5th to 99.5th percentile), MONOCHROME1 is inverted so that air is dark, and the
 image is scaled down to at most ``size`` pixels on its long side. Decoded pixels of the last
-few images are kept in memory, so moving the window sliders does not decode the file again.
+few images are kept in memory, so asking for another window does not decode the file again.
+
+The reader page's viewer (Cornerstone3D, ``frontend/``) does not use the PNG: it takes the
+full-resolution pixels after the Modality LUT from :meth:`ImageRenderer.frame` (the
+``.../images/{id}/pixels`` route), as 8- or 16-bit integers when the values allow it, else
+32-bit floats, and windows them itself.
 
 A file is untrusted input: its header is checked before anything is decoded
 (:func:`check_decoded_size`, on the SCP's rule
@@ -56,6 +61,9 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     struct.error,
     BytesLengthException,
 )
+#: Pixel formats of :class:`PixelFrame`, as numpy little-endian dtypes, smallest first.
+FRAME_FORMATS: dict[str, str] = {"uint8": "<u1", "uint16": "<u2", "int16": "<i2",
+                                 "float32": "<f4"}
 #: What reading a file may raise besides a missing file.
 _READ_ERRORS: tuple[type[BaseException], ...] = (OSError, InvalidDicomError, *_DECODE_ERRORS)
 
@@ -72,6 +80,27 @@ class DecodedImage:
     maximum: float
     rows: int
     columns: int
+
+
+@dataclass(frozen=True)
+class PixelFrame:
+    """Full-resolution pixels after the Modality LUT, as the viewer's image loader takes them.
+
+    Attributes
+    ----------
+    data
+        ``rows * columns`` values, row by row, little-endian, in `pixel_format`.
+    pixel_format
+        One of :data:`FRAME_FORMATS`: the smallest that holds every value exactly.
+    """
+
+    data: bytes
+    pixel_format: str
+    rows: int
+    columns: int
+    photometric: str
+    default_center: float
+    default_width: float
 
 
 def _first(value: object) -> float | None:
@@ -166,7 +195,9 @@ def _check_greyscale(ds: Dataset) -> str:
     return photometric
 
 
-def decode(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> DecodedImage:
+def decode(
+    path: Path, max_bytes: int = MAX_IMAGE_BYTES, max_side: int | None = CACHED_MAX_SIDE
+) -> DecodedImage:
     """Read and decode one image file (its first frame).
 
     Parameters
@@ -175,6 +206,9 @@ def decode(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> DecodedImage:
         The spooled file.
     max_bytes
         Largest decoded pixel data accepted (:func:`check_decoded_size`).
+    max_side
+        Longest side of the returned pixels (every n-th row and column); None keeps the full
+        resolution.
 
     Raises
     ------
@@ -196,7 +230,7 @@ def decode(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> DecodedImage:
         pixels = pixel_array(ds, index=0)
         if pixels.ndim != 2:
             raise ValueError(f"a frame of {pixels.ndim} dimensions")
-        step = max(1, -(-max(pixels.shape) // CACHED_MAX_SIDE))
+        step = 1 if max_side is None else max(1, -(-max(pixels.shape) // max_side))
         # Scaled down before the Modality LUT, whose float64 result would otherwise take
         # four times the memory of a 16-bit image.
         values = np.asarray(apply_modality_lut(pixels[::step, ::step], ds), dtype=np.float32)
@@ -229,6 +263,34 @@ def _safe(ds: Dataset, keyword: str) -> object:
         return _attribute(ds, keyword)
     except ValueError:
         return None
+
+
+def compact_frame(image: DecodedImage) -> PixelFrame:
+    """The pixels of `image` in the smallest of :data:`FRAME_FORMATS` that holds them exactly.
+
+    Integer values (stored values, or an integral rescale) within 0..255, 0..65535 or
+    -32768..32767 travel as uint8, uint16 or int16; anything else as float32.
+    """
+    values = image.pixels
+    pixel_format = "float32"
+    if np.array_equal(values, np.round(values)):
+        low, high = image.minimum, image.maximum
+        if 0 <= low and high <= 255:
+            pixel_format = "uint8"
+        elif 0 <= low and high <= 65535:
+            pixel_format = "uint16"
+        elif -32768 <= low and high <= 32767:
+            pixel_format = "int16"
+    data = np.ascontiguousarray(values.astype(FRAME_FORMATS[pixel_format])).tobytes()
+    return PixelFrame(
+        data=data,
+        pixel_format=pixel_format,
+        rows=int(values.shape[0]),
+        columns=int(values.shape[1]),
+        photometric=image.photometric,
+        default_center=image.default_center,
+        default_width=image.default_width,
+    )
 
 
 def window(image: DecodedImage, center: float, width: float) -> np.ndarray:
@@ -283,6 +345,18 @@ class ImageRenderer:
                 self._cache.popitem(last=False)
         return image
 
+    def frame(self, path: Path) -> PixelFrame:
+        """The full-resolution pixels of `path` after the Modality LUT (not cached).
+
+        Raises
+        ------
+        InvalidInputError
+            For an image that cannot be decoded (422, with the reason).
+        NotFoundError
+            When the file is gone.
+        """
+        return compact_frame(decode(path, self.max_image_bytes, max_side=None))
+
     def render_png(
         self,
         path: Path,
@@ -316,10 +390,13 @@ class ImageRenderer:
 
 
 __all__ = [
+    "FRAME_FORMATS",
     "MAX_IMAGE_BYTES",
     "DecodedImage",
     "ImageRenderer",
+    "PixelFrame",
     "check_decoded_size",
+    "compact_frame",
     "decode",
     "window",
 ]

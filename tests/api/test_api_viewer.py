@@ -1,0 +1,413 @@
+"""The reader page's image viewer (Cornerstone3D, built from ``frontend/``) in Debian's Chromium.
+
+A study with a PA and a lateral image and a second study are served by ApiServer on a free
+port; Playwright drives the page at a laptop's 1366x768 and a reading-room monitor's
+2560x1440, and checks what the reader sees: both views side by side at full resolution with
+their 16-bit values, window/level by drag changing the shown pixels, zoom at the cursor keeping
+the point under it, Reset, presets and invert, and no zoom carried into the next study.
+Screenshots go to a temporary folder the tests print (and are copied to
+``$VIEWER_SCREENSHOTS`` when it is set). The ``.../pixels`` route is also checked on its own.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from apihelpers import (
+    ACCESSION,
+    JANE_TOKEN,
+    PATIENT_ID,
+    SOURCE_AE,
+    ApiUnderTest,
+    SeededStudy,
+    api_settings,
+    auth,
+    seed_drafted_study,
+)
+from PIL import Image
+from pydicom.uid import generate_uid
+from test_api_hostile_input import BAD_IMAGES, Change
+
+from dicom_node._privacy import patient_key
+from dicom_node.api import ApiServer
+from dicom_node.settings import Settings
+from dicom_node.store import Database, InstanceRecord
+from dicom_node.store.spool import Spool
+
+CHROMIUM = "/usr/bin/chromium"
+#: Milliseconds Playwright waits (the first Cornerstone render takes a few seconds on 2 cores).
+TIMEOUT_MS = 60_000
+SIZES = {"laptop": (1366, 768), "monitor": (2560, 1440)}
+#: Where a copy of the screenshots goes, when set (the issue's closing note shows them).
+SCREENSHOTS_ENV = "VIEWER_SCREENSHOTS"
+
+
+# --------------------------------------------------------------------------- the pixels route
+def test_pixels_are_the_full_resolution_16_bit_values_with_their_attributes(
+    api: ApiUnderTest,
+) -> None:
+    image_id = api.client.get(api.path(), headers=auth()).json()["images"][0]["id"]
+    response = api.client.get(api.path(f"/images/{image_id}/pixels"), headers=auth())
+    assert response.status_code == 200, response.text
+    source = pydicom.dcmread(api.study.image_path)
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["X-Rows"] == str(source.Rows) == "1955"
+    assert response.headers["X-Columns"] == str(source.Columns) == "1841"
+    assert response.headers["X-Pixel-Format"] == "uint16"
+    assert response.headers["X-Photometric-Interpretation"] == "MONOCHROME1"
+    assert float(response.headers["X-Window-Center"]) == float(source.WindowCenter)
+    assert float(response.headers["X-Window-Width"]) == float(source.WindowWidth)
+    pixels = np.frombuffer(response.content, dtype="<u2").reshape(source.Rows, source.Columns)
+    np.testing.assert_array_equal(pixels, source.pixel_array)
+    assert pixels.max() > 255  # 16-bit values, not an 8-bit rendering
+
+
+def test_rescaled_pixels_travel_after_the_modality_lut(api: ApiUnderTest) -> None:
+    ds = pydicom.dcmread(api.study.image_path)
+    stored = ds.pixel_array.astype(np.float64)
+    ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-1024"
+    ds.save_as(api.study.image_path, enforce_file_format=False)
+    image_id = api.client.get(api.path(), headers=auth()).json()["images"][0]["id"]
+    response = api.client.get(api.path(f"/images/{image_id}/pixels"), headers=auth())
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Pixel-Format"] == "float32"  # halves of odd values
+    pixels = np.frombuffer(response.content, dtype="<f4").reshape(ds.Rows, ds.Columns)
+    np.testing.assert_array_equal(pixels, (stored * 0.5 - 1024).astype(np.float32))
+
+
+@pytest.mark.parametrize(("change", "reason"), [case[1:] for case in BAD_IMAGES],
+                         ids=[case[0] for case in BAD_IMAGES])
+def test_pixels_of_an_image_with_bad_attributes_get_422_with_the_reason(
+    api: ApiUnderTest, change: Change, reason: str
+) -> None:
+    ds = pydicom.dcmread(api.study.image_path)
+    ds.RescaleIntercept = 0
+    change(ds).save_as(api.study.image_path, enforce_file_format=False)
+    image_id = api.client.get(api.path(), headers=auth()).json()["images"][0]["id"]
+    response = api.client.get(api.path(f"/images/{image_id}/pixels"), headers=auth())
+    assert response.status_code == 422, response.text
+    assert reason in response.json()["detail"]
+
+
+def test_pixels_need_a_token_and_an_image_of_the_study(api: ApiUnderTest) -> None:
+    image_id = api.client.get(api.path(), headers=auth()).json()["images"][0]["id"]
+    assert api.client.get(api.path(f"/images/{image_id}/pixels")).status_code == 401
+    missing = api.client.get(api.path(f"/images/{image_id + 99}/pixels"), headers=auth())
+    assert missing.status_code == 404 and f"no image {image_id + 99}" in missing.json()["detail"]
+
+
+# --------------------------------------------------------------------------- the page
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
+sync_api.expect.set_options(timeout=TIMEOUT_MS)
+
+
+def add_lateral(settings: Settings, db: Database, study: SeededStudy) -> pydicom.Dataset:
+    """Spool and record a lateral view in `study`: its PA image transposed, so that it looks
+    different and is 1955 wide and 1841 high."""
+    ds = pydicom.dcmread(study.image_path)
+    pixels = np.ascontiguousarray(ds.pixel_array.T)
+    ds.PixelData = pixels.tobytes()
+    ds.Rows, ds.Columns = pixels.shape
+    ds.ViewPosition = "LL"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    spool = Spool(settings.storage.spool_dir)
+    relative = spool.relative_path(
+        str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    )
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    path = spool.write(relative, buffer.getvalue())
+    db.record_instance(
+        InstanceRecord(
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            study_instance_uid=str(ds.StudyInstanceUID),
+            series_instance_uid=str(ds.SeriesInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            modality=str(ds.Modality),
+            body_part="CHEST",
+            view_position="LL",
+            accession_number=ACCESSION,
+            patient_key=patient_key(PATIENT_ID, None),
+            path=relative.as_posix(),
+            size_bytes=path.stat().st_size,
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            calling_ae=SOURCE_AE,
+            received_at=datetime.now(UTC),
+        )
+    )
+    return ds
+
+
+@dataclass
+class ViewerStudies:
+    """A study with a PA and a lateral image, a second study with one PA, the API serving them."""
+
+    two_views: SeededStudy
+    lateral: pydicom.Dataset
+    other: SeededStudy
+    server: ApiServer
+
+
+@pytest.fixture
+def viewer_studies(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, chest_cr_path: Path,
+    start_api_server: Callable[..., ApiServer],
+) -> Iterator[ViewerStudies]:
+    settings = api_settings(tmp_path / "node", tiny_bundle)
+    db = Database(settings.database_url)
+    db.create_all()
+    try:
+        two_views = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        lateral = add_lateral(settings, db, two_views)
+        other = seed_drafted_study(settings, db, tiny_model, chest_cr_path)
+        yield ViewerStudies(two_views, lateral, other, start_api_server(settings, db))
+    finally:
+        db.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    """Headless Chromium driven by Playwright (skipped only when chromium is not installed)."""
+    executable = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    if executable is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder of this module's screenshots (printed; copied to $VIEWER_SCREENSHOTS)."""
+    folder = tmp_path_factory.mktemp("viewer-screenshots")
+    print(f"\nviewer screenshots: {folder}")
+    yield folder
+    target = os.environ.get(SCREENSHOTS_ENV)
+    if target:
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+
+
+class Viewer:
+    """The page of a logged-in reader, and what its viewer shows."""
+
+    def __init__(self, page: Any, errors: list[str]) -> None:
+        self.page = page
+        self.errors = errors
+
+    def open(self, study_uid: str, images: int) -> None:
+        self.page.locator(f'#worklist tbody tr[data-uid="{study_uid}"]').click()
+        sync_api.expect(self.page.locator(f'#viewer[data-study="{study_uid}"]')).to_have_attribute(
+            "data-state", "ready"
+        )
+        sync_api.expect(self.page.locator('#viewer .vp-cell[data-state="ready"]')).to_have_count(
+            images
+        )
+
+    def call(self, index: int, expression: str) -> Any:
+        """`expression` of the index-th Cornerstone viewport (``vp``)."""
+        return self.page.evaluate(
+            f"(i) => {{ const vp = window.cxrViewer.viewport(i); return {expression}; }}", index
+        )
+
+    def box(self, index: int) -> dict[str, float]:
+        box = self.page.locator("#viewer .vp-element").nth(index).bounding_box()
+        assert box is not None
+        return dict(box)
+
+    def shot(self, index: int) -> np.ndarray:
+        """The shown pixels of the index-th viewport, as grey values."""
+        png = self.page.locator("#viewer .vp-element").nth(index).screenshot()
+        return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+
+    def readout(self, index: int) -> str:
+        return str(self.page.locator("#viewer .vp-wl").nth(index).inner_text())
+
+    def settle(self) -> None:
+        """Wait two animation frames: Cornerstone renders on the next frame."""
+        self.page.evaluate(
+            "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
+        )
+
+
+@pytest.fixture(params=list(SIZES), ids=list(SIZES))
+def viewer(
+    request: pytest.FixtureRequest, viewer_studies: ViewerStudies, browser: Any
+) -> Iterator[Viewer]:
+    width, height = SIZES[request.param]
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    # Failed answers by address (the console's "Failed to load resource" names none); the
+    # browser's own favicon request is no page error.
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+    try:
+        page.goto(viewer_studies.server.url)
+        page.fill("#token", JANE_TOKEN)
+        page.click("#login-button")
+        yield Viewer(page, errors)
+    finally:
+        context.close()
+
+
+def wheel(viewer: Viewer, notches: int) -> None:
+    """Turn the wheel towards the reader `notches` times where the mouse is (each zooms a step
+    that is smaller the taller the viewport)."""
+    for _ in range(notches):
+        viewer.page.mouse.wheel(0, -100)
+        viewer.settle()
+
+
+def _size(request: pytest.FixtureRequest) -> str:
+    return str(request.node.callspec.params["viewer"])
+
+
+def test_pa_and_lateral_side_by_side_at_full_resolution_and_window_by_drag(
+    viewer: Viewer, viewer_studies: ViewerStudies, screenshots: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    page, study = viewer.page, viewer_studies.two_views
+    viewer.open(study.study_uid, images=2)
+    # Both views at once, side by side, each named.
+    labels = page.locator("#viewer .vp-label")
+    sync_api.expect(labels).to_have_text(["CR PA", "CR LL"])
+    # Side by side where the pane is wide, one above the other where it is tall and narrow
+    # (whichever shows them larger), both whole on the screen and not thumbnails.
+    pa, lateral = viewer.box(0), viewer.box(1)
+    pane = page.locator("#viewer").bounding_box()
+    assert pane is not None
+    if pane["width"] >= pane["height"]:
+        assert abs(pa["y"] - lateral["y"]) < 1 and lateral["x"] >= pa["x"] + pa["width"] - 1
+    else:
+        assert abs(pa["x"] - lateral["x"]) < 1 and lateral["y"] >= pa["y"] + pa["height"] - 1
+    width, height = SIZES[_size(request)]
+    for box in (pa, lateral):
+        assert box["x"] >= 0 and box["y"] >= 0
+        assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, box
+        assert min(box["width"], box["height"]) > 0.15 * height, box
+    # Full resolution: the viewport holds every pixel of each file, with its 16-bit values.
+    source = pydicom.dcmread(study.image_path).pixel_array
+    shapes = [source.shape, viewer_studies.lateral.pixel_array.shape]
+    for index, (rows, columns) in enumerate(shapes):
+        assert viewer.call(index, "Array.from(vp.getImageData().dimensions)") == [columns, rows, 1]
+    probe = viewer.call(
+        0, "(() => { const d = vp.getCornerstoneImage().getPixelData(); return [d.length,"
+        " d[1000 * 1841 + 900], d.subarray(0, 200000).reduce((a, b) => Math.max(a, b))]; })()"
+    )
+    assert probe[0] == source.size and probe[1] == int(source[1000, 900])
+    assert probe[2] == int(source.reshape(-1)[:200000].max()) > 255
+    viewer.settle()
+    page.screenshot(path=screenshots / f"{_size(request)}-pa-lateral.png")
+
+    # Window/level by drag changes the shown pixels and the numbers written over the image.
+    before, numbers = viewer.shot(0), viewer.readout(0)
+    assert numbers.startswith("W 30000") and "L 15000" in numbers
+    x, y = pa["x"] + pa["width"] / 2, pa["y"] + pa["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 120, y + 80, steps=8)
+    page.mouse.up()
+    viewer.settle()
+    after = viewer.shot(0)
+    assert viewer.readout(0) != numbers
+    assert np.abs(after - before).mean() > 5, "the drag did not change the shown pixels"
+    # Only the dragged image: the lateral keeps its window.
+    assert viewer.readout(1).startswith("W 30000")
+    page.screenshot(path=screenshots / f"{_size(request)}-after-window-drag.png")
+    assert not viewer.errors, viewer.errors
+
+
+def test_zoom_at_the_cursor_reset_and_no_zoom_into_the_next_study(
+    viewer: Viewer, viewer_studies: ViewerStudies, screenshots: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    page, study = viewer.page, viewer_studies.two_views
+    viewer.open(study.study_uid, images=2)
+    box = viewer.box(0)
+    start_zoom = viewer.call(0, "vp.getZoom()")
+    initial = viewer.readout(0)
+    # A point off the centre: the wheel zooms there, and that point stays under the cursor.
+    point = [box["width"] * 0.3, box["height"] * 0.35]
+    world = viewer.call(0, f"vp.canvasToWorld({point})")
+    page.mouse.move(box["x"] + point[0], box["y"] + point[1])
+    wheel(viewer, 10)
+    zoom = viewer.call(0, "vp.getZoom()")
+    assert zoom > start_zoom * 1.1
+    canvas = viewer.call(0, f"Array.from(vp.worldToCanvas({world}))")
+    assert np.hypot(canvas[0] - point[0], canvas[1] - point[1]) < 2, (canvas, point)
+    # Ctrl+wheel zooms at the cursor too (and not the page).
+    page.keyboard.down("Control")
+    wheel(viewer, 5)
+    page.keyboard.up("Control")
+    assert viewer.call(0, "vp.getZoom()") > zoom * 1.05
+    canvas = viewer.call(0, f"Array.from(vp.worldToCanvas({world}))")
+    assert np.hypot(canvas[0] - point[0], canvas[1] - point[1]) < 2, (canvas, point)
+    assert page.evaluate("() => window.visualViewport.scale") == 1
+    page.screenshot(path=screenshots / f"{_size(request)}-zoomed-at-cursor.png")
+
+    # Presets and invert change the window and the shown pixels; Reset undoes zoom and window.
+    shown = viewer.shot(0)
+    page.select_option("#wl-preset", "lung")
+    viewer.settle()
+    assert viewer.readout(0) != initial
+    page.click("#viewer-invert")
+    sync_api.expect(page.locator("#viewer-invert")).to_have_attribute("aria-pressed", "true")
+    sync_api.expect(page.locator("#viewer .vp-wl").first).to_contain_text("inverted")
+    viewer.settle()
+    assert np.abs(viewer.shot(0) - shown).mean() > 5
+    page.screenshot(path=screenshots / f"{_size(request)}-lung-inverted.png")
+    page.click("#viewer-reset")
+    viewer.settle()
+    assert viewer.call(0, "vp.getZoom()") == pytest.approx(start_zoom, rel=1e-6)
+    assert viewer.readout(0) == initial
+    sync_api.expect(page.locator("#viewer-invert")).to_have_attribute("aria-pressed", "false")
+    sync_api.expect(page.locator("#wl-preset")).to_have_value("file")
+
+    # Zoomed and windowed, then the next study: it opens fitted, with its own window.
+    page.mouse.move(box["x"] + point[0], box["y"] + point[1])
+    wheel(viewer, 10)
+    assert viewer.call(0, "vp.getZoom()") > start_zoom * 1.1
+    other = viewer_studies.other
+    viewer.open(other.study_uid, images=1)
+    assert viewer.call(0, "vp.getZoom()") == pytest.approx(1.0, rel=1e-6)
+    assert viewer.readout(0) == initial
+    viewer.settle()
+    page.screenshot(path=screenshots / f"{_size(request)}-next-study.png")
+    viewer.open(study.study_uid, images=2)
+    assert viewer.call(0, "vp.getZoom()") == pytest.approx(start_zoom, rel=1e-6)
+    assert not viewer.errors, viewer.errors
+
+
+def test_an_image_the_node_cannot_decode_says_why_in_its_pane(
+    viewer: Viewer, viewer_studies: ViewerStudies,
+) -> None:
+    study = viewer_studies.other
+    ds = pydicom.dcmread(study.image_path)
+    ds.BitsStored = 20
+    ds.save_as(study.image_path, enforce_file_format=False)
+    viewer.page.locator(f'#worklist tbody tr[data-uid="{study.study_uid}"]').click()
+    cell = viewer.page.locator('#viewer .vp-cell[data-state="failed"]')
+    sync_api.expect(cell).to_contain_text("This image cannot be shown: the image header is not "
+                                          "valid: BitsStored is 20")
+    # The report still shows: the viewer's failure does not block the study.
+    sync_api.expect(viewer.page.locator("#report-version")).to_have_text("1")
+    assert [e.split("/images/")[0] for e in viewer.errors] == [
+        f"422 {viewer_studies.server.url}/api/studies/{study.study_uid}"
+    ], viewer.errors
