@@ -406,8 +406,8 @@ async function show(study) {
       viewport.render();
       cell.status.textContent = "";
       cell.node.dataset.state = "ready";
-      const image = viewport.getImageData();
-      cell.node.dataset.size = image ? `${image.dimensions[0]}x${image.dimensions[1]}` : "";
+      const shown = viewport.getImageData();
+      cell.node.dataset.size = shown ? `${shown.dimensions[0]}x${shown.dimensions[1]}` : "";
       readout(cell);
     } catch (error) {
       if (mine !== generation) return;
