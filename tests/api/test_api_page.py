@@ -182,7 +182,10 @@ def _drive_the_page(browser: Any, url: str, study_uid: str) -> None:
             "Small left pleural effusion."
         )
         sync_api.expect(page.locator("#findings tbody tr")).to_have_count(14)
-        # The image viewer has its own tests (test_api_viewer.py).
+        # The viewer shows the study's image with its window (its own tests:
+        # test_api_viewer.py).
+        sync_api.expect(page.locator('#viewer .vp-cell[data-state="ready"]')).to_have_count(1)
+        sync_api.expect(page.locator("#viewer .vp-wl")).to_contain_text("W 30000")
 
         # A question: streamed by SSE, answered, the report stays at version 1.
         page.fill("#message-input", "Is the heart enlarged?")
