@@ -55,7 +55,7 @@ DATABASE_DIALECTS = ("sqlite", "postgresql")
 #: Broker URL schemes accepted for the Celery queue.
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "memory")
 #: Celery queues of the node: report drafting (GPU hosts), SR delivery, retraining.
-QUEUE_NAMES = ("gpu", "delivery", "training")
+QUEUE_NAMES = ("dialog", "gpu", "delivery", "training")
 #: The default model bundle: the demo model (``dicom_node model build-demo``).
 DEFAULT_BUNDLE = Path("models/demo")
 
@@ -463,10 +463,11 @@ class WorkerSettings(BaseModel):
 
     concurrency: int = Field(default=1, ge=1, description="Jobs one worker runs at a time.")
     queues: list[str] = Field(
-        default_factory=lambda: ["gpu", "delivery"],
+        default_factory=lambda: ["dialog", "gpu", "delivery"],
         min_length=1,
-        description="Queues a worker consumes: gpu (report drafting), delivery (SR C-STORE), "
-        "training (retrain jobs).",
+        description="Queues a worker consumes: dialog (the reader's dialog turns, taken "
+        "before drafts), gpu (report drafting), delivery (SR C-STORE), training (retrain "
+        "jobs).",
     )
     time_limit_s: Seconds = Field(
         default=900.0, description="Hard time limit of a report job; the worker is killed."
@@ -686,6 +687,12 @@ class ApiSettings(BaseModel):
     )
     analysis_cache_size: int = Field(
         default=32, ge=1, description="Studies whose image analysis is kept in memory (LRU)."
+    )
+    worker_turn_timeout_s: Seconds = Field(
+        default=60.0,
+        description="With a Redis broker, dialog turns run on the workers (dialog queue): "
+        "a turn fails with 503 when no worker takes it, or a worker sends nothing more, for "
+        "this long.",
     )
     cors_origins: list[str] = Field(
         default_factory=list,

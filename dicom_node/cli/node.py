@@ -90,9 +90,10 @@ def serve(
         storage={"folder": storage},
     )
     from dicom_node.jobqueue import is_embedded
+    from dicom_node.jobqueue.app import dialog_on_workers
     from dicom_node.ops.service import NodeService
 
-    if is_embedded(settings) or settings.api.enabled:
+    if is_embedded(settings) or (settings.api.enabled and not dialog_on_workers(settings)):
         _check_bundle(settings)
     with stop_on_signal() as stop:
         try:
@@ -118,7 +119,9 @@ def serve(
 def worker(
     queues: Annotated[
         str | None,
-        typer.Option(help="Comma-separated queues: gpu, delivery, training (worker.queues)."),
+        typer.Option(
+            help="Comma-separated queues: dialog, gpu, delivery, training (worker.queues)."
+        ),
     ] = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Tasks run at a time (worker.concurrency).")
@@ -144,14 +147,15 @@ def worker(
     if queues is not None:
         overrides["queues"] = [name.strip() for name in queues.split(",") if name.strip()]
     settings = _node_settings(config, worker=overrides)
-    from dicom_node.jobqueue import GPU_QUEUE, configure_app, is_embedded, run_worker
+    from dicom_node.jobqueue import configure_app, is_embedded, run_worker
+    from dicom_node.jobqueue.worker import MODEL_QUEUES
 
     if is_embedded(settings):
         raise _fail(
             "dicom_node worker needs a broker: set broker.url (DICOM_NODE_BROKER__URL), e.g. "
             "redis://host:6379/0; without one, 'dicom_node serve' runs the worker itself"
         )
-    if GPU_QUEUE in settings.worker.queues and not (
+    if set(MODEL_QUEUES) & set(settings.worker.queues) and not (
         settings.inference.bundle / "manifest.json"
     ).exists():
         raise _fail(
@@ -167,10 +171,11 @@ def worker(
     app_ = configure_app(settings)
     consumed = list(settings.worker.queues)
     checks: dict[str, HealthCheck] = {}
-    if GPU_QUEUE in consumed:
+    if set(MODEL_QUEUES) & set(consumed):
         checks["model"] = lambda: health_problem(READINESS.status())
         if not probe_model(settings):
-            consumed.remove(GPU_QUEUE)  # report jobs stay queued for a worker with a good model
+            # Report jobs and turns stay queued for a worker with a good model.
+            consumed = [name for name in consumed if name not in MODEL_QUEUES]
     http = None
     if settings.worker.metrics_port is not None:
         from dicom_node.api.http_server import BackgroundHttpServer

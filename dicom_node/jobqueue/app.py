@@ -4,8 +4,12 @@ One module-level app carries the task definitions (:mod:`dicom_node.jobqueue.tas
 import it); :func:`~dicom_node.jobqueue.configure.configure_app` registers them and points the
 app at the configured broker before a worker starts or a task is sent. Queues:
 
+``dialog``
+    the reader's dialog turns (:mod:`~dicom_node.jobqueue.dialog`), with a Redis broker:
+    a worker consuming ``dialog,gpu`` takes a waiting turn before the next draft batch
+    (Redis' ``queue_order_strategy`` is ``priority``: queues are read in the order named);
 ``gpu``
-    report drafting (:func:`~dicom_node.pipeline.drafting.draft_job`): workers on GPU hosts;
+    report drafting (:func:`~dicom_node.pipeline.drafting.draft_jobs`): workers on GPU hosts;
 ``delivery``
     SR C-STORE to the PACS (:func:`~dicom_node.pipeline.delivery.deliver_items`);
 ``training``
@@ -32,6 +36,7 @@ its message was lost (see :mod:`~dicom_node.jobqueue.dispatch`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -41,6 +46,8 @@ from dicom_node.settings import Settings
 
 #: Name of the Celery app (task names are prefixed with it).
 APP_NAME = "dicom_node"
+#: Queue of dialog turns (before drafts: a worker reads its queues in this order).
+DIALOG_QUEUE = "dialog"
 #: Queue of report drafting.
 GPU_QUEUE = "gpu"
 #: Queue of SR delivery.
@@ -70,6 +77,23 @@ def is_embedded(settings: Settings) -> bool:
     return not settings.broker.url
 
 
+#: The queues in the order a worker reads them (the first non-empty one gives the next task).
+QUEUE_PRIORITY = (DIALOG_QUEUE, GPU_QUEUE, DELIVERY_QUEUE, TRAINING_QUEUE)
+
+
+def by_priority(queues: Sequence[str]) -> list[str]:
+    """`queues` in the order a worker should read them (:data:`QUEUE_PRIORITY`)."""
+    rank = {name: index for index, name in enumerate(QUEUE_PRIORITY)}
+    return sorted(dict.fromkeys(queues), key=lambda name: rank.get(name, len(rank)))
+
+
+def dialog_on_workers(settings: Settings) -> bool:
+    """Whether dialog turns run on the workers: with a Redis broker, whose pub/sub carries
+    the answer's text back to ``serve`` (:mod:`~dicom_node.jobqueue.dialog`). Otherwise
+    ``serve`` answers them with its own model."""
+    return (settings.broker.url or "").startswith(("redis://", "rediss://"))
+
+
 def result_backend(settings: Settings) -> str | None:
     """Where task results go: ``broker.result_backend``, else Redis when the broker is."""
     if settings.broker.result_backend:
@@ -97,6 +121,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": worker.soft_time_limit_s,
         "task_default_queue": GPU_QUEUE,
         "task_routes": {
+            f"{APP_NAME}.dialog_turn": {"queue": DIALOG_QUEUE},
             f"{APP_NAME}.draft_report": {"queue": GPU_QUEUE},
             f"{APP_NAME}.deliver": {"queue": DELIVERY_QUEUE},
             f"{APP_NAME}.retrain": {"queue": TRAINING_QUEUE},
@@ -106,7 +131,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A Redis message not acknowledged within this time goes to another worker; longer
         # than the longest job, or long jobs would run twice.
         "broker_transport_options": (
-            {"visibility_timeout": int(worker.time_limit_s * 2)}
+            {
+                "visibility_timeout": int(worker.time_limit_s * 2),
+                # Read a worker's queues in the order given (dialog first), not in turn.
+                "queue_order_strategy": "priority",
+            }
             if not is_embedded(settings)
             else {"polling_interval": EMBEDDED_POLL_S}
         ),
@@ -136,12 +165,16 @@ def _drop_pooled_connections() -> None:
 __all__ = [
     "APP_NAME",
     "DELIVERY_QUEUE",
+    "DIALOG_QUEUE",
     "EMBEDDED_BROKER_FILE",
     "GPU_QUEUE",
+    "QUEUE_PRIORITY",
     "TRAINING_QUEUE",
     "app",
     "broker_url",
+    "by_priority",
     "celery_config",
+    "dialog_on_workers",
     "is_embedded",
     "result_backend",
 ]

@@ -12,6 +12,9 @@
     exponential backoff up to ``worker.max_retries``, the batch's other jobs are sent again
     by the dispatcher. Permanent failures (images unusable) fail that job at once. The jobs
     still running when the batch hits the soft time limit are failed.
+``dicom_node.dialog_turn(request, channel)`` (queue ``dialog``, with a Redis broker)
+    Answers a reader's dialog turn with the process's model and publishes its text on the
+    turn's Redis channel (:mod:`~dicom_node.jobqueue.dialog`).
 ``dicom_node.deliver(outbox_ids)`` (queue ``delivery``)
     Runs :func:`~dicom_node.pipeline.delivery.deliver_items`. A PACS that is down is not a task
     failure: the rows stay pending with their own backoff, and ``serve`` sends them again
@@ -38,6 +41,13 @@ from dicom_node.errors import JobError, TransientJobError
 from dicom_node.jobqueue import context
 from dicom_node.jobqueue.app import APP_NAME, DELIVERY_QUEUE, app
 from dicom_node.jobqueue.batching import collect_batch
+from dicom_node.jobqueue.dialog import (
+    CHANNEL_PREFIX,
+    DIALOG_TASK,
+    RecentAnalyses,
+    TurnChannel,
+    run_on_worker,
+)
 from dicom_node.latency import INFERENCE_SECONDS, JOB_SECONDS
 from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items
 from dicom_node.pipeline.drafting import DraftOutcome, draft_jobs, fail_claimed, touch_jobs
@@ -124,6 +134,34 @@ def _after(job_id: int, result: DraftOutcome | JobError, elapsed: float) -> None
         deliver.apply_async((result.outbox_ids,), queue=DELIVERY_QUEUE, ignore_result=True)
 
 
+#: The image analyses of the studies this worker process answered turns about.
+_ANALYSES = RecentAnalyses()
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name=DIALOG_TASK,
+    bind=True,
+    # Acknowledged when taken: a turn lost with its worker is not answered again (serve
+    # gave up on it and the reader asks again).
+    acks_late=False,
+    ignore_result=True,
+)
+def dialog_turn(self: Task, request: dict[str, Any], channel: str) -> bool:
+    """Answer one dialog turn and publish its events on `channel` (see
+    :mod:`~dicom_node.jobqueue.dialog`); whether it was answered."""
+    settings = context.settings()
+    if not channel.startswith(CHANNEL_PREFIX) or not settings.broker.url:
+        logger.error("dialog turn with no usable channel; dropped")
+        return False
+    publisher = TurnChannel(settings.broker.url, channel)
+    try:
+        return run_on_worker(
+            context.model, request, publisher, settings.storage.spool_dir, _ANALYSES
+        )
+    finally:
+        publisher.close()
+
+
 @app.task(  # type: ignore[untyped-decorator]
     name=f"{APP_NAME}.deliver",
     bind=True,
@@ -139,4 +177,4 @@ def deliver(self: Task, outbox_ids: list[int] | None = None) -> dict[str, int]:
     return {outcome.value: report.count(outcome) for outcome in DeliveryOutcome}
 
 
-__all__ = ["deliver", "draft_report"]
+__all__ = ["deliver", "dialog_turn", "draft_report"]

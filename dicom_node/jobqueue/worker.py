@@ -7,6 +7,11 @@ ONNX Runtime session or a CUDA context must not cross a ``fork``). A GPU host ru
 per GPU (``--concurrency 1``). ``--pool threads`` runs the tasks in threads of one process
 with one model instead; Celery does not enforce time limits there.
 
+Queues are read in priority order (:data:`~dicom_node.jobqueue.app.QUEUE_PRIORITY`): a worker
+consuming ``dialog,gpu`` takes a waiting dialog turn before the next draft batch. With
+``--pool threads --concurrency 2`` one process with one model runs a dialog turn beside a
+running draft batch: the model has no global lock (:meth:`inference.llm.LanguageModel.adapter`).
+
 The embedded worker of ``serve`` runs in a thread of the node's process (thread pool, one
 model). Its jobs are bounded by the model's ``max_new_tokens`` rather than by time limits.
 A job whose worker died is found by its heartbeat within ``worker.stale_job_s`` and sent
@@ -26,23 +31,25 @@ from celery import Celery
 
 from dicom_node.errors import ServiceError
 from dicom_node.jobqueue import context
-from dicom_node.jobqueue.app import DELIVERY_QUEUE, GPU_QUEUE
+from dicom_node.jobqueue.app import DELIVERY_QUEUE, DIALOG_QUEUE, GPU_QUEUE, by_priority
 from dicom_node.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: The queues whose tasks run the model.
+MODEL_QUEUES = (DIALOG_QUEUE, GPU_QUEUE)
 #: Seconds :meth:`EmbeddedWorker.stop` waits for the worker thread.
 STOP_TIMEOUT_S = 30.0
 
 
 def preload_model(queues: Sequence[str]) -> None:
-    """Load (and self-test) the model now when `queues` include the ``gpu`` queue.
+    """Load (and self-test) the model now when `queues` include ``gpu`` or ``dialog``.
 
     A model that cannot be loaded or fails its self-test is logged in one line and left
     unloaded: the jobs that reach this process wait (``queued``, retried with backoff)
     instead of failing one by one.
     """
-    if GPU_QUEUE in queues:
+    if set(MODEL_QUEUES) & set(queues):
         from dicom_node.models.readiness import ModelNotReadyError
 
         started = time.perf_counter()
@@ -215,7 +222,8 @@ def run_worker(
         "worker",
         f"--pool={pool}",
         f"--concurrency={concurrency}",
-        f"--queues={','.join(queues)}",
+        # Read in priority order: a waiting dialog turn before the next draft batch.
+        f"--queues={','.join(by_priority(queues))}",
         f"--loglevel={settings.log_level}",
         "--without-gossip",
         "--without-mingle",
@@ -225,4 +233,4 @@ def run_worker(
     app.worker_main(argv)
 
 
-__all__ = ["EmbeddedWorker", "preload_model", "probe_model", "run_worker"]
+__all__ = ["MODEL_QUEUES", "EmbeddedWorker", "preload_model", "probe_model", "run_worker"]

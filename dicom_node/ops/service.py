@@ -12,7 +12,8 @@
 * the **embedded worker** (with no broker configured): a Celery worker in this process on a
   persistent SQLite transport, which drafts the reports and delivers the SRs. With a
   broker, workers run elsewhere (``dicom_node worker``);
-* the **model warm-up** (with the embedded worker or the dialog API): builds the demo model
+* the **model warm-up** (with the embedded worker, or the dialog API unless a Redis broker
+  sends its turns to the workers' ``dialog`` queue): builds the demo model
   on a first run, then loads and self-tests the bundle in the background
   (:class:`~dicom_node.models.readiness.ModelWarmup`). Draft jobs are handed to the embedded
   worker only once the model is ready; until then studies are received and queued;
@@ -46,6 +47,7 @@ from dicom_node.dicom.worklist import run_worklist_poller
 from dicom_node.errors import ServiceError
 from dicom_node.jobqueue import Dispatcher, EmbeddedWorker, configure_app, is_embedded
 from dicom_node.jobqueue import context as queue_context
+from dicom_node.jobqueue.app import dialog_on_workers
 from dicom_node.models.readiness import READINESS, ModelWarmup, health_problem
 from dicom_node.ops import metrics
 from dicom_node.ops.health import HealthCheck, create_ops_app, database_check, recent_jobs_check
@@ -100,10 +102,12 @@ class NodeService:
         queue_context.set_settings(settings, self.db)
         run_worker = is_embedded(settings) if worker is None else worker
         self.worker = EmbeddedWorker(self.celery, settings) if run_worker else None
-        # The model this process drafts or talks with is made ready in the background.
+        # The model this process drafts or talks with is made ready in the background;
+        # with a Redis broker the workers answer the dialog, and serve loads no model.
         self.warmup = (
             ModelWarmup(settings, queue_context.load_model)
-            if self.worker is not None or (http and settings.api.enabled)
+            if self.worker is not None
+            or (http and settings.api.enabled and not dialog_on_workers(settings))
             else None
         )
         self.dispatcher = Dispatcher(

@@ -8,11 +8,13 @@ against it; a correction whose answer leaves a stated finding unmet may be redra
 (:meth:`DialogTurns._checked_correction`). Rejecting a proposal closes it here too; accepting
 one makes a version (:mod:`~dicom_node.api.dialog.versions`).
 
-Turns run in :attr:`DialogTurns.executor`, off the event loop, on the one model of the
-process (:func:`dicom_node.models.model_cache.get_model`); the LLM generates one sequence at
-a time under its own lock (it switches LoRA adapters per call), shared with the draft jobs of
-the process. The vision side runs once per study and image set, then its result comes from
-an LRU cache (:attr:`DialogTurns.analyses`).
+Turns run in :attr:`DialogTurns.executor`, off the event loop. Their text comes from a
+:class:`~dicom_node.api.dialog.generators.TurnGenerator`: the one model of the process
+(:func:`dicom_node.models.model_cache.get_model`, shared with the embedded worker's drafts;
+generations run side by side, there is no global model lock), or, with a Redis broker, a
+worker consuming the ``dialog`` queue (``serve`` then loads no LLM). The vision side runs
+once per study and image set, then its result comes from an LRU cache
+(:attr:`DialogTurns.analyses`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 
-from dicom_node._privacy import describe_exception, uid_digest
 from dicom_node.api._analysis import AnalysisCache
 from dicom_node.api._auth import Reader
 from dicom_node.api._classify import Intent, classify_message
@@ -34,18 +35,17 @@ from dicom_node.api._findings import prompt_findings
 from dicom_node.api._schemas import ProposalOut, TurnResult
 from dicom_node.api._text import clean_generated, parse_revision, report_context
 from dicom_node.api.dialog.audit import AuditLog
+from dicom_node.api.dialog.generators import ModelProvider, TurnGenerator, turn_generator
 from dicom_node.api.dialog.lookups import StudyLookups, check_open_for_changes
 from dicom_node.api.dialog.views import StudyViews
 from dicom_node.api.errors import (
-    ApiError,
     ConflictError,
     InvalidInputError,
     ModelOutputError,
-    ModelUnavailableError,
     NoReportError,
     PayloadTooLargeError,
 )
-from dicom_node.models.model_cache import get_model
+from dicom_node.jobqueue.dialog import TurnRequest
 from dicom_node.pipeline.assembly import model_images
 from dicom_node.pipeline.finding_codes import code_findings, correction_choices
 from dicom_node.pipeline.reports import findings_from_json, findings_to_json, version_history
@@ -60,24 +60,16 @@ from dicom_node.store import (
 )
 
 if TYPE_CHECKING:
-    from inference import ChestXrayVLM, StudyAnalysis, Turn
+    from inference import Turn
 
 logger = logging.getLogger(__name__)
 
-#: Returns the process's model (loaded on first use).
-ModelProvider = Callable[[], "ChestXrayVLM"]
-#: Threads running dialog turns (generation itself is serialised by the LLM's lock).
+#: Threads running dialog turns (each waits for its model's or its worker's text).
 MODEL_THREADS = 4
 
 
-def _active_model(settings: Settings, db: Database) -> ChestXrayVLM:
-    """The registry's active model version, from the process's model cache (the one the
-    embedded worker drafts with, so serve holds one copy and follows promotions)."""
-    from dicom_node.models.readiness import require_ready
-    from dicom_node.models.registry import active_bundle
-
-    require_ready()  # serve's warm-up may still be building or loading it
-    return get_model(settings.inference, bundle=active_bundle(db, settings).bundle)
+def _as_tuple(findings: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if findings is None else tuple(findings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +103,11 @@ class DialogTurns:
     model_provider
         Returns the model; default the registry's active version
         (:func:`dicom_node.models.registry.active_bundle`), loaded once per process by
-        :func:`~dicom_node.models.model_cache.get_model` with ``settings.inference``.
+        :func:`~dicom_node.models.model_cache.get_model` with ``settings.inference``; or,
+        with a Redis ``broker.url``, no model here: the workers answer
+        (:func:`~dicom_node.api.dialog.generators.turn_generator`).
+    generator
+        Answers the turns instead (tests; overrides `model_provider`).
     """
 
     def __init__(
@@ -122,17 +118,19 @@ class DialogTurns:
         views: StudyViews,
         audit: AuditLog,
         model_provider: ModelProvider | None = None,
+        generator: TurnGenerator | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.lookups = lookups
         self.views = views
         self.audit = audit
-        self._model_provider: ModelProvider = model_provider or (
-            lambda: _active_model(settings, db)
-        )
-        #: The vision side's results of the most recently used studies.
+        #: The vision side's results of the most recently used studies (this process's
+        #: model only).
         self.analyses = AnalysisCache(settings.api.analysis_cache_size)
+        #: Answers the turns: this process's model, or the workers.
+        self.generator = generator or turn_generator(settings, db, self.analyses,
+                                                     model_provider)
         #: Runs dialog turns (model work) off the event loop.
         self.executor = ThreadPoolExecutor(MODEL_THREADS, "dicom-node-dialog")
 
@@ -175,23 +173,6 @@ class DialogTurns:
             if kind is not MessageKind.QUESTION:
                 check_open_for_changes(latest)
             return PreparedTurn(reader, study.id, study_uid, message, kind, latest.version)
-
-    def _model(self) -> ChestXrayVLM:
-        from dicom_node.models.readiness import ModelNotReadyError
-        from inference import BundleError, InferenceError
-        from inference.selftest import SelfTestError
-
-        try:
-            return self._model_provider()
-        except ModelNotReadyError as exc:
-            raise ModelUnavailableError(f"{exc}; try again later") from exc
-        except SelfTestError as exc:
-            raise ModelUnavailableError(
-                f"the model failed its self-test ({exc.check}); see the node's log"
-            ) from exc
-        except (BundleError, InferenceError) as exc:
-            logger.error("the model bundle cannot be loaded: %s", exc)
-            raise ModelUnavailableError("the model cannot be loaded; see the node's log") from exc
 
     def _history(self, study_id: int, version: int) -> list[Turn]:
         from inference import Turn
@@ -261,43 +242,27 @@ class DialogTurns:
                 raise NoReportError(f"report version {turn.based_on_version} is gone")
             # The images the draft job gives the model, by the same rule.
             images = model_images(self.lookups.image_instances(turn.study_id))
-            paths = [self.settings.storage.spool_dir / row.path for row in images]
-            if not paths:
+            if not images:
                 raise ConflictError("the study has no frontal CR/DX chest image in the spool")
             history = self._history(turn.study_id, turn.based_on_version)
-            context = report_context(base.findings_text, base.impression_text, turn.kind)
-            model = self._model()
-            key = (id(model), model.name, model.version, turn.study_uid, tuple(map(str, paths)))
-            pieces: list[str] = []
-            try:
-                # ONNX Runtime sessions may run concurrently; generation holds the LLM's own
-                # lock (LanguageModel.adapter), shared with the draft jobs of this process.
-                analysis = self.analyses.get(key, lambda: model.analyse(paths))
-                listed = prompt_findings(
+            request = TurnRequest(
+                study_uid=turn.study_uid,
+                images=tuple(row.path for row in images),
+                context=report_context(base.findings_text, base.impression_text, turn.kind),
+                history=tuple((t.role, t.content) for t in history),
+                instruction=turn.text,
+                indication=base.indication,
+                findings=_as_tuple(prompt_findings(
                     findings_from_json(base.findings_json), turn.kind, turn.text
-                )
-                for piece in model.stream_chat(
-                    analysis, context, history, turn.text, indication=base.indication,
-                    findings=listed,
-                ):
-                    pieces.append(piece)
-                    if on_text is not None:
-                        on_text(clean_generated(piece, strip=False))
-                if turn.kind is MessageKind.CORRECTION:
-                    pieces = self._checked_correction(
-                        model, analysis, base.indication, listed, turn.text, pieces, on_text
-                    )
-            except ApiError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a model failure is a 503 with its type
-                logger.error(
-                    "the model failed on study %s: %s",
-                    uid_digest(turn.study_uid), describe_exception(exc), exc_info=True,
-                )
-                raise ModelUnavailableError(
-                    f"the model cannot process the study ({type(exc).__name__}); see the "
-                    "node's log"
-                ) from exc
+                )),
+                correction=turn.kind is MessageKind.CORRECTION,
+            )
+            pieces = self.generator.generate(
+                request,
+                None if on_text is None else lambda piece: on_text(
+                    clean_generated(piece, strip=False)
+                ),
+            )
             answer = clean_generated("".join(pieces))
             proposal: Proposal | None = None
             if turn.kind is not MessageKind.QUESTION:
@@ -361,40 +326,6 @@ class DialogTurns:
                 if proposal is None
                 else self.views.proposal_out(proposal, base, latest, turn.text),
             )
-
-    @staticmethod
-    def _checked_correction(
-        model: ChestXrayVLM,
-        analysis: StudyAnalysis,
-        indication: str | None,
-        listed: Sequence[str],
-        instruction: str,
-        pieces: list[str],
-        on_text: Callable[[str], None] | None,
-    ) -> list[str]:
-        """The correction's text: the dialog answer, or a redraft where it does better.
-
-        When the answer leaves a finding the reader stated unmet (still describes a denied
-        one, or omits an asserted one), the report is redrafted from the corrected findings
-        with the report adapter, and the redraft is proposed if it meets more of the
-        statements (:func:`report_language.stated_findings.choose_correction`).
-        """
-        from report_language.stated_findings import choose_correction, unmet_statements
-
-        answer = "".join(pieces)
-        if not unmet_statements(answer, instruction):
-            return pieces
-        logger.info("correction answer left stated findings unmet: redrafting")
-        if on_text is not None:
-            on_text("\n\n[redrafting from the corrected findings]\n\n")
-        _, stream = model.stream_report(analysis, indication, findings=listed)
-        redraft: list[str] = []
-        for piece in stream:
-            redraft.append(piece)
-            if on_text is not None:
-                on_text(clean_generated(piece, strip=False))
-        _, took_redraft = choose_correction(answer, "".join(redraft), instruction)
-        return redraft if took_redraft else pieces
 
     # ------------------------------------------------------------------ proposals
     def reject(self, reader: Reader, study_uid: str, proposal_id: int) -> ProposalOut:
