@@ -58,6 +58,12 @@ class PreprocessConfig:
     std: tuple[float, ...] = field(
         default=(0.5, 0.5, 0.5), metadata={"help": "Per-channel standard deviation."}
     )
+    grid_pinpoints: tuple[tuple[int, int], ...] = field(
+        default=(),
+        metadata={"help": "LLaVA-NeXT's 'anyres' resolutions (height, width): each image is "
+                  "seen whole and as tiles of one of them (inference.anyres); empty: one "
+                  "square input per image."},
+    )
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -73,6 +79,12 @@ class PreprocessConfig:
                 )
         if any(s <= 0 for s in self.std):
             raise ConfigError("preprocess.std values must be > 0")
+        for pinpoint in self.grid_pinpoints:
+            if len(pinpoint) != 2 or any(side % self.image_size for side in pinpoint):
+                raise ConfigError(
+                    f"preprocess.grid_pinpoints: {list(pinpoint)} is not (height, width) in "
+                    f"multiples of image_size {self.image_size}"
+                )
         if not 0.0 <= self.percentile_low < self.percentile_high <= 100.0:
             raise ConfigError(
                 "preprocess.percentile_low/percentile_high must satisfy 0 <= low < high <= 100"
@@ -213,6 +225,11 @@ class AlignerConfig:
     )
     norm_eps: float = field(
         default=1e-6, metadata={"help": "For 'gemma3': epsilon of its RMS norm."}
+    )
+    image_newline: tuple[float, ...] = field(
+        default=(),
+        metadata={"help": "With preprocess.grid_pinpoints: LLaVA-NeXT's learned vector "
+                  "(llm_hidden_size values) that ends each row of tile tokens."},
     )
 
     def __post_init__(self) -> None:
@@ -411,6 +428,17 @@ class ModelConfig:
                 f"preprocess.channels ({self.preprocess.channels}) differs from the backbone's "
                 f"num_channels ({channels})"
             )
+        if self.preprocess.grid_pinpoints:
+            if self.classifier.kind != "none" or self.aligner.kind not in ("mlp", "linear"):
+                raise ConfigError(
+                    "preprocess.grid_pinpoints (tiles) needs classifier.kind 'none' and a "
+                    "patch aligner ('mlp' or 'linear')"
+                )
+            if len(self.aligner.image_newline) != self.llm_hidden_size:
+                raise ConfigError(
+                    f"aligner.image_newline needs llm_hidden_size ({self.llm_hidden_size}) "
+                    f"values with preprocess.grid_pinpoints, got {len(self.aligner.image_newline)}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict (tuples become lists)."""

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pydicom.dataset import Dataset
 
+from inference.anyres import Resolution, pack_tiles
 from inference.bundle import Manifest, Provenance, load_manifest
 from inference.config import GenerationConfig, ModelConfig
 from inference.content_check import ContentCheck, ContentScore
@@ -38,7 +39,7 @@ from inference.multimodal import (
 )
 from inference.onnx_runtime import OnnxVisionRunner, OrtOptions, choose_providers
 from inference.packaging import load_vision_tower
-from inference.preprocessing import load_images
+from inference.preprocessing import load_images, load_tiled_images
 from inference.prompt import EncodedPrompt, PromptBuilder, Turn
 from inference.speculative import LookupDecoding, NgramTable
 from inference.vision import VisionTower
@@ -188,10 +189,14 @@ class _LoadedStudy:
     """One study's preprocessed pixels before the vision side."""
 
     pixels: np.ndarray
-    #: Index in the study's input of each row of ``pixels``.
+    #: Index in the study's input of each image used.
     used: list[int]
     #: Images left out as unusable: (index in the input, reason).
     unusable: list[tuple[int, str]]
+    #: Rows of ``pixels`` per image used: 1 each, or its tile count (LLaVA-NeXT tiles).
+    tiles: list[int]
+    #: Each image's (height, width) before tiling; empty for an untiled model.
+    sizes: list[Resolution] = field(default_factory=list)
 
 
 class ChestXrayVLM:
@@ -408,22 +413,33 @@ class ChestXrayVLM:
     def _load_study(self, images: Sequence[ImageSource], skip_unusable: bool) -> _LoadedStudy:
         """One study's preprocessed pixels, and which images they are."""
         if not skip_unusable:
-            return _LoadedStudy(
-                load_images(list(images), self.config.preprocess), list(range(len(images))), []
-            )
+            return self._load_images(list(images), list(range(len(images))), [])
         unusable: list[tuple[int, str]] = []
-        usable: list[np.ndarray] = []
-        used: list[int] = []
+        loaded: list[_LoadedStudy] = []
         for index, image in enumerate(images):
             try:
-                usable.append(load_images([image], self.config.preprocess))
-                used.append(index)
+                loaded.append(self._load_images([image], [index], []))
             except PreprocessingError as exc:
                 unusable.append((index, str(exc)))
-        if not usable:
+        if not loaded:
             reasons = "; ".join(reason for _, reason in unusable)
             raise PreprocessingError(f"no image of the study can be used ({reasons})")
-        return _LoadedStudy(np.concatenate(usable), used, unusable)
+        return _LoadedStudy(
+            np.concatenate([one.pixels for one in loaded]),
+            [index for one in loaded for index in one.used],
+            unusable,
+            [count for one in loaded for count in one.tiles],
+            [size for one in loaded for size in one.sizes],
+        )
+
+    def _load_images(
+        self, images: list[ImageSource], used: list[int], unusable: list[tuple[int, str]]
+    ) -> _LoadedStudy:
+        pre = self.config.preprocess
+        if pre.grid_pinpoints:
+            pixels, tiles, sizes = load_tiled_images(images, pre)
+            return _LoadedStudy(pixels, used, unusable, tiles, sizes)
+        return _LoadedStudy(load_images(images, pre), used, unusable, [1] * len(images))
 
     def _run_vision(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
         """The vision side's ``(probabilities, image embeddings)`` for a batch of images.
@@ -450,13 +466,17 @@ class ChestXrayVLM:
         embeddings: np.ndarray | torch.Tensor,
         leave_out_non_chest: bool,
     ) -> StudyAnalysis:
-        """A study's analysis from its rows of the vision side's outputs."""
+        """A study's analysis from its rows of the vision side's outputs (one row per
+        image, or per tile of a tiled model, whose base tiles stand for their images in the
+        findings and the content check)."""
+        rows = torch.as_tensor(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
+        base = np.cumsum([0, *study.tiles[:-1]])
+        images = self._image_tokens(study, rows)
+        probabilities = probabilities[base]
         unusable = list(study.unusable)
         content: list[ContentScore] = []
         if self.content_check is not None:
-            content = self.content_check.score(
-                embeddings.cpu().numpy() if isinstance(embeddings, torch.Tensor) else embeddings
-            )
+            content = self.content_check.score(rows[base].cpu().numpy())
             if leave_out_non_chest:
                 keep = [i for i, score in enumerate(content) if score.is_chest]
                 for i, score in enumerate(content):
@@ -466,7 +486,7 @@ class ChestXrayVLM:
                     reasons = "; ".join(reason for _, reason in sorted(unusable))
                     raise NotChestError(f"no image of the study can be used ({reasons})")
                 probabilities = probabilities[keep]
-                embeddings = embeddings[keep]
+                images = [images[i] for i in keep]
                 content = [content[i] for i in keep]
                 unusable.sort()
         study_probs = probabilities.max(axis=0)
@@ -474,11 +494,21 @@ class ChestXrayVLM:
             FindingPrediction(label, float(p), self.thresholds[label])
             for label, p in zip(self.config.classifier.labels, study_probs, strict=True)
         ]
-        kept = embeddings[: self.config.max_images]
-        tokens = (
-            kept if isinstance(kept, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(kept))
-        )
-        return StudyAnalysis(findings, tokens.reshape(-1, tokens.shape[-1]), unusable, content)
+        tokens = torch.cat(images[: self.config.max_images])
+        return StudyAnalysis(findings, tokens, unusable, content)
+
+    def _image_tokens(self, study: _LoadedStudy, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Each image's image tokens ``(T_i, H)``: its row, or its tiles packed into one
+        sequence (:func:`~inference.anyres.pack_tiles`)."""
+        if not study.sizes:
+            return list(rows)
+        pre = self.config.preprocess
+        newline = torch.tensor(self.config.aligner.image_newline, dtype=rows.dtype)
+        tiles = torch.split(rows, study.tiles)
+        return [
+            pack_tiles(image, size, pre.grid_pinpoints, pre.image_size, newline)
+            for image, size in zip(tiles, study.sizes, strict=True)
+        ]
 
     def _analyses(
         self, inputs: Sequence[Sequence[ImageSource] | StudyAnalysis]

@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from inference.anyres import Resolution, tile_image
 from inference.config import PreprocessConfig
 from inference.errors import PreprocessingError
 
@@ -206,10 +207,7 @@ def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     if mode == "stretch":
         new_h = new_w = size
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    resized = F.interpolate(
-        tensor, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-    )[0, 0]
+    resized = torch.from_numpy(resize_to(image, (new_h, new_w)))
     if mode == "pad":
         top, left = (size - new_h) // 2, (size - new_w) // 2
         out = torch.zeros((size, size), dtype=torch.float32)
@@ -218,6 +216,21 @@ def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
         top, left = (new_h - size) // 2, (new_w - size) // 2
         out = resized[top : top + size, left : left + size]
     return out.clamp(0.0, 1.0).numpy()
+
+
+def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a 2-D image to ``size`` = ``(height, width)`` (bilinear, antialiased), float32."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return F.interpolate(
+        tensor, size=size, mode="bilinear", align_corners=False, antialias=True
+    )[0, 0].numpy()
+
+
+def tile_display(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """A display image as LLaVA-NeXT tiles (:mod:`inference.anyres`), normalised:
+    ``(N, C, S, S)``."""
+    tiles = tile_image(image, config.grid_pinpoints, config.image_size, resize_to)
+    return np.stack([normalise(np.clip(t, 0.0, 1.0), config) for t in tiles])
 
 
 def normalise(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -264,18 +277,23 @@ def preprocess_display_image(image: np.ndarray, config: PreprocessConfig) -> np.
     Integer arrays are scaled by their dtype's maximum; float arrays must lie in [0, 1].
     Used by training loaders for MIMIC-CXR-JPG style images.
     """
+    scaled = _display_array(image)
+    return normalise(resize_square(scaled, config.image_size, config.resize_mode), config)
+
+
+def _display_array(image: np.ndarray) -> np.ndarray:
+    """A display image (PNG/JPEG pixels, bone bright) as a 2-D float array in [0, 1]."""
     array = np.asarray(image)
     if array.ndim == 3:  # RGB(A) export of a grayscale image: take the luminance channel
         array = array[..., 0]
     if array.ndim != 2 or array.size == 0:
         raise PreprocessingError(f"expected a 2-D grayscale image, got shape {array.shape}")
     if np.issubdtype(array.dtype, np.integer):
-        scaled = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
-    else:
-        scaled = array.astype(np.float32)
-        if scaled.min() < 0.0 or scaled.max() > 1.0:
-            raise PreprocessingError("float images must have values in [0, 1]")
-    return normalise(resize_square(scaled, config.image_size, config.resize_mode), config)
+        return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    scaled = array.astype(np.float32)
+    if scaled.min() < 0.0 or scaled.max() > 1.0:
+        raise PreprocessingError("float images must have values in [0, 1]")
+    return scaled
 
 
 def load_images(sources: list[Any], config: PreprocessConfig) -> np.ndarray:
@@ -306,13 +324,45 @@ def load_images(sources: list[Any], config: PreprocessConfig) -> np.ndarray:
     return np.stack(batch)
 
 
+def load_tiled_images(
+    sources: list[Any], config: PreprocessConfig
+) -> tuple[np.ndarray, list[int], list[Resolution]]:
+    """:func:`load_images` for a model that sees each image as LLaVA-NeXT tiles
+    (``preprocess.grid_pinpoints``).
+
+    Returns
+    -------
+    tuple
+        The tiles of all images ``(sum N_i, C, S, S)`` in order, the tile count ``N_i`` of
+        each image, and each image's ``(height, width)`` before tiling.
+    """
+    if not sources:
+        raise PreprocessingError("no images given")
+    tiles, counts, sizes = [], [], []
+    for source in sources:
+        if isinstance(source, Dataset):
+            display = dataset_to_display(source, config)
+        elif isinstance(source, np.ndarray):
+            display = _display_array(source)
+        else:
+            display = dataset_to_display(read_dicom(source), config)
+        image_tiles = tile_display(display, config)
+        tiles.append(image_tiles)
+        counts.append(len(image_tiles))
+        sizes.append((int(display.shape[0]), int(display.shape[1])))
+    return np.concatenate(tiles), counts, sizes
+
+
 __all__ = [
     "SUPPORTED_PHOTOMETRIC",
     "dataset_to_display",
     "load_images",
+    "load_tiled_images",
     "normalise",
     "preprocess_dataset",
     "preprocess_display_image",
     "read_dicom",
     "resize_square",
+    "resize_to",
+    "tile_display",
 ]

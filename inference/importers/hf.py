@@ -26,8 +26,14 @@ vision tower is released after loading. The prompt is the tokenizer's chat templ
 processor's expansion of ``<start_of_image>``; the image transform is the processor's
 (stretch to the square size, mean and std 0.5). One image per study.
 
-Not yet: LLaVA-NeXT (any-resolution tiling), and models whose code is not in transformers
-(MAIRA-2, CheXagent need ``trust_remote_code``; this importer refuses them).
+LLaVA-NeXT checkpoints (``model_type: llava_next``) are LLaVA's parts plus any-resolution
+tiles: ``image_grid_pinpoints`` go to the bundle's preprocessing and the learned
+``image_newline`` vector to its aligner config; each image is seen whole and as tiles
+(:mod:`inference.anyres`), and the tiles' tokens are packed after the ONNX tower.
+
+Not yet: models whose code is not in transformers (MAIRA-2, CheXagent need
+``trust_remote_code``; this importer refuses them), and checkpoints in the original LLaVA
+repository's layout (LLaVA-Rad, Libra; see docs/models.md).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from inference.config import (
     PromptConfig,
     VisionConfig,
 )
-from inference.errors import CheckpointError
+from inference.errors import CheckpointError, ConfigError
 from inference.importers.checkpoints import (
     hf_config,
     load_tokenizer,
@@ -238,13 +244,13 @@ def import_hf(
             f"{config_path}: model_type {model_type!r} runs code from its repository{flag}; "
             "the node does not run such code yet"
         )
-    if model_type == "llava":
+    if model_type in ("llava", "llava_next"):
         return _import_llava(source, out, provenance, name, version, instruction)
     if model_type == "gemma3":
         return _import_gemma3(source, out, provenance, name, version, instruction)
     raise CheckpointError(
         f"{config_path}: model_type {model_type!r} is not supported by 'hf' yet "
-        "(llava, gemma3)"
+        "(llava, llava_next, gemma3)"
     )
 
 
@@ -281,6 +287,8 @@ def _import_llava(
         vision_config, kept, 1 if strategy == "default" else 0,
         int(projector["linear_1.weight"].shape[0]), llm_width, _preprocess(source), instruction,
     )
+    if config.model_type == "llava_next":
+        bundle_config = _with_tiles(bundle_config, config, files, source)
     tower = VisionTower(bundle_config).eval()
     weights = {}
     for key, value in vision.items():
@@ -304,6 +312,32 @@ def _import_llava(
         provenance=provenance, name=name, version=version,
         llm_config=config.text_config, llm_key_mapping=LLM_KEY_MAPPING,
     )
+
+
+def _with_tiles(
+    config: ModelConfig, hf: PretrainedConfig, files: Mapping[str, Path], source: Path
+) -> ModelConfig:
+    """A LLaVA bundle config made LLaVA-NeXT's: its grid pinpoints and learned row-end
+    vector (``image_newline``)."""
+    pinpoints = getattr(hf, "image_grid_pinpoints", None)
+    if not pinpoints:
+        raise CheckpointError(f"{source / 'config.json'}: missing key 'image_grid_pinpoints'")
+    key = next((k for k in ("image_newline", "model.image_newline") if k in files), None)
+    if key is None:
+        raise CheckpointError(f"{source}: missing key 'image_newline'")
+    newline = _read(files, key)[""]
+    if tuple(newline.shape) != (config.llm_hidden_size,):
+        raise CheckpointError(
+            f"{files[key]}: {key!r} has shape {tuple(newline.shape)}, the language model's "
+            f"width is {config.llm_hidden_size}"
+        )
+    data = config.to_dict()
+    data["preprocess"]["grid_pinpoints"] = [[int(h), int(w)] for h, w in pinpoints]
+    data["aligner"]["image_newline"] = [float(v) for v in newline.float().tolist()]
+    try:
+        return ModelConfig.from_dict(data)
+    except ConfigError as exc:
+        raise CheckpointError(f"{source / 'config.json'}: {exc}") from exc
 
 
 def _backbone_prefix(tower: VisionTower) -> str:

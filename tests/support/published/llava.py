@@ -26,7 +26,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _published_key(key: str) -> str:
+def published_key(key: str) -> str:
+    """A transformers 5 state-dict key under the name the hub's LLaVA-family files use."""
     for new, old in (
         ("model.language_model.", "language_model.model."),
         ("language_model.model.", "language_model.model."),
@@ -36,6 +37,7 @@ def _published_key(key: str) -> str:
         ("vision_tower.vision_model.", "vision_tower.vision_model."),
         ("vision_tower.", "vision_tower.vision_model."),
         ("model.multi_modal_projector.", "multi_modal_projector."),
+        ("model.image_newline", "image_newline"),
     ):
         if key.startswith(new):
             return old + key[len(new):]
@@ -72,7 +74,7 @@ def write_llava_hf(directory: Path, *, seed: int = 0, image_size: int = 32) -> P
     model.save_pretrained(str(directory))
     weights = directory / "model.safetensors"
     state = load_file(str(weights))
-    save_file({_published_key(k): v.contiguous() for k, v in state.items()}, str(weights),
+    save_file({published_key(k): v.contiguous() for k, v in state.items()}, str(weights),
               metadata={"format": "pt"})
     tokenizer.save_pretrained(str(directory))
     (directory / "preprocessor_config.json").write_text(json.dumps({
@@ -85,4 +87,4 @@ def write_llava_hf(directory: Path, *, seed: int = 0, image_size: int = 32) -> P
     return directory
 
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "IMAGE_TOKEN", "write_llava_hf"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "IMAGE_TOKEN", "published_key", "write_llava_hf"]
