@@ -91,9 +91,13 @@ def serve(
     )
     from dicom_node.jobqueue import is_embedded
     from dicom_node.jobqueue.app import dialog_on_workers
+    from dicom_node.models.readiness import needs_demo_build
     from dicom_node.ops.service import NodeService
 
-    if is_embedded(settings) or (settings.api.enabled and not dialog_on_workers(settings)):
+    # With its dialog on the workers serve loads no model; it only builds a missing demo one.
+    if is_embedded(settings) or (settings.api.enabled and (
+        not dialog_on_workers(settings) or needs_demo_build(settings)
+    )):
         _check_bundle(settings)
     with stop_on_signal() as stop:
         try:

@@ -176,7 +176,9 @@ class ModelWarmup:
     settings
         The node's settings (``inference``).
     load
-        Loads and self-tests the model (the jobs' :func:`~dicom_node.jobqueue.context.model`).
+        Loads and self-tests the model (the jobs' :func:`~dicom_node.jobqueue.context.model`);
+        ``None``: this process only builds the demo bundle when it is missing, for the
+        workers to load (``serve`` with its dialog on the workers).
     readiness
         The state to update (default: the process's :data:`READINESS`).
     build_command
@@ -187,7 +189,7 @@ class ModelWarmup:
     def __init__(
         self,
         settings: Settings,
-        load: Callable[[], ChestXrayVLM],
+        load: Callable[[], ChestXrayVLM] | None,
         readiness: ModelReadiness | None = None,
         build_command: Sequence[str] | None = None,
     ) -> None:
@@ -216,6 +218,9 @@ class ModelWarmup:
             if needs_demo_build(self.settings) and not self._build_demo():
                 return
             if self._stop.is_set():
+                return
+            if self._load is None:
+                self.readiness.set(ModelPhase.READY, "the bundle is there; the workers load it")
                 return
             self.readiness.set(ModelPhase.LOADING, "loading and self-testing the model")
             self._load_model()
@@ -258,6 +263,7 @@ class ModelWarmup:
         from inference.selftest import SelfTestError
 
         started = time.perf_counter()
+        assert self._load is not None
         try:
             model = self._load()
         except SelfTestError as exc:

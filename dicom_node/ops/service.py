@@ -48,7 +48,12 @@ from dicom_node.errors import ServiceError
 from dicom_node.jobqueue import Dispatcher, EmbeddedWorker, configure_app, is_embedded
 from dicom_node.jobqueue import context as queue_context
 from dicom_node.jobqueue.app import dialog_on_workers
-from dicom_node.models.readiness import READINESS, ModelWarmup, health_problem
+from dicom_node.models.readiness import (
+    READINESS,
+    ModelWarmup,
+    health_problem,
+    needs_demo_build,
+)
 from dicom_node.ops import metrics
 from dicom_node.ops.health import HealthCheck, create_ops_app, database_check, recent_jobs_check
 from dicom_node.pipeline.assembly import AssemblyResult, assemble
@@ -103,13 +108,14 @@ class NodeService:
         run_worker = is_embedded(settings) if worker is None else worker
         self.worker = EmbeddedWorker(self.celery, settings) if run_worker else None
         # The model this process drafts or talks with is made ready in the background;
-        # with a Redis broker the workers answer the dialog, and serve loads no model.
-        self.warmup = (
-            ModelWarmup(settings, queue_context.load_model)
-            if self.worker is not None
-            or (http and settings.api.enabled and not dialog_on_workers(settings))
-            else None
-        )
+        # with a Redis broker the workers answer the dialog, and serve loads no model (it
+        # only builds the demo bundle on a first run, for the workers).
+        api_model = http and settings.api.enabled
+        self.warmup: ModelWarmup | None = None
+        if self.worker is not None or (api_model and not dialog_on_workers(settings)):
+            self.warmup = ModelWarmup(settings, queue_context.load_model)
+        elif api_model and needs_demo_build(settings):
+            self.warmup = ModelWarmup(settings, None)
         self.dispatcher = Dispatcher(
             settings,
             self.db,

@@ -47,9 +47,9 @@ USERS = {"jane": {"token": TOKEN, "display_name": "Doe^Jane", "organization": "H
 
 @pytest.fixture
 def redis_db(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A Redis database of this test (13, or the number the test is parametrized with),
+    """A Redis database of this test (11, or the number the test is parametrized with),
     empty; its broker URL."""
-    number = getattr(request, "param", 13)
+    number = getattr(request, "param", 11)
     client = redis.Redis.from_url(f"{REDIS}/{number}")
     try:
         client.flushdb()
@@ -167,7 +167,7 @@ def test_a_dialog_turn_is_answered_by_a_worker_while_serve_holds_no_llm(
     assert model_cache._models == {}
 
 
-@pytest.mark.parametrize("redis_db", [14], indirect=True)
+@pytest.mark.parametrize("redis_db", [12], indirect=True)
 def test_a_turn_no_worker_takes_fails_with_a_clear_503(
     tmp_path: Path, tiny_bundle: Path, redis_db: str
 ) -> None:

@@ -137,7 +137,8 @@ def test_compose_runs_the_node_and_its_workers_with_health_checks() -> None:
     assert {"redis", "postgres", "node", "gpu-worker", "delivery-worker",
             "training-worker"} <= set(services)
     assert services["node"]["command"] == ["serve"]
-    assert services["gpu-worker"]["command"][:3] == ["worker", "--queues", "gpu"]
+    # One model for the dialog turns and the drafts (docs/node.md, "Serving at scale").
+    assert services["gpu-worker"]["command"][:3] == ["worker", "--queues", "dialog,gpu"]
     assert services["delivery-worker"]["command"][:3] == ["worker", "--queues", "delivery"]
     assert services["training-worker"]["command"][:3] == ["worker", "--queues", "training"]
     device = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
