@@ -109,6 +109,12 @@ class InferenceSettings(BaseModel):
         "report text and checked by the LLM in one pass (speculative decoding: the same "
         "text in fewer passes); 0 = plain greedy decoding.",
     )
+    kv_cache: Literal["bundle", "dynamic", "static"] = Field(
+        default="bundle",
+        description="KV cache for generation: the bundle's choice, or 'dynamic' (grows per "
+        "step) or 'static' (allocated once; transformers compiles the decoding step with CUDA "
+        "graphs on a GPU) for this host. Static disables lookup decoding.",
+    )
     screening: Literal["refuse", "warn"] = Field(
         default="refuse",
         description="Images the bundle's content check finds are not frontal chest "
@@ -143,6 +149,7 @@ class InferenceSettings(BaseModel):
             verify_checksums=self.verify_checksums,
             merge_adapters=self.merge_adapters,
             lookup_tokens=self.lookup_tokens,
+            kv_cache=self.kv_cache,
         )
 
 

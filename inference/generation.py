@@ -78,6 +78,7 @@ def generate_ids(
         if (
             lookup is not None
             and not options.stop_strings
+            and options.cache_implementation == "dynamic"
             and _single_greedy_sequence(batch, options)
             and supports_lookup(model.config)
         ):
@@ -101,8 +102,7 @@ def generate_ids(
             eos_token_id=llm.stop_token_ids(),
             pad_token_id=llm.pad_token_id(),
             streamer=streamer,
-            **({"stop_strings": list(options.stop_strings), "tokenizer": llm.tokenizer}
-               if options.stop_strings else {}),
+            **_decoding_options(llm, options),
         )
     return output
 
@@ -131,10 +131,19 @@ def _generate_with_features(
         eos_token_id=llm.stop_token_ids(),
         pad_token_id=llm.pad_token_id(),
         streamer=streamer,
-        **({"stop_strings": list(options.stop_strings), "tokenizer": llm.tokenizer}
-           if options.stop_strings else {}),
+        **_decoding_options(llm, options),
     )
     return output[:, batch.input_ids.shape[1]:]
+
+
+def _decoding_options(llm: LanguageModel, options: GenerationConfig) -> dict[str, Any]:
+    """``generate`` keywords for stop strings and a static KV cache, when asked for."""
+    extra: dict[str, Any] = {}
+    if options.stop_strings:
+        extra.update(stop_strings=list(options.stop_strings), tokenizer=llm.tokenizer)
+    if options.use_cache and options.cache_implementation == "static":
+        extra["cache_implementation"] = "static"
+    return extra
 
 
 def _single_greedy_sequence(batch: MultimodalBatch, options: GenerationConfig) -> bool:

@@ -104,6 +104,14 @@ class RuntimeOptions:
         },
     )
 
+    kv_cache: Literal["bundle", "dynamic", "static"] = field(
+        default="bundle",
+        metadata={
+            "help": "KV cache for generation: the bundle's (generation.cache_implementation), "
+            "or 'dynamic' / 'static' (CUDA graphs on a GPU) for this host."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.lookup_tokens < 0:
             raise ConfigError(f"lookup_tokens must be >= 0, got {self.lookup_tokens}")
@@ -304,8 +312,13 @@ class ChestXrayVLM:
         lookup = None
         if manifest.lookup_table is not None and options.lookup_tokens > 0:
             lookup = LookupDecoding(NgramTable.load(manifest.lookup_table), options.lookup_tokens)
+        config = manifest.config
+        if options.kv_cache != "bundle":
+            config = replace(config, generation=replace(
+                config.generation, cache_implementation=options.kv_cache
+            ))
         return cls(
-            manifest.config,
+            config,
             vision,
             llm,
             manifest.thresholds,

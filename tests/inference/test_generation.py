@@ -217,3 +217,17 @@ def test_a_streamed_answer_stops_before_a_stop_string_split_across_pieces() -> N
     source = iter(pieces)
     list(cut_stream_at_stop(source, ("###",)))
     assert next(source, None) is None
+
+
+def test_a_static_kv_cache_gives_the_same_tokens_as_the_dynamic_one(
+    tiny_model: ChestXrayVLM, chest_cr_path: Path
+) -> None:
+    # left padding (prompts of different lengths) in a cache allocated once for the whole
+    # generation; on a GPU transformers compiles this path with CUDA graphs
+    studies = [StudyRequest([chest_cr_path], None),
+               StudyRequest([chest_cr_path], "Follow-up of known right lower lobe pneumonia.")]
+    dynamic = GenerationConfig(max_new_tokens=12)
+    static = replace(dynamic, cache_implementation="static")
+    assert [d.text for d in tiny_model.generate_reports(studies, generation=static)] == [
+        d.text for d in tiny_model.generate_reports(studies, generation=dynamic)
+    ]
