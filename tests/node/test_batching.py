@@ -74,7 +74,7 @@ def counted_model() -> Iterator[dict[str, list[int]]]:
         calls["generate"].append(len(requests))
         return generate(requests, **kwargs)
 
-    model.vision = counted_vision  # type: ignore[method-assign]
+    model.vision = counted_vision  # type: ignore[method-assign,assignment]
     model.generate_reports = counted_generate  # type: ignore[method-assign]
     try:
         yield calls
@@ -168,3 +168,45 @@ def test_a_batch_waits_for_more_jobs_at_most_batch_wait_ms(
     ]
     assert waits == []
     db.dispose()
+
+
+@pytest.mark.parametrize("transient", ["leader", "follower"])
+def test_a_transient_error_requeues_its_job_the_leader_retried_by_celery(
+    node: tuple[Settings, Database], rg1_uncr: Path, counted_model: dict[str, list[int]],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, transient: str,
+) -> None:
+    """The RIS lookup of one study fails transiently (as a database away would): that job
+    alone goes back to ``queued``; the others are drafted. The task's own job is retried by
+    Celery; another job of the batch waits for the dispatcher."""
+    from dicom_node.errors import TransientJobError
+    from dicom_node.jobqueue.tasks import draft_report
+    from dicom_node.pipeline import drafting
+
+    settings, db = node
+    job_ids = _studies(settings, db, rg1_uncr, 3)
+    flaky = "1.2.840.99.1" if transient == "leader" else "1.2.840.99.3"
+    resolve = drafting.resolve_worklist
+
+    def lookup(settings: Settings, db: Database, study: Any) -> Any:
+        if study.study_instance_uid == flaky:
+            raise TransientJobError("the database is away")
+        return resolve(settings, db, study)
+
+    monkeypatch.setattr(drafting, "resolve_worklist", lookup)
+    result = draft_report.apply(args=(job_ids[0],))
+    rows = _rows(db)
+    retried = [r for r in caplog.records if r.getMessage().endswith("; retrying")]
+    if transient == "leader":
+        # Eagerly applied, Celery's retries run at once: the task's own job is tried
+        # max_retries + 1 times, each time alone (the others are drafted by the first run).
+        tries = settings.worker.max_retries + 1
+        assert result.state == "FAILURE" and len(retried) == tries
+        assert [j.state for j in rows] == [JobState.QUEUED, JobState.DONE, JobState.DONE]
+        assert [j.attempts for j in rows] == [tries, 1, 1]
+    else:
+        assert result.state == "SUCCESS" and result.result["batch"] == 3 and not retried
+        assert [j.state for j in rows] == [JobState.DONE, JobState.DONE, JobState.QUEUED]
+        assert [j.attempts for j in rows] == [1, 1, 1]
+    assert counted_model["generate"] == [2]
+    queued = next(j for j in rows if j.state is JobState.QUEUED)
+    assert queued.error == "the database is away"
