@@ -75,7 +75,7 @@ def counted_model() -> Iterator[dict[str, list[int]]]:
         return generate(requests, **kwargs)
 
     model.vision = counted_vision  # type: ignore[method-assign,assignment]
-    model.generate_reports = counted_generate  # type: ignore[method-assign]
+    model.generate_reports = counted_generate  # type: ignore[method-assign,assignment]
     try:
         yield calls
     finally:
