@@ -210,3 +210,36 @@ def test_a_transient_error_requeues_its_job_the_leader_retried_by_celery(
     assert counted_model["generate"] == [2]
     queued = next(j for j in rows if j.state is JobState.QUEUED)
     assert queued.error == "the database is away"
+
+
+def test_the_vision_side_of_a_batch_is_one_call_with_each_study_s_own_result(
+    tiny_model: Any, chest_cr_path: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from inference import PreprocessingError
+
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not a DICOM file")
+    studies = [[chest_cr_path], [broken], [chest_cr_path, chest_cr_path]]
+    alone = [tiny_model.analyse(s, skip_unusable=True) if s != [broken] else None
+             for s in studies]
+    calls: list[int] = []
+    vision = tiny_model.vision
+
+    def counted(pixels):  # type: ignore[no-untyped-def]
+        calls.append(len(pixels))
+        return vision(pixels)
+
+    tiny_model.vision = counted
+    try:
+        together = tiny_model.analyse_many(studies, skip_unusable=True)
+    finally:
+        tiny_model.vision = vision
+    assert calls == [3]  # the usable images of all studies in one call
+    assert isinstance(together[1], PreprocessingError)
+    for mine, single in ((together[0], alone[0]), (together[2], alone[2])):
+        assert not isinstance(mine, Exception) and single is not None
+        assert [f.probability for f in mine.findings] == pytest.approx(
+            [f.probability for f in single.findings], abs=1e-5)
+        assert torch.allclose(mine.image_tokens, single.image_tokens, atol=1e-5)
