@@ -214,3 +214,16 @@ def test_a_turn_message_naming_a_file_outside_the_spool_is_refused() -> None:
             TurnRequest.from_message({**message, "images": [bad]})
     with pytest.raises(ValueError, match="malformed"):
         TurnRequest.from_message({"images": []})
+
+
+def test_workers_read_the_dialog_queue_before_the_drafts(tmp_path: Path) -> None:
+    from dicom_node.jobqueue.app import by_priority, celery_config
+
+    assert by_priority(["delivery", "gpu", "dialog"]) == ["dialog", "gpu", "delivery"]
+    settings = node_settings(tmp_path / "node", broker={"url": f"{REDIS}/11"})
+    options = celery_config(settings)["broker_transport_options"]
+    # Redis reads the queues in the order given instead of taking turns between them.
+    assert options["queue_order_strategy"] == "priority"
+    assert celery_config(settings)["task_routes"]["dicom_node.dialog_turn"] == {
+        "queue": "dialog"
+    }
