@@ -307,6 +307,7 @@ def test_keyboard_shortcuts_open_studies_decide_proposals_sign_and_list_themselv
         expect(page.locator('.proposal[data-id="1"]')).to_have_attribute(
             "data-status", "rejected")
         page.fill("#message-input", "There is no pleural effusion.")
+        expect(page.locator("#status")).to_have_text("Proposal 1 rejected")
         page.press("#message-input", "Control+Enter")
         expect(page.locator("#status")).to_have_text("Proposal 2 ready")
         page.press("#message-input", "Alt+a")
@@ -341,5 +342,102 @@ def test_keyboard_shortcuts_open_studies_decide_proposals_sign_and_list_themselv
         page.keyboard.press("Escape")
         expect(help_dialog).to_be_hidden()
         assert errors == [], errors
+    finally:
+        context.close()
+
+
+#: Where the layout test leaves its screenshots for a person to look at.
+SCREENS = Path("/tmp/screens/page")
+#: Window sizes the layout is checked at: a laptop, a reading-room monitor, and the laptop at
+#: 150 % browser zoom (the same CSS pixels a 911 x 512 window has, drawn 1.5 times larger).
+SIZES = {
+    "1366x768": ({"width": 1366, "height": 768}, 1),
+    "2560x1440": ({"width": 2560, "height": 1440}, 1),
+    "1366x768-zoom150": ({"width": 911, "height": 512}, 1.5),
+}
+
+
+def _box(page: Any, selector: str) -> dict[str, float]:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, selector
+    return dict(box)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_the_layout_keeps_every_pane_usable_and_the_findings_one_line_each(
+    two_studies: TwoStudies, browser: Any, size: str  # noqa: F811
+) -> None:
+    viewport, scale = SIZES[size]
+    context = browser.new_context(viewport=viewport, device_scale_factor=scale)
+    try:
+        page = _logged_in(context, two_studies.server.url)
+        page.locator(ROW.format(two_studies.first.study_uid)).click()
+        expect(page.locator("#report-version")).to_have_text("1")
+        rows = page.locator("#findings tbody tr")
+        expect(rows).to_have_count(14)
+        # The screenshot shows the image (when the viewer is built; else the page around it).
+        page.wait_for_function(
+            "() => !window.cxrViewer || ['ready', 'failed', 'empty'].includes("
+            "document.getElementById('viewer').dataset.state)")
+        SCREENS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENS / f"{size}.png"))
+        if size == "1366x768-zoom150":
+            page.screenshot(path=str(SCREENS / f"{size}-full.png"), full_page=True)
+        heights = [rows.nth(i).bounding_box()["height"] for i in range(14)]  # type: ignore[index]
+        # One line per finding: no row wraps (a wrapped row is twice as high).
+        assert max(heights) < 1.5 * min(heights) and max(heights) < 30, heights
+        table = _box(page, "#findings")
+        report = _box(page, "#report-panel")
+        assert table["width"] <= report["width"], (table, report)
+        viewer = _box(page, "#viewer-panel")
+        if size == "1366x768-zoom150":
+            # The viewer keeps a usable size: across the page, most of the window high.
+            assert viewer["width"] >= 0.9 * viewport["width"] - 40, viewer
+            assert viewer["height"] >= 280, viewer
+        else:
+            assert viewer["width"] >= 300 and viewer["height"] >= 0.7 * viewport["height"]
+            # The whole findings table fits in the report pane's height.
+            assert table["height"] < report["height"], (table, report)
+            sync_api.expect(page.locator("#send")).to_be_in_viewport()
+    finally:
+        context.close()
+
+
+def test_the_panes_resize_by_keyboard_and_pointer_and_keep_their_size(
+    two_studies: TwoStudies, browser: Any  # noqa: F811
+) -> None:
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    try:
+        page = _logged_in(context, two_studies.server.url)
+        expect(page.locator("#worklist tbody tr")).to_have_count(2)
+        separator = page.locator('.separator[data-pane="worklist"]')
+        expect(separator).to_have_attribute("role", "separator")
+        before = _box(page, "#worklist-panel")["width"]
+        separator.focus()
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowRight")
+        after = _box(page, "#worklist-panel")["width"]
+        assert after == pytest.approx(before + 32, abs=1)
+        assert int(separator.get_attribute("aria-valuenow") or 0) == pytest.approx(after, abs=1)
+        # The report's separator dragged 40 px to the left: the report is 40 px wider.
+        report_before = _box(page, "#report-panel")["width"]
+        handle = _box(page, '.separator[data-pane="report"]')
+        x, y = handle["x"] + handle["width"] / 2, handle["y"] + 200
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x - 20, y)
+        page.mouse.move(x - 40, y)
+        page.mouse.up()
+        assert _box(page, "#report-panel")["width"] == pytest.approx(report_before + 40, abs=2)
+        # The viewer never gets narrower than its minimum, however far a pane is pushed.
+        page.locator('.separator[data-pane="dialog"]').focus()
+        page.keyboard.press("End")
+        assert _box(page, "#viewer-panel")["width"] >= 295
+        page.keyboard.press("Home")
+        # Kept for the next visit (localStorage of this browser).
+        page.reload()
+        expect(page.locator("#worklist tbody tr")).to_have_count(2)
+        assert _box(page, "#worklist-panel")["width"] == pytest.approx(after, abs=1)
+        assert _box(page, "#report-panel")["width"] == pytest.approx(report_before + 40, abs=2)
     finally:
         context.close()

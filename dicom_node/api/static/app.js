@@ -214,9 +214,10 @@ function renderWorklist() {
     row.append(
       priority,
       element("td", study.accession_number || "-"),
-      element("td", new Date(study.received_at).toLocaleString()),
-      element("td", statusText(study)),
-      element("td", study.latest_version ?? "-"),
+      element("td", new Date(study.received_at).toLocaleString(undefined, {
+        month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })),
+      element("td", statusText(study)
+        + (study.latest_version ? ` \u00b7 v${study.latest_version}` : "")),
     );
     row.classList.add(`status-${study.status}`);
     row.classList.toggle("is-urgent", Boolean(study.urgent));
@@ -587,14 +588,27 @@ function findingRow(finding, locked) {
   const source = finding.source === "reader"
     ? (finding.confirmed ? "you (confirmed)" : "you") : finding.source;
   const probability = finding.probability === null ? "\u2014"
-    : `${(finding.probability * 100).toFixed(0)} %`;
+    : `${(finding.probability * 100).toFixed(0)}%`;
+  const bar = document.createElement("meter");
+  if (finding.probability !== null) {
+    bar.min = 0;
+    bar.max = 1;
+    bar.value = finding.probability;
+    if (finding.threshold !== null) bar.optimum = 0;  // low is good: high shows as a warning
+    if (finding.threshold !== null) bar.high = finding.threshold;
+    bar.setAttribute("aria-label", `model probability of ${finding.label}`);
+  }
   const cell = element("td");
   cell.append(select);
-  const model = element("td", probability, "num");
+  const model = element("td", null, "num");
+  if (finding.probability !== null) model.append(bar);
+  model.append(probability);
   if (finding.threshold !== null) {
     model.title = `model probability; threshold ${(finding.threshold * 100).toFixed(0)} %`;
   }
-  row.append(element("td", finding.label), cell, said, element("td", source), model);
+  const label = element("td", finding.label);
+  label.title = finding.label;  // shown in full when the pane cuts it short
+  row.append(label, cell, said, element("td", source), model);
   return row;
 }
 
@@ -986,117 +1000,32 @@ function showImages() {
     setStatus("The image viewer is not installed (build it: cd frontend && npm ci && npm run build).", true);
     return;
   }
-  window.cxrViewer.show({
-    studyUid: state.uid, images: state.detail.images, priors: state.detail.priors || [],
-    token: state.token,
-  }).catch(reportFailure);
+  const uid = state.uid;
+  const images = state.detail.images;
+  // The patient's earlier studies go beside the current one; without them (an error) the
+  // current images still show.
+  api(studyPath("/priors"))
+    .then((response) => response.json())
+    .catch((error) => { reportFailure(error); return []; })
+    .then((priors) => {
+      if (uid !== state.uid) return undefined;  // the reader opened another study meanwhile
+      return window.cxrViewer.show({
+        studyUid: uid, images, token: state.token,
+        priors: priors.map((prior) => ({
+          studyUid: prior.study_instance_uid,
+          label: prior.study_date ? localDate(prior.study_date)
+            : new Date(prior.received_at).toLocaleDateString(),
+          images: prior.images,
+        })),
+      });
+    })
+    .catch(reportFailure);
 }
 
-// ------------------------------------------------------------------ keyboard shortcuts
-// Alt+key works everywhere, the bare key only outside text fields (where it would type).
-// Listed for the reader in the help overlay (#help), which "?" opens.
-const SHORTCUTS = [
-  { code: "ArrowDown", bare: "j", run: () => stepStudy(1) },
-  { code: "ArrowUp", bare: "k", run: () => stepStudy(-1) },
-  { code: "KeyA", bare: "a", run: () => decideShortcut("accept") },
-  { code: "KeyR", bare: "r", run: () => decideShortcut("reject") },
-  { code: "KeyS", bare: "s", run: () => signShortcut() },
-];
-
-function inTextField(target) {
-  if (!target || !target.tagName) return false;
-  const tag = target.tagName.toLowerCase();
-  if (tag === "textarea" || tag === "select" || target.isContentEditable) return true;
-  return tag === "input" && !["button", "checkbox", "radio", "range", "submit"].includes(target.type);
-}
-
-function onShortcut(event) {
-  if (!state.user || $("main").hidden || $("help").open) return;
-  if (event.ctrlKey || event.metaKey) return;
-  const typing = inTextField(event.target);
-  if (!typing && !event.altKey && event.key === "?") {
-    event.preventDefault();
-    openHelp();
-    return;
-  }
-  if (!typing && !event.altKey && event.key === "/") {
-    event.preventDefault();
-    $("worklist-search").focus();
-    return;
-  }
-  const shortcut = SHORTCUTS.find((s) => (event.altKey && !event.shiftKey && event.code === s.code)
-    || (!typing && !event.altKey && !event.shiftKey && event.key === s.bare));
-  if (!shortcut) return;
-  event.preventDefault();
-  shortcut.run();
-}
-
-// Opens the next (1) or previous (-1) study of the worklist as it is shown now.
-function stepStudy(step) {
-  const studies = shownStudies();
-  if (!studies.length) return;
-  const index = studies.findIndex((study) => study.study_instance_uid === state.uid);
-  const next = index < 0 ? (step > 0 ? 0 : studies.length - 1)
-    : Math.min(studies.length - 1, Math.max(0, index + step));
-  if (index === next) {
-    setStatus(step > 0 ? "This is the last study of the worklist." : "This is the first study of the worklist.");
-    return;
-  }
-  const uid = studies[next].study_instance_uid;
-  const fromWorklist = document.activeElement && document.activeElement.closest
-    && document.activeElement.closest("#worklist");
-  attempt(async () => {
-    await openStudy(uid);
-    if (fromWorklist) {
-      const row = $("worklist").querySelector(`tbody tr[data-uid="${CSS.escape(uid)}"]`);
-      if (row) row.focus();
-    }
-  });
-}
-
-// The proposal a shortcut decides: the open one on the current version (the newest).
-function decideShortcut(action) {
-  const open = state.detail ? state.detail.proposals.filter((p) => p.status === "open" && !p.stale) : [];
-  if (!open.length) {
-    setStatus("There is no open proposal to " + action + ".", true);
-    return undefined;
-  }
-  return decide(open[open.length - 1].id, action);
-}
-
-// Sign-off by keyboard still goes through the confirmation: it opens, focused on Confirm.
-function signShortcut() {
-  if ($("sign-button").disabled) {
-    setStatus($("sign-hint").textContent || "This report cannot be signed off now.", true);
-    return;
-  }
-  reviewSignOff();
-  const target = !$("sign-review").hidden ? $("sign-confirm")
-    : $("resolve-table").querySelector("input");
-  if (target) target.focus();
-}
-
-function openHelp() {
-  $("help").showModal();
-  $("help-close").focus();
-}
-
-// Tab and Shift+Tab go round the dialog's controls and never leave it while it is open.
-function trapFocus(event) {
-  if (event.key !== "Tab") return;
-  const controls = [...event.currentTarget.querySelectorAll(
-    "button, [href], input, select, textarea, [tabindex]:not([tabindex='-1'])")]
-    .filter((node) => !node.disabled);
-  if (!controls.length) return;
-  const first = controls[0];
-  const last = controls[controls.length - 1];
-  if (event.shiftKey && document.activeElement === first) {
-    event.preventDefault();
-    last.focus();
-  } else if (!event.shiftKey && document.activeElement === last) {
-    event.preventDefault();
-    first.focus();
-  }
+// "2004-08-26" in the reader's locale (as a local date: no shift by the time zone).
+function localDate(isoDate) {
+  const [year, month, day] = isoDate.split("-").map(Number);
+  return new Date(year, month - 1, day).toLocaleDateString();
 }
 
 // ------------------------------------------------------------------ wiring
@@ -1113,10 +1042,6 @@ document.addEventListener("DOMContentLoaded", () => {
     if (retry) retry();
   });
   $("failure-dismiss").addEventListener("click", clearFailure);
-  document.addEventListener("keydown", onShortcut);
-  $("help-button").addEventListener("click", openHelp);
-  $("help-close").addEventListener("click", () => $("help").close());
-  $("help").addEventListener("keydown", trapFocus);
   $("urgent-button").addEventListener("click", toggleUrgent);
   $("version-back").addEventListener("click", () => {
     state.viewVersion = null;
