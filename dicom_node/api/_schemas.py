@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -230,6 +230,16 @@ class ImageOut(BaseModel):
     view_position: str | None
 
 
+class PriorStudyOut(BaseModel):
+    """An earlier study of the same patient on this node, with its images (for the viewer)."""
+
+    study_instance_uid: str
+    study_date: date | None = Field(description="Study Date of its first image's header.")
+    accession_number: str | None
+    received_at: datetime
+    images: list[ImageOut]
+
+
 class ImageInfo(BaseModel):
     """Window defaults and value range of an image (for the page's sliders)."""
 
@@ -300,6 +310,7 @@ __all__ = [
     "MessageOut",
     "MessageRequest",
     "PatientOut",
+    "PriorStudyOut",
     "PriorityOut",
     "PriorityRequest",
     "ProposalOut",

@@ -13,6 +13,7 @@ GET      /api/studies/{uid}                             report, history, dialog,
 GET      /api/studies/{uid}/images/{id}                 window defaults of an image
 GET      /api/studies/{uid}/images/{id}.png             the image (?center=&width=&size=)
 GET      /api/studies/{uid}/images/{id}/pixels          full-resolution pixels for the viewer
+GET      /api/studies/{uid}/priors                      the patient's earlier studies, images
 POST     /api/studies/{uid}/messages                    question or request (?stream=true: SSE)
 POST     /api/studies/{uid}/proposals/{id}/accept       new version from a proposal (201)
 POST     /api/studies/{uid}/proposals/{id}/reject       close a proposal
@@ -55,6 +56,7 @@ from dicom_node.api._schemas import (
     MessageRequest,
     PriorityOut,
     PriorityRequest,
+    PriorStudyOut,
     ProposalOut,
     SignOffRequest,
     StudyDetail,
@@ -385,6 +387,11 @@ def create_app(service: DialogService) -> FastAPI:
     def study(reader: ReaderDep, study_uid: str) -> StudyDetail:
         """One study: current report, versions with diffs, dialog, proposals, images."""
         return service.study_detail(reader, study_uid)
+
+    @api.get("/studies/{study_uid}/priors")
+    def priors(reader: ReaderDep, study_uid: str) -> list[PriorStudyOut]:
+        """Earlier studies of the same patient on this node, with their images."""
+        return service.priors(study_uid)
 
     @api.get("/studies/{study_uid}/images/{instance_id}.png")
     def image_png(

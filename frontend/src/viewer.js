@@ -66,6 +66,8 @@ let toolGroup = null;
 let generation = 0; // increases with every show()/clear(): late answers of older calls are dropped
 let cells = []; // [{viewportId, element, imageId, label}]
 let resizeObserver = null;
+let shownStudy = null; // what show() was last given (the Priors button shows it again)
+let withPriors = true; // the reader's choice: priors beside the current study or not
 
 class PixelLoadError extends Error {}
 
@@ -248,7 +250,7 @@ function chooseImages(study) {
   const current = [...frontal.slice(0, 1), ...lateral.slice(0, 1),
     ...frontal.slice(1), ...lateral.slice(1)].slice(0, MAX_CURRENT);
   const chosen = current.map((image) => ({ studyUid: study.studyUid, image, label: viewLabel(image) }));
-  for (const prior of (study.priors || []).slice(0, MAX_PRIORS)) {
+  for (const prior of (withPriors ? study.priors || [] : []).slice(0, MAX_PRIORS)) {
     if (!prior.images || !prior.images.length) continue;
     const image = prior.images.find((i) => !isLateral(i)) || prior.images[0];
     chosen.push({ studyUid: prior.studyUid, image, label: `Prior ${prior.label || ""} ${viewLabel(image)}`.replace(/\s+/g, " ").trim(), prior: true });
@@ -343,6 +345,7 @@ async function show(study) {
   ensureInitialised();
   const mine = ++generation;
   token = study.token;
+  shownStudy = study;
   disableAll();
   const container = root();
   container.replaceChildren();
@@ -351,6 +354,7 @@ async function show(study) {
   const chosen = chooseImages(study);
   setMessage(chosen.length ? "" : "This study has no image the viewer can show.");
   layout(container, chosen.length);
+  syncToolbar();
   chosen.forEach((choice, index) => {
     const viewportId = `cxr-vp-${mine}-${index}`;
     const cellNode = el("figure", "vp-cell");
@@ -424,9 +428,18 @@ async function show(study) {
   }
 }
 
+/** Show the priors beside the current study, or hide them (the current images load anew). */
+function togglePriors() {
+  withPriors = !withPriors;
+  if (shownStudy) return show(shownStudy);
+  syncToolbar();
+  return Promise.resolve();
+}
+
 /** Remove every viewport (no study shown). */
 function clear(text) {
   generation++;
+  shownStudy = null;
   disableAll();
   const container = root();
   if (container) {
@@ -435,6 +448,7 @@ function clear(text) {
     container.dataset.state = "empty";
   }
   setMessage(text || "");
+  syncToolbar();
 }
 
 function readyViewports() {
@@ -498,6 +512,13 @@ function reset() {
 }
 
 function syncToolbar() {
+  const priors = document.getElementById("viewer-priors");
+  if (priors) {
+    const count = shownStudy && shownStudy.priors ? Math.min(shownStudy.priors.length, MAX_PRIORS) : 0;
+    priors.hidden = count === 0;
+    priors.textContent = `Priors (${count})`;
+    priors.setAttribute("aria-pressed", String(withPriors && count > 0));
+  }
   const button = document.getElementById("viewer-invert");
   if (!button) return;
   const inverted = readyViewports().some(([cell, viewport]) => Boolean(viewport.getProperties().invert) !== cell.initialInvert);
@@ -519,6 +540,7 @@ function wireToolbar() {
   on("viewer-invert", toggleInvert);
   on("viewer-fit", fit);
   on("viewer-reset", reset);
+  on("viewer-priors", () => togglePriors().catch((error) => setMessage(String(error))));
 }
 
 if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", wireToolbar);
@@ -531,6 +553,7 @@ window.cxrViewer = {
   toggleInvert,
   fit,
   reset,
+  togglePriors,
   presets: PRESETS.map(({ id, label }) => ({ id, label })),
   /** The Cornerstone StackViewport of the n-th shown image (for tests and scripts). */
   viewport(index) {

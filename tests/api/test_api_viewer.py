@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -230,9 +231,12 @@ class Viewer:
         return dict(box)
 
     def shot(self, index: int) -> np.ndarray:
-        """The shown pixels of the index-th viewport, as grey values."""
+        """The shown pixels of the middle of the index-th viewport (inside the image, away
+        from the black around it), as grey values."""
         png = self.page.locator("#viewer .vp-element").nth(index).screenshot()
-        return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+        grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+        rows, columns = grey.shape
+        return grey[rows // 3: 2 * rows // 3, columns // 3: 2 * columns // 3]
 
     def readout(self, index: int) -> str:
         return str(self.page.locator("#viewer .vp-wl").nth(index).inner_text())
@@ -344,9 +348,11 @@ def test_zoom_at_the_cursor_reset_and_no_zoom_into_the_next_study(
     start_zoom = viewer.call(0, "vp.getZoom()")
     initial = viewer.readout(0)
     # A point off the centre: the wheel zooms there, and that point stays under the cursor.
-    point = [box["width"] * 0.3, box["height"] * 0.35]
+    # The browser reports the mouse at whole CSS pixels, so the point is taken at one.
+    cursor = (round(box["x"] + box["width"] * 0.3), round(box["y"] + box["height"] * 0.35))
+    point = [cursor[0] - box["x"], cursor[1] - box["y"]]
     world = viewer.call(0, f"vp.canvasToWorld({point})")
-    page.mouse.move(box["x"] + point[0], box["y"] + point[1])
+    page.mouse.move(*cursor)
     wheel(viewer, 10)
     zoom = viewer.call(0, "vp.getZoom()")
     assert zoom > start_zoom * 1.1
@@ -381,7 +387,7 @@ def test_zoom_at_the_cursor_reset_and_no_zoom_into_the_next_study(
     sync_api.expect(page.locator("#wl-preset")).to_have_value("file")
 
     # Zoomed and windowed, then the next study: it opens fitted, with its own window.
-    page.mouse.move(box["x"] + point[0], box["y"] + point[1])
+    page.mouse.move(*cursor)
     wheel(viewer, 10)
     assert viewer.call(0, "vp.getZoom()") > start_zoom * 1.1
     other = viewer_studies.other
@@ -411,3 +417,47 @@ def test_an_image_the_node_cannot_decode_says_why_in_its_pane(
     assert [e.split("/images/")[0] for e in viewer.errors] == [
         f"422 {viewer_studies.server.url}/api/studies/{study.study_uid}"
     ], viewer.errors
+
+
+def test_a_prior_study_of_the_patient_shows_beside_the_current_one(
+    viewer: Viewer, viewer_studies: ViewerStudies, screenshots: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    # The second study was received later but taken earlier: it is the first one's prior.
+    current, prior = viewer_studies.two_views, viewer_studies.other
+    ds = pydicom.dcmread(prior.image_path)
+    ds.StudyDate = "20030217"
+    ds.save_as(prior.image_path, enforce_file_format=False)
+    url = viewer_studies.server.url
+    listed = httpx.get(f"{url}/api/studies/{current.study_uid}/priors", headers=auth()).json()
+    assert [(p["study_instance_uid"], p["study_date"], len(p["images"])) for p in listed] == [
+        (prior.study_uid, "2003-02-17", 1)
+    ]
+    later = httpx.get(f"{url}/api/studies/{prior.study_uid}/priors", headers=auth())
+    assert later.status_code == 200 and later.json() == []
+
+    page = viewer.page
+    viewer.open(current.study_uid, images=3)
+    labels = page.locator("#viewer .vp-label")
+    shown_date = page.evaluate("() => new Date(2003, 1, 17).toLocaleDateString()")
+    sync_api.expect(labels).to_have_text(["CR PA", "CR LL", f"Prior {shown_date} CR PA"])
+    button = page.locator("#viewer-priors")
+    sync_api.expect(button).to_have_text("Priors (1)")
+    sync_api.expect(button).to_have_attribute("aria-pressed", "true")
+    boxes = [viewer.box(index) for index in range(3)]
+    width, height = SIZES[_size(request)]
+    for box in boxes:
+        assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, box
+    viewer.settle()
+    page.screenshot(path=screenshots / f"{_size(request)}-with-prior.png")
+    # The prior's pixels are its own study's.
+    assert viewer.call(2, "vp.getCurrentImageId()").endswith(
+        f"/studies/{prior.study_uid}/images/{listed[0]['images'][0]['id']}/pixels"
+    )
+    # The reader hides the priors; the prior itself has none, and no button.
+    button.click()
+    sync_api.expect(page.locator('#viewer .vp-cell[data-state="ready"]')).to_have_count(2)
+    sync_api.expect(button).to_have_attribute("aria-pressed", "false")
+    viewer.open(prior.study_uid, images=1)
+    sync_api.expect(button).to_be_hidden()
+    assert not viewer.errors, viewer.errors

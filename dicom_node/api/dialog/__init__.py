@@ -18,6 +18,7 @@ Modules, one job each, each importing only those listed before it:
 * ``turns``: dialog turns, the model and its analysis cache, rejecting a proposal;
 * ``versions``: new report versions (accept, edit, sign-off, addendum) and their delivery;
 * ``priority``: a reader's urgent mark on a study;
+* ``priors``: the patient's earlier studies on this node, for the viewer;
 * ``service``: :class:`DialogService`, the entry point that composes them.
 """
 

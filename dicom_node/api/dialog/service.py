@@ -19,6 +19,7 @@ from dicom_node.api._images import ImageRenderer
 from dicom_node.api._schemas import (
     ImageInfo,
     PriorityOut,
+    PriorStudyOut,
     ProposalOut,
     StudyDetail,
     StudySummary,
@@ -28,6 +29,7 @@ from dicom_node.api._schemas import (
 from dicom_node.api.dialog.audit import AuditLog
 from dicom_node.api.dialog.lookups import StudyLookups
 from dicom_node.api.dialog.priority import StudyPriority
+from dicom_node.api.dialog.priors import PriorStudies
 from dicom_node.api.dialog.turns import DialogTurns, ModelProvider, PreparedTurn
 from dicom_node.api.dialog.versions import ReportVersions
 from dicom_node.api.dialog.views import StudyViews
@@ -62,6 +64,7 @@ class DialogService:
         self._turns = DialogTurns(settings, db, lookups, self._views, audit, model_provider)
         self._versions = ReportVersions(settings, db, lookups, self._views, audit)
         self._priority = StudyPriority(db, lookups, audit)
+        self._priors = PriorStudies(settings, db, lookups)
         #: The vision side's results per study (the turns' cache).
         self._analyses = self._turns.analyses
         #: Runs dialog turns (model work) off the event loop.
@@ -98,6 +101,12 @@ class DialogService:
         (:meth:`StudyViews.image_path <dicom_node.api.dialog.views.StudyViews.image_path>`).
         """
         return self._views.image_path(study_uid, instance_id)
+
+    def priors(self, study_uid: str) -> list[PriorStudyOut]:
+        """Earlier studies of the same patient with their images, newest first
+        (:meth:`PriorStudies.priors <dicom_node.api.dialog.priors.PriorStudies.priors>`).
+        """
+        return self._priors.priors(study_uid)
 
     def image_info(self, study_uid: str, instance_id: int) -> ImageInfo:
         """Window defaults and value range of one image
