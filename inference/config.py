@@ -121,6 +121,12 @@ class VisionConfig:
         metadata={"help": "Leading tokens of the backbone's output left out (1: a ViT's CLS "
                   "token, as LLaVA's 'default' feature selection does)."},
     )
+    feature_layer: int | None = field(
+        default=None,
+        metadata={"help": "Read the backbone's hidden state of this layer (-1: the last "
+                  "layer's output before any final norm, as LLaVA-Rad reads timm's ViT) "
+                  "instead of its last_hidden_state."},
+    )
     tokens: TokenLayout = field(
         default="patches",
         metadata={"help": "BioViL-T: 'patches' = one token per grid cell of the fused map; "

@@ -50,11 +50,17 @@ class VisionEncoder(nn.Module):
     """
 
     def __init__(
-        self, backbone: nn.Module, image_size: int, channels: int, skip_tokens: int = 0
+        self,
+        backbone: nn.Module,
+        image_size: int,
+        channels: int,
+        skip_tokens: int = 0,
+        feature_layer: int | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.skip_tokens = skip_tokens
+        self.feature_layer = feature_layer
         was_training = backbone.training
         backbone.eval()
         with torch.no_grad():
@@ -65,7 +71,12 @@ class VisionEncoder(nn.Module):
 
     @classmethod
     def from_config_dict(
-        cls, backbone: dict, image_size: int, channels: int, skip_tokens: int = 0
+        cls,
+        backbone: dict,
+        image_size: int,
+        channels: int,
+        skip_tokens: int = 0,
+        feature_layer: int | None = None,
     ) -> VisionEncoder:
         """Build a randomly initialised backbone from a Hugging Face config dict."""
         config_kwargs = dict(backbone)
@@ -80,7 +91,7 @@ class VisionEncoder(nn.Module):
         except (ValueError, KeyError) as exc:
             reason = str(exc).splitlines()[0][:300]
             raise ConfigError(f"vision.backbone: cannot build {model_type!r}: {reason}") from exc
-        return cls(model, image_size, channels, skip_tokens)
+        return cls(model, image_size, channels, skip_tokens, feature_layer)
 
     @classmethod
     def from_pretrained(
@@ -106,7 +117,12 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Return patch features ``(B, N, D)``."""
-        hidden = self.backbone(pixel_values=pixel_values).last_hidden_state
+        if self.feature_layer is None:
+            hidden = self.backbone(pixel_values=pixel_values).last_hidden_state
+        else:
+            hidden = self.backbone(
+                pixel_values=pixel_values, output_hidden_states=True
+            ).hidden_states[self.feature_layer]
         if hidden.dim() == 4:  # CNN feature map (B, C, H, W) -> tokens (B, H*W, C)
             hidden = hidden.flatten(2).transpose(1, 2)
         return hidden[:, self.skip_tokens :] if self.skip_tokens else hidden
@@ -377,7 +393,8 @@ class VisionTower(nn.Module):
             self.encoder = BioViLTFeatures(config.vision, pre.image_size)
         else:
             self.encoder = VisionEncoder.from_config_dict(
-                config.vision.backbone, pre.image_size, pre.channels, config.vision.skip_tokens
+                config.vision.backbone, pre.image_size, pre.channels, config.vision.skip_tokens,
+                config.vision.feature_layer,
             )
         self.classifier: FindingsClassifier | BioViLTClassifier | None
         if config.classifier.kind == "none":

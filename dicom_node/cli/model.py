@@ -119,15 +119,16 @@ def model_verify(
 @model_app.command("import")
 def model_import(
     kind: Annotated[
-        str, typer.Argument(help="What the files are: radialog, radialog-llava, xraygpt or hf.")
+        str, typer.Argument(help="What the files are: radialog, radialog-llava, xraygpt, "
+                            "llava-rad or hf.")
     ],
     source: Annotated[Path, typer.Argument(help="The published model's files, as downloaded.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
     llm: Annotated[
         Path | None,
         typer.Option(help="The base LLM's Hugging Face directory (radialog: Vicuna-7B v1.3; "
-                     "xraygpt: Vicuna_Radiology_fp16); referenced by path and checksummed, "
-                     "not copied."),
+                     "xraygpt: Vicuna_Radiology_fp16; llava-rad: Vicuna-7B v1.5); referenced "
+                     "by path and checksummed, not copied."),
     ] = None,
     visual_projector: Annotated[
         Path | None,
@@ -144,7 +145,7 @@ def model_import(
         str | None, typer.Option(help="The model card's intended-use notice (needed for hf).")
     ] = None,
     instruction: Annotated[
-        str | None, typer.Option(help="hf: the request sent with each image.")
+        str | None, typer.Option(help="hf, llava-rad: the request sent with each image.")
     ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="hf: acknowledge a model whose code lives in its repository.")
@@ -160,6 +161,7 @@ def model_import(
     from inference.importers import (
         KINDS,
         import_hf,
+        import_llava_rad,
         import_radialog,
         import_radialog_llava,
         import_xraygpt,
@@ -169,7 +171,7 @@ def model_import(
     if kind not in KINDS:
         raise _fail(f"unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
     try:
-        if kind in ("radialog", "radialog-llava", "xraygpt") and llm is None:
+        if kind in ("radialog", "radialog-llava", "xraygpt", "llava-rad") and llm is None:
             raise _fail(f"--llm is needed for {kind}: the base LLM's Hugging Face directory")
         if kind == "radialog":
             assert llm is not None
@@ -184,6 +186,12 @@ def model_import(
         elif kind == "xraygpt":
             assert llm is not None
             path = import_xraygpt(source, out, llm=llm, name=name or "xraygpt", version=version)
+        elif kind == "llava-rad":
+            assert llm is not None
+            from inference.importers.llava_rad import DEFAULT_INSTRUCTION as RAD_INSTRUCTION
+
+            path = import_llava_rad(source, out, llm=llm, name=name or "llava-rad",
+                                    version=version, instruction=instruction or RAD_INSTRUCTION)
         else:
             if not licence or not intended_use:
                 raise _fail("--licence and --intended-use are needed for hf: copy them from "

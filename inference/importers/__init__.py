@@ -10,6 +10,7 @@ the key.
 from __future__ import annotations
 
 from inference.importers.hf import import_hf
+from inference.importers.llava_rad import import_llava_rad
 from inference.importers.radialog import import_radialog
 from inference.importers.radialog_llava import import_radialog_llava
 from inference.importers.xraygpt import import_xraygpt
@@ -22,8 +23,17 @@ KINDS = {
     "CheXpert classifier, LoRA on LLaVA-1.5-7B (original LLaVA layout)",
     "xraygpt": "XrayGPT (mbzuai-oryx/XrayGPT): EVA ViT-g, BLIP-2 Q-Former, llama_proj, its "
     "fine-tuned Vicuna",
-    "hf": "a transformers image-text-to-text checkpoint (today: LLaVA-1.5 style, "
-    "model_type llava); the LLM stays in its shards",
+    "llava-rad": "LLaVA-Rad (microsoft/llava-rad): BiomedCLIP-CXR timm ViT (open_clip "
+    "checkpoint), mlp2x_gelu projector, LoRA on Vicuna-7B v1.5",
+    "hf": "a transformers image-text-to-text checkpoint (LLaVA-1.5, LLaVA-NeXT, Gemma 3 / "
+    "MedGemma); the LLM stays in its shards",
 }
 
-__all__ = ["KINDS", "import_hf", "import_radialog", "import_radialog_llava", "import_xraygpt"]
+__all__ = [
+    "KINDS",
+    "import_hf",
+    "import_llava_rad",
+    "import_radialog",
+    "import_radialog_llava",
+    "import_xraygpt",
+]

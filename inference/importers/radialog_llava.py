@@ -69,7 +69,16 @@ DEFAULT_PROVENANCE = Provenance(
 )
 
 
-def _non_lora(source: Path) -> tuple[dict[str, torch.Tensor], Path]:
+def non_lora_weights(source: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The weights a LLaVA-code LoRA fine-tune saves beside its adapter
+    (``non_lora_trainables.bin``: projector, tuned tower), under the model's own names
+    (``model.mm_projector.*``), and the file they came from.
+
+    Raises
+    ------
+    CheckpointError
+        When ``source`` holds no such file.
+    """
     for name in NON_LORA:
         path = source / name
         if path.is_file():
@@ -84,9 +93,9 @@ def _non_lora(source: Path) -> tuple[dict[str, torch.Tensor], Path]:
     raise CheckpointError(f"{source}: no file for the non-LoRA weights ({NON_LORA[1]})")
 
 
-def _llm_config(llm: Path) -> LlamaConfig:
-    """LLaVA-1.5's language model config: its ``config.json`` (the original LLaVA layout,
-    ``model_type: llava``) read as the LLaMA it is."""
+def llava_llm_config(llm: Path) -> LlamaConfig:
+    """A LLaVA-code base model's language model config: its ``config.json`` (the original
+    LLaVA layout, ``model_type: llava``, or a plain LLaMA) read as the LLaMA it is."""
     path = llm / "config.json"
     raw = read_json(path)
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
@@ -125,7 +134,7 @@ def import_radialog_llava(
     """
     if not source.is_dir():
         raise CheckpointError(f"{source}: not a directory (a RaDialog-LLaVA download)")
-    state, non_lora = _non_lora(source)
+    state, non_lora = non_lora_weights(source)
     tower = image_model_state(state, "model.vision_tower.")
     try:
         sizes = biovil_sizes(tower, source=str(non_lora))
@@ -140,7 +149,7 @@ def import_radialog_llava(
             f"{projector['0.weight'].shape[1]} inputs, the BioViL-T gives {fused}"
         )
     llm_width = int(projector["2.weight"].shape[0])
-    llm_config = _llm_config(llm)
+    llm_config = llava_llm_config(llm)
     if llm_config.hidden_size != llm_width:
         raise CheckpointError(
             f"{non_lora}: key 'model.mm_projector.2.weight' projects to {llm_width}, the LLM in "
@@ -176,4 +185,4 @@ def import_radialog_llava(
         )
 
 
-__all__ = ["import_radialog_llava"]
+__all__ = ["import_radialog_llava", "llava_llm_config", "non_lora_weights"]

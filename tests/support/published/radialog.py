@@ -250,6 +250,9 @@ def write_sentencepiece_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
         sentence_iterator=iter(CORPUS * 20), model_prefix=str(directory / "tokenizer"),
         vocab_size=400, model_type="bpe", byte_fallback=True, character_coverage=1.0,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+        # LLaMA's normaliser: no NFKC, spaces and newlines kept as written
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, split_digits=True,
     )
     (directory / "tokenizer.vocab").unlink()
     (directory / "tokenizer_config.json").write_text(json.dumps({

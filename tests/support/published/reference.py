@@ -117,6 +117,35 @@ def eva_vit(s: dict[str, torch.Tensor], x: torch.Tensor, blocks: int, heads: int
     return h
 
 
+def timm_vit_states(
+    s: dict[str, torch.Tensor], x: torch.Tensor, heads: int
+) -> list[torch.Tensor]:
+    """A timm ``VisionTransformer``'s token states as LLaVA-Rad's tower lists them: the
+    embedding output, then each block's output (no final norm)."""
+    patch = s["patch_embed.proj.weight"]
+    h = F.conv2d(x, patch, s["patch_embed.proj.bias"], stride=patch.shape[-1])
+    h = h.flatten(2).transpose(1, 2)
+    h = torch.cat([s["cls_token"].expand(x.shape[0], -1, -1), h], dim=1) + s["pos_embed"]
+    width = h.shape[-1]
+    states = [h]
+    index = 0
+    while f"blocks.{index}.norm1.weight" in s:
+        p = f"blocks.{index}."
+        y = F.layer_norm(h, (width,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps=1e-6)
+        qkv = F.linear(y, s[p + "attn.qkv.weight"], s[p + "attn.qkv.bias"])
+        qkv = qkv.reshape(x.shape[0], -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        weights = torch.softmax(q * (width // heads) ** -0.5 @ k.transpose(-2, -1), dim=-1)
+        y = (weights @ v).transpose(1, 2).reshape(x.shape[0], -1, width)
+        h = h + F.linear(y, s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
+        y = F.layer_norm(h, (width,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps=1e-6)
+        y = F.gelu(F.linear(y, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"]))
+        h = h + F.linear(y, s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"])
+        states.append(h)
+        index += 1
+    return states
+
+
 def greedy(
     model: PreTrainedModel,
     inputs: torch.Tensor,
@@ -139,4 +168,14 @@ def greedy(
     return generated
 
 
-__all__ = ["attention", "biovil", "biovil_patches", "bn", "crop", "eva_vit", "greedy", "qformer"]
+__all__ = [
+    "attention",
+    "biovil",
+    "biovil_patches",
+    "bn",
+    "crop",
+    "eva_vit",
+    "greedy",
+    "qformer",
+    "timm_vit_states",
+]
