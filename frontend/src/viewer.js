@@ -313,6 +313,7 @@ function setMessage(text) {
 }
 
 function onKey(cell, event) {
+  if (event.altKey || event.ctrlKey || event.metaKey) return;  // the page's shortcuts
   const viewport = engine.getViewport(cell.viewportId);
   if (!viewport || !viewport.getImageData()) return;
   const { voiRange } = viewport.getProperties();
@@ -323,15 +324,21 @@ function onKey(cell, event) {
     case "ArrowDown": center -= step; break;
     case "ArrowRight": width += step; break;
     case "ArrowLeft": width = Math.max(1, width - step); break;
-    case "+": case "=": viewport.setZoom(viewport.getZoom() * 1.2); viewport.render(); event.preventDefault(); return;
-    case "-": viewport.setZoom(viewport.getZoom() / 1.2); viewport.render(); event.preventDefault(); return;
-    case "0": reset(); event.preventDefault(); return;
+    case "+": case "=": case "-": case "0": break;
     default: return;
   }
+  // The image's keys are its own: the page's shortcuts do not see them.
   event.preventDefault();
   event.stopPropagation();
-  viewport.setProperties({ voiRange: utilities.windowLevel.toLowHighRange(width, center) });
-  viewport.render();
+  if (event.key === "0") {
+    reset();
+  } else if (event.key === "-" || event.key === "+" || event.key === "=") {
+    viewport.setZoom(viewport.getZoom() * (event.key === "-" ? 1 / 1.2 : 1.2));
+    viewport.render();
+  } else {
+    viewport.setProperties({ voiRange: utilities.windowLevel.toLowHighRange(width, center) });
+    viewport.render();
+  }
 }
 
 /**

@@ -51,6 +51,8 @@ TIMEOUT_MS = 60_000
 SIZES = {"laptop": (1366, 768), "monitor": (2560, 1440)}
 #: Where a copy of the screenshots goes, when set (the issue's closing note shows them).
 SCREENSHOTS_ENV = "VIEWER_SCREENSHOTS"
+#: axe-core, a dev dependency of the viewer's build (frontend/package.json).
+AXE = Path(__file__).parents[2] / "frontend" / "node_modules" / "axe-core" / "axe.min.js"
 
 
 # --------------------------------------------------------------------------- the pixels route
@@ -319,6 +321,13 @@ def test_pa_and_lateral_side_by_side_at_full_resolution_and_window_by_drag(
     assert probe[2] == int(source.reshape(-1)[:200000].max()) > 255
     viewer.settle()
     page.screenshot(path=screenshots / f"{_size(request)}-pa-lateral.png")
+    # axe-core (installed with the viewer's npm packages) finds nothing wrong in the viewer.
+    page.evaluate(AXE.read_text())
+    violations = page.evaluate(
+        "async () => (await axe.run('#viewer-panel')).violations"
+        ".map((v) => `${v.id}: ${v.nodes.map((n) => n.target).join(' ')}`)"
+    )
+    assert violations == []
 
     # Window/level by drag changes the shown pixels and the numbers written over the image.
     before, numbers = viewer.shot(0), viewer.readout(0)
@@ -460,4 +469,28 @@ def test_a_prior_study_of_the_patient_shows_beside_the_current_one(
     sync_api.expect(button).to_have_attribute("aria-pressed", "false")
     viewer.open(prior.study_uid, images=1)
     sync_api.expect(button).to_be_hidden()
+    assert not viewer.errors, viewer.errors
+
+
+def test_the_viewer_works_from_the_keyboard(
+    viewer: Viewer, viewer_studies: ViewerStudies
+) -> None:
+    page = viewer.page
+    viewer.open(viewer_studies.other.study_uid, images=1)
+    initial = viewer.readout(0)
+    image = page.locator("#viewer .vp-element").first
+    image.focus()
+    page.keyboard.press("ArrowRight")  # wider window
+    sync_api.expect(page.locator("#viewer .vp-wl").first).to_contain_text("W 30900")
+    page.keyboard.press("+")
+    assert viewer.call(0, "vp.getZoom()") == pytest.approx(1.2, rel=1e-6)
+    page.keyboard.press("0")
+    sync_api.expect(page.locator("#viewer .vp-wl").first).to_have_text(initial)
+    assert viewer.call(0, "vp.getZoom()") == pytest.approx(1.0, rel=1e-6)
+    # The toolbar's controls are reached with Tab like any other.
+    page.locator("#wl-preset").focus()
+    page.keyboard.press("Tab")
+    sync_api.expect(page.locator("#viewer-invert")).to_be_focused()
+    page.keyboard.press("Enter")
+    sync_api.expect(page.locator("#viewer-invert")).to_have_attribute("aria-pressed", "true")
     assert not viewer.errors, viewer.errors
