@@ -13,7 +13,8 @@ stored back in Orthanc. Per batch size it reports:
 
 **At the model.** On the same studies' analyses it times the decoding paths the worker uses:
 one study at a time with lookup decoding (batch size 1), one at a time without it, and one
-batched ``generate`` of 8 (lookup decoding is single-sequence only): seconds per report.
+batched ``generate`` of 8 (lookup decoding is single-sequence only): seconds per report,
+median of 5 interleaved rounds.
 
 The bundle is the demo model when it is built (``models/demo``), else the tiny random test
 model (``inference.build_tiny_bundle``, the one the tests use); the output names which. The
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -167,8 +169,11 @@ def _batches(node: NodeService, uids: Sequence[str]) -> list[int]:
     return sorted(Counter(starts).values(), reverse=True)
 
 
-def decoding_paths(bundle: Path, files: Sequence[Path], batch: int) -> dict[str, float]:
-    """Seconds per report of the worker's decoding paths on `batch` studies."""
+def decoding_paths(
+    bundle: Path, files: Sequence[Path], batch: int, rounds: int = 5
+) -> dict[str, float]:
+    """Seconds per report of the worker's decoding paths on `batch` studies (median of
+    `rounds`)."""
     from inference import ChestXrayVLM, RuntimeOptions, StudyRequest
 
     model = ChestXrayVLM.from_bundle(bundle, RuntimeOptions(device="cpu"))
@@ -182,16 +187,21 @@ def decoding_paths(bundle: Path, files: Sequence[Path], batch: int) -> dict[str,
         run()
         return (time.perf_counter() - started) / len(requests)
 
-    results = {}
-    results["batch 1, lookup decoding"] = timed(
-        lambda: [model.generate_reports([r]) for r in requests]
-    ) if lookup is not None else float("nan")
-    model.lookup = None
-    results["batch 1, plain greedy"] = timed(lambda: [model.generate_reports([r])
-                                                       for r in requests])
-    results[f"batch {len(requests)}, plain batched generate"] = timed(
-        lambda: model.generate_reports(requests)
-    )
+    paths: dict[str, Any] = {
+        "batch 1, plain greedy": lambda: [model.generate_reports([r]) for r in requests],
+        f"batch {len(requests)}, plain batched generate": lambda: model.generate_reports(
+            requests
+        ),
+    }
+    if lookup is not None:
+        paths["batch 1, lookup decoding"] = lambda: [model.generate_reports([r])
+                                                     for r in requests]
+    times: dict[str, list[float]] = {label: [] for label in paths}
+    for _ in range(rounds):  # interleaved, so that a busy moment hits every path alike
+        for label, run in paths.items():
+            model.lookup = lookup if "lookup" in label else None
+            times[label].append(timed(run))
+    results = {label: statistics.median(values) for label, values in times.items()}
     model.lookup = lookup
     return results
 
