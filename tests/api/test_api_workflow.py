@@ -441,3 +441,86 @@ def test_the_panes_resize_by_keyboard_and_pointer_and_keep_their_size(
         assert _box(page, "#report-panel")["width"] == pytest.approx(report_before + 40, abs=2)
     finally:
         context.close()
+
+
+#: axe-core, installed by the viewer's npm build (frontend/package.json devDependencies).
+AXE = Path(__file__).resolve().parents[2] / "frontend" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def _axe_violations(page: Any) -> list[str]:
+    """What axe-core finds on the page as it is now: rule, impact and the first nodes."""
+    if not page.evaluate("() => Boolean(window.axe)"):
+        page.add_script_tag(path=str(AXE))
+    result = page.evaluate("async () => (await axe.run(document)).violations.map((v) => "
+                           "[v.id, v.impact, v.nodes.slice(0, 3).map((n) => n.target.join(' '))])")
+    return [f"{rule} ({impact}): {nodes}" for rule, impact, nodes in result]
+
+
+def _assert_accessible(page: Any, where: str) -> None:
+    violations = _axe_violations(page)
+    assert not violations, f"{where}:\n" + "\n".join(violations)
+
+
+@pytest.mark.parametrize("size", ["1366x768", "2560x1440"])
+def test_axe_finds_no_violations_and_every_control_is_reached_by_keyboard(
+    two_studies: TwoStudies, browser: Any, size: str  # noqa: F811
+) -> None:
+    if not AXE.is_file():
+        pytest.fail(f"{AXE} is missing: cd frontend && npm ci", pytrace=False)
+    viewport, scale = SIZES[size]
+    # The page's CSP admits no inline script; axe-core is injected as one.
+    context = browser.new_context(viewport=viewport, device_scale_factor=scale, bypass_csp=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(two_studies.server.url)
+        _assert_accessible(page, "the login screen")
+        page.fill("#token", JANE_TOKEN)
+        page.click("#login-button")
+        page.locator(ROW.format(two_studies.first.study_uid)).click()
+        expect(page.locator("#report-version")).to_have_text("1")
+        page.select_option("#intent", "amend")
+        page.fill("#message-input", "There is no pleural effusion.")
+        page.click("#send")
+        expect(page.locator("#status")).to_have_text("Proposal 1 ready")
+        page.wait_for_function(
+            "() => !window.cxrViewer || ['ready', 'failed', 'empty'].includes("
+            "document.getElementById('viewer').dataset.state)")
+        page.click("#sign-button")
+        expect(page.locator("#sign-review")).to_be_visible()
+        page.route("**/api/studies", lambda route: route.abort("connectionrefused"))
+        page.click("#refresh-button")
+        expect(page.locator("#failure")).to_be_visible()
+        page.unroute("**/api/studies")
+        _assert_accessible(page, "a study, its dialog, an open proposal, the sign-off "
+                                 "confirmation and a failure")
+        page.click("#failure-dismiss")
+        page.keyboard.press("Escape")
+        page.evaluate("() => document.activeElement && document.activeElement.blur()")
+        page.keyboard.press("?")
+        expect(page.locator("#help")).to_be_visible()
+        _assert_accessible(page, "the shortcuts overlay")
+        page.keyboard.press("Escape")
+
+        # Every visible control gets the focus by Tab alone, in one round of the page.
+        controls = page.evaluate("""() => [...document.querySelectorAll(
+            'button, input, select, textarea, a[href], [tabindex]:not([tabindex="-1"])')]
+            .filter((node) => !node.disabled && node.getClientRects().length
+                    && getComputedStyle(node).visibility !== 'hidden'
+                    && !node.closest('dialog:not([open])'))
+            .map((node, index) => { node.dataset.kbd = String(index); return index; })""")
+        assert len(controls) > 30  # worklist rows, panes, report, findings, dialog, viewer
+        page.evaluate("() => document.activeElement && document.activeElement.blur()")
+        reached: set[str] = set()
+        for _ in range(len(controls) * 2 + 10):
+            page.keyboard.press("Tab")
+            mark = page.evaluate("() => document.activeElement && document.activeElement.dataset"
+                                 " ? document.activeElement.dataset.kbd || null : null")
+            if mark is not None:
+                reached.add(mark)
+        missing = page.evaluate("""(reached) => [...document.querySelectorAll('[data-kbd]')]
+            .filter((node) => !reached.includes(node.dataset.kbd))
+            .map((node) => node.id || node.outerHTML.slice(0, 80))""", sorted(reached))
+        assert missing == []
+    finally:
+        context.close()
