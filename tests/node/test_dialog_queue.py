@@ -227,3 +227,53 @@ def test_workers_read_the_dialog_queue_before_the_drafts(tmp_path: Path) -> None
     assert celery_config(settings)["task_routes"]["dicom_node.dialog_turn"] == {
         "queue": "dialog"
     }
+
+
+@pytest.mark.parametrize("redis_db", [12], indirect=True)
+def test_a_worker_that_dies_mid_turn_leaves_nothing_stored_and_a_clear_503(
+    tmp_path: Path, tiny_bundle: Path, tiny_model: Any, rg1_uncr: Path, redis_db: str,
+) -> None:
+    """A stand-in worker takes the turn from the dialog queue, publishes its start and one
+    piece, and dies (sends nothing more): the turn fails after the timeout, and neither the
+    message nor an answer is stored."""
+    import base64
+    import threading
+
+    from dicom_node.api._auth import Reader
+    from dicom_node.api.dialog import DialogService
+    from dicom_node.store import AuditEvent
+
+    settings = _serve_settings(tmp_path / "node", tiny_bundle, redis_db,
+                               worker_turn_timeout_s=2.0)
+    _drafted_study(settings, rg1_uncr, tiny_model)
+    db = Database(settings.database_url)
+    service = DialogService(settings, db)
+    assert isinstance(service._turns.generator, QueuedTurnGenerator)
+    client = redis.Redis.from_url(redis_db)
+
+    def dying_worker() -> None:
+        taken = client.brpop(["dialog"], timeout=30)
+        assert taken is not None
+        body = json.loads(base64.b64decode(json.loads(taken[1])["body"]))
+        channel = body[0][1]
+        client.publish(channel, json.dumps({"event": "start"}))
+        client.publish(channel, json.dumps({"event": "token", "text": "The heart"}))
+
+    thread = threading.Thread(target=dying_worker)
+    thread.start()
+    jane = Reader("jane", "Doe^Jane", "Hospital", True)
+    turn = service.prepare_turn(jane, STUDY, "Is the heart enlarged?")
+    pieces: list[str] = []
+    try:
+        with pytest.raises(ModelUnavailableError, match="sent nothing for 2 s"):
+            service.run_turn(turn, pieces.append)
+    finally:
+        thread.join(30)
+        service.close()
+    assert pieces == ["The heart"]  # what came was relayed
+    with db.session() as session:
+        assert list(session.scalars(select(DialogMessage))) == []
+        events = list(session.scalars(select(AuditEvent)))
+    assert any(e.action == "post_message" and e.status_code == 503 for e in events)
+    db.dispose()
+    client.close()
