@@ -94,15 +94,7 @@ def generate_ids(
         output = model.generate(  # type: ignore[operator]  # peft's stub types it as Tensor
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
-            max_new_tokens=options.max_new_tokens,
-            num_beams=options.num_beams,
-            do_sample=False,
-            use_cache=options.use_cache,
-            repetition_penalty=options.repetition_penalty,
-            eos_token_id=llm.stop_token_ids(),
-            pad_token_id=llm.pad_token_id(),
-            streamer=streamer,
-            **_decoding_options(llm, options),
+            **_generate_options(llm, options, streamer),
         )
     return output
 
@@ -123,22 +115,26 @@ def _generate_with_features(
         attention_mask=batch.attention_mask,
         token_type_ids=batch.token_type_ids,
         mm_encoder_outputs={"image": features},
-        max_new_tokens=options.max_new_tokens,
-        num_beams=options.num_beams,
-        do_sample=False,
-        use_cache=options.use_cache,
-        repetition_penalty=options.repetition_penalty,
-        eos_token_id=llm.stop_token_ids(),
-        pad_token_id=llm.pad_token_id(),
-        streamer=streamer,
-        **_decoding_options(llm, options),
+        **_generate_options(llm, options, streamer),
     )
     return output[:, batch.input_ids.shape[1]:]
 
 
-def _decoding_options(llm: LanguageModel, options: GenerationConfig) -> dict[str, Any]:
-    """``generate`` keywords for stop strings and a static KV cache, when asked for."""
-    extra: dict[str, Any] = {}
+def _generate_options(
+    llm: LanguageModel, options: GenerationConfig, streamer: TextStreamer | None
+) -> dict[str, Any]:
+    """``generate``'s decoding keywords for ``options`` (greedy or beams, EOS and padding,
+    stop strings, a static KV cache when asked for)."""
+    extra: dict[str, Any] = {
+        "max_new_tokens": options.max_new_tokens,
+        "num_beams": options.num_beams,
+        "do_sample": False,
+        "use_cache": options.use_cache,
+        "repetition_penalty": options.repetition_penalty,
+        "eos_token_id": llm.stop_token_ids(),
+        "pad_token_id": llm.pad_token_id(),
+        "streamer": streamer,
+    }
     if options.stop_strings:
         extra.update(stop_strings=list(options.stop_strings), tokenizer=llm.tokenizer)
     if options.use_cache and options.cache_implementation == "static":

@@ -186,6 +186,13 @@ def load_tokenizer(directory: Path, pad: str = "unk") -> PreTrainedTokenizerBase
     return tokenizer
 
 
+def backbone_prefix(tower: VisionTower) -> str:
+    """Where a transformers vision model's own keys begin in a tower's state dict (its
+    classes have named their parameters with and without a ``vision_model.`` level)."""
+    nested = any(k.startswith("encoder.backbone.vision_model.") for k in tower.state_dict())
+    return "encoder.backbone.vision_model." if nested else "encoder.backbone."
+
+
 def write_imported_bundle(
     out: Path,
     *,
@@ -226,6 +233,7 @@ def write_imported_bundle(
 
 
 __all__ = [
+    "backbone_prefix",
     "check_shape",
     "find_file",
     "hf_config",

@@ -59,6 +59,7 @@ from inference.config import (
 )
 from inference.errors import CheckpointError, ConfigError
 from inference.importers.checkpoints import (
+    backbone_prefix,
     hf_config,
     load_tokenizer,
     load_weights,
@@ -294,7 +295,7 @@ def _import_llava(
     for key, value in vision.items():
         if key.startswith("encoder.layers.") and int(key.split(".")[2]) >= kept:
             continue  # after the feature layer: never run
-        weights[_backbone_prefix(tower) + key] = value
+        weights[backbone_prefix(tower) + key] = value
     for ours, theirs in (("0", "linear_1"), ("2", "linear_2")):
         for n in ("weight", "bias"):
             weights[f"aligner.mlp.{ours}.{n}"] = projector[f"{theirs}.{n}"]
@@ -338,14 +339,6 @@ def _with_tiles(
         return ModelConfig.from_dict(data)
     except ConfigError as exc:
         raise CheckpointError(f"{source / 'config.json'}: {exc}") from exc
-
-
-def _backbone_prefix(tower: VisionTower) -> str:
-    """Where the transformers vision model's own keys begin in the tower's state dict (its
-    classes have named their parameters with and without a ``vision_model.`` level)."""
-    expected = tower.state_dict()
-    nested = any(key.startswith("encoder.backbone.vision_model.") for key in expected)
-    return "encoder.backbone.vision_model." if nested else "encoder.backbone."
 
 
 def gemma3_config(
@@ -426,7 +419,7 @@ def _import_gemma3(
         tokens["image_token_id"], instruction,
     )
     tower = VisionTower(bundle_config).eval()
-    inner = _backbone_prefix(tower)
+    inner = backbone_prefix(tower)
     weights = {inner + key: value for key, value in vision.items()}
     weights["aligner.mm_soft_emb_norm_weight"] = projector["mm_soft_emb_norm.weight"]
     weights["aligner.mm_input_projection_weight"] = projector["mm_input_projection_weight"]

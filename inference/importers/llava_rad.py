@@ -32,7 +32,6 @@ size, centre crop, the config's mean and std (CLIP's when it names none).
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +51,19 @@ from inference.config import (
 )
 from inference.errors import CheckpointError
 from inference.importers.checkpoints import (
+    backbone_prefix,
     find_file,
     load_checkpoint,
-    load_tokenizer,
     load_weights,
     need,
     read_json,
     state_dict,
-    write_imported_bundle,
 )
-from inference.importers.radialog import rewrite_adapter
-from inference.importers.radialog_llava import llava_llm_config, non_lora_weights
+from inference.importers.radialog_llava import (
+    llava_llm_config,
+    non_lora_weights,
+    write_lora_bundle,
+)
 from inference.vision import VisionTower
 
 #: LLaVA's conv_vicuna_v1, which LLaVA-Rad's evaluation uses (``--conv_mode v1``).
@@ -287,9 +288,7 @@ def import_llava_rad(
         generation=GenerationConfig(max_new_tokens=256, num_beams=1),
     )
     tower = VisionTower(config).eval()
-    inner = ("encoder.backbone.vision_model."
-             if any(k.startswith("encoder.backbone.vision_model.") for k in tower.state_dict())
-             else "encoder.backbone.")
+    inner = backbone_prefix(tower)
     weights = {inner + k: v for k, v in tower_weights.items()}
     # transformers' ViTModel carries a pooler that timm's ViT has not: it is never run
     # (the features are a hidden state), so it is kept at zero.
@@ -300,14 +299,9 @@ def import_llava_rad(
     load_weights(tower, weights,
                  lambda key: non_lora if key.startswith("aligner.") else checkpoint)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        adapter_dir = Path(tmp) / "instruct"
-        rewrite_adapter(source, adapter_dir)
-        return write_imported_bundle(
-            out, config=config, tower=tower, tokenizer=load_tokenizer(llm), llm=llm,
-            provenance=provenance, name=name, version=version,
-            adapters={"instruct": adapter_dir}, llm_config=llm_config,
-        )
+    return write_lora_bundle(out, source, config=config, tower=tower, llm=llm,
+                             llm_config=llm_config, provenance=provenance, name=name,
+                             version=version)
 
 
 __all__ = ["DEFAULT_INSTRUCTION", "import_llava_rad", "vit_from_timm"]

@@ -175,14 +175,34 @@ def import_radialog_llava(
     load_weights(vision, weights,
                  lambda key: classifier_path if key.startswith("classifier.") else non_lora)
 
+    return write_lora_bundle(out, source, config=config, tower=vision, llm=llm,
+                             llm_config=llm_config, provenance=provenance, name=name,
+                             version=version)
+
+
+def write_lora_bundle(
+    out: Path,
+    source: Path,
+    *,
+    config: ModelConfig,
+    tower: VisionTower,
+    llm: Path,
+    llm_config: LlamaConfig,
+    provenance: Provenance,
+    name: str,
+    version: str,
+) -> Path:
+    """Write the bundle of a LLaVA-code LoRA fine-tune: its adapter in ``source`` (rewritten
+    to today's peft format as ``instruct``, used by every task) over the base ``llm``,
+    referenced where it is, with its tokenizer."""
     with tempfile.TemporaryDirectory() as tmp:
         adapter_dir = Path(tmp) / "instruct"
         rewrite_adapter(source, adapter_dir)
         return write_imported_bundle(
-            out, config=config, tower=vision, tokenizer=load_tokenizer(llm), llm=llm,
+            out, config=config, tower=tower, tokenizer=load_tokenizer(llm), llm=llm,
             provenance=provenance, name=name, version=version,
             adapters={"instruct": adapter_dir}, llm_config=llm_config,
         )
 
 
-__all__ = ["import_radialog_llava", "llava_llm_config", "non_lora_weights"]
+__all__ = ["import_radialog_llava", "llava_llm_config", "non_lora_weights", "write_lora_bundle"]

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+)
 
 from support.published.radialog import vicuna_tokenizer
 
@@ -44,9 +50,11 @@ def published_key(key: str) -> str:
     return key
 
 
-def write_llava_hf(directory: Path, *, seed: int = 0, image_size: int = 32) -> Path:
-    """Write a tiny LLaVA-1.5 (3-layer CLIP, 2-layer Llama) and return its directory."""
-    torch.manual_seed(seed)
+def tiny_llava_parts(
+    image_size: int,
+) -> tuple[PreTrainedTokenizerFast, CLIPVisionConfig, LlamaConfig]:
+    """The tokenizer (with ``<image>`` and a pad token), a 3-layer CLIP config with 8-pixel
+    patches and a 2-layer Llama config of the tiny LLaVA-family checkpoints."""
     tokenizer = vicuna_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
@@ -60,6 +68,13 @@ def write_llava_hf(directory: Path, *, seed: int = 0, image_size: int = 32) -> P
         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
         max_position_embeddings=2048,
     )
+    return tokenizer, vision, text
+
+
+def write_llava_hf(directory: Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """Write a tiny LLaVA-1.5 (3-layer CLIP, 2-layer Llama) and return its directory."""
+    torch.manual_seed(seed)
+    tokenizer, vision, text = tiny_llava_parts(image_size)
     config = LlavaConfig(
         vision_config=vision, text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -87,4 +102,11 @@ def write_llava_hf(directory: Path, *, seed: int = 0, image_size: int = 32) -> P
     return directory
 
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "IMAGE_TOKEN", "published_key", "write_llava_hf"]
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGE_TOKEN",
+    "published_key",
+    "tiny_llava_parts",
+    "write_llava_hf",
+]

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-)
+from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
-from support.published.llava import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, published_key
-from support.published.radialog import vicuna_tokenizer
+from support.published.llava import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGE_TOKEN,
+    published_key,
+    tiny_llava_parts,
+)
 
 TILE = 32
 PINPOINTS = [[32, 64], [64, 32], [64, 64], [32, 96], [96, 32]]
@@ -32,19 +32,7 @@ PINPOINTS = [[32, 64], [64, 32], [64, 64], [32, 96], [96, 32]]
 def write_llava_next_hf(directory: Path, *, seed: int = 0) -> Path:
     """Write a tiny LLaVA-NeXT (3-layer CLIP, 2-layer Llama) and return its directory."""
     torch.manual_seed(seed)
-    tokenizer = vicuna_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        image_size=TILE, patch_size=8, projection_dim=16,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, bos_token_id=1, eos_token_id=2,
-        pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
-        max_position_embeddings=2048,
-    )
+    tokenizer, vision, text = tiny_llava_parts(TILE)
     config = LlavaNextConfig(
         vision_config=vision, text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),

@@ -93,27 +93,39 @@ def qformer(s: dict[str, torch.Tensor], image: torch.Tensor, heads: int) -> torc
     return h
 
 
-def eva_vit(s: dict[str, torch.Tensor], x: torch.Tensor, blocks: int, heads: int) -> torch.Tensor:
-    """LAVIS ``VisionTransformer`` (EVA ViT-g, no final norm) over its first ``blocks``."""
+def _vit_embed(s: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     patch = s["patch_embed.proj.weight"]
     h = F.conv2d(x, patch, s["patch_embed.proj.bias"], stride=patch.shape[-1])
     h = h.flatten(2).transpose(1, 2)
-    h = torch.cat([s["cls_token"].expand(x.shape[0], -1, -1), h], dim=1) + s["pos_embed"]
-    width = h.shape[-1]
+    return torch.cat([s["cls_token"].expand(x.shape[0], -1, -1), h], dim=1) + s["pos_embed"]
+
+
+def _vit_block(
+    h: torch.Tensor, s: dict[str, torch.Tensor], p: str, heads: int, qkv_bias: torch.Tensor
+) -> torch.Tensor:
+    """One pre-norm ViT block (LayerNorm eps 1e-6, fused qkv, exact GELU)."""
+    batch, width = h.shape[0], h.shape[-1]
+    y = F.layer_norm(h, (width,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps=1e-6)
+    qkv = F.linear(y, s[p + "attn.qkv.weight"], qkv_bias)
+    qkv = qkv.reshape(batch, -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    weights = torch.softmax(q * (width // heads) ** -0.5 @ k.transpose(-2, -1), dim=-1)
+    y = (weights @ v).transpose(1, 2).reshape(batch, -1, width)
+    h = h + F.linear(y, s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
+    y = F.layer_norm(h, (width,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps=1e-6)
+    y = F.gelu(F.linear(y, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"]))
+    return h + F.linear(y, s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"])
+
+
+def eva_vit(s: dict[str, torch.Tensor], x: torch.Tensor, blocks: int, heads: int) -> torch.Tensor:
+    """LAVIS ``VisionTransformer`` (EVA ViT-g, no final norm) over its first ``blocks``
+    (separate q and v biases, none for k)."""
+    h = _vit_embed(s, x)
     for index in range(blocks):
         p = f"blocks.{index}."
-        y = F.layer_norm(h, (width,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps=1e-6)
         bias = torch.cat([s[p + "attn.q_bias"], torch.zeros_like(s[p + "attn.q_bias"]),
                           s[p + "attn.v_bias"]])
-        qkv = F.linear(y, s[p + "attn.qkv.weight"], bias)
-        qkv = qkv.reshape(x.shape[0], -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        weights = torch.softmax(q * (width // heads) ** -0.5 @ k.transpose(-2, -1), dim=-1)
-        y = (weights @ v).transpose(1, 2).reshape(x.shape[0], -1, width)
-        h = h + F.linear(y, s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
-        y = F.layer_norm(h, (width,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps=1e-6)
-        y = F.gelu(F.linear(y, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"]))
-        h = h + F.linear(y, s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"])
+        h = _vit_block(h, s, p, heads, bias)
     return h
 
 
@@ -122,26 +134,11 @@ def timm_vit_states(
 ) -> list[torch.Tensor]:
     """A timm ``VisionTransformer``'s token states as LLaVA-Rad's tower lists them: the
     embedding output, then each block's output (no final norm)."""
-    patch = s["patch_embed.proj.weight"]
-    h = F.conv2d(x, patch, s["patch_embed.proj.bias"], stride=patch.shape[-1])
-    h = h.flatten(2).transpose(1, 2)
-    h = torch.cat([s["cls_token"].expand(x.shape[0], -1, -1), h], dim=1) + s["pos_embed"]
-    width = h.shape[-1]
-    states = [h]
+    states = [_vit_embed(s, x)]
     index = 0
     while f"blocks.{index}.norm1.weight" in s:
         p = f"blocks.{index}."
-        y = F.layer_norm(h, (width,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps=1e-6)
-        qkv = F.linear(y, s[p + "attn.qkv.weight"], s[p + "attn.qkv.bias"])
-        qkv = qkv.reshape(x.shape[0], -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        weights = torch.softmax(q * (width // heads) ** -0.5 @ k.transpose(-2, -1), dim=-1)
-        y = (weights @ v).transpose(1, 2).reshape(x.shape[0], -1, width)
-        h = h + F.linear(y, s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
-        y = F.layer_norm(h, (width,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps=1e-6)
-        y = F.gelu(F.linear(y, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"]))
-        h = h + F.linear(y, s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"])
-        states.append(h)
+        states.append(_vit_block(states[-1], s, p, heads, s[p + "attn.qkv.bias"]))
         index += 1
     return states
 
