@@ -32,7 +32,15 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from dicom_node.store import Database, DialogMessage, Job, Proposal, ReportVersion, Study
+from dicom_node.store import (
+    Database,
+    DialogMessage,
+    Job,
+    Proposal,
+    ReportVersion,
+    Study,
+    WorklistEntry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +74,8 @@ def sse_event(event: str, data: object) -> str:
 class DatabaseMark:
     """How far the node's tables were when the watcher last looked."""
 
-    #: Studies: how many, the newest arrival, how many are marked urgent.
+    #: Studies: how many, the newest arrival, how many are marked urgent, the RIS's last
+    #: worklist answer (its priorities).
     studies: tuple[object, ...]
     #: Jobs: the newest id, start and finish, and how many there are in each state.
     jobs: tuple[object, ...]
@@ -77,7 +86,7 @@ class DatabaseMark:
 
 
 def read_mark(db: Database) -> DatabaseMark:
-    """The tables' state, in five aggregate queries.
+    """The tables' state, in seven aggregate queries.
 
     Parameters
     ----------
@@ -93,7 +102,7 @@ def read_mark(db: Database) -> DatabaseMark:
         studies = tuple(session.execute(select(
             func.count(Study.id), func.max(Study.last_received_at),
             func.count(Study.id).filter(Study.urgent),
-        )).one())
+        )).one()) + (session.scalar(select(func.max(WorklistEntry.fetched_at))),)
         jobs = tuple(session.execute(select(
             func.max(Job.id), func.max(Job.started_at), func.max(Job.finished_at),
         )).one()) + tuple(sorted(

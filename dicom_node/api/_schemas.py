@@ -97,6 +97,11 @@ class StudySummary(BaseModel):
     updated_at: datetime | None
     open_proposals: int
     urgent: bool = Field(default=False, description="Marked urgent by a reader.")
+    ris_priority: str | None = Field(
+        default=None,
+        description="The RIS's Requested Procedure Priority (STAT, HIGH, ROUTINE, MEDIUM, "
+        "LOW) of the study's worklist entry, where the node has one.",
+    )
 
 
 class FindingOut(BaseModel):

@@ -96,11 +96,16 @@ RETURN_KEYS: tuple[str, ...] = (
     "StudyInstanceUID",
     "RequestedProcedureID",
     "RequestedProcedureDescription",
+    "RequestedProcedurePriority",
     "ReasonForTheRequestedProcedure",
     "AdmittingDiagnosesDescription",
     "RequestingPhysician",
     "ReferringPhysicianName",
 )
+
+
+#: Requested Procedure Priority (0040,1003) values PS3.3 defines; others are not stored.
+PRIORITIES = frozenset({"STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW"})
 
 
 class MatchedBy(StrEnum):
@@ -147,6 +152,8 @@ class WorklistItem:
         Modality and Scheduled Procedure Step Start Date of the first procedure step.
     fetched_at
         When the RIS returned the entry.
+    priority
+        Requested Procedure Priority (0040,1003): one of :data:`PRIORITIES`, or ``None``.
     """
 
     accession_number: str | None
@@ -159,6 +166,7 @@ class WorklistItem:
     modality: str | None
     scheduled_date: str | None
     fetched_at: datetime
+    priority: str | None = None
 
     @property
     def entry_key(self) -> str:
@@ -206,6 +214,7 @@ class WorklistItem:
             modality=entry.modality,
             scheduled_date=entry.scheduled_date,
             fetched_at=entry.fetched_at,
+            priority=entry.priority,
         )
 
 
@@ -295,6 +304,7 @@ def parse_identifier(ds: Dataset, fetched_at: datetime) -> WorklistItem | None:
     if not accession and not study_uid:
         return None
     indication, source = choose_indication(ds)
+    priority = (_text(ds, "RequestedProcedurePriority") or "").upper()
     modality = scheduled = None
     steps = ds.get("ScheduledProcedureStepSequence")
     if steps:
@@ -311,6 +321,7 @@ def parse_identifier(ds: Dataset, fetched_at: datetime) -> WorklistItem | None:
         modality=modality.upper() if modality else None,
         scheduled_date=scheduled[:8] if scheduled else None,
         fetched_at=fetched_at,
+        priority=priority if priority in PRIORITIES else None,
     )
 
 
@@ -484,6 +495,7 @@ def store_items(db: Database, items: Iterable[WorklistItem]) -> int:
             "indication_source": item.indication_source,
             "modality": item.modality,
             "scheduled_date": item.scheduled_date,
+            "priority": item.priority,
             "created_at": item.fetched_at,
             "fetched_at": item.fetched_at,
         }
@@ -498,6 +510,7 @@ def store_items(db: Database, items: Iterable[WorklistItem]) -> int:
         "indication_source",
         "modality",
         "scheduled_date",
+        "priority",
         "fetched_at",
     )
     with db.session() as session:
@@ -822,6 +835,7 @@ __all__ = [
     "DICOM_DATE_FORMAT",
     "FIND_TRANSFER_SYNTAXES",
     "INDICATION_ATTRIBUTES",
+    "PRIORITIES",
     "RETURN_KEYS",
     "MatchedBy",
     "RefreshResult",

@@ -272,6 +272,8 @@ class WorklistEntry(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     #: Scheduled Procedure Step Start Date (YYYYMMDD) of the (first) step.
     scheduled_date: Mapped[str | None] = mapped_column(String(8))
+    #: Requested Procedure Priority (0040,1003): STAT, HIGH, ROUTINE, MEDIUM or LOW.
+    priority: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     #: When the RIS last returned the entry.
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

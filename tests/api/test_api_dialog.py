@@ -651,3 +651,33 @@ def test_the_live_watcher_names_each_changed_study_and_the_priority_is_validated
     unknown = api.client.put(api.path("/priority", "1.2.3.999"), json={"urgent": True},
                              headers=auth())
     assert unknown.status_code == 404
+
+
+def test_the_ris_priority_is_parsed_stored_and_listed_with_the_study(api: ApiUnderTest) -> None:
+    """Requested Procedure Priority (0040,1003) of the study's worklist entry reaches the
+    worklist; a value PS3.3 does not define is not stored."""
+    from datetime import UTC, datetime
+
+    from pydicom.dataset import Dataset
+
+    from dicom_node.dicom.worklist import parse_identifier, store_items
+
+    def identifier(priority: str) -> Dataset:
+        ds = Dataset()
+        ds.AccessionNumber = "ACC4711"
+        ds.StudyInstanceUID = api.study.study_uid
+        ds.RequestedProcedurePriority = priority
+        return ds
+
+    now = datetime.now(UTC)
+    odd = parse_identifier(identifier("SOON"), now)
+    assert odd is not None and odd.priority is None
+    item = parse_identifier(identifier("stat"), now)
+    assert item is not None and item.priority == "STAT"
+    listed = api.client.get("/api/studies", headers=auth()).json()
+    assert [s["ris_priority"] for s in listed] == [None]
+    store_items(api.db, [item])
+    listed = api.client.get("/api/studies", headers=auth()).json()
+    assert [s["ris_priority"] for s in listed] == ["STAT"]
+    detail = api.client.get(api.path(), headers=auth()).json()
+    assert detail["study"]["ris_priority"] == "STAT"

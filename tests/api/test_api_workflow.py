@@ -90,10 +90,21 @@ def worklist(
 def test_the_worklist_shows_every_state_and_a_failed_study_with_its_reason(
     worklist: Worklist, browser: Any  # noqa: F811
 ) -> None:
+    from dicom_node.dicom.worklist import WorklistItem, store_items
+
+    # The RIS ordered the queued study STAT: it heads the worklist.
+    store_items(worklist.db, [WorklistItem(
+        accession_number=None, study_instance_uid=worklist.queued, patient_key=None,
+        requested_procedure_id=None, requested_procedure_description=None, indication=None,
+        indication_source=None, modality="CR", scheduled_date=None,
+        fetched_at=datetime.now(UTC), priority="STAT")])
     context = browser.new_context()
     try:
         page = _logged_in(context, worklist.server.url)
         expect(page.locator("#worklist tbody tr")).to_have_count(4)
+        first = page.locator("#worklist tbody tr").first
+        expect(first).to_have_attribute("data-uid", worklist.queued)
+        expect(first.locator("td").first).to_have_text("stat")
         expect(page.locator(ROW.format(worklist.queued))).to_contain_text("queued")
         expect(page.locator(ROW.format(worklist.running))).to_contain_text("drafting")
         expect(page.locator(ROW.format(worklist.drafted.study_uid))).to_contain_text("drafted")

@@ -15,7 +15,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
 
 from dicom_node.api._auth import Reader
 from dicom_node.api._images import ImageRenderer
@@ -59,6 +60,7 @@ from dicom_node.store import (
     ReportKind,
     ReportVersion,
     Study,
+    WorklistEntry,
 )
 from sr_templates import SRError, read_report
 
@@ -218,11 +220,41 @@ class StudyViews:
                 current = versions.get(study_id)
                 if current is not None and current.version == based_on:
                     open_counts[study_id] = open_counts.get(study_id, 0) + 1
+            priorities = self._ris_priorities(session, [study for study, _ in rows])
             return [
                 self._summary(study, versions.get(study.id), jobs.get(study.id),
-                              open_counts.get(study.id, 0))
+                              open_counts.get(study.id, 0), priorities.get(study.id))
                 for study, _ in rows
             ]
+
+    @staticmethod
+    def _ris_priorities(session: Session, studies: Sequence[Study]) -> dict[int, str]:
+        """The RIS priority of each study that has a worklist entry with one: the entry of
+        its Study Instance UID, else of its accession number (not one of another patient)."""
+        uids = {study.study_instance_uid for study in studies}
+        accessions = {study.accession_number for study in studies if study.accession_number}
+        entries = session.scalars(
+            select(WorklistEntry)
+            .where(
+                WorklistEntry.priority.is_not(None),
+                or_(WorklistEntry.study_instance_uid.in_(uids),
+                    WorklistEntry.accession_number.in_(accessions)),
+            )
+            .order_by(WorklistEntry.fetched_at)
+        ).all()
+        by_uid = {e.study_instance_uid: e.priority for e in entries if e.study_instance_uid}
+        priorities: dict[int, str] = {}
+        for study in studies:
+            priority = by_uid.get(study.study_instance_uid)
+            if priority is None and study.accession_number:
+                for entry in entries:
+                    other_patient = (entry.patient_key and study.patient_key
+                                     and entry.patient_key != study.patient_key)
+                    if entry.accession_number == study.accession_number and not other_patient:
+                        priority = entry.priority
+            if priority is not None:
+                priorities[study.id] = priority
+        return priorities
 
     @staticmethod
     def _summary(
@@ -230,6 +262,7 @@ class StudyViews:
         latest: ReportVersion | None,
         job: tuple[str, str | None] | None,
         open_proposals: int,
+        ris_priority: str | None = None,
     ) -> StudySummary:
         from dicom_node.models.readiness import READINESS, ModelPhase
 
@@ -266,6 +299,7 @@ class StudyViews:
             updated_at=None if latest is None else latest.created_at,
             open_proposals=open_proposals,
             urgent=bool(study.urgent),
+            ris_priority=ris_priority,
         )
 
     # ------------------------------------------------------------------ one study
@@ -304,6 +338,7 @@ class StudyViews:
                 .order_by(Job.id.desc())
                 .limit(1)
             ).first()
+            ris_priority = self._ris_priorities(session, [study]).get(study.id)
         latest = history[-1] if history else None
         versions = [
             self.version_out(version, by_number.get(version.version - 1))
@@ -331,6 +366,7 @@ class StudyViews:
                 latest,
                 None if job_row is None else (job_row[0].value, job_row[1]),
                 open_count,
+                ris_priority,
             ),
             patient=self._patient(latest),
             current=versions[-1] if versions else None,

@@ -167,8 +167,19 @@ function statusText(study) {
 }
 
 // Sort keys; ties are broken by age (the longest waiting first).
+// A reader's urgent mark ranks with the RIS's STAT; then HIGH, the rest, LOW.
+const RIS_RANKS = { STAT: 0, HIGH: 1, ROUTINE: 2, MEDIUM: 2, LOW: 3 };
+function priorityRank(study) {
+  return study.urgent ? 0 : (RIS_RANKS[study.ris_priority] ?? 2);
+}
+
+function priorityText(study) {
+  if (study.urgent) return "urgent";
+  return study.ris_priority ? study.ris_priority.toLowerCase() : "routine";
+}
+
 const SORT_KEYS = {
-  priority: (study) => (study.urgent ? 0 : 1),
+  priority: priorityRank,
   accession: (study) => study.accession_number || "",
   received: (study) => study.received_at,
   status: (study) => study.status,
@@ -209,8 +220,9 @@ function renderWorklist() {
     const row = element("tr");
     row.dataset.uid = study.study_instance_uid;
     row.title = study.study_instance_uid;
-    const priority = element("td", study.urgent ? "urgent" : "routine",
-      study.urgent ? "urgent" : "muted");
+    const priority = element("td", priorityText(study),
+      priorityRank(study) <= 1 ? "urgent" : "muted");
+    if (study.ris_priority) priority.title = `RIS priority: ${study.ris_priority}`;
     row.append(
       priority,
       element("td", study.accession_number || "-"),

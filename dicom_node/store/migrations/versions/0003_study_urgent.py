@@ -1,4 +1,5 @@
-"""``studies.urgent``: a study a reader marked urgent heads the worklist.
+"""Priority: ``studies.urgent`` (a reader's mark) and ``worklist_entries.priority`` (the
+RIS's Requested Procedure Priority); urgent and STAT studies head the worklist.
 
 Revision ID: 0003
 Revises: 0002
@@ -22,7 +23,9 @@ def upgrade() -> None:
     op.add_column(
         "studies", sa.Column("urgent", sa.Boolean(), nullable=False, server_default=sa.false())
     )
+    op.add_column("worklist_entries", sa.Column("priority", sa.String(length=16), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("worklist_entries", "priority")
     op.drop_column("studies", "urgent")
