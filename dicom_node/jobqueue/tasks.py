@@ -10,7 +10,7 @@
     died and sends the jobs again. Each job keeps its own outcome: transient failures
     (database away) put a job back in ``queued``; the task's own job is then retried with
     exponential backoff up to ``worker.max_retries``, the batch's other jobs are sent again
-    by the dispatcher. Permanent failures (images unusable) fail that job at once. The jobs
+    with the same backoff. Permanent failures (images unusable) fail that job at once. The jobs
     still running when the batch hits the soft time limit are failed.
 ``dicom_node.dialog_turn(request, channel)`` (queue ``dialog``, with a Redis broker)
     Answers a reader's dialog turn with the process's model and publishes its text on the
@@ -35,6 +35,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.errors import JobError, TransientJobError
@@ -52,9 +53,12 @@ from dicom_node.latency import INFERENCE_SECONDS, JOB_SECONDS
 from dicom_node.pipeline.delivery import DeliveryOutcome, deliver_items
 from dicom_node.pipeline.drafting import DraftOutcome, draft_jobs, fail_claimed, touch_jobs
 from dicom_node.pipeline.heartbeat import Heartbeat, heartbeat_interval
-from dicom_node.store import JobState
+from dicom_node.store import Job, JobState
 
 logger = logging.getLogger(__name__)
+
+#: Seconds before a job's first retry after a transient error (doubled per attempt).
+RETRY_BACKOFF_S = 5
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -62,7 +66,7 @@ logger = logging.getLogger(__name__)
     bind=True,
     acks_late=True,
     autoretry_for=(TransientJobError,),
-    retry_backoff=5,
+    retry_backoff=RETRY_BACKOFF_S,
     retry_backoff_max=300,
     retry_jitter=True,
     max_retries=5,
@@ -115,12 +119,14 @@ def draft_report(self: Task, job_id: int) -> dict[str, Any]:
 def _after(job_id: int, result: DraftOutcome | JobError, elapsed: float) -> None:
     """Log a job's failure, or observe its latencies and send its SR's delivery.
 
-    A job of the batch other than the leader that is back in ``queued`` after a transient
-    failure is sent again by the dispatcher (its own message was used up); the leader is
-    retried by Celery.
+    The leader's job is retried by Celery. Another job of the batch back in ``queued``
+    after a transient failure (its own message was used up) is sent again with the same
+    exponential backoff (:func:`_send_again`).
     """
     if isinstance(result, TransientJobError):
-        logger.warning("job %d: %s; queued again", job_id, result)
+        delay = _send_again(job_id)
+        logger.warning("job %d: %s; queued again%s", job_id, result,
+                       f", sent again in {delay:.0f} s" if delay is not None else "")
         return
     if isinstance(result, JobError):
         logger.error("job %d failed: %s", job_id, result)
@@ -132,6 +138,30 @@ def _after(job_id: int, result: DraftOutcome | JobError, elapsed: float) -> None
         INFERENCE_SECONDS.observe(result.inference_seconds)
     if result.outbox_ids:
         deliver.apply_async((result.outbox_ids,), queue=DELIVERY_QUEUE, ignore_result=True)
+
+
+def _send_again(job_id: int) -> float | None:
+    """Send a batch's job that a transient failure put back in ``queued`` again, after
+    Celery's backoff for its attempts so far (5 s doubled per attempt, at most
+    ``worker.retry_backoff_max_s``); returns the delay. With ``worker.max_retries`` + 1
+    attempts used, or the database or the broker away, it is left to the dispatcher
+    (``worker.redispatch_after_s``) and None is returned."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    worker = context.settings().worker
+    try:
+        with context.database().session() as session:
+            attempts = int(session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0)
+    except SQLAlchemyError:
+        return None
+    if attempts > worker.max_retries:
+        return None
+    delay = min(worker.retry_backoff_max_s, RETRY_BACKOFF_S * 2.0 ** max(0, attempts - 1))
+    try:
+        draft_report.apply_async((job_id,), countdown=delay, ignore_result=True)
+    except (KombuOperationalError, OSError):
+        return None
+    return delay
 
 
 #: The image analyses of the studies this worker process answered turns about.

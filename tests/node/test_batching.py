@@ -58,6 +58,25 @@ def _rows(db: Database) -> list[Job]:
         return rows
 
 
+def _draft_messages(settings: Settings) -> list[tuple[int, bool]]:
+    """The draft messages waiting in the embedded broker: (job id, has an ETA)."""
+    import base64
+    import json
+    import sqlite3
+
+    from dicom_node.jobqueue.app import EMBEDDED_BROKER_FILE
+
+    with sqlite3.connect(settings.storage.folder / EMBEDDED_BROKER_FILE) as broker:
+        payloads = [row[0] for row in broker.execute("SELECT payload FROM kombu_message")]
+    found = []
+    for payload in payloads:
+        message = json.loads(payload)
+        if message["headers"]["task"] == "dicom_node.draft_report":
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            found.append((args[0], message["headers"]["eta"] is not None))
+    return found
+
+
 @pytest.fixture
 def counted_model() -> Iterator[dict[str, list[int]]]:
     """The worker's model (loaded here, from the cache its tasks use), with its vision and
@@ -177,7 +196,7 @@ def test_a_transient_error_requeues_its_job_the_leader_retried_by_celery(
 ) -> None:
     """The RIS lookup of one study fails transiently (as a database away would): that job
     alone goes back to ``queued``; the others are drafted. The task's own job is retried by
-    Celery; another job of the batch waits for the dispatcher."""
+    Celery; another job of the batch is sent again with the same backoff."""
     from dicom_node.errors import TransientJobError
     from dicom_node.jobqueue.tasks import draft_report
     from dicom_node.pipeline import drafting
@@ -207,6 +226,8 @@ def test_a_transient_error_requeues_its_job_the_leader_retried_by_celery(
         assert result.state == "SUCCESS" and result.result["batch"] == 3 and not retried
         assert [j.state for j in rows] == [JobState.DONE, JobState.DONE, JobState.QUEUED]
         assert [j.attempts for j in rows] == [1, 1, 1]
+        # The third job's own message was used up: it is sent again, 5 s later.
+        assert _draft_messages(settings) == [(job_ids[2], True)]
     assert counted_model["generate"] == [2]
     queued = next(j for j in rows if j.state is JobState.QUEUED)
     assert queued.error == "the database is away"
