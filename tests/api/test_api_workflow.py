@@ -31,6 +31,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 expect = sync_api.expect
 
 ROW = '#worklist tbody tr[data-uid="{}"]'
+#: Where the tests leave screenshots for a person to look at.
+SCREENS = Path("/tmp/screens/page")
 
 
 def _seed_job(db: Database, state: JobState, error: str | None = None) -> str:
@@ -190,6 +192,7 @@ def test_a_colleagues_proposal_and_sign_off_appear_live(
         expect(page_a.locator("#sign-button")).to_be_disabled()
         expect(page_a.locator("#sign-hint")).to_be_visible()
         expect(page_a.locator("#sign-hint")).to_contain_text("Signed off by ann")
+        _screenshot(page_a, "live-colleague-signed")
         # What A typed is still there.
         expect(page_a.locator("#message-input")).to_have_value("A draft of my own, not sent")
         assert errors == [], errors
@@ -246,6 +249,7 @@ def test_with_the_node_down_the_page_says_so_keeps_the_text_and_retries(
         expect(page.locator("body.busy")).to_have_count(0)
         expect(page.locator("#send")).to_be_enabled()
         expect(page.locator("#message-input")).to_have_value("Is the heart enlarged?")
+        _screenshot(page, "node-down-retry")
         # Retry while still down: the same plain message again.
         page.click("#retry-button")
         expect(failure).to_be_visible()
@@ -270,6 +274,12 @@ def test_with_the_node_down_the_page_says_so_keeps_the_text_and_retries(
         expect(failure).to_be_hidden()
     finally:
         context.close()
+
+
+def _screenshot(page: Any, name: str) -> None:
+    """Keep a picture of the page for a person to look at (in :data:`SCREENS`)."""
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENS / f"{name}.png"))
 
 
 def _blur(page: Any) -> None:
@@ -346,6 +356,7 @@ def test_keyboard_shortcuts_open_studies_decide_proposals_sign_and_list_themselv
         expect(help_dialog).to_be_visible()
         expect(help_dialog).to_contain_text("Next study")
         expect(help_dialog).to_contain_text("Ctrl")
+        _screenshot(page, "shortcuts-help")
         for _ in range(4):
             page.keyboard.press("Tab")
             assert page.evaluate(
@@ -356,9 +367,6 @@ def test_keyboard_shortcuts_open_studies_decide_proposals_sign_and_list_themselv
     finally:
         context.close()
 
-
-#: Where the layout test leaves its screenshots for a person to look at.
-SCREENS = Path("/tmp/screens/page")
 #: Window sizes the layout is checked at: a laptop, a reading-room monitor, and the laptop at
 #: 150 % browser zoom (the same CSS pixels a 911 x 512 window has, drawn 1.5 times larger).
 SIZES = {
