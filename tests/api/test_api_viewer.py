@@ -102,11 +102,16 @@ def test_pixels_of_an_image_with_bad_attributes_get_422_with_the_reason(
     assert reason in response.json()["detail"]
 
 
-def test_pixels_need_a_token_and_an_image_of_the_study(api: ApiUnderTest) -> None:
+def test_pixels_and_priors_need_a_token_and_a_known_study(api: ApiUnderTest) -> None:
     image_id = api.client.get(api.path(), headers=auth()).json()["images"][0]["id"]
     assert api.client.get(api.path(f"/images/{image_id}/pixels")).status_code == 401
     missing = api.client.get(api.path(f"/images/{image_id + 99}/pixels"), headers=auth())
     assert missing.status_code == 404 and f"no image {image_id + 99}" in missing.json()["detail"]
+    assert api.client.get(api.path("/priors")).status_code == 401
+    unknown = api.client.get(api.path("/priors", study_uid="1.2.3.4"), headers=auth())
+    assert unknown.status_code == 404 and unknown.json()["detail"] == "no such study"
+    # One study of the patient: no priors.
+    assert api.client.get(api.path("/priors"), headers=auth()).json() == []
 
 
 # --------------------------------------------------------------------------- the page
@@ -382,6 +387,7 @@ def test_zoom_at_the_cursor_reset_and_no_zoom_into_the_next_study(
     page.select_option("#wl-preset", "lung")
     viewer.settle()
     assert viewer.readout(0) != initial
+    page.screenshot(path=screenshots / f"{_size(request)}-lung.png")
     page.click("#viewer-invert")
     sync_api.expect(page.locator("#viewer-invert")).to_have_attribute("aria-pressed", "true")
     sync_api.expect(page.locator("#viewer .vp-wl").first).to_contain_text("inverted")
@@ -394,6 +400,25 @@ def test_zoom_at_the_cursor_reset_and_no_zoom_into_the_next_study(
     assert viewer.readout(0) == initial
     sync_api.expect(page.locator("#viewer-invert")).to_have_attribute("aria-pressed", "false")
     sync_api.expect(page.locator("#wl-preset")).to_have_value("file")
+
+    # Shift+drag pans (the image follows the mouse, the window stays); Fit undoes it.
+    centre = (round(box["x"] + box["width"] / 2), round(box["y"] + box["height"] / 2))
+    anchor = [centre[0] - box["x"], centre[1] - box["y"]]
+    world = viewer.call(0, f"vp.canvasToWorld({anchor})")
+    page.keyboard.down("Shift")
+    page.mouse.move(*centre)
+    page.mouse.down()
+    page.mouse.move(centre[0] + 40, centre[1] + 30, steps=5)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    viewer.settle()
+    moved = viewer.call(0, f"Array.from(vp.worldToCanvas({world}))")
+    assert np.hypot(moved[0] - anchor[0] - 40, moved[1] - anchor[1] - 30) < 2, (moved, anchor)
+    assert viewer.readout(0) == initial
+    page.click("#viewer-fit")
+    viewer.settle()
+    back = viewer.call(0, f"Array.from(vp.worldToCanvas({world}))")
+    assert np.hypot(back[0] - anchor[0], back[1] - anchor[1]) < 0.5, (back, anchor)
 
     # Zoomed and windowed, then the next study: it opens fitted, with its own window.
     page.mouse.move(*cursor)
