@@ -389,8 +389,18 @@ async function show(study) {
   if (!resizeObserver) {
     resizeObserver = new ResizeObserver(() => {
       if (!engine || !cells.length) return;
+      // An image the reader has not zoomed or panned is fitted to its new pane; one the
+      // reader has keeps its zoom and pan.
+      const fitted = readyViewports()
+        .filter(([, viewport]) => Math.abs(viewport.getZoom() - 1) < 1e-3
+          && Math.hypot(...viewport.getPan()) < 1e-3)
+        .map(([, viewport]) => viewport);
       layout(container, cells.length);
       engine.resize(true, true);
+      for (const viewport of fitted) {
+        viewport.resetCamera();
+        viewport.render();
+      }
     });
     resizeObserver.observe(container);
   }

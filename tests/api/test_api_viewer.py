@@ -519,3 +519,41 @@ def test_the_viewer_works_from_the_keyboard(
     page.keyboard.press("Enter")
     sync_api.expect(page.locator("#viewer-invert")).to_have_attribute("aria-pressed", "true")
     assert not viewer.errors, viewer.errors
+
+
+def test_a_quick_switch_shows_only_the_last_study_and_a_resize_refits(
+    viewer: Viewer, viewer_studies: ViewerStudies, request: pytest.FixtureRequest
+) -> None:
+    page = viewer.page
+    first, second = viewer_studies.two_views, viewer_studies.other
+    # The second study is opened while the first one's pixels are still on their way.
+    page.locator(f'#worklist tbody tr[data-uid="{first.study_uid}"]').click()
+    viewer.open(second.study_uid, images=1)
+    viewer.settle()
+    sync_api.expect(page.locator("#viewer .vp-cell")).to_have_count(1)
+    assert f"/studies/{second.study_uid}/" in viewer.call(0, "vp.getCurrentImageId()")
+    # A smaller window: the viewport follows its pane and the image is fitted again.
+    width, height = SIZES[_size(request)]
+    before = viewer.box(0)
+    page.set_viewport_size({"width": width, "height": height * 3 // 4})
+    page.wait_for_function(
+        "(h) => document.querySelector('#viewer .vp-element').clientHeight < h",
+        arg=before["height"] - 10,
+    )
+    viewer.settle()
+    size = page.evaluate(
+        "() => { const e = document.querySelector('#viewer .vp-element');"
+        " const c = e.querySelector('canvas'); return [e.clientWidth, e.clientHeight,"
+        " c.clientWidth, c.clientHeight]; }"
+    )
+    assert size[2:] == size[:2]
+    corners = viewer.call(
+        0, "[0, 1].map((c) => vp.worldToCanvas(vp.getImageData().imageData.indexToWorld("
+        "[c * 1840, c * 1954, 0])))"
+    )
+    (x0, y0), (x1, y1) = corners
+    # the whole image within the pane, touching two of its sides (fitted)
+    assert -1 <= min(x0, x1) and max(x0, x1) <= size[0] + 1
+    assert -1 <= min(y0, y1) and max(y0, y1) <= size[1] + 1
+    assert abs(y1 - y0) >= size[1] - 3 or abs(x1 - x0) >= size[0] - 3
+    assert not viewer.errors, viewer.errors
