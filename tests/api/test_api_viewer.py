@@ -290,6 +290,7 @@ def _size(request: pytest.FixtureRequest) -> str:
     return str(request.node.callspec.params["viewer"])
 
 
+@pytest.mark.network
 def test_pa_and_lateral_side_by_side_at_full_resolution_and_window_by_drag(
     viewer: Viewer, viewer_studies: ViewerStudies, screenshots: Path,
     request: pytest.FixtureRequest,
@@ -352,6 +353,7 @@ def test_pa_and_lateral_side_by_side_at_full_resolution_and_window_by_drag(
     assert not viewer.errors, viewer.errors
 
 
+@pytest.mark.network
 def test_zoom_at_the_cursor_reset_and_no_zoom_into_the_next_study(
     viewer: Viewer, viewer_studies: ViewerStudies, screenshots: Path,
     request: pytest.FixtureRequest,
@@ -435,6 +437,7 @@ def test_zoom_at_the_cursor_reset_and_no_zoom_into_the_next_study(
     assert not viewer.errors, viewer.errors
 
 
+@pytest.mark.network
 def test_an_image_the_node_cannot_decode_says_why_in_its_pane(
     viewer: Viewer, viewer_studies: ViewerStudies,
 ) -> None:
@@ -453,6 +456,7 @@ def test_an_image_the_node_cannot_decode_says_why_in_its_pane(
     ], viewer.errors
 
 
+@pytest.mark.network
 def test_a_prior_study_of_the_patient_shows_beside_the_current_one(
     viewer: Viewer, viewer_studies: ViewerStudies, screenshots: Path,
     request: pytest.FixtureRequest,
@@ -497,6 +501,7 @@ def test_a_prior_study_of_the_patient_shows_beside_the_current_one(
     assert not viewer.errors, viewer.errors
 
 
+@pytest.mark.network
 def test_the_viewer_works_from_the_keyboard(
     viewer: Viewer, viewer_studies: ViewerStudies
 ) -> None:
@@ -521,6 +526,7 @@ def test_the_viewer_works_from_the_keyboard(
     assert not viewer.errors, viewer.errors
 
 
+@pytest.mark.network
 def test_a_quick_switch_shows_only_the_last_study_and_a_resize_refits(
     viewer: Viewer, viewer_studies: ViewerStudies, request: pytest.FixtureRequest
 ) -> None:
