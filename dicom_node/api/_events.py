@@ -218,6 +218,12 @@ class LiveEvents:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
             except RuntimeError:
                 continue
+        watcher = self._watcher
+        if watcher is not None and not watcher.done():
+            try:
+                watcher.get_loop().call_soon_threadsafe(watcher.cancel)
+            except RuntimeError:  # its loop has closed: the task is gone with it
+                pass
 
     # ------------------------------------------------------------------ streams
     async def stream(self) -> AsyncIterator[str]:
