@@ -35,7 +35,7 @@ import {
 const SCHEME = "cxrnode";
 const ENGINE_ID = "cxr-reader";
 const TOOL_GROUP_ID = "cxr-reader-tools";
-//: Most images of the current study, and most prior studies, shown at once.
+// Most images of the current study, and most prior studies, shown at once.
 const MAX_CURRENT = 4;
 const MAX_PRIORS = 2;
 const TYPED_ARRAYS = {
@@ -59,7 +59,8 @@ const PRESETS = [
 ];
 
 const metadata = new Map(); // imageId -> {module type -> module}
-const defaults = new Map(); // imageId -> {center, width, quantiles, monochrome1}
+const defaults = new Map(); // imageId -> {center, width, min, max, quantile(p)}
+const modalities = new Map(); // imageId -> the image's Modality, as the study lists it
 let token = null;
 let engine = null;
 let toolGroup = null;
@@ -186,7 +187,7 @@ function fetchImage(imageId) {
       },
       voiLutModule: { windowCenter: [center], windowWidth: [width], voiLUTFunction: "LINEAR" },
       modalityLutModule: { rescaleSlope: 1, rescaleIntercept: 0 },
-      generalSeriesModule: { modality: "CR" },
+      generalSeriesModule: { modality: modalities.get(imageId) || "OT" },
     });
     defaults.set(imageId, { center, width, min, max, quantile: quantiles(pixels, monochrome1) });
     const voxelManager = utilities.VoxelManager.createImageVoxelManager({
@@ -281,6 +282,7 @@ function disableAll() {
   cells = [];
   cache.purgeCache();
   fetched.clear();
+  modalities.clear();
   metadata.clear();
   defaults.clear();
 }
@@ -382,6 +384,7 @@ async function show(study) {
     cellNode.append(element, label, info, status);
     container.append(cellNode);
     const imageId = `${SCHEME}:/api/studies/${encodeURIComponent(choice.studyUid)}/images/${choice.image.id}/pixels`;
+    modalities.set(imageId, choice.image.modality || "OT");
     const cell = { viewportId, element, imageId, label: choice.label, node: cellNode, wl, zoom, status, initialInvert: false };
     element.addEventListener("keydown", (event) => onKey(cell, event));
     cells.push(cell);
