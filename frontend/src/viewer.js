@@ -274,10 +274,9 @@ function readout(cell) {
 function disableAll() {
   if (!engine) return;
   for (const cell of cells) {
-    try {
-      toolGroup.removeViewports(ENGINE_ID, cell.viewportId);
-      engine.disableElement(cell.viewportId);
-    } catch (_) { /* already gone */ }
+    if (!engine.getViewport(cell.viewportId)) continue;  // never enabled
+    toolGroup.removeViewports(ENGINE_ID, cell.viewportId);
+    engine.disableElement(cell.viewportId);
   }
   cells = [];
   cache.purgeCache();
