@@ -70,7 +70,8 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (OSError, InvalidDicomError, *_D
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """Pixels after the Modality LUT, and the defaults the page's sliders start from."""
+    """Pixels after the Modality LUT (at most ``CACHED_MAX_SIDE`` on a side unless asked for
+    in full), and their default window and value range."""
 
     pixels: np.ndarray
     photometric: str
