@@ -228,7 +228,7 @@ class ProposalOut(BaseModel):
 
 
 class ImageOut(BaseModel):
-    """An image of the study, rendered by ``.../images/{id}.png``."""
+    """An image of the study (pixels: ``.../images/{id}/pixels``, PNG: ``.../{id}.png``)."""
 
     id: int
     modality: str | None
@@ -246,7 +246,8 @@ class PriorStudyOut(BaseModel):
 
 
 class ImageInfo(BaseModel):
-    """Window defaults and value range of an image (for the page's sliders)."""
+    """Window defaults and value range of an image (the viewer reads them from
+    ``.../images/{id}/pixels``)."""
 
     id: int
     rows: int

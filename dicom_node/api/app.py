@@ -438,7 +438,7 @@ def create_app(service: DialogService) -> FastAPI:
 
     @api.get("/studies/{study_uid}/images/{instance_id}")
     def image_info(reader: ReaderDep, study_uid: str, instance_id: int) -> ImageInfo:
-        """Window defaults and value range of an image, for the page's sliders."""
+        """Window defaults and value range of an image (for API clients)."""
         return service.image_info(study_uid, instance_id)
 
     @api.post("/studies/{study_uid}/messages", response_model=TurnResult)
