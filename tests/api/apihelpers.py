@@ -53,6 +53,11 @@ DRAFT_FINDINGS = "Small left pleural effusion. Heart size is normal. No pneumoth
 DRAFT_IMPRESSION = "Small left pleural effusion."
 #: Longest message of the test settings.
 MAX_MESSAGE_CHARS = 200
+#: The screens the reader page is checked at: a laptop and a reading-room monitor.
+READING_SIZES = {"1366x768": {"width": 1366, "height": 768},
+                 "2560x1440": {"width": 2560, "height": 1440}}
+#: Where the page tests leave screenshots for a person to look at.
+SCREENS = Path("/tmp/screens/page")
 SOURCE_AE = "ORTHANC"
 
 
@@ -93,6 +98,12 @@ def api_settings(folder: Path, bundle: Path, **sections: Any) -> Settings:
         else:
             values[key] = value
     return load_settings(None, **values)
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Keep a picture of a Playwright page for a person to look at (in :data:`SCREENS`)."""
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENS / f"{name}.png"))
 
 
 def _sha256(text: str) -> str:

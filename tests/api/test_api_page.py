@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apihelpers import JANE_TOKEN, PATIENT_NAME, api_settings, seed_drafted_study
+from apihelpers import (
+    JANE_TOKEN,
+    PATIENT_NAME,
+    READING_SIZES,
+    api_settings,
+    screenshot,
+    seed_drafted_study,
+)
 from support.orthanc import Orthanc
 from test_api_pacs import check_chain, deliver_draft, pacs_settings
 
@@ -455,11 +462,12 @@ def test_a_reader_who_may_not_sign_is_told_why_sign_off_is_greyed_out(
         context.close()
 
 
+@pytest.mark.parametrize("size", list(READING_SIZES))
 def test_switching_studies_mid_request_keeps_each_answer_and_typed_text_in_its_study(
-    two_studies: TwoStudies, browser: Any
+    two_studies: TwoStudies, browser: Any, size: str
 ) -> None:
     first, second = two_studies.first, two_studies.second
-    context = browser.new_context()
+    context = browser.new_context(viewport=READING_SIZES[size])
     try:
         page = _logged_in(context, two_studies.server.url)
         errors: list[str] = []
@@ -493,6 +501,7 @@ def test_switching_studies_mid_request_keeps_each_answer_and_typed_text_in_its_s
         page.locator(row.format(second.study_uid)).click()
         sync_api.expect(page.locator("#message-input")).to_have_value(
             "A note for the second study")
+        screenshot(page, f"switched-mid-request-{size}")
         assert errors == []
     finally:
         context.close()

@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apihelpers import ANN_TOKEN, JANE_TOKEN, api_settings, audit_rows, seed_drafted_study
+from apihelpers import (
+    ANN_TOKEN,
+    JANE_TOKEN,
+    READING_SIZES,
+    SCREENS,
+    api_settings,
+    audit_rows,
+    screenshot,
+    seed_drafted_study,
+)
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 from test_api_page import TwoStudies, _logged_in, browser, two_studies  # noqa: F401
@@ -31,8 +40,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 expect = sync_api.expect
 
 ROW = '#worklist tbody tr[data-uid="{}"]'
-#: Where the tests leave screenshots for a person to look at.
-SCREENS = Path("/tmp/screens/page")
 
 
 def _seed_job(db: Database, state: JobState, error: str | None = None) -> str:
@@ -89,8 +96,9 @@ def worklist(
         db.dispose()
 
 
+@pytest.mark.parametrize("size", list(READING_SIZES))
 def test_the_worklist_shows_every_state_and_a_failed_study_with_its_reason(
-    worklist: Worklist, browser: Any  # noqa: F811
+    worklist: Worklist, browser: Any, size: str  # noqa: F811
 ) -> None:
     from dicom_node.dicom.worklist import WorklistItem, store_items
 
@@ -100,7 +108,7 @@ def test_the_worklist_shows_every_state_and_a_failed_study_with_its_reason(
         requested_procedure_id=None, requested_procedure_description=None, indication=None,
         indication_source=None, modality="CR", scheduled_date=None,
         fetched_at=datetime.now(UTC), priority="STAT")])
-    context = browser.new_context()
+    context = browser.new_context(viewport=READING_SIZES[size])
     try:
         page = _logged_in(context, worklist.server.url)
         expect(page.locator("#worklist tbody tr")).to_have_count(4)
@@ -118,6 +126,7 @@ def test_the_worklist_shows_every_state_and_a_failed_study_with_its_reason(
         failed.click()
         expect(page.locator("#report-findings")).to_contain_text("no report yet: failed")
         expect(page.locator("#sign-button")).to_be_disabled()
+        screenshot(page, f"failed-study-{size}")
     finally:
         context.close()
 
@@ -153,13 +162,15 @@ def test_a_study_marked_urgent_heads_the_worklist_and_the_mark_is_audited(
     assert marks == [("jane", "marked urgent")]
 
 
+@pytest.mark.parametrize("size", list(READING_SIZES))
 def test_a_colleagues_proposal_and_sign_off_appear_live(
-    two_studies: TwoStudies, browser: Any  # noqa: F811
+    two_studies: TwoStudies, browser: Any, size: str  # noqa: F811
 ) -> None:
     """Reader A (Jane) keeps the study open; reader B (Ann) works on it in her own browser.
     A sees B's proposal and B's sign-off without reloading."""
     study = two_studies.first
-    context_a, context_b = browser.new_context(), browser.new_context()
+    context_a = browser.new_context(viewport=READING_SIZES[size])
+    context_b = browser.new_context(viewport=READING_SIZES[size])
     try:
         page_a = _logged_in(context_a, two_studies.server.url, JANE_TOKEN)
         errors: list[str] = []
@@ -192,7 +203,7 @@ def test_a_colleagues_proposal_and_sign_off_appear_live(
         expect(page_a.locator("#sign-button")).to_be_disabled()
         expect(page_a.locator("#sign-hint")).to_be_visible()
         expect(page_a.locator("#sign-hint")).to_contain_text("Signed off by ann")
-        _screenshot(page_a, "live-colleague-signed")
+        screenshot(page_a, f"live-colleague-signed-{size}")
         # What A typed is still there.
         expect(page_a.locator("#message-input")).to_have_value("A draft of my own, not sent")
         assert errors == [], errors
@@ -249,7 +260,7 @@ def test_with_the_node_down_the_page_says_so_keeps_the_text_and_retries(
         expect(page.locator("body.busy")).to_have_count(0)
         expect(page.locator("#send")).to_be_enabled()
         expect(page.locator("#message-input")).to_have_value("Is the heart enlarged?")
-        _screenshot(page, "node-down-retry")
+        screenshot(page, "node-down-retry")
         # Retry while still down: the same plain message again.
         page.click("#retry-button")
         expect(failure).to_be_visible()
@@ -276,22 +287,17 @@ def test_with_the_node_down_the_page_says_so_keeps_the_text_and_retries(
         context.close()
 
 
-def _screenshot(page: Any, name: str) -> None:
-    """Keep a picture of the page for a person to look at (in :data:`SCREENS`)."""
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENS / f"{name}.png"))
-
-
 def _blur(page: Any) -> None:
     """Focus on nothing in particular (the keys then go to the page, not a text field)."""
     page.evaluate("() => document.activeElement && document.activeElement.blur()")
 
 
+@pytest.mark.parametrize("size", list(READING_SIZES))
 def test_keyboard_shortcuts_open_studies_decide_proposals_sign_and_list_themselves(
-    two_studies: TwoStudies, browser: Any  # noqa: F811
+    two_studies: TwoStudies, browser: Any, size: str  # noqa: F811
 ) -> None:
     first, second = two_studies.first, two_studies.second  # the worklist's order
-    context = browser.new_context()
+    context = browser.new_context(viewport=READING_SIZES[size])
     try:
         page = _logged_in(context, two_studies.server.url)
         errors: list[str] = []
@@ -356,7 +362,7 @@ def test_keyboard_shortcuts_open_studies_decide_proposals_sign_and_list_themselv
         expect(help_dialog).to_be_visible()
         expect(help_dialog).to_contain_text("Next study")
         expect(help_dialog).to_contain_text("Ctrl")
-        _screenshot(page, "shortcuts-help")
+        screenshot(page, f"shortcuts-help-{size}")
         for _ in range(4):
             page.keyboard.press("Tab")
             assert page.evaluate(
@@ -398,9 +404,9 @@ def test_the_layout_keeps_every_pane_usable_and_the_findings_one_line_each(
         page.wait_for_function(
             "() => !window.cxrViewer || ['ready', 'failed', 'empty'].includes("
             "document.getElementById('viewer').dataset.state)")
-        SCREENS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENS / f"{size}.png"))
+        screenshot(page, size)
         if size == "1366x768-zoom150":
+            SCREENS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENS / f"{size}-full.png"), full_page=True)
         heights = [rows.nth(i).bounding_box()["height"] for i in range(14)]  # type: ignore[index]
         # One line per finding: no row wraps (a wrapped row is twice as high).
