@@ -76,7 +76,8 @@ def choose_bundle(requested: Path | None, work: Path) -> tuple[Path, str]:
 
 
 def serve_burst(
-    bundle: Path, batch_size: int, files: Sequence[Path], work: Path, timeout: float
+    bundle: Path, batch_size: int, files: Sequence[Path], work: Path, timeout: float,
+    screening: str | None = None,
 ) -> dict[str, Any]:
     """One end-to-end run: warm-up study, then every other file at once; the figures."""
     import pydicom
@@ -89,7 +90,7 @@ def serve_burst(
         None,
         node={"port": node_port, "http_port": 0, "ae_title": NODE_AE},
         storage={"folder": work / "node", "min_free_bytes": 0},
-        inference={"bundle": bundle},
+        inference={"bundle": bundle, **({"screening": screening} if screening else {})},
         worker={"batch_size": batch_size},
         pacs={"orthanc": {"ae_title": ORTHANC_AE, "host": "127.0.0.1",
                           "port": pacs.dicom_port}},
@@ -215,6 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=4343, help="phantom seed (unseen studies)")
     parser.add_argument("--timeout", type=float, default=180.0, help="per study, seconds")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--screening", choices=("refuse", "warn"), default=None,
+        help="inference.screening (default: the node's); 'warn' drafts phantoms the content "
+        "check finds outside the distribution, so every study ends in an SR",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
@@ -222,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle, bundle_name = choose_bundle(args.bundle, work)
         files = make_studies(work / "studies", args.studies + 1, args.seed)
         runs = [
-            serve_burst(bundle, size, files, work / f"batch{size}", args.timeout)
+            serve_burst(bundle, size, files, work / f"batch{size}", args.timeout,
+                        args.screening)
             for size in (1, args.batch)
         ]
         paths = decoding_paths(bundle, files[1:], args.batch)
