@@ -127,6 +127,37 @@ class SeededStudy:
     draft: Dataset
 
 
+def spool_instance(settings: Settings, db: Database, ds: Dataset, view_position: str) -> Path:
+    """Do what the SCP does with a received image: write it to the spool and record it (the
+    test patient's key, the test accession). Returns the spooled file."""
+    spool = Spool(settings.storage.spool_dir)
+    relative = spool.relative_path(
+        str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    )
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    path = spool.write(relative, buffer.getvalue())
+    db.record_instance(
+        InstanceRecord(
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            study_instance_uid=str(ds.StudyInstanceUID),
+            series_instance_uid=str(ds.SeriesInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            modality=str(ds.Modality),
+            body_part="CHEST",
+            view_position=view_position,
+            accession_number=ACCESSION,
+            patient_key=patient_key(PATIENT_ID, None),
+            path=relative.as_posix(),
+            size_bytes=path.stat().st_size,
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            calling_ae=SOURCE_AE,
+            received_at=_now(),
+        )
+    )
+    return path
+
+
 def seed_drafted_study(
     settings: Settings, db: Database, model: Any, source: Path, *, instances: int = 1
 ) -> SeededStudy:
@@ -143,31 +174,7 @@ def seed_drafted_study(
     image.PatientName = PATIENT_NAME
     image.PatientID = PATIENT_ID
     image.AccessionNumber = ACCESSION
-    spool = Spool(settings.storage.spool_dir)
-    relative = spool.relative_path(
-        str(image.StudyInstanceUID), str(image.SeriesInstanceUID), str(image.SOPInstanceUID)
-    )
-    buffer = io.BytesIO()
-    image.save_as(buffer, enforce_file_format=True)
-    path = spool.write(relative, buffer.getvalue())
-    db.record_instance(
-        InstanceRecord(
-            sop_instance_uid=str(image.SOPInstanceUID),
-            study_instance_uid=str(image.StudyInstanceUID),
-            series_instance_uid=str(image.SeriesInstanceUID),
-            sop_class_uid=str(image.SOPClassUID),
-            modality=str(image.Modality),
-            body_part="CHEST",
-            view_position="PA",
-            accession_number=ACCESSION,
-            patient_key=patient_key(PATIENT_ID, None),
-            path=relative.as_posix(),
-            size_bytes=path.stat().st_size,
-            transfer_syntax_uid=str(image.file_meta.TransferSyntaxUID),
-            calling_ae=SOURCE_AE,
-            received_at=_now(),
-        )
-    )
+    path = spool_instance(settings, db, image, "PA")
     analysis = model.analyse([path])
     # As the draft job does: the codes follow the draft's text, the model's probabilities stay.
     records = code_findings(

@@ -16,7 +16,6 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +24,21 @@ import numpy as np
 import pydicom
 import pytest
 from apihelpers import (
-    ACCESSION,
     JANE_TOKEN,
-    PATIENT_ID,
-    SOURCE_AE,
     ApiUnderTest,
     SeededStudy,
     api_settings,
     auth,
     seed_drafted_study,
+    spool_instance,
 )
 from PIL import Image
 from pydicom.uid import generate_uid
 from test_api_hostile_input import BAD_IMAGES, Change
 
-from dicom_node._privacy import patient_key
 from dicom_node.api import ApiServer
 from dicom_node.settings import Settings
-from dicom_node.store import Database, InstanceRecord
-from dicom_node.store.spool import Spool
+from dicom_node.store import Database
 
 CHROMIUM = "/usr/bin/chromium"
 #: Milliseconds Playwright waits (the first Cornerstone render takes a few seconds on 2 cores).
@@ -130,31 +125,7 @@ def add_lateral(settings: Settings, db: Database, study: SeededStudy) -> pydicom
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    spool = Spool(settings.storage.spool_dir)
-    relative = spool.relative_path(
-        str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-    )
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    path = spool.write(relative, buffer.getvalue())
-    db.record_instance(
-        InstanceRecord(
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            study_instance_uid=str(ds.StudyInstanceUID),
-            series_instance_uid=str(ds.SeriesInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            modality=str(ds.Modality),
-            body_part="CHEST",
-            view_position="LL",
-            accession_number=ACCESSION,
-            patient_key=patient_key(PATIENT_ID, None),
-            path=relative.as_posix(),
-            size_bytes=path.stat().st_size,
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            calling_ae=SOURCE_AE,
-            received_at=datetime.now(UTC),
-        )
-    )
+    spool_instance(settings, db, ds, "LL")
     return ds
 
 
