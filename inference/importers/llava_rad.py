@@ -136,7 +136,7 @@ def _trunk(path: Path) -> dict[str, torch.Tensor]:
 
 
 def vit_from_timm(
-    trunk: dict[str, torch.Tensor], heads: int, image_size: int, kept_layers: int, path: Path
+    trunk: dict[str, torch.Tensor], heads: int, image_size: int, select_layer: int, path: Path
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """transformers ViT config (as ``vision.backbone``) and weights for a timm ViT (its
     fused ``qkv`` split; the names of transformers 5's ``ViTModel``).
@@ -149,8 +149,10 @@ def vit_from_timm(
         Its attention heads.
     image_size
         Its input side.
-    kept_layers
-        The blocks to keep (those up to the layer read).
+    select_layer
+        The hidden state read (LLaVA's ``mm_vision_select_layer``: 0 is the embedding
+        output, ``i`` the output of block ``i``, negative from the end); the blocks after it
+        are left out.
     path
         The checkpoint, for the errors.
     """
@@ -164,6 +166,7 @@ def vit_from_timm(
             f"{image_size}-pixel images of {side}-pixel patches need {grid * grid + 1}"
         )
     layers = 1 + max(int(k.split(".")[1]) for k in trunk if k.startswith("blocks."))
+    kept_layers = select_layer + layers + 1 if select_layer < 0 else select_layer
     if not 1 <= kept_layers <= layers:
         raise CheckpointError(f"{path}: the tower has {layers} blocks, {kept_layers} wanted")
     backbone = ViTConfig(
@@ -243,13 +246,9 @@ def import_llava_rad(
     clip_path, clip = _open_clip_config(source)
     checkpoint = find_file(source, ("biomedclipcxr_*checkpoint*.pt", "*checkpoint*.pt"),
                            "the vision tower's open_clip checkpoint")
-    trunk = _trunk(checkpoint)
-    blocks = 1 + max(int(k.split(".")[1]) for k in trunk if k.startswith("blocks."))
-    # hidden_states[0] is the embedding output, [i] the output of block i
-    kept = layer + blocks + 1 if layer < 0 else layer
     backbone, tower_weights = vit_from_timm(
-        trunk, _heads(str(clip["timm_model_name"]), clip_path), int(clip["image_size"]),
-        kept, checkpoint,
+        _trunk(checkpoint), _heads(str(clip["timm_model_name"]), clip_path),
+        int(clip["image_size"]), layer, checkpoint,
     )
     state, non_lora = non_lora_weights(source)
     projector = {f"{i}.{n}": need(state, f"model.mm_projector.{i}.{n}", non_lora)
