@@ -59,6 +59,11 @@ class PreprocessConfig:
     std: tuple[float, ...] = field(
         default=(0.5, 0.5, 0.5), metadata={"help": "Per-channel standard deviation."}
     )
+    stretch_display: bool = field(
+        default=False,
+        metadata={"help": "Rescale each display image (after the VOI window) to its own "
+                  "minimum and maximum before resizing, as MAIRA-2's processor does."},
+    )
     grid_pinpoints: tuple[tuple[int, int], ...] = field(
         default=(),
         metadata={"help": "LLaVA-NeXT's 'anyres' resolutions (height, width): each image is "
@@ -200,7 +205,7 @@ class AlignerConfig:
         metadata={
             "help": "'qformer': learned queries cross-attending to patches (RaDialog); "
             "'linear': a linear projection of patch tokens (XrayGPT); "
-            "'mlp': a 2-layer MLP over patch tokens (RaDialog v2 / LLaVA); "
+            "'mlp': an MLP over patch tokens (RaDialog v2 / LLaVA: 2 layers; MAIRA-2: 4); "
             "'gemma3': the patch grid average-pooled to max_image_tokens, an RMS norm "
             "(scale 1 + w) and a matrix product (Gemma 3 / MedGemma)."
         },
@@ -224,6 +229,10 @@ class AlignerConfig:
     mlp_hidden_size: int | None = field(
         default=None, metadata={"help": "MLP hidden width; defaults to the LLM hidden size."}
     )
+    mlp_layers: int = field(
+        default=2,
+        metadata={"help": "For 'mlp': linear layers, GELU between them (LLaVA 2, MAIRA-2 4)."},
+    )
     max_image_tokens: int | None = field(
         default=None,
         metadata={"help": "For 'linear'/'mlp': average-pool the patch tokens down to this many; "
@@ -246,6 +255,8 @@ class AlignerConfig:
             )
         if self.num_query_tokens < 1:
             raise ConfigError("aligner.num_query_tokens must be >= 1")
+        if self.mlp_layers < 1:
+            raise ConfigError("aligner.mlp_layers must be >= 1")
         if self.max_image_tokens is not None and self.max_image_tokens < 1:
             raise ConfigError("aligner.max_image_tokens must be >= 1 when set")
         if self.kind == "gemma3" and (
@@ -317,8 +328,30 @@ class PromptConfig:
         default=None,
         metadata={
             "help": "Layout of the first user message, with {image}, {findings}, {context} "
-            "(indication and current report lines, each ending in a newline) and "
-            "{instruction}; unset: the node's own layout."
+            "(indication and current report lines, each ending in a newline; no indication "
+            "line when {indication} is used), {indication} (the worklist's indication, or "
+            "no_indication_text) and {instruction}; unset: the node's own layout."
+        },
+    )
+    no_indication_text: str = field(
+        default="N/A",
+        metadata={"help": "What {indication} of first_turn says when the worklist has none "
+                  "(MAIRA-2's processor writes 'N/A' for a missing section)."},
+    )
+    message_parts: bool = field(
+        default=False,
+        metadata={
+            "help": "Hand the chat template each message as a list of parts ({'type': "
+            "'text', 'text': ...} and {'type': 'image', 'index': 0}), as multi-image "
+            "processors' templates read them (MAIRA-2); unset: plain strings."
+        },
+    )
+    add_bos: bool = field(
+        default=False,
+        metadata={
+            "help": "Begin with the tokenizer's BOS token when the chat template's text does "
+            "not (LLaVA-family processors tokenize the rendered template with special "
+            "tokens: MAIRA-2)."
         },
     )
     image_tokenization: ImageTokenization = field(
@@ -356,6 +389,8 @@ class PromptConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.message_parts and self.conversation is not None:
+            raise ConfigError("prompt.message_parts is for chat templates: unset conversation")
         if self.image_expansion is not None:
             if self.image_tokenization != "whole" or not self.image_token:
                 raise ConfigError(
@@ -368,11 +403,13 @@ class PromptConfig:
                 if name not in self.first_turn:
                     raise ConfigError(f"prompt.first_turn must contain {name}")
             try:
-                self.first_turn.format(image="", findings="", context="", instruction="")
+                self.first_turn.format(
+                    image="", findings="", context="", indication="", instruction=""
+                )
             except (KeyError, IndexError, ValueError) as exc:
                 raise ConfigError(
-                    f"prompt.first_turn: only {{image}}, {{findings}}, {{context}} and "
-                    f"{{instruction}} may be used ({exc!r})"
+                    f"prompt.first_turn: only {{image}}, {{findings}}, {{context}}, "
+                    f"{{indication}} and {{instruction}} may be used ({exc!r})"
                 ) from exc
     conversation: ConversationConfig | None = field(
         default=None,

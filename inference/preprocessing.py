@@ -181,6 +181,18 @@ def _voi_output_range(ds: Dataset) -> tuple[float, float]:
     return y_min, y_max
 
 
+def stretched(display: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """A display image rescaled to its own minimum and maximum when
+    ``preprocess.stretch_display`` asks for it (MAIRA-2's processor does this to every
+    image), else the image itself."""
+    if not config.stretch_display:
+        return display
+    low, high = float(display.min()), float(display.max())
+    if high <= low:
+        raise PreprocessingError("image has no contrast (constant pixel values)")
+    return ((display - low) / (high - low)).astype(np.float32)
+
+
 def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     """Resize a 2-D image to ``size`` x ``size`` keeping its aspect ratio.
 
@@ -267,7 +279,7 @@ def preprocess_dataset(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
     PreprocessingError
         See :func:`dataset_to_display`.
     """
-    display = dataset_to_display(ds, config)
+    display = stretched(dataset_to_display(ds, config), config)
     return normalise(resize_square(display, config.image_size, config.resize_mode), config)
 
 
@@ -277,7 +289,7 @@ def preprocess_display_image(image: np.ndarray, config: PreprocessConfig) -> np.
     Integer arrays are scaled by their dtype's maximum; float arrays must lie in [0, 1].
     Used by training loaders for MIMIC-CXR-JPG style images.
     """
-    scaled = _display_array(image)
+    scaled = stretched(_display_array(image), config)
     return normalise(resize_square(scaled, config.image_size, config.resize_mode), config)
 
 
@@ -346,7 +358,7 @@ def load_tiled_images(
             display = _display_array(source)
         else:
             display = dataset_to_display(read_dicom(source), config)
-        image_tiles = tile_display(display, config)
+        image_tiles = tile_display(stretched(display, config), config)
         tiles.append(image_tiles)
         counts.append(len(image_tiles))
         sizes.append((int(display.shape[0]), int(display.shape[1])))
@@ -364,5 +376,6 @@ __all__ = [
     "read_dicom",
     "resize_square",
     "resize_to",
+    "stretched",
     "tile_display",
 ]

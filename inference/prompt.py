@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -101,15 +101,18 @@ class PromptBuilder:
         template = self.config.first_turn
         if template is None:
             return self.context(findings, indication, report) + "\n" + instruction
+        indication = indication.strip() if indication else ""
+        own_field = "{indication}" in template
         lines = []
-        if indication and indication.strip():
-            lines.append(f"Clinical indication: {indication.strip()}\n")
+        if indication and not own_field:
+            lines.append(f"Clinical indication: {indication}\n")
         if report is not None:
             lines.append(f"Current report: {report.strip()}\n")
         return template.format(
             image=self.config.image_placeholder,
             findings=self._listed(findings) if findings is not None else "",
             context="".join(lines),
+            indication=indication or self.config.no_indication_text,
             instruction=instruction,
         )
 
@@ -163,13 +166,14 @@ class PromptBuilder:
             return self._render_conversation(self.config.conversation, messages, answer)
         if self.uses_chat_template:
             prompt = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                self._for_template(messages), tokenize=False, add_generation_prompt=True
             )
             assert isinstance(prompt, str)
             if answer is None:
                 return prompt, ""
             full = self.tokenizer.apply_chat_template(
-                [*messages, {"role": "assistant", "content": answer}], tokenize=False
+                self._for_template([*messages, {"role": "assistant", "content": answer}]),
+                tokenize=False,
             )
             assert isinstance(full, str)
             if not full.startswith(prompt):
@@ -189,6 +193,24 @@ class PromptBuilder:
         prompt = "".join(parts)
         target = "" if answer is None else f" {answer}{self.tokenizer.eos_token or ''}"
         return prompt, target
+
+    def _for_template(self, messages: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """The messages as the chat template reads them: plain strings, or (with
+        ``prompt.message_parts``) lists of text parts with an image part where the image
+        placeholder is, as MAIRA-2's processor builds them."""
+        if not self.config.message_parts:
+            return list(messages)
+        placeholder = self.config.image_placeholder
+        converted: list[dict[str, Any]] = []
+        for message in messages:
+            parts: list[dict[str, Any]] = []
+            for index, text in enumerate(message["content"].split(placeholder)):
+                if index:
+                    parts.append({"index": index - 1, "text": None, "type": "image"})
+                if text:
+                    parts.append({"index": None, "text": text, "type": "text"})
+            converted.append({"role": message["role"], "content": parts})
+        return converted
 
     def _render_conversation(
         self,
@@ -271,6 +293,8 @@ class PromptBuilder:
         bos = tokenizer.bos_token
         if self.config.conversation is not None and bos and prompt.startswith(bos):
             prompt = prompt[len(bos):]
+            bos_ids = [int(tokenizer.bos_token_id)]  # type: ignore[arg-type]
+        elif self.config.add_bos and bos and not prompt.startswith(bos):
             bos_ids = [int(tokenizer.bos_token_id)]  # type: ignore[arg-type]
         mode = self.config.image_tokenization
         if mode == "whole":

@@ -7,6 +7,7 @@ and for verifying the exported graph. This module imports no training or I/O cod
 
 from __future__ import annotations
 
+from itertools import pairwise
 from os import PathLike
 from typing import Any
 
@@ -288,7 +289,9 @@ class LinearAligner(nn.Module):
 
 
 class MLPAligner(nn.Module):
-    """LLaVA / RaDialog v2 two-layer MLP projector over the patch tokens."""
+    """MLP projector over the patch tokens: ``aligner.mlp_layers`` linear layers with GELU
+    between them (LLaVA and RaDialog v2: two; MAIRA-2: four). Its layers are ``mlp.0``,
+    ``mlp.2``, ... as the published projectors number them."""
 
     def __init__(
         self, vision_size: int, num_tokens: int, llm_size: int, config: AlignerConfig
@@ -296,9 +299,13 @@ class MLPAligner(nn.Module):
         super().__init__()
         hidden = config.mlp_hidden_size or llm_size
         self.pool = _PatchPool(num_tokens, config.max_image_tokens)
-        self.mlp = nn.Sequential(
-            nn.Linear(vision_size, hidden), nn.GELU(), nn.Linear(hidden, llm_size)
-        )
+        widths = [vision_size, *[hidden] * (config.mlp_layers - 1), llm_size]
+        layers: list[nn.Module] = []
+        for index, (width_in, width_out) in enumerate(pairwise(widths)):
+            if index:
+                layers.append(nn.GELU())
+            layers.append(nn.Linear(width_in, width_out))
+        self.mlp = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return image tokens ``(B, N, llm_size)``."""

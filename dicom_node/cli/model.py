@@ -148,7 +148,8 @@ def model_import(
         str | None, typer.Option(help="hf, llava-rad: the request sent with each image.")
     ] = None,
     trust_remote_code: Annotated[
-        bool, typer.Option(help="hf: acknowledge a model whose code lives in its repository.")
+        bool, typer.Option(help="hf: acknowledge a model published with its own code "
+                           "(MAIRA-2); the node reproduces it and never runs it.")
     ] = False,
 ) -> None:
     """Turn a published model's files into a bundle (checked with ``model verify``).
@@ -166,7 +167,7 @@ def model_import(
         import_radialog_llava,
         import_xraygpt,
     )
-    from inference.importers.hf import DEFAULT_INSTRUCTION
+    from inference.importers.maira2 import is_maira2, remote_code_notice
 
     if kind not in KINDS:
         raise _fail(f"unknown kind {kind!r}; known: {', '.join(sorted(KINDS))}")
@@ -198,13 +199,14 @@ def model_import(
                             "the model card; they go into every SR the model drafts")
             path = import_hf(
                 source, out, name=name or source.name, version=version,
-                instruction=instruction or DEFAULT_INSTRUCTION,
-                trust_remote_code=trust_remote_code,
+                instruction=instruction, trust_remote_code=trust_remote_code,
                 provenance=Provenance(source=f"{source.name} (transformers checkpoint)",
                                       licence=licence, intended_use=intended_use),
             )
     except InferenceError as exc:
         raise _fail(str(exc)) from exc
+    if kind == "hf" and trust_remote_code and is_maira2(source):
+        console.print(remote_code_notice(source))
     console.print(f"wrote {kind} bundle to {path}")
 
 

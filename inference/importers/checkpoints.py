@@ -169,7 +169,9 @@ def read_json(path: Path, what: str = "") -> dict[str, Any]:
 def hf_config(directory: Path) -> PretrainedConfig:
     """The config of the Hugging Face model in ``directory``."""
     try:
-        return AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        return AutoConfig.from_pretrained(
+            str(directory), local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{directory}: not a Hugging Face model directory ({exc})") from exc
 
@@ -178,7 +180,11 @@ def load_tokenizer(directory: Path, pad: str = "unk") -> PreTrainedTokenizerBase
     """The tokenizer in ``directory``; without a pad token it pads with its ``unk`` (as
     LLaVA and RaDialog set it) or ``eos`` (as XrayGPT sets it) token."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        # never the download's own code; and never transformers' question whether to run
+        # it, which waits on the terminal when config.json has an auto_map
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(directory), local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{directory}: no loadable tokenizer ({exc})") from exc
     if tokenizer.pad_token is None:

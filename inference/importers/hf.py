@@ -31,9 +31,11 @@ tiles: ``image_grid_pinpoints`` go to the bundle's preprocessing and the learned
 ``image_newline`` vector to its aligner config; each image is seen whole and as tiles
 (:mod:`inference.anyres`), and the tiles' tokens are packed after the ONNX tower.
 
-Not yet: models whose code is not in transformers (MAIRA-2, CheXagent need
-``trust_remote_code``; this importer refuses them), and checkpoints in the original LLaVA
-repository's layout (LLaVA-Rad, Libra; see docs/models.md).
+MAIRA-2 (``model_type: maira2``) is published with its own code and is imported only with
+``trust_remote_code``; the node reproduces that code rather than running it
+(:mod:`inference.importers.maira2`). Other checkpoints with their own code (CheXagent) are
+refused, with the reason. Checkpoints in the original LLaVA repository's layout have their
+own kind (``llava-rad``).
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError, safe_open
 from transformers import PretrainedConfig
 
 from inference.bundle import Provenance
@@ -66,6 +66,14 @@ from inference.importers.checkpoints import (
     read_json,
     write_imported_bundle,
 )
+from inference.importers.hf_files import (
+    LLAVA_LLM_KEY_MAPPING,
+    find_prefix,
+    image_transform,
+    read_prefixed,
+    weight_files,
+)
+from inference.importers.maira2 import MAIRA2_INSTRUCTION, REMOTE_FILES, import_maira2
 from inference.vision import VisionTower
 
 #: LLaVA-1.5's conversation (conv_vicuna_v1 in the LLaVA repository).
@@ -80,56 +88,9 @@ GEMMA3_SYSTEM = "You are an expert radiologist."
 VISION_PREFIXES = ("vision_tower.vision_model.", "model.vision_tower.vision_model.",
                    "model.vision_tower.", "vision_tower.")
 PROJECTOR_PREFIXES = ("multi_modal_projector.", "model.multi_modal_projector.")
-#: The language model's weights under its own names (``from_pretrained(key_mapping=...)``).
-LLM_KEY_MAPPING = {
-    r"^language_model\.model\.": "model.",
-    r"^language_model\.lm_head\.": "lm_head.",
-    r"^model\.language_model\.": "model.",
-}
-#: Model types whose code lives outside transformers.
-REMOTE_CODE_TYPES = {"maira2", "chexagent"}
-
-
-def _weights(directory: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file that holds it."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: missing key 'weight_map'")
-        return {name: directory / file for name, file in weight_map.items()}
-    single = directory / "model.safetensors"
-    if not single.is_file():
-        raise CheckpointError(f"{directory}: no model.safetensors(.index.json)")
-    try:
-        with safe_open(str(single), "pt") as handle:
-            return {name: single for name in handle.keys()}  # noqa: SIM118 - safe_open API
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{single}: not a safetensors file ({exc})") from exc
-
-
-def _read(files: Mapping[str, Path], prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors under ``prefix`` (prefix stripped), read from their shards only."""
-    by_file: dict[Path, list[str]] = {}
-    for name, path in files.items():
-        if name.startswith(prefix):
-            by_file.setdefault(path, []).append(name)
-    tensors = {}
-    for path, names in by_file.items():
-        try:
-            with safe_open(str(path), "pt") as handle:
-                for name in names:
-                    tensors[name[len(prefix):]] = handle.get_tensor(name)
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path}: unreadable ({exc})") from exc
-    return tensors
-
-
-def _prefix(files: Mapping[str, Path], prefixes: tuple[str, ...], probe: str, where: Path) -> str:
-    for prefix in prefixes:
-        if prefix + probe in files:
-            return prefix
-    raise CheckpointError(f"{where}: missing key {prefixes[0] + probe!r}")
+#: Model types whose code lives in their own repositories and that the node has not
+#: reproduced (MAIRA-2's is reproduced: :mod:`inference.importers.maira2`).
+UNSUPPORTED_REMOTE_CODE_TYPES = {"chexagent"}
 
 
 def _kept_layers(layers: int, feature_layer: Any, config_path: Path) -> int:
@@ -145,30 +106,6 @@ def _kept_layers(layers: int, feature_layer: Any, config_path: Path) -> int:
             f"{layers} layers"
         )
     return kept
-
-
-def _preprocess(directory: Path, *, crop: bool = True) -> PreprocessConfig:
-    """The image transform of ``preprocessor_config.json``: CLIP's resize and centre crop,
-    or (``crop=False``) Gemma 3's resize of the whole image to its square size."""
-    path = directory / "preprocessor_config.json"
-    data = read_json(path, "the image transform")
-    key = "crop_size" if crop else "size"
-    size = (data.get("crop_size") or data.get("size")) if crop else data.get("size")
-    side = size.get("height") if isinstance(size, dict) else size
-    if not isinstance(side, int):
-        raise CheckpointError(f"{path}: missing key '{key}.height'")
-    if isinstance(size, dict) and size.get("width", side) != side:
-        raise CheckpointError(f"{path}: {key} {size} is not square")
-    if data.get("do_pan_and_scan"):
-        raise CheckpointError(f"{path}: do_pan_and_scan (extra crops) is not supported")
-    for name in ("image_mean", "image_std"):
-        if not isinstance(data.get(name), list) or len(data[name]) != 3:
-            raise CheckpointError(f"{path}: missing key {name!r} (three values)")
-    return PreprocessConfig(
-        image_size=side, resize_mode="crop" if crop else "stretch", voi="dicom", channels=3,
-        mean=tuple(float(v) for v in data["image_mean"]),
-        std=tuple(float(v) for v in data["image_std"]),
-    )
 
 
 def llava_config(
@@ -210,7 +147,7 @@ def import_hf(
     provenance: Provenance,
     name: str,
     version: str = "1",
-    instruction: str = DEFAULT_INSTRUCTION,
+    instruction: str | None = None,
     trust_remote_code: bool = False,
 ) -> Path:
     """Turn a transformers image-text-to-text checkpoint into a bundle at ``out``.
@@ -226,10 +163,12 @@ def import_hf(
     name, version
         The bundle's identification.
     instruction
-        The request the drafting step sends with each image.
+        The request the drafting step sends with each image; unset, the model's own
+        (MAIRA-2's processor's) or :data:`DEFAULT_INSTRUCTION`.
     trust_remote_code
-        Acknowledges a model whose code is not in transformers; such models are still
-        refused, with what they need.
+        Acknowledges a model published with its own code. MAIRA-2 is then imported (its
+        code reproduced, not run: :mod:`inference.importers.maira2`); other such models are
+        refused, with the reason.
 
     Raises
     ------
@@ -239,12 +178,23 @@ def import_hf(
     config_path = source / "config.json"
     raw = read_json(config_path)
     model_type = raw.get("model_type")
-    if model_type in REMOTE_CODE_TYPES or "auto_map" in raw:
-        flag = "" if trust_remote_code else " and needs --trust-remote-code"
+    if model_type == "maira2":
+        if not trust_remote_code:
+            raise CheckpointError(
+                f"{config_path}: model_type 'maira2' is published with its own code "
+                f"({', '.join(REMOTE_FILES)}): import it with --trust-remote-code (the node "
+                "reproduces that code from the checkpoint's data and does not run it)"
+            )
+        return import_maira2(source, out, provenance=provenance, name=name,
+                             version=version, instruction=instruction or MAIRA2_INSTRUCTION)
+    if model_type in UNSUPPORTED_REMOTE_CODE_TYPES or "auto_map" in raw:
+        flag = "" if trust_remote_code else " (and would need --trust-remote-code)"
         raise CheckpointError(
-            f"{config_path}: model_type {model_type!r} runs code from its repository{flag}; "
-            "the node does not run such code yet"
+            f"{config_path}: model_type {model_type!r} is defined by code in its own "
+            f"repository{flag}; the node has no implementation of that code and does not "
+            "run downloaded code"
         )
+    instruction = instruction or DEFAULT_INSTRUCTION
     if model_type in ("llava", "llava_next"):
         return _import_llava(source, out, provenance, name, version, instruction)
     if model_type == "gemma3":
@@ -275,18 +225,18 @@ def _import_llava(
         )
     kept = _kept_layers(vision_config.num_hidden_layers, config.vision_feature_layer, config_path)
 
-    files = _weights(source)
-    vision_prefix = _prefix(files, VISION_PREFIXES, "embeddings.patch_embedding.weight", source)
-    projector_prefix = _prefix(files, PROJECTOR_PREFIXES, "linear_1.weight", source)
-    vision = _read(files, vision_prefix)
-    projector = _read(files, projector_prefix)
+    files = weight_files(source)
+    vision_prefix = find_prefix(files, VISION_PREFIXES, "embeddings.patch_embedding.weight", source)
+    projector_prefix = find_prefix(files, PROJECTOR_PREFIXES, "linear_1.weight", source)
+    vision = read_prefixed(files, vision_prefix)
+    projector = read_prefixed(files, projector_prefix)
     for key in ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"):
         if key not in projector:
             raise CheckpointError(f"{source}: missing key {projector_prefix + key!r}")
     llm_width = int(config.text_config.hidden_size)
     bundle_config = llava_config(
         vision_config, kept, 1 if strategy == "default" else 0,
-        int(projector["linear_1.weight"].shape[0]), llm_width, _preprocess(source), instruction,
+        int(projector["linear_1.weight"].shape[0]), llm_width, image_transform(source), instruction,
     )
     if config.model_type == "llava_next":
         bundle_config = _with_tiles(bundle_config, config, files, source)
@@ -311,7 +261,7 @@ def _import_llava(
     return write_imported_bundle(
         out, config=bundle_config, tower=tower, tokenizer=tokenizer, llm=source,
         provenance=provenance, name=name, version=version,
-        llm_config=config.text_config, llm_key_mapping=LLM_KEY_MAPPING,
+        llm_config=config.text_config, llm_key_mapping=LLAVA_LLM_KEY_MAPPING,
     )
 
 
@@ -326,7 +276,7 @@ def _with_tiles(
     key = next((k for k in ("image_newline", "model.image_newline") if k in files), None)
     if key is None:
         raise CheckpointError(f"{source}: missing key 'image_newline'")
-    newline = _read(files, key)[""]
+    newline = read_prefixed(files, key)[""]
     if tuple(newline.shape) != (config.llm_hidden_size,):
         raise CheckpointError(
             f"{files[key]}: {key!r} has shape {tuple(newline.shape)}, the language model's "
@@ -387,11 +337,18 @@ def _import_gemma3(
         raise CheckpointError(
             f"{config_path}: vision_config.model_type {vision_config.model_type!r} (siglip only)"
         )
-    files = _weights(source)
-    vision_prefix = _prefix(files, VISION_PREFIXES, "embeddings.patch_embedding.weight", source)
-    projector_prefix = _prefix(files, PROJECTOR_PREFIXES, "mm_input_projection_weight", source)
-    vision = {k: v for k, v in _read(files, vision_prefix).items() if not k.startswith("head.")}
-    projector = _read(files, projector_prefix)
+    files = weight_files(source)
+    vision_prefix = find_prefix(
+        files, VISION_PREFIXES, "embeddings.patch_embedding.weight", source
+    )
+    projector_prefix = find_prefix(
+        files, PROJECTOR_PREFIXES, "mm_input_projection_weight", source
+    )
+    vision = {
+        k: v for k, v in read_prefixed(files, vision_prefix).items()
+        if not k.startswith("head.")
+    }
+    projector = read_prefixed(files, projector_prefix)
     if "mm_soft_emb_norm.weight" not in projector:
         raise CheckpointError(
             f"{source}: missing key {projector_prefix + 'mm_soft_emb_norm.weight'!r}"
@@ -415,7 +372,7 @@ def _import_gemma3(
 
     bundle_config = gemma3_config(
         vision_config, int(config.mm_tokens_per_image), int(config.text_config.hidden_size),
-        _preprocess(source, crop=False), tokens["boi_token_id"], tokens["eoi_token_id"],
+        image_transform(source, crop=False), tokens["boi_token_id"], tokens["eoi_token_id"],
         tokens["image_token_id"], instruction,
     )
     tower = VisionTower(bundle_config).eval()
@@ -433,7 +390,6 @@ def _import_gemma3(
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "GEMMA3_SYSTEM",
-    "LLM_KEY_MAPPING",
     "gemma3_config",
     "import_hf",
     "llava_config",
