@@ -17,12 +17,13 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 from inference.errors import ConfigError
 from report_language.labels import CHEXPERT_LABELS
 
-AlignerKind = Literal["qformer", "linear", "mlp", "gemma3"]
+AlignerKind = Literal["qformer", "linear", "mlp", "gemma3", "tac"]
 VisionKind = Literal["transformers", "biovil_t"]
 ClassifierKind = Literal["head", "biovil_t", "none"]
 TokenLayout = Literal["patches", "channels_first"]
 ConversationStyle = Literal["two", "single"]
 ResizeMode = Literal["pad", "crop", "stretch"]
+PadFill = Literal["black", "mean"]
 ImageTokenization = Literal["separate", "separate_stripped", "whole"]
 KvCache = Literal["dynamic", "static"]
 VoiMode = Literal["dicom", "percentile", "minmax"]
@@ -59,6 +60,11 @@ class PreprocessConfig:
     std: tuple[float, ...] = field(
         default=(0.5, 0.5, 0.5), metadata={"help": "Per-channel standard deviation."}
     )
+    pad_fill: PadFill = field(
+        default="black",
+        metadata={"help": "With resize_mode 'pad': 'black' pads with 0 (air); 'mean' with "
+                  "the normalisation mean, as LLaVA's expand2square does (Libra)."},
+    )
     stretch_display: bool = field(
         default=False,
         metadata={"help": "Rescale each display image (after the VOI window) to its own "
@@ -85,6 +91,8 @@ class PreprocessConfig:
                 )
         if any(s <= 0 for s in self.std):
             raise ConfigError("preprocess.std values must be > 0")
+        if self.pad_fill == "mean" and len(set(self.mean)) != 1:
+            raise ConfigError("preprocess.pad_fill 'mean' needs the same mean for every channel")
         for pinpoint in self.grid_pinpoints:
             if len(pinpoint) != 2 or any(side % self.image_size for side in pinpoint):
                 raise ConfigError(
@@ -131,6 +139,11 @@ class VisionConfig:
         metadata={"help": "Read the backbone's hidden state of this layer (-1: the last "
                   "layer's output before any final norm, as LLaVA-Rad reads timm's ViT) "
                   "instead of its last_hidden_state."},
+    )
+    all_layers: bool = field(
+        default=False,
+        metadata={"help": "Hand the aligner every layer's hidden state, (B, layers, N, D), "
+                  "instead of one (Libra's TAC reads all of RAD-DINO's layers)."},
     )
     tokens: TokenLayout = field(
         default="patches",
@@ -207,7 +220,9 @@ class AlignerConfig:
             "'linear': a linear projection of patch tokens (XrayGPT); "
             "'mlp': an MLP over patch tokens (RaDialog v2 / LLaVA: 2 layers; MAIRA-2: 4); "
             "'gemma3': the patch grid average-pooled to max_image_tokens, an RMS norm "
-            "(scale 1 + w) and a matrix product (Gemma 3 / MedGemma)."
+            "(scale 1 + w) and a matrix product (Gemma 3 / MedGemma); "
+            "'tac': Libra's temporal alignment connector over every layer's hidden state "
+            "of the current image and its prior (vision.all_layers)."
         },
     )
     num_query_tokens: int = field(default=32, metadata={"help": "Q-Former queries = image tokens."})
@@ -242,6 +257,14 @@ class AlignerConfig:
     norm_eps: float = field(
         default=1e-6, metadata={"help": "For 'gemma3': epsilon of its RMS norm."}
     )
+    attention_heads: int = field(
+        default=8,
+        metadata={"help": "For 'tac': heads of its attention blocks (Libra: the LLM's "
+                  "num_attention_heads)."},
+    )
+    feature_layers: int = field(
+        default=12, metadata={"help": "For 'tac': backbone layers it reads (RAD-DINO: 12)."}
+    )
     image_newline: tuple[float, ...] = field(
         default=(),
         metadata={"help": "With preprocess.grid_pinpoints: LLaVA-NeXT's learned vector "
@@ -257,6 +280,9 @@ class AlignerConfig:
             raise ConfigError("aligner.num_query_tokens must be >= 1")
         if self.mlp_layers < 1:
             raise ConfigError("aligner.mlp_layers must be >= 1")
+        if self.kind == "tac" and (self.attention_heads < 1 or self.feature_layers < 4):
+            raise ConfigError("aligner.kind 'tac' needs attention_heads >= 1 and "
+                              "feature_layers >= 4")
         if self.max_image_tokens is not None and self.max_image_tokens < 1:
             raise ConfigError("aligner.max_image_tokens must be >= 1 when set")
         if self.kind == "gemma3" and (
@@ -333,6 +359,11 @@ class PromptConfig:
             "no_indication_text) and {instruction}; unset: the node's own layout."
         },
     )
+    indication_line: str = field(
+        default="Clinical indication: {indication}\n",
+        metadata={"help": "The indication's line in first_turn's {context}, with "
+                  "{indication} (Libra: ' Following clinical context: Indication: ...')."},
+    )
     no_indication_text: str = field(
         default="N/A",
         metadata={"help": "What {indication} of first_turn says when the worklist has none "
@@ -398,6 +429,8 @@ class PromptConfig:
                 )
             if self.image_expansion.count("{image}") != 1:
                 raise ConfigError("prompt.image_expansion must contain {image} once")
+        if self.indication_line.count("{indication}") != 1:
+            raise ConfigError("prompt.indication_line must contain {indication} once")
         if self.first_turn is not None:
             for name in ("{image}", "{instruction}"):
                 if name not in self.first_turn:
@@ -483,6 +516,10 @@ class ModelConfig:
                 f"preprocess.channels ({self.preprocess.channels}) differs from the backbone's "
                 f"num_channels ({channels})"
             )
+        if (self.aligner.kind == "tac") != self.vision.all_layers:
+            raise ConfigError("aligner.kind 'tac' and vision.all_layers go together")
+        if self.aligner.kind == "tac" and self.classifier.kind != "none":
+            raise ConfigError("aligner.kind 'tac' needs classifier.kind 'none'")
         if self.preprocess.grid_pinpoints:
             if self.classifier.kind != "none" or self.aligner.kind not in ("mlp", "linear"):
                 raise ConfigError(
@@ -566,6 +603,7 @@ __all__ = [
     "KvCache",
     "GenerationConfig",
     "ModelConfig",
+    "PadFill",
     "PreprocessConfig",
     "PromptConfig",
     "ResizeMode",

@@ -193,7 +193,7 @@ def stretched(display: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return ((display - low) / (high - low)).astype(np.float32)
 
 
-def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
+def resize_square(image: np.ndarray, size: int, mode: str, fill: float = 0.0) -> np.ndarray:
     """Resize a 2-D image to ``size`` x ``size`` keeping its aspect ratio.
 
     Parameters
@@ -203,9 +203,12 @@ def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     size
         Output side length.
     mode
-        ``"pad"`` fits the long side and pads the short one with 0 (black, like air);
+        ``"pad"`` fits the long side and pads the short one with ``fill`` (0: black, like
+        air);
         ``"crop"`` fits the short side and crops the centre; ``"stretch"`` resizes each side
         to ``size`` (the aspect ratio is not kept).
+    fill
+        The padding's value in [0, 1].
 
     Returns
     -------
@@ -222,12 +225,19 @@ def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     resized = torch.from_numpy(resize_to(image, (new_h, new_w)))
     if mode == "pad":
         top, left = (size - new_h) // 2, (size - new_w) // 2
-        out = torch.zeros((size, size), dtype=torch.float32)
+        out = torch.full((size, size), float(fill), dtype=torch.float32)
         out[top : top + new_h, left : left + new_w] = resized
     else:
         top, left = (new_h - size) // 2, (new_w - size) // 2
         out = resized[top : top + size, left : left + size]
     return out.clamp(0.0, 1.0).numpy()
+
+
+def encoder_square(display: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """A display image resized to the encoder's square as ``config`` says (padding with the
+    normalisation mean for ``pad_fill`` 'mean', which normalises to 0)."""
+    fill = config.mean[0] if config.pad_fill == "mean" else 0.0
+    return resize_square(display, config.image_size, config.resize_mode, fill)
 
 
 def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -280,7 +290,7 @@ def preprocess_dataset(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
         See :func:`dataset_to_display`.
     """
     display = stretched(dataset_to_display(ds, config), config)
-    return normalise(resize_square(display, config.image_size, config.resize_mode), config)
+    return normalise(encoder_square(display, config), config)
 
 
 def preprocess_display_image(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -290,7 +300,7 @@ def preprocess_display_image(image: np.ndarray, config: PreprocessConfig) -> np.
     Used by training loaders for MIMIC-CXR-JPG style images.
     """
     scaled = stretched(_display_array(image), config)
-    return normalise(resize_square(scaled, config.image_size, config.resize_mode), config)
+    return normalise(encoder_square(scaled, config), config)
 
 
 def _display_array(image: np.ndarray) -> np.ndarray:
@@ -368,6 +378,7 @@ def load_tiled_images(
 __all__ = [
     "SUPPORTED_PHOTOMETRIC",
     "dataset_to_display",
+    "encoder_square",
     "load_images",
     "load_tiled_images",
     "normalise",

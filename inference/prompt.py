@@ -105,7 +105,7 @@ class PromptBuilder:
         own_field = "{indication}" in template
         lines = []
         if indication and not own_field:
-            lines.append(f"Clinical indication: {indication}\n")
+            lines.append(self.config.indication_line.format(indication=indication))
         if report is not None:
             lines.append(f"Current report: {report.strip()}\n")
         return template.format(

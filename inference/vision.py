@@ -57,18 +57,22 @@ class VisionEncoder(nn.Module):
         channels: int,
         skip_tokens: int = 0,
         feature_layer: int | None = None,
+        all_layers: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.skip_tokens = skip_tokens
         self.feature_layer = feature_layer
+        self.all_layers = all_layers
         was_training = backbone.training
         backbone.eval()
         with torch.no_grad():
             probe = self.forward(torch.zeros(1, channels, image_size, image_size))
         backbone.train(was_training)
-        self.num_tokens = int(probe.shape[1])
-        self.hidden_size = int(probe.shape[2])
+        #: Layers handed on: 1, or every layer's hidden state with ``all_layers``.
+        self.num_layers = int(probe.shape[1]) if all_layers else 1
+        self.num_tokens = int(probe.shape[-2])
+        self.hidden_size = int(probe.shape[-1])
 
     @classmethod
     def from_config_dict(
@@ -78,6 +82,7 @@ class VisionEncoder(nn.Module):
         channels: int,
         skip_tokens: int = 0,
         feature_layer: int | None = None,
+        all_layers: bool = False,
     ) -> VisionEncoder:
         """Build a randomly initialised backbone from a Hugging Face config dict."""
         config_kwargs = dict(backbone)
@@ -92,7 +97,7 @@ class VisionEncoder(nn.Module):
         except (ValueError, KeyError) as exc:
             reason = str(exc).splitlines()[0][:300]
             raise ConfigError(f"vision.backbone: cannot build {model_type!r}: {reason}") from exc
-        return cls(model, image_size, channels, skip_tokens, feature_layer)
+        return cls(model, image_size, channels, skip_tokens, feature_layer, all_layers)
 
     @classmethod
     def from_pretrained(
@@ -117,7 +122,12 @@ class VisionEncoder(nn.Module):
         return {"model_type": hf_config.model_type, **hf_config.to_diff_dict()}
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Return patch features ``(B, N, D)``."""
+        """Return patch features ``(B, N, D)``, or ``(B, layers, N, D)`` with
+        ``all_layers`` (each layer's output, the embeddings left out)."""
+        if self.all_layers:
+            states = self.backbone(pixel_values=pixel_values, output_hidden_states=True)
+            stacked = torch.stack(states.hidden_states[1:], dim=1)
+            return stacked[:, :, self.skip_tokens :] if self.skip_tokens else stacked
         if self.feature_layer is None:
             hidden = self.backbone(pixel_values=pixel_values).last_hidden_state
         else:
@@ -352,6 +362,102 @@ class Gemma3Aligner(nn.Module):
         return torch.matmul(normed.type_as(features), self.mm_input_projection_weight)
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation over channels, as torchvision's ``SqueezeExcitation`` computes
+    it with a GELU (its parameter names, ``fc1``/``fc2``): the channels' means through two
+    1x1 convolutions and a sigmoid scale each channel."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale ``x`` ``(B, C, H, W)`` per channel."""
+        scale = self.fc2(F.gelu(self.fc1(x.mean(dim=(2, 3), keepdim=True))))
+        return x * torch.sigmoid(scale)
+
+
+class TACAligner(nn.Module):
+    """Libra's temporal alignment connector (TAC) over every layer's patch features.
+
+    Layer-wise feature extraction (LFE) mixes the ``L`` layers down to one with three
+    squeeze-and-excitation + 1x1 convolution steps (L -> L/2 -> L/4 -> 1); the temporal
+    fusion module (TFM) shifts the prior image's features by a learned bias weighted by how
+    alike the two images are, runs self-attention on each and cross-attention from the
+    current image to the prior, and an MLP to the LLM's width. Parameter names are Libra's
+    (``LFE.*``, ``cur_self_attention.*``, ``mlp_final.*``, ...).
+
+    Without a prior image the current one is its own prior, as Libra's own code does when a
+    study has none; the node hands it none today.
+    """
+
+    def __init__(
+        self, vision_size: int, num_tokens: int, llm_size: int, config: AlignerConfig
+    ) -> None:
+        super().__init__()
+        layers = config.feature_layers
+        self.out_tokens = num_tokens
+        self.LFE = nn.Sequential(
+            SqueezeExcite(layers, layers // 2),
+            nn.Conv2d(layers, layers // 2, 1, bias=False),
+            SqueezeExcite(layers // 2, layers // 4),
+            nn.Conv2d(layers // 2, layers // 4, 1, bias=False),
+            SqueezeExcite(layers // 4, 1),
+            nn.Conv2d(layers // 4, 1, 1, bias=False),
+        )
+        self.LFE_prior_bias = nn.Parameter(torch.tensor(0.0))
+
+        def attention() -> nn.MultiheadAttention:
+            return nn.MultiheadAttention(vision_size, config.attention_heads,
+                                         batch_first=True, add_bias_kv=True)
+
+        self.cur_self_attention = attention()
+        self.prior_self_attention = attention()
+        self.cros_attention = attention()
+        self.norm1, self.norm2, self.norm3, self.norm4 = (
+            nn.LayerNorm(vision_size) for _ in range(4)
+        )
+        self.mlp_attn = nn.Sequential(
+            nn.Linear(vision_size, vision_size), nn.GELU(), nn.Dropout(0.0),
+            nn.Linear(vision_size, vision_size), nn.Dropout(0.0),
+        )
+        self.mlp_final = nn.Sequential(
+            nn.Linear(vision_size, llm_size), nn.GELU(),
+            nn.Linear(llm_size, llm_size), nn.GELU(),
+            nn.Linear(llm_size, llm_size), nn.GELU(),
+            nn.Linear(llm_size, llm_size),
+        )
+
+    @staticmethod
+    def _likeness(current: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """Libra's weight of the prior: the cosine of the two flattened feature maps,
+        mapped to [0, 1] and raised to the 8th power, ``(B, 1, 1)``."""
+        a = current.flatten(1)
+        b = prior.flatten(1)
+        a = a / a.norm(dim=-1, keepdim=True)
+        b = b / b.norm(dim=-1, keepdim=True)
+        cosine = F.cosine_similarity(a, b, dim=-1, eps=1e-6)
+        return ((cosine + 1) / 2).pow(8).view(-1, 1, 1)
+
+    def forward(
+        self, features: torch.Tensor, prior: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Return image tokens ``(B, N, llm_size)`` from ``(B, L, N, D)`` features of the
+        current image and, when there is one, of its prior."""
+        current = self.LFE(features).squeeze(1)
+        before = current if prior is None else self.LFE(prior).squeeze(1)
+        before = before + self._likeness(current, before) * self.LFE_prior_bias
+        attended = self.norm1(current + self.cur_self_attention(current, current, current)[0])
+        prior_attended = self.norm2(
+            before + self.prior_self_attention(before, before, before)[0]
+        )
+        combined = self.norm3(
+            attended + self.cros_attention(attended, prior_attended, prior_attended)[0]
+        )
+        return self.mlp_final(self.norm4(current + self.mlp_attn(combined)))
+
+
 def build_aligner(
     vision_size: int, num_tokens: int, llm_size: int, config: AlignerConfig
 ) -> nn.Module:
@@ -373,6 +479,7 @@ def build_aligner(
         "linear": LinearAligner,
         "mlp": MLPAligner,
         "gemma3": Gemma3Aligner,
+        "tac": TACAligner,
     }
     return kinds[config.kind](vision_size, num_tokens, llm_size, config)
 
@@ -401,8 +508,14 @@ class VisionTower(nn.Module):
         else:
             self.encoder = VisionEncoder.from_config_dict(
                 config.vision.backbone, pre.image_size, pre.channels, config.vision.skip_tokens,
-                config.vision.feature_layer,
+                config.vision.feature_layer, config.vision.all_layers,
             )
+            layers = self.encoder.num_layers
+            if config.vision.all_layers and layers != config.aligner.feature_layers:
+                raise ConfigError(
+                    f"aligner.feature_layers is {config.aligner.feature_layers}, the backbone "
+                    f"has {layers} layers"
+                )
         self.classifier: FindingsClassifier | BioViLTClassifier | None
         if config.classifier.kind == "none":
             self.classifier = None
@@ -437,7 +550,7 @@ class VisionTower(nn.Module):
         """Image tokens produced per image."""
         if isinstance(self.aligner, QFormerAligner):
             return self.aligner.query_tokens.shape[1]
-        if isinstance(self.aligner, Gemma3Aligner):
+        if isinstance(self.aligner, Gemma3Aligner | TACAligner):
             return self.aligner.out_tokens
         pool: _PatchPool = self.aligner.pool  # type: ignore[assignment]
         return pool.out_tokens
@@ -463,6 +576,8 @@ __all__ = [
     "LinearAligner",
     "MLPAligner",
     "QFormerAligner",
+    "SqueezeExcite",
+    "TACAligner",
     "VisionEncoder",
     "VisionTower",
     "build_aligner",

@@ -120,7 +120,7 @@ def model_verify(
 def model_import(
     kind: Annotated[
         str, typer.Argument(help="What the files are: radialog, radialog-llava, xraygpt, "
-                            "llava-rad or hf.")
+                            "llava-rad, libra or hf.")
     ],
     source: Annotated[Path, typer.Argument(help="The published model's files, as downloaded.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
@@ -129,6 +129,11 @@ def model_import(
         typer.Option(help="The base LLM's Hugging Face directory (radialog: Vicuna-7B v1.3; "
                      "xraygpt: Vicuna_Radiology_fp16; llava-rad: Vicuna-7B v1.5); referenced "
                      "by path and checksummed, not copied."),
+    ] = None,
+    vision_tower: Annotated[
+        Path | None,
+        typer.Option(help="libra: RAD-DINO's Hugging Face directory (microsoft/rad-dino, its "
+                     "mm_vision_tower)."),
     ] = None,
     visual_projector: Annotated[
         Path | None,
@@ -139,13 +144,15 @@ def model_import(
     version: Annotated[str, typer.Option(help="Bundle version.")] = "1",
     licence: Annotated[
         str | None, typer.Option(help="The weights' licence, as the model card states it "
-                                 "(needed for hf).")
+                                 "(needed for hf and libra).")
     ] = None,
     intended_use: Annotated[
-        str | None, typer.Option(help="The model card's intended-use notice (needed for hf).")
+        str | None, typer.Option(help="The model card's intended-use notice (needed for hf "
+                                 "and libra).")
     ] = None,
     instruction: Annotated[
-        str | None, typer.Option(help="hf, llava-rad: the request sent with each image.")
+        str | None, typer.Option(help="hf, llava-rad, libra: the request sent with each "
+                                 "image.")
     ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="hf: acknowledge a model published with its own code "
@@ -162,6 +169,7 @@ def model_import(
     from inference.importers import (
         KINDS,
         import_hf,
+        import_libra,
         import_llava_rad,
         import_radialog,
         import_radialog_llava,
@@ -193,10 +201,22 @@ def model_import(
 
             path = import_llava_rad(source, out, llm=llm, name=name or "llava-rad",
                                     version=version, instruction=instruction or RAD_INSTRUCTION)
+        elif not licence or not intended_use:
+            raise _fail(f"--licence and --intended-use are needed for {kind}: copy them from "
+                        "the model card; they go into every SR the model drafts")
+        elif kind == "libra":
+            from inference.importers.libra import DEFAULT_INSTRUCTION as LIBRA_INSTRUCTION
+
+            if vision_tower is None:
+                raise _fail("--vision-tower is needed for libra: RAD-DINO's Hugging Face "
+                            "directory (microsoft/rad-dino)")
+            path = import_libra(
+                source, out, vision_tower=vision_tower, name=name or "libra", version=version,
+                instruction=instruction or LIBRA_INSTRUCTION,
+                provenance=Provenance(source=f"{source.name} (Libra checkpoint)",
+                                      licence=licence, intended_use=intended_use),
+            )
         else:
-            if not licence or not intended_use:
-                raise _fail("--licence and --intended-use are needed for hf: copy them from "
-                            "the model card; they go into every SR the model drafts")
             path = import_hf(
                 source, out, name=name or source.name, version=version,
                 instruction=instruction, trust_remote_code=trust_remote_code,

@@ -10,6 +10,7 @@ the key.
 from __future__ import annotations
 
 from inference.importers.hf import import_hf
+from inference.importers.libra import import_libra
 from inference.importers.llava_rad import import_llava_rad
 from inference.importers.radialog import import_radialog
 from inference.importers.radialog_llava import import_radialog_llava
@@ -25,13 +26,16 @@ KINDS = {
     "fine-tuned Vicuna",
     "llava-rad": "LLaVA-Rad (microsoft/llava-rad): BiomedCLIP-CXR timm ViT (open_clip "
     "checkpoint), mlp2x_gelu projector, LoRA on Vicuna-7B v1.5",
+    "libra": "Libra (X-iZhang/libra-v1.0-7b): RAD-DINO (all layers), the TAC temporal "
+    "connector, its Llama (original LLaVA layout)",
     "hf": "a transformers image-text-to-text checkpoint (LLaVA-1.5, LLaVA-NeXT, Gemma 3 / "
-    "MedGemma); the LLM stays in its shards",
+    "MedGemma, MAIRA-2 with --trust-remote-code); the LLM stays in its shards",
 }
 
 __all__ = [
     "KINDS",
     "import_hf",
+    "import_libra",
     "import_llava_rad",
     "import_radialog",
     "import_radialog_llava",

@@ -7,15 +7,18 @@ layout without its code (MAIRA-2).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from transformers import AutoModel, PretrainedConfig
 
 from inference.config import PreprocessConfig
 from inference.errors import CheckpointError
-from inference.importers.checkpoints import read_json
+from inference.importers.checkpoints import load_checkpoint, read_json, state_dict
 
 #: A LLaVA-family language model's weights under its own names
 #: (``from_pretrained(key_mapping=...)``), in the layouts transformers 4 and 5 save.
@@ -26,22 +29,29 @@ LLAVA_LLM_KEY_MAPPING = {
 }
 
 def weight_files(directory: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file that holds it (one file, or shards with an
-    index)."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: missing key 'weight_map'")
-        return {name: directory / file for name, file in weight_map.items()}
+    """Tensor name -> the file that holds it: safetensors (one file, or shards with an
+    index) or, as older LLaVA-code checkpoints are saved, ``pytorch_model*.bin`` (read
+    without running code, :func:`~inference.importers.checkpoints.load_checkpoint`)."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = directory / index_name
+        if index.is_file():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: missing key 'weight_map'")
+            return {name: directory / file for name, file in weight_map.items()}
     single = directory / "model.safetensors"
-    if not single.is_file():
-        raise CheckpointError(f"{directory}: no model.safetensors(.index.json)")
-    try:
-        with safe_open(str(single), "pt") as handle:
-            return {name: single for name in handle.keys()}  # noqa: SIM118 - safe_open API
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{single}: not a safetensors file ({exc})") from exc
+    if single.is_file():
+        try:
+            with safe_open(str(single), "pt") as handle:
+                return {name: single for name in handle.keys()}  # noqa: SIM118 - safe_open API
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{single}: not a safetensors file ({exc})") from exc
+    pickled = directory / "pytorch_model.bin"
+    if pickled.is_file():
+        return dict.fromkeys(state_dict(load_checkpoint(pickled), pickled), pickled)
+    raise CheckpointError(
+        f"{directory}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json)"
+    )
 
 
 def read_prefixed(files: Mapping[str, Path], prefix: str) -> dict[str, torch.Tensor]:
@@ -52,6 +62,13 @@ def read_prefixed(files: Mapping[str, Path], prefix: str) -> dict[str, torch.Ten
             by_file.setdefault(path, []).append(name)
     tensors = {}
     for path, names in by_file.items():
+        if path.suffix != ".safetensors":
+            shard = state_dict(load_checkpoint(path), path)
+            for name in names:
+                if name not in shard:
+                    raise CheckpointError(f"{path}: missing key {name!r} (named by its index)")
+                tensors[name[len(prefix):]] = shard[name]
+            continue
         try:
             with safe_open(str(path), "pt") as handle:
                 for name in names:
@@ -59,6 +76,36 @@ def read_prefixed(files: Mapping[str, Path], prefix: str) -> dict[str, torch.Ten
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: unreadable ({exc})") from exc
     return tensors
+
+
+def current_names(
+    config: PretrainedConfig, tensors: Mapping[str, torch.Tensor], where: Path
+) -> dict[str, torch.Tensor]:
+    """A transformers model's tensors, as published, under the names of the installed
+    transformers' module (it renames some on loading: Dinov2's ``attention.attention.query``
+    is ``attention.q_proj`` in transformers 5). The tensors go through its own
+    ``from_pretrained``, from a temporary folder holding only them.
+
+    Raises
+    ------
+    CheckpointError
+        When the model needs a tensor that is not there, naming ``where``.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()},
+                  str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(tmp)
+        try:
+            model, info = AutoModel.from_pretrained(
+                tmp, config=config, output_loading_info=True, local_files_only=True,
+                trust_remote_code=False,
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{where}: the tensors do not load ({exc})") from exc
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise CheckpointError(f"{where}: missing key {missing[0]!r} ({len(missing)} missing)")
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def find_prefix(
@@ -97,6 +144,7 @@ def image_transform(directory: Path, *, crop: bool = True) -> PreprocessConfig:
 
 __all__ = [
     "LLAVA_LLM_KEY_MAPPING",
+    "current_names",
     "find_prefix",
     "image_transform",
     "read_prefixed",

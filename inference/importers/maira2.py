@@ -62,6 +62,7 @@ from inference.importers.checkpoints import (
 )
 from inference.importers.hf_files import (
     LLAVA_LLM_KEY_MAPPING,
+    current_names,
     find_prefix,
     image_transform,
     read_prefixed,
@@ -265,11 +266,13 @@ def import_maira2(
             f"{tower.encoder.num_tokens} tokens at the image processor's size"
         )
     inner = backbone_prefix(tower)
-    weights = {}
-    for key, value in tower_weights.items():
-        if key.startswith("encoder.layer.") and int(key.split(".")[2]) >= layers:
-            continue  # after the feature stage: never run
-        weights[inner + key] = value
+    cut = Dinov2Config.from_dict(  # the layers after the feature stage are never run
+        {k: v for k, v in bundle_config.vision.backbone.items() if k != "model_type"}
+    )
+    weights = {
+        inner + key: value
+        for key, value in current_names(cut, tower_weights, source).items()
+    }
     for index in range(projector_layers):
         for part in ("weight", "bias"):
             key = f"layers.{2 * index}.{part}"

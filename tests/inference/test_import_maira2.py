@@ -89,13 +89,16 @@ class Reference:
         text = LlamaConfig.from_dict(
             {k: v for k, v in raw["text_config"].items() if k != "model_type"}
         )
-        self.backbone = Dinov2Backbone(vision).eval()
-        self.backbone.load_state_dict(_tensors(checkpoint, "vision_tower."))
+        # transformers' own loader, from the published shards (its names for each version)
+        self.backbone = Dinov2Backbone.from_pretrained(
+            str(checkpoint), config=vision, key_mapping={r"^vision_tower\.": ""}
+        ).eval()
         self.projector = projector(vision.hidden_size, text.hidden_size,
                                    raw["projector_n_layers"]).eval()
         self.projector.load_state_dict(_tensors(checkpoint, "multi_modal_projector.layers."))
-        self.llm = LlamaForCausalLM(text).eval()
-        self.llm.load_state_dict(_tensors(checkpoint, "language_model."))
+        self.llm = LlamaForCausalLM.from_pretrained(
+            str(checkpoint), config=text, key_mapping={r"^language_model\.": ""}
+        ).eval()
         self.image_token_id = int(raw["image_token_index"])
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:

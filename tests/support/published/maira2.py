@@ -21,12 +21,19 @@ messages need (content as parts, ``<image>`` for an image part, the system text 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Dinov2Backbone, Dinov2Config, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    Dinov2Backbone,
+    Dinov2Config,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
 
 from support.published.radialog import write_sentencepiece_tokenizer
 
@@ -60,6 +67,15 @@ def projector(vision_width: int, text_width: int, layers: int = PROJECTOR_LAYERS
     return nn.Sequential(*modules)
 
 
+def published(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A model's tensors under the names transformers saves them with (the published ones:
+    transformers 5 writes Dinov2's attention as ``attention.attention.query``, its 4.x name,
+    though its module calls it ``attention.q_proj``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return load_file(str(Path(tmp) / "model.safetensors"))
+
+
 def write_maira2(directory: Path, *, seed: int = 0, image_size: int = 32) -> Path:
     """Write a tiny MAIRA-2 (3-layer Dinov2 backbone, 4-layer projector, 2-layer Llama with
     linear RoPE scaling) and return its directory."""
@@ -87,11 +103,11 @@ def write_maira2(directory: Path, *, seed: int = 0, image_size: int = 32) -> Pat
     head = projector(vision.hidden_size, text.hidden_size)
     language = LlamaForCausalLM(text).eval()
 
-    vision_and_projector = {f"vision_tower.{k}": v for k, v in backbone.state_dict().items()}
+    vision_and_projector = {f"vision_tower.{k}": v for k, v in published(backbone).items()}
     vision_and_projector.update(
         {f"multi_modal_projector.layers.{k}": v for k, v in head.state_dict().items()}
     )
-    llm = {f"language_model.{k}": v for k, v in language.state_dict().items()}
+    llm = {f"language_model.{k}": v for k, v in published(language).items()}
     shards = {"model-00001-of-00002.safetensors": vision_and_projector,
               "model-00002-of-00002.safetensors": llm}
     weight_map = {}
@@ -153,5 +169,6 @@ __all__ = [
     "REMOTE_FILES",
     "SYSTEM",
     "projector",
+    "published",
     "write_maira2",
 ]

@@ -2,8 +2,8 @@
 
 Written from the published architectures (docs/model_formats/), independently of the node's
 modules, so that a parity test compares two implementations: BioViL-T's ImageModel for one
-image, LAVIS's BERT Q-Former over its queries, LAVIS's EVA ViT, and greedy decoding with a
-full forward pass per token.
+image, LAVIS's BERT Q-Former over its queries, LAVIS's EVA ViT, Libra's TAC connector, and
+greedy decoding with a full forward pass per token.
 """
 
 from __future__ import annotations
@@ -143,6 +143,63 @@ def timm_vit_states(
     return states
 
 
+def _squeeze_excite(x: torch.Tensor, s: dict[str, torch.Tensor], p: str) -> torch.Tensor:
+    """torchvision's ``SqueezeExcitation`` with a GELU, over ``(B, C, H, W)``."""
+    scale = x.mean(dim=(2, 3), keepdim=True)
+    scale = F.gelu(F.conv2d(scale, s[p + "fc1.weight"], s[p + "fc1.bias"]))
+    return x * torch.sigmoid(F.conv2d(scale, s[p + "fc2.weight"], s[p + "fc2.bias"]))
+
+
+def _mha(query: torch.Tensor, memory: torch.Tensor, s: dict[str, torch.Tensor], p: str,
+         heads: int) -> torch.Tensor:
+    """``nn.MultiheadAttention(batch_first=True, add_bias_kv=True)``: a learned key and
+    value appended to the memory's after the input projection."""
+    batch, width = query.shape[0], query.shape[-1]
+    wq, wk, wv = s[p + "in_proj_weight"].chunk(3)
+    bq, bk, bv = s[p + "in_proj_bias"].chunk(3)
+    q = F.linear(query, wq, bq)
+    k = torch.cat([F.linear(memory, wk, bk), s[p + "bias_k"].expand(batch, 1, width)], dim=1)
+    v = torch.cat([F.linear(memory, wv, bv), s[p + "bias_v"].expand(batch, 1, width)], dim=1)
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, x.shape[1], heads, width // heads).transpose(1, 2)
+
+    weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / (width // heads) ** 0.5, -1)
+    context = (weights @ split(v)).transpose(1, 2).reshape(query.shape)
+    return F.linear(context, s[p + "out_proj.weight"], s[p + "out_proj.bias"])
+
+
+def libra_tac(s: dict[str, torch.Tensor], current: torch.Tensor, prior: torch.Tensor,
+              heads: int) -> torch.Tensor:
+    """Libra's ``TAC`` connector (eval mode) on ``(B, L, N, D)`` layer features of the
+    current and the prior image: LFE on each, then TFM."""
+
+    def lfe(x: torch.Tensor) -> torch.Tensor:
+        for step in (0, 2, 4):
+            x = _squeeze_excite(x, s, f"LFE.{step}.")
+            x = F.conv2d(x, s[f"LFE.{step + 1}.weight"])
+        return x[:, 0]
+
+    def norm(x: torch.Tensor, name: str) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], s[name + ".weight"], s[name + ".bias"])
+
+    cur, prev = lfe(current), lfe(prior)
+    a, b = cur.flatten(1), prev.flatten(1)
+    cosine = (a / a.norm(dim=-1, keepdim=True) * (b / b.norm(dim=-1, keepdim=True))).sum(-1)
+    prev = prev + (((cosine + 1) / 2) ** 8).view(-1, 1, 1) * s["LFE_prior_bias"]
+    x = norm(cur + _mha(cur, cur, s, "cur_self_attention.", heads), "norm1")
+    y = norm(prev + _mha(prev, prev, s, "prior_self_attention.", heads), "norm2")
+    z = norm(x + _mha(x, y, s, "cros_attention.", heads), "norm3")
+    mlp = F.linear(F.gelu(F.linear(z, s["mlp_attn.0.weight"], s["mlp_attn.0.bias"])),
+                   s["mlp_attn.3.weight"], s["mlp_attn.3.bias"])
+    out = norm(cur + mlp, "norm4")
+    for index in (0, 2, 4, 6):
+        out = F.linear(out, s[f"mlp_final.{index}.weight"], s[f"mlp_final.{index}.bias"])
+        if index != 6:
+            out = F.gelu(out)
+    return out
+
+
 def greedy(
     model: PreTrainedModel,
     inputs: torch.Tensor,
@@ -173,6 +230,7 @@ __all__ = [
     "crop",
     "eva_vit",
     "greedy",
+    "libra_tac",
     "qformer",
     "timm_vit_states",
 ]
