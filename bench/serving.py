@@ -12,9 +12,10 @@ stored back in Orthanc. Per batch size it reports:
 * the batch sizes the worker drafted (from the jobs' shared ``started_at``).
 
 **At the model.** On the same studies' analyses it times the decoding paths the worker uses:
-one study at a time with lookup decoding (batch size 1), one at a time without it, and one
-batched ``generate`` of 8 (lookup decoding is single-sequence only): seconds per report,
-median of 5 interleaved rounds.
+one study at a time with lookup decoding (batch size 1), one at a time without it, and a
+batch of 8 with plain batched ``generate`` and with batched lookup decoding: seconds per
+report, median of 5 interleaved rounds. ``--model-only 1,2,4,8`` times only the last two at
+each batch size (no node, no PACS), with how many texts agree.
 
 The bundle is the demo model when it is built (``models/demo``), else the tiny random test
 model (``inference.build_tiny_bundle``, the one the tests use); the output names which. The
@@ -23,6 +24,7 @@ figures of a tiny model show the machinery's overhead, not a real model's decodi
 Usage::
 
     python bench/serving.py [--bundle models/demo] [--studies 16] [--batch 8]
+    python bench/serving.py --model-only 1,2,4,8 [--bundle models/demo]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -197,12 +200,52 @@ def decoding_paths(
     if lookup is not None:
         paths["batch 1, lookup decoding"] = lambda: [model.generate_reports([r])
                                                      for r in requests]
+        paths[f"batch {len(requests)}, lookup decoding"] = lambda: model.generate_reports(
+            requests
+        )
     times: dict[str, list[float]] = {label: [] for label in paths}
     for _ in range(rounds):  # interleaved, so that a busy moment hits every path alike
         for label, run in paths.items():
-            model.lookup = lookup if "lookup" in label else None
+            model.lookup = (
+                replace(lookup, max_batch=len(requests))
+                if lookup is not None and "lookup" in label else None
+            )
             times[label].append(timed(run))
     results = {label: statistics.median(values) for label, values in times.items()}
+    model.lookup = lookup
+    return results
+
+
+def batch_sizes_at_the_model(
+    bundle: Path, files: Sequence[Path], sizes: Sequence[int], rounds: int = 3
+) -> dict[int, dict[str, float]]:
+    """Seconds per report, plain batched ``generate`` against batched lookup decoding, at
+    each batch size (median of `rounds` interleaved rounds on the same studies), and the
+    texts' agreement."""
+    from inference import ChestXrayVLM, RuntimeOptions, StudyRequest
+
+    model = ChestXrayVLM.from_bundle(bundle, RuntimeOptions(device="cpu"))
+    lookup = model.lookup
+    if lookup is None:
+        raise SystemExit(f"{bundle} has no n-gram table: nothing to compare")
+    analyses = [model.analyse([f]) for f in files[: max(sizes)]]
+    model.generate_reports([StudyRequest(analyses[0])])  # warm-up
+    results: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        requests = [StudyRequest(a) for a in analyses[:size]]
+        times: dict[str, list[float]] = {"plain": [], "lookup": []}
+        texts: dict[str, list[str]] = {}
+        for _ in range(rounds):
+            for label in times:
+                model.lookup = replace(lookup, max_batch=size) if label == "lookup" else None
+                started = time.perf_counter()
+                drafts = model.generate_reports(requests)
+                times[label].append((time.perf_counter() - started) / size)
+                texts[label] = [d.text for d in drafts]
+        plain, fast = statistics.median(times["plain"]), statistics.median(times["lookup"])
+        same = sum(a == b for a, b in zip(texts["plain"], texts["lookup"], strict=True))
+        results[size] = {"plain_s": plain, "lookup_s": fast, "speedup": plain / fast,
+                         "same_text": same / size}
     model.lookup = lookup
     return results
 
@@ -221,7 +264,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="inference.screening (default: the node's); 'warn' drafts phantoms the content "
         "check finds outside the distribution, so every study ends in an SR",
     )
+    parser.add_argument(
+        "--model-only", type=str, default=None, metavar="SIZES",
+        help="only time decoding at the model, plain batched generate against batched "
+        "lookup decoding, at these batch sizes (e.g. 1,2,4,8); no node, no PACS",
+    )
     args = parser.parse_args(argv)
+
+    if args.model_only:
+        sizes = [int(v) for v in args.model_only.split(",")]
+        with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+            work = Path(tmp)
+            bundle, bundle_name = choose_bundle(args.bundle, work)
+            files = make_studies(work / "studies", max(sizes), args.seed)
+            table = batch_sizes_at_the_model(bundle, files, sizes)
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+              f"bundle: {bundle_name}; s per report, median of 3 interleaved rounds")
+        print(f"{'batch':>6} {'plain':>8} {'lookup':>8} {'speed-up':>9} {'same text':>10}")
+        for size, row in table.items():
+            print(f"{size:>6} {row['plain_s']:>8.3f} {row['lookup_s']:>8.3f} "
+                  f"{row['speedup']:>8.2f}x {row['same_text']:>9.0%}")
+        if args.json:
+            args.json.write_text(json.dumps({"bundle": bundle_name, "model_only": table},
+                                            indent=2))
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)

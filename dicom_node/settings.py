@@ -109,6 +109,14 @@ class InferenceSettings(BaseModel):
         "report text and checked by the LLM in one pass (speculative decoding: the same "
         "text in fewer passes); 0 = plain greedy decoding.",
     )
+    lookup_max_batch: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Largest batch (worker.batch_size) decoded with lookup drafts: each step "
+        "keeps the drafted tokens every study in the batch matched; larger batches decode "
+        "plainly (docs/benchmarks.md: which wins at which batch size).",
+    )
     kv_cache: Literal["bundle", "dynamic", "static"] = Field(
         default="bundle",
         description="KV cache for generation: the bundle's choice, or 'dynamic' (grows per "
@@ -149,6 +157,7 @@ class InferenceSettings(BaseModel):
             verify_checksums=self.verify_checksums,
             merge_adapters=self.merge_adapters,
             lookup_tokens=self.lookup_tokens,
+            lookup_max_batch=self.lookup_max_batch,
             kv_cache=self.kv_cache,
         )
 

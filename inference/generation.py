@@ -1,9 +1,10 @@
 """Decoding with transformers' ``generate`` on spliced multimodal embeddings.
 
 Greedy or beam search, a bound on new tokens, the KV cache (on by default), batches padded on
-the left, stop at EOS, and token streaming to a callback or an iterator. A single greedy
-sequence decodes with n-gram lookup drafts when given a :class:`~inference.speculative.
-LookupDecoding` (same text, fewer forward passes).
+the left, stop at EOS, and token streaming to a callback or an iterator. Greedy
+decoding uses n-gram lookup drafts when given a :class:`~inference.speculative.
+LookupDecoding` (same text, fewer forward passes): a single sequence always, a batch up to
+its ``max_batch``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,23 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from transformers import TextIteratorStreamer, TextStreamer
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TextIteratorStreamer,
+    TextStreamer,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from inference.config import GenerationConfig
 from inference.llm import LanguageModel
 from inference.multimodal import ImageFeatureBatch, MultimodalBatch
-from inference.speculative import LookupDecoding, lookup_greedy_decode, supports_lookup
+from inference.speculative import (
+    LookupDecoding,
+    lookup_greedy_decode,
+    lookup_greedy_decode_batch,
+    supports_lookup,
+)
 
 TextCallback = Callable[[str], None]
 #: What :func:`generate_ids` decodes from: spliced embeddings, or ids with image features.
@@ -65,9 +76,11 @@ def generate_ids(
         Optional transformers streamer (batch size 1, greedy only).
     lookup
         N-gram drafts to check in batches (:func:`~inference.speculative.lookup_greedy_decode`);
-        used for a single unpadded sequence decoded greedily with the KV cache by a model
-        whose cache can drop rejected drafts (:func:`~inference.speculative.supports_lookup`),
-        ignored otherwise.
+        used for greedy decoding with the KV cache by a model whose cache can drop rejected
+        drafts (:func:`~inference.speculative.supports_lookup`): for a single unpadded
+        sequence, and for a batch of up to ``lookup.max_batch`` sequences
+        (:func:`~inference.speculative.lookup_greedy_decode_batch`, not streamed); ignored
+        otherwise.
     """
     size = batch.attention_mask.shape[0]
     if streamer is not None and (size != 1 or options.num_beams != 1):
@@ -75,13 +88,16 @@ def generate_ids(
     with llm.adapter(adapter) as model, torch.inference_mode():
         if isinstance(batch, ImageFeatureBatch):
             return _generate_with_features(llm, model, batch, options, streamer)
-        if (
+        drafts = (
             lookup is not None
             and not options.stop_strings
             and options.cache_implementation == "dynamic"
-            and _single_greedy_sequence(batch, options)
+            and options.num_beams == 1
+            and options.use_cache
             and supports_lookup(model.config)
-        ):
+        )
+        if drafts and _single_greedy_sequence(batch, options):
+            assert lookup is not None
             return lookup_greedy_decode(
                 model,
                 batch.inputs_embeds,
@@ -91,10 +107,21 @@ def generate_ids(
                 repetition_penalty=options.repetition_penalty,
                 streamer=streamer,
             )
+        if drafts and streamer is None and lookup is not None and 1 < size <= lookup.max_batch:
+            return lookup_greedy_decode_batch(
+                model,
+                batch.inputs_embeds,
+                batch.attention_mask,
+                lookup,
+                max_new_tokens=options.max_new_tokens,
+                stop_token_ids=llm.stop_token_ids(),
+                pad_token_id=llm.pad_token_id(),
+                repetition_penalty=options.repetition_penalty,
+            )
         output = model.generate(  # type: ignore[operator]  # peft's stub types it as Tensor
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
-            **_generate_options(llm, options, streamer),
+            **_generate_options(llm, options, streamer, from_embeddings=True),
         )
     return output
 
@@ -121,20 +148,35 @@ def _generate_with_features(
 
 
 def _generate_options(
-    llm: LanguageModel, options: GenerationConfig, streamer: TextStreamer | None
+    llm: LanguageModel,
+    options: GenerationConfig,
+    streamer: TextStreamer | None,
+    *,
+    from_embeddings: bool = False,
 ) -> dict[str, Any]:
     """``generate``'s decoding keywords for ``options`` (greedy or beams, EOS and padding,
-    stop strings, a static KV cache when asked for)."""
+    stop strings, a static KV cache when asked for).
+
+    From embeddings, the repetition penalty is handed over as a logits processor of its own:
+    ``generate``'s built-in one skips as many generated tokens as a row has padding (it
+    takes them for the padded prompt, which is not among the ids), so a left-padded row of
+    a batch would go unpenalised (seen with transformers 5.25).
+    """
+    penalty = options.repetition_penalty
     extra: dict[str, Any] = {
         "max_new_tokens": options.max_new_tokens,
         "num_beams": options.num_beams,
         "do_sample": False,
         "use_cache": options.use_cache,
-        "repetition_penalty": options.repetition_penalty,
+        "repetition_penalty": 1.0 if from_embeddings else penalty,
         "eos_token_id": llm.stop_token_ids(),
         "pad_token_id": llm.pad_token_id(),
         "streamer": streamer,
     }
+    if from_embeddings and penalty != 1.0:
+        extra["logits_processor"] = LogitsProcessorList(
+            [RepetitionPenaltyLogitsProcessor(penalty)]
+        )
     if options.stop_strings:
         extra.update(stop_strings=list(options.stop_strings), tokenizer=llm.tokenizer)
     if options.use_cache and options.cache_implementation == "static":

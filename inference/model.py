@@ -104,6 +104,13 @@ class RuntimeOptions:
         },
     )
 
+    lookup_max_batch: int = field(
+        default=1,
+        metadata={
+            "help": "Largest batch decoded with lookup drafts (each step keeps the drafted "
+            "tokens every sequence matched); larger batches decode plainly."
+        },
+    )
     kv_cache: Literal["bundle", "dynamic", "static"] = field(
         default="bundle",
         metadata={
@@ -115,6 +122,8 @@ class RuntimeOptions:
     def __post_init__(self) -> None:
         if self.lookup_tokens < 0:
             raise ConfigError(f"lookup_tokens must be >= 0, got {self.lookup_tokens}")
+        if self.lookup_max_batch < 1:
+            raise ConfigError(f"lookup_max_batch must be >= 1, got {self.lookup_max_batch}")
 
 
 class NotChestError(PreprocessingError):
@@ -311,7 +320,8 @@ class ChestXrayVLM:
             llm.merge_adapters(used=manifest.tasks.values())
         lookup = None
         if manifest.lookup_table is not None and options.lookup_tokens > 0:
-            lookup = LookupDecoding(NgramTable.load(manifest.lookup_table), options.lookup_tokens)
+            lookup = LookupDecoding(NgramTable.load(manifest.lookup_table), options.lookup_tokens,
+                                    options.lookup_max_batch)
         config = manifest.config
         if options.kv_cache != "bundle":
             config = replace(config, generation=replace(

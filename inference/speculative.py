@@ -17,7 +17,8 @@ instead of one (as with any speculative decoding).
 :func:`lookup_greedy_decode` is a decoding loop of its own: it keeps its own KV cache and
 calls only the model's documented forward, so it does not depend on what transformers'
 ``generate`` hands to its internal loops (which changed in transformers 5.24). It decodes
-one sequence (batch size 1) without padding.
+one sequence (batch size 1) without padding; :func:`lookup_greedy_decode_batch` decodes a
+left-padded batch, keeping per step the drafted tokens every sequence matched.
 """
 
 from __future__ import annotations
@@ -151,14 +152,20 @@ class NgramTable:
 
 @dataclass(frozen=True)
 class LookupDecoding:
-    """An n-gram table and how many of its tokens to propose per decoding step."""
+    """An n-gram table, how many of its tokens to propose per decoding step, and up to which
+    batch size."""
 
     table: NgramTable
     draft_tokens: int = 8
+    #: Largest batch decoded with drafts (:func:`lookup_greedy_decode_batch`); larger
+    #: batches decode plainly.
+    max_batch: int = 1
 
     def __post_init__(self) -> None:
         if self.draft_tokens < 1:
             raise InferenceError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
+        if self.max_batch < 1:
+            raise InferenceError(f"max_batch must be >= 1, got {self.max_batch}")
 
 
 def cache_keyword(model: Any) -> str:
@@ -287,6 +294,126 @@ def lookup_greedy_decode(
     return torch.tensor([generated], dtype=torch.long, device=device)  # type: ignore[return-value]
 
 
+@torch.inference_mode()
+def lookup_greedy_decode_batch(
+    model: Any,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    lookup: LookupDecoding,
+    *,
+    max_new_tokens: int,
+    stop_token_ids: Sequence[int],
+    pad_token_id: int,
+    repetition_penalty: float = 1.0,
+) -> torch.LongTensor:
+    """:func:`lookup_greedy_decode` for a left-padded batch: every sequence proposes its own
+    n-gram drafts, one forward pass checks all of them, and each step keeps as many drafted
+    tokens as the sequence that matched fewest (plus the LLM's next token): the KV cache of
+    a batch has one length, and every kept token is each sequence's greedy argmax.
+
+    Sequences that have stopped are carried along (their rows are computed and dropped). The
+    text of each sequence is what ``generate(inputs_embeds=..., attention_mask=...,
+    do_sample=False, num_beams=1)`` writes for it, up to float rounding.
+
+    Parameters
+    ----------
+    model
+        A transformers causal LM (or a peft model wrapping one).
+    inputs_embeds
+        The prompts, ``(B, L, hidden)``, padded on the left.
+    attention_mask
+        ``(B, L)``: 1 on prompt positions, 0 on padding.
+    lookup
+        The n-gram table and how many tokens to propose per step.
+    max_new_tokens
+        Most tokens to write per sequence.
+    stop_token_ids
+        Tokens that end a sequence (kept, as ``generate`` keeps them).
+    pad_token_id
+        Written after a sequence's end, as ``generate`` pads finished sequences.
+    repetition_penalty
+        As in :func:`lookup_greedy_decode`.
+
+    Returns
+    -------
+    torch.LongTensor
+        New token ids ``(B, n)``, each row padded after its end.
+
+    Raises
+    ------
+    InferenceError
+        For inputs that are not a batch of prompts with a mask, or a bound below one token.
+    """
+    if inputs_embeds.dim() != 3 or attention_mask.shape != inputs_embeds.shape[:2]:
+        raise InferenceError("batched lookup decoding needs (B, L, H) prompts and a (B, L) mask")
+    if max_new_tokens < 1:
+        raise InferenceError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = inputs_embeds.device
+    size = inputs_embeds.shape[0]
+    stops = set(int(t) for t in stop_token_ids)
+    penalty = (
+        LogitsProcessorList([RepetitionPenaltyLogitsProcessor(repetition_penalty)])
+        if repetition_penalty != 1.0
+        else LogitsProcessorList()
+    )
+    cache = DynamicCache()
+    cache_argument = {cache_keyword(model): cache}
+    mask = attention_mask.to(device=device, dtype=torch.long)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    first = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
+                  use_cache=True, logits_to_keep=1, **cache_argument)
+    next_position = positions[:, -1] + 1
+    generated: list[list[int]] = [[] for _ in range(size)]
+    active = [True] * size
+    pending = [_greedy(penalty, generated[b], first.logits[b, -1:, :], [], device)
+               for b in range(size)]
+    while True:
+        for b in range(size):
+            if not active[b]:
+                continue
+            accepted = pending[b]
+            for count, token in enumerate(accepted, start=1):
+                if token in stops or len(generated[b]) + count >= max_new_tokens:
+                    accepted, active[b] = accepted[:count], False
+                    break
+            generated[b].extend(accepted)
+        running = [b for b in range(size) if active[b]]
+        if not running:
+            break
+        room = min(max_new_tokens - len(generated[b]) - 1 for b in running)
+        width = max(0, min(lookup.draft_tokens, room))
+        proposals = [lookup.table.propose(generated[b], width) if active[b] else []
+                     for b in range(size)]
+        feed = torch.full((size, width + 1), pad_token_id, dtype=torch.long, device=device)
+        for b in running:
+            row = [generated[b][-1], *proposals[b]]
+            feed[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
+        mask = torch.cat([mask, mask.new_ones(size, width + 1)], dim=1)
+        step_positions = next_position[:, None] + torch.arange(width + 1, device=device)
+        outputs = model(input_ids=feed, attention_mask=mask, position_ids=step_positions,
+                        use_cache=True, logits_to_keep=width + 1, **cache_argument)
+        predicted: dict[int, list[int]] = {}
+        matched = width
+        for b in running:
+            predicted[b] = _greedy(penalty, generated[b], outputs.logits[b], proposals[b],
+                                   device)
+            same = 0
+            while same < len(proposals[b]) and proposals[b][same] == predicted[b][same]:
+                same += 1
+            matched = min(matched, same)
+        if width - matched:
+            cache.crop(-(width - matched))  # every row keeps 1 + matched of the fed tokens
+            mask = mask[:, : mask.shape[1] - (width - matched)]
+        next_position = next_position + matched + 1
+        for b in running:
+            pending[b] = predicted[b][: matched + 1]
+    longest = max(len(ids) for ids in generated)
+    out = torch.full((size, longest), pad_token_id, dtype=torch.long, device=device)
+    for b, ids in enumerate(generated):
+        out[b, : len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
+    return out  # type: ignore[return-value]
+
+
 def _greedy(
     processors: LogitsProcessorList,
     generated: list[int],
@@ -316,5 +443,6 @@ __all__ = [
     "NgramTable",
     "cache_keyword",
     "lookup_greedy_decode",
+    "lookup_greedy_decode_batch",
     "supports_lookup",
 ]

@@ -83,6 +83,48 @@ def test_lookup_decoding_writes_greedy_text_in_fewer_passes(
     )
 
 
+@pytest.mark.parametrize("repetition_penalty", [1.0, 1.3])
+def test_a_padded_batch_decodes_with_drafts_to_the_same_text(
+    tiny_model: ChestXrayVLM, chest_cr_path: Path, repetition_penalty: float
+) -> None:
+    analysis = tiny_model.analyse([chest_cr_path])
+    indications = [None, "Cough.", "Shortness of breath after a fall, rule out pneumothorax."]
+    prompts = [tiny_model._report_prompt(analysis, i) for i in indications]
+    batch = tiny_model._batch(prompts, [analysis] * 3)
+    assert not bool(batch.attention_mask.all())  # left padding
+    options = GenerationConfig(max_new_tokens=30, repetition_penalty=repetition_penalty)
+    plain = generate_ids(tiny_model.llm, batch, options, adapter="report")
+    rows = [row.tolist() for row in plain]
+    # each study of the batch gets the text it gets alone (the penalty counts its own tokens)
+    pad = tiny_model.llm.pad_token_id()
+    for prompt, row in zip(prompts, rows, strict=True):
+        alone = generate_ids(tiny_model.llm, tiny_model._batch([prompt], [analysis]), options,
+                             adapter="report")[0].tolist()
+        assert row == alone + [pad] * (len(row) - len(alone))
+    knows_them = LookupDecoding(NgramTable.build(rows, order=3, min_count=1), max_batch=4)
+    passes, hook = _forward_passes(tiny_model)
+    try:
+        fast = generate_ids(tiny_model.llm, batch, options, adapter="report",
+                            lookup=knows_them)
+    finally:
+        hook.remove()  # type: ignore[attr-defined]
+    assert torch.equal(fast, plain)
+    assert len(passes) < plain.shape[1] / 2  # several tokens per pass for the whole batch
+    # wrong drafts are thrown away; above max_batch the batch decodes plainly
+    other = LookupDecoding(NgramTable.build([list(range(3, 80))] * 2, order=2),
+                           draft_tokens=4, max_batch=4)
+    assert torch.equal(
+        generate_ids(tiny_model.llm, batch, options, adapter="report", lookup=other), plain)
+    small = replace(knows_them, max_batch=2)
+    passes, hook = _forward_passes(tiny_model)
+    try:
+        assert torch.equal(
+            generate_ids(tiny_model.llm, batch, options, adapter="report", lookup=small), plain)
+    finally:
+        hook.remove()  # type: ignore[attr-defined]
+    assert len(passes) == plain.shape[1]  # one pass per token: plain generate
+
+
 def test_lookup_decoding_stops_at_the_token_bound_and_at_eos(
     tiny_model: ChestXrayVLM, report_batch  # type: ignore[no-untyped-def]
 ) -> None:
