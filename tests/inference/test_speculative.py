@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,11 +53,16 @@ def report_batch(tiny_model: ChestXrayVLM, chest_cr_path: Path):  # type: ignore
     return tiny_model._batch([prompt], [analysis])
 
 
-def _forward_passes(model: ChestXrayVLM) -> tuple[list[int], object]:
+@contextmanager
+def _forward_passes(model: ChestXrayVLM) -> Iterator[list[int]]:
+    """Counts the LLM's forward passes (with the report adapter) while open."""
     passes: list[int] = []
     with model.llm.adapter("report") as runner:
         hook = runner.register_forward_hook(lambda *_: passes.append(1))  # type: ignore[operator]
-    return passes, hook
+    try:
+        yield passes
+    finally:
+        hook.remove()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("repetition_penalty", [1.0, 1.3])
@@ -67,12 +74,9 @@ def test_lookup_decoding_writes_greedy_text_in_fewer_passes(
     assert plain.shape[1] == 40
     # a table that knows this text: most proposals are right
     knows_it = LookupDecoding(NgramTable.build([plain[0].tolist()], order=3, min_count=1))
-    passes, hook = _forward_passes(tiny_model)
-    try:
+    with _forward_passes(tiny_model) as passes:
         fast = generate_ids(tiny_model.llm, report_batch, options, adapter="report",
                             lookup=knows_it)
-    finally:
-        hook.remove()  # type: ignore[attr-defined]
     assert torch.equal(fast, plain)
     assert len(passes) <= 10  # 40 tokens, up to 9 per pass
     # a table of other text: proposals are wrong and thrown away, the text is the same
@@ -102,12 +106,9 @@ def test_a_padded_batch_decodes_with_drafts_to_the_same_text(
                              adapter="report")[0].tolist()
         assert row == alone + [pad] * (len(row) - len(alone))
     knows_them = LookupDecoding(NgramTable.build(rows, order=3, min_count=1), max_batch=4)
-    passes, hook = _forward_passes(tiny_model)
-    try:
+    with _forward_passes(tiny_model) as passes:
         fast = generate_ids(tiny_model.llm, batch, options, adapter="report",
                             lookup=knows_them)
-    finally:
-        hook.remove()  # type: ignore[attr-defined]
     assert torch.equal(fast, plain)
     assert len(passes) < plain.shape[1] / 2  # several tokens per pass for the whole batch
     # wrong drafts are thrown away; above max_batch the batch decodes plainly
@@ -116,12 +117,9 @@ def test_a_padded_batch_decodes_with_drafts_to_the_same_text(
     assert torch.equal(
         generate_ids(tiny_model.llm, batch, options, adapter="report", lookup=other), plain)
     small = replace(knows_them, max_batch=2)
-    passes, hook = _forward_passes(tiny_model)
-    try:
+    with _forward_passes(tiny_model) as passes:
         assert torch.equal(
             generate_ids(tiny_model.llm, batch, options, adapter="report", lookup=small), plain)
-    finally:
-        hook.remove()  # type: ignore[attr-defined]
     assert len(passes) == plain.shape[1]  # one pass per token: plain generate
 
 
