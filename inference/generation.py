@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from transformers import (
@@ -285,9 +286,74 @@ def stream_text(
         raise failure[0]
 
 
+class TextGenerator(Protocol):
+    """The generation seam: how :class:`~inference.model.ChestXrayVLM` turns a prepared,
+    left-padded batch (:mod:`inference.multimodal`) into text.
+
+    One implementation today, :class:`TransformersGenerator`. An engine with its own
+    scheduler (vLLM, SGLang: prompt embeddings, multi-LoRA) would be one more class with
+    these two methods, given to the model at construction.
+    """
+
+    def generate(
+        self,
+        batch: Batch,
+        options: GenerationConfig,
+        *,
+        adapter: str | None,
+        on_text: TextCallback | None = None,
+    ) -> list[str]:
+        """Each sequence's text; ``on_text`` gets text pieces as they appear (one
+        sequence)."""
+        ...
+
+    def stream(
+        self, batch: Batch, options: GenerationConfig, *, adapter: str | None
+    ) -> Iterator[str]:
+        """One sequence's text pieces as they are generated."""
+        ...
+
+
+@dataclass
+class TransformersGenerator:
+    """:class:`TextGenerator` on the node's :class:`~inference.llm.LanguageModel`:
+    transformers' ``generate`` and the node's lookup decoding loops.
+
+    Parameters
+    ----------
+    llm
+        The language model with its adapters.
+    lookup
+        N-gram drafts (:mod:`inference.speculative`); ``None`` decodes one token per pass.
+    """
+
+    llm: LanguageModel
+    lookup: LookupDecoding | None = None
+
+    def generate(
+        self,
+        batch: Batch,
+        options: GenerationConfig,
+        *,
+        adapter: str | None,
+        on_text: TextCallback | None = None,
+    ) -> list[str]:
+        """See :meth:`TextGenerator.generate`."""
+        return generate_texts(self.llm, batch, options, adapter=adapter, on_text=on_text,
+                              lookup=self.lookup)
+
+    def stream(
+        self, batch: Batch, options: GenerationConfig, *, adapter: str | None
+    ) -> Iterator[str]:
+        """See :meth:`TextGenerator.stream`."""
+        return stream_text(self.llm, batch, options, adapter=adapter, lookup=self.lookup)
+
+
 __all__ = [
     "Batch",
     "CallbackStreamer",
+    "TextGenerator",
+    "TransformersGenerator",
     "TextCallback",
     "cut_at_stop",
     "cut_stream_at_stop",

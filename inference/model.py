@@ -29,7 +29,7 @@ from inference.bundle import Manifest, Provenance, load_manifest
 from inference.config import GenerationConfig, ModelConfig
 from inference.content_check import ContentCheck, ContentScore
 from inference.errors import BundleError, ConfigError, InferenceError, PreprocessingError
-from inference.generation import TextCallback, generate_texts, stream_text
+from inference.generation import TextCallback, TextGenerator, TransformersGenerator
 from inference.llm import LanguageModel, resolve_device
 from inference.multimodal import (
     ImageFeatureBatch,
@@ -234,12 +234,15 @@ class ChestXrayVLM:
     name, version
         Identification of the model, recorded in every draft.
     lookup
-        N-gram drafts for single-sequence greedy decoding (:mod:`inference.speculative`);
-        ``None`` decodes one token per forward pass.
+        N-gram drafts for greedy decoding (:mod:`inference.speculative`); ``None`` decodes
+        one token per forward pass.
     content_check
         Screens images before drafting (:mod:`inference.content_check`); ``None``: none.
     provenance
         Where the model comes from, its licence and intended use (recorded in every draft).
+    generator
+        The generation seam (:class:`~inference.generation.TextGenerator`); by default
+        transformers on ``llm`` with ``lookup``.
     """
 
     def __init__(
@@ -255,6 +258,7 @@ class ChestXrayVLM:
         lookup: LookupDecoding | None = None,
         content_check: ContentCheck | None = None,
         provenance: Provenance | None = None,
+        generator: TextGenerator | None = None,
     ) -> None:
         if llm.hidden_size != config.llm_hidden_size:
             raise InferenceError(
@@ -275,10 +279,21 @@ class ChestXrayVLM:
         self.prompts = PromptBuilder(llm.tokenizer, config.prompt)
         self.name = name
         self.version = version
-        self.lookup = lookup
+        self._transformers = TransformersGenerator(llm, lookup)
+        #: Where prepared batches become text.
+        self.generator: TextGenerator = generator or self._transformers
         self.content_check = content_check
         #: Source, licence and intended use (from the bundle; None for older bundles).
         self.provenance = provenance
+
+    @property
+    def lookup(self) -> LookupDecoding | None:
+        """The n-gram drafts of the transformers generator (``None``: plain decoding)."""
+        return self._transformers.lookup
+
+    @lookup.setter
+    def lookup(self, value: LookupDecoding | None) -> None:
+        self._transformers.lookup = value
 
     @classmethod
     def from_bundle(
@@ -662,13 +677,11 @@ class ChestXrayVLM:
         """
         analysis = self.analyse(images)
         batch = self._batch([self._report_prompt(analysis, indication)], [analysis])
-        (text,) = generate_texts(
-            self.llm,
+        (text,) = self.generator.generate(
             batch,
             self._options(generation),
             adapter=self.tasks.get("report"),
             on_text=on_text,
-            lookup=self.lookup,
         )
         return self._draft(text, analysis, indication)
 
@@ -687,12 +700,10 @@ class ChestXrayVLM:
             self._report_prompt(a, s.indication, s.findings)
             for a, s in zip(analyses, studies, strict=True)
         ]
-        texts = generate_texts(
-            self.llm,
+        texts = self.generator.generate(
             self._batch(prompts, analyses),
             self._options(generation),
             adapter=self.tasks.get("report"),
-            lookup=self.lookup,
         )
         return [
             self._draft(text, analysis, study.indication)
@@ -714,12 +725,10 @@ class ChestXrayVLM:
         """
         analysis = images if isinstance(images, StudyAnalysis) else self.analyse(images)
         batch = self._batch([self._report_prompt(analysis, indication, findings)], [analysis])
-        stream = stream_text(
-            self.llm,
+        stream = self.generator.stream(
             batch,
             self._options(generation),
             adapter=self.tasks.get("report"),
-            lookup=self.lookup,
         )
         return analysis, stream
 
@@ -761,13 +770,11 @@ class ChestXrayVLM:
         indication, generation, on_text
             As for :meth:`generate_report`.
         """
-        (text,) = generate_texts(
-            self.llm,
+        (text,) = self.generator.generate(
             self._chat_batch(images, report, history, instruction, indication, findings),
             self._options(generation),
             adapter=self.tasks.get("chat"),
             on_text=on_text,
-            lookup=self.lookup,
         )
         return text
 
@@ -780,12 +787,10 @@ class ChestXrayVLM:
         """
         if not requests:
             return []
-        return generate_texts(
-            self.llm,
+        return self.generator.generate(
             self._chat_requests_batch(requests),
             self._options(generation),
             adapter=self.tasks.get("chat"),
-            lookup=self.lookup,
         )
 
     def stream_chat(
@@ -800,12 +805,10 @@ class ChestXrayVLM:
         generation: GenerationConfig | None = None,
     ) -> Iterator[str]:
         """Like :meth:`chat`, yielding the answer's text as it is generated."""
-        return stream_text(
-            self.llm,
+        return self.generator.stream(
             self._chat_batch(images, report, history, instruction, indication, findings),
             self._options(generation),
             adapter=self.tasks.get("chat"),
-            lookup=self.lookup,
         )
 
 
