@@ -194,10 +194,16 @@ def import_libra(
     if raw.get("mm_use_im_start_end"):
         raise CheckpointError(f"{config_path}: mm_use_im_start_end (image start/end tokens) "
                               "is not supported")
-    if "num_attention_heads" not in raw:
+    heads = raw.get("num_attention_heads")
+    if not isinstance(heads, int) or heads < 1:
         raise CheckpointError(f"{config_path}: missing key 'num_attention_heads'")
 
     vision, tower_weights = _tower(vision_tower)
+    if vision.hidden_size % heads:
+        raise CheckpointError(
+            f"{config_path}: num_attention_heads {heads} (the connector's heads) does not "
+            f"divide the tower's width {vision.hidden_size}"
+        )
     projector = read_prefixed(weight_files(source), PROJECTOR)
     layers = _connector_layers(projector, source)
     if layers != vision.num_hidden_layers:

@@ -252,6 +252,11 @@ def import_maira2(
     )
     tower_weights = read_prefixed(files, vision_prefix)
     projector = read_prefixed(files, projector_prefix)
+    for index in range(projector_layers):  # before anything of that depth is built
+        for part in ("weight", "bias"):
+            key = f"layers.{2 * index}.{part}"
+            if key not in projector:
+                raise CheckpointError(f"{source}: missing key {projector_prefix + key!r}")
     llm_width = int(text.hidden_size)
     preprocess = replace(image_transform(source), stretch_display=True)
     bundle_config = maira2_config(
@@ -275,10 +280,7 @@ def import_maira2(
     }
     for index in range(projector_layers):
         for part in ("weight", "bias"):
-            key = f"layers.{2 * index}.{part}"
-            if key not in projector:
-                raise CheckpointError(f"{source}: missing key {projector_prefix + key!r}")
-            weights[f"aligner.mlp.{2 * index}.{part}"] = projector[key]
+            weights[f"aligner.mlp.{2 * index}.{part}"] = projector[f"layers.{2 * index}.{part}"]
     load_weights(tower, weights, lambda key: source)
 
     tokenizer = load_tokenizer(source)

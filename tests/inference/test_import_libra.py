@@ -189,6 +189,12 @@ def test_what_the_importer_cannot_run_is_named_and_leaves_nothing(
         json.dumps({**config, "mm_projector_type": "mlp2x_gelu"}))
     assert "mm_projector_type 'mlp2x_gelu'" in refused(mlp)
 
+    odd_heads = copy("odd-heads")
+    config = json.loads((odd_heads / REPO_DIR / "config.json").read_text())
+    (odd_heads / REPO_DIR / "config.json").write_text(
+        json.dumps({**config, "num_attention_heads": 5}))
+    assert "num_attention_heads 5" in refused(odd_heads)
+
     no_lfe = copy("no-lfe")
     for shard in (no_lfe / REPO_DIR).glob("pytorch_model-*.bin"):
         state = torch.load(shard, weights_only=True)

@@ -261,7 +261,9 @@ def test_files_that_do_not_fit_are_named_and_leave_nothing(
 
     output = refused(edited("no-norm", {"vision_config.apply_layernorm": False}))
     assert "config.json" in output and "apply_layernorm" in output
-    output = refused(edited("three-layers", {"projector_n_layers": 5}))
+    output = refused(edited("five-layers", {"projector_n_layers": 5}))
+    assert "multi_modal_projector.layers.8.weight" in output
+    output = refused(edited("deep", {"projector_n_layers": 10**6}))  # refused before it is built
     assert "multi_modal_projector.layers.8.weight" in output
     output = refused(edited("wrong-tokens", {"image_seq_length": 7}))
     assert "image_seq_length 7" in output
