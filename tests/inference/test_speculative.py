@@ -172,3 +172,19 @@ def test_bundles_carry_the_table_and_settings_switch_it_off(tiny_bundle: Path) -
         replace(RuntimeOptions(), lookup_tokens=-1)
     with pytest.raises(InferenceError, match="draft_tokens"):
         LookupDecoding(NgramTable(2, {}), draft_tokens=0)
+    with pytest.raises(ConfigError, match="lookup_max_batch"):
+        replace(RuntimeOptions(), lookup_max_batch=0)
+    model = ChestXrayVLM.from_bundle(tiny_bundle,
+                                     RuntimeOptions(device="cpu", lookup_max_batch=8))
+    assert model.lookup is not None and model.lookup.max_batch == 8
+
+
+def test_the_node_setting_reaches_the_model_and_names_a_bad_value() -> None:
+    from pydantic import ValidationError
+
+    from dicom_node.settings import InferenceSettings
+
+    assert InferenceSettings(lookup_max_batch=8).runtime_options().lookup_max_batch == 8
+    assert InferenceSettings().runtime_options().lookup_max_batch == 1
+    with pytest.raises(ValidationError, match="lookup_max_batch"):
+        InferenceSettings(lookup_max_batch=0)
