@@ -248,11 +248,7 @@ def lookup_greedy_decode(
         raise InferenceError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = inputs_embeds.device
     stops = set(int(t) for t in stop_token_ids)
-    penalty = (
-        LogitsProcessorList([RepetitionPenaltyLogitsProcessor(repetition_penalty)])
-        if repetition_penalty != 1.0
-        else LogitsProcessorList()
-    )
+    penalty = _penalty(repetition_penalty)
     if streamer is not None:
         streamer.put(torch.empty((1, 0), dtype=torch.long))  # the prompt: none as token ids
     cache = DynamicCache()
@@ -351,11 +347,7 @@ def lookup_greedy_decode_batch(
     device = inputs_embeds.device
     size = inputs_embeds.shape[0]
     stops = set(int(t) for t in stop_token_ids)
-    penalty = (
-        LogitsProcessorList([RepetitionPenaltyLogitsProcessor(repetition_penalty)])
-        if repetition_penalty != 1.0
-        else LogitsProcessorList()
-    )
+    penalty = _penalty(repetition_penalty)
     cache = DynamicCache()
     cache_argument = {cache_keyword(model): cache}
     mask = attention_mask.to(device=device, dtype=torch.long)
@@ -412,6 +404,13 @@ def lookup_greedy_decode_batch(
     for b, ids in enumerate(generated):
         out[b, : len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
     return out  # type: ignore[return-value]
+
+
+def _penalty(repetition_penalty: float) -> LogitsProcessorList:
+    """transformers' repetition penalty as a processor list (empty at 1.0)."""
+    if repetition_penalty == 1.0:
+        return LogitsProcessorList()
+    return LogitsProcessorList([RepetitionPenaltyLogitsProcessor(repetition_penalty)])
 
 
 def _greedy(
