@@ -110,12 +110,14 @@ class InferenceSettings(BaseModel):
         "text in fewer passes); 0 = plain greedy decoding.",
     )
     lookup_max_batch: int = Field(
-        default=1,
+        default=4,
         ge=1,
         le=256,
         description="Largest batch (worker.batch_size) decoded with lookup drafts: each step "
         "keeps the drafted tokens every study in the batch matched; larger batches decode "
-        "plainly (docs/benchmarks.md: which wins at which batch size).",
+        "plainly. Measured on 2 CPU cores with the demo model: drafts win up to 4 (1.2-2.0x), "
+        "even at 6, lose at 8 (0.75x); measure on a GPU before raising it there "
+        "(docs/benchmarks.md).",
     )
     kv_cache: Literal["bundle", "dynamic", "static"] = Field(
         default="bundle",

@@ -105,10 +105,11 @@ class RuntimeOptions:
     )
 
     lookup_max_batch: int = field(
-        default=1,
+        default=4,
         metadata={
             "help": "Largest batch decoded with lookup drafts (each step keeps the drafted "
-            "tokens every sequence matched); larger batches decode plainly."
+            "tokens every sequence matched); larger batches decode plainly (on 2 CPU cores "
+            "with the demo model drafts win up to 4 and lose at 8: docs/benchmarks.md)."
         },
     )
     kv_cache: Literal["bundle", "dynamic", "static"] = field(

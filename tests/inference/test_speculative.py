@@ -185,6 +185,6 @@ def test_the_node_setting_reaches_the_model_and_names_a_bad_value() -> None:
     from dicom_node.settings import InferenceSettings
 
     assert InferenceSettings(lookup_max_batch=8).runtime_options().lookup_max_batch == 8
-    assert InferenceSettings().runtime_options().lookup_max_batch == 1
+    assert InferenceSettings().runtime_options().lookup_max_batch == 4  # measured default
     with pytest.raises(ValidationError, match="lookup_max_batch"):
         InferenceSettings(lookup_max_batch=0)
