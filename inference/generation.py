@@ -97,7 +97,7 @@ def generate_ids(
             and options.use_cache
             and supports_lookup(model.config)
         )
-        if drafts and _single_greedy_sequence(batch, options):
+        if drafts and _single_sequence(batch):
             assert lookup is not None
             return lookup_greedy_decode(
                 model,
@@ -185,13 +185,8 @@ def _generate_options(
     return extra
 
 
-def _single_greedy_sequence(batch: MultimodalBatch, options: GenerationConfig) -> bool:
-    return (
-        batch.inputs_embeds.shape[0] == 1
-        and options.num_beams == 1
-        and options.use_cache
-        and bool(batch.attention_mask.all())
-    )
+def _single_sequence(batch: MultimodalBatch) -> bool:
+    return batch.inputs_embeds.shape[0] == 1 and bool(batch.attention_mask.all())
 
 
 def decode(llm: LanguageModel, ids: torch.Tensor, stop_strings: tuple[str, ...] = ()) -> list[str]:

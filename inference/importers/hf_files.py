@@ -10,11 +10,12 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from transformers import AutoModel, PretrainedConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from inference.config import PreprocessConfig
 from inference.errors import CheckpointError
@@ -76,6 +77,32 @@ def read_prefixed(files: Mapping[str, Path], prefix: str) -> dict[str, torch.Ten
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: unreadable ({exc})") from exc
     return tensors
+
+
+def typed_config(data: Any, model_type: str, path: Path, key: str = "") -> PretrainedConfig:
+    """A config dict (a whole ``config.json``, or its part under ``key``) read as the
+    transformers config class of ``model_type``.
+
+    Raises
+    ------
+    CheckpointError
+        When the dict is missing, names another model type, or does not make a config,
+        naming ``path`` and ``key``.
+    """
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: missing key {key!r}")
+    if data.get("model_type") != model_type:
+        raise CheckpointError(
+            f"{path}: {key + '.' if key else ''}model_type {data.get('model_type')!r} is "
+            f"not {model_type!r}"
+        )
+    values = {k: v for k, v in data.items() if k != "model_type"}
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path}: {key + ' is ' if key else ''}not a {model_type} config ({exc})"
+        ) from exc
 
 
 def current_names(
@@ -148,5 +175,6 @@ __all__ = [
     "find_prefix",
     "image_transform",
     "read_prefixed",
+    "typed_config",
     "weight_files",
 ]

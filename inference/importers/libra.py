@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Dinov2Config
+from transformers import PretrainedConfig
 
 from inference.bundle import Provenance
 from inference.config import (
@@ -66,6 +66,7 @@ from inference.importers.hf_files import (
     current_names,
     image_transform,
     read_prefixed,
+    typed_config,
     weight_files,
 )
 from inference.importers.radialog_llava import llava_llm_config
@@ -82,18 +83,11 @@ INDICATION_LINE = " Following clinical context: Indication: {indication}"
 PROJECTOR = "model.mm_projector."
 
 
-def _tower(vision_tower: Path) -> tuple[Dinov2Config, dict[str, torch.Tensor]]:
+def _tower(vision_tower: Path) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
     """RAD-DINO's config and weights (its repository, as Libra loads it)."""
     config_path = vision_tower / "config.json"
-    raw = read_json(config_path, "the vision tower (RAD-DINO)")
-    if raw.get("model_type") != "dinov2":
-        raise CheckpointError(
-            f"{config_path}: model_type {raw.get('model_type')!r}; Libra's tower is a dinov2"
-        )
-    try:
-        config = Dinov2Config.from_dict({k: v for k, v in raw.items() if k != "model_type"})
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{config_path}: not a dinov2 config ({exc})") from exc
+    config = typed_config(read_json(config_path, "the vision tower (RAD-DINO)"), "dinov2",
+                          config_path)
     published = read_prefixed(weight_files(vision_tower), "")
     return config, current_names(config, published, vision_tower)
 
@@ -106,7 +100,7 @@ def _connector_layers(projector: dict[str, torch.Tensor], where: Path) -> int:
 
 
 def libra_config(
-    vision: Dinov2Config,
+    vision: PretrainedConfig,
     raw: dict[str, Any],
     layers: int,
     llm_width: int,

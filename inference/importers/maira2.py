@@ -40,7 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from transformers import Dinov2Config, LlamaConfig, PretrainedConfig
+from transformers import PretrainedConfig
 
 from inference.bundle import Provenance
 from inference.config import (
@@ -66,6 +66,7 @@ from inference.importers.hf_files import (
     find_prefix,
     image_transform,
     read_prefixed,
+    typed_config,
     weight_files,
 )
 from inference.prompt import PromptBuilder
@@ -103,22 +104,6 @@ def remote_code_notice(source: Path) -> str:
     """What the import of the MAIRA-2 checkpoint in ``source`` says about its code."""
     layers = read_json(source / "config.json").get("projector_n_layers", "?")
     return REMOTE_CODE_NOTICE.format(files=", ".join(REMOTE_FILES), layers=layers)
-
-
-def _sub_config(raw: dict[str, Any], key: str, model_type: str, path: Path) -> PretrainedConfig:
-    data = raw.get(key)
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: missing key {key!r}")
-    if data.get("model_type") != model_type:
-        raise CheckpointError(
-            f"{path}: {key}.model_type {data.get('model_type')!r} is not {model_type!r}"
-        )
-    config_class = Dinov2Config if model_type == "dinov2" else LlamaConfig
-    values = {k: v for k, v in data.items() if k != "model_type"}
-    try:
-        return config_class.from_dict(values)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: {key} is not a {model_type} config ({exc})") from exc
 
 
 def _feature_stage(vision: PretrainedConfig, raw: dict[str, Any], path: Path) -> int:
@@ -226,8 +211,8 @@ def import_maira2(
     """
     config_path = source / "config.json"
     raw = read_json(config_path)
-    vision = _sub_config(raw, "vision_config", "dinov2", config_path)
-    text = _sub_config(raw, "text_config", "llama", config_path)
+    vision = typed_config(raw.get("vision_config"), "dinov2", config_path, "vision_config")
+    text = typed_config(raw.get("text_config"), "llama", config_path, "text_config")
     layers = _feature_stage(vision, raw, config_path)
     strategy = raw.get("vision_feature_select_strategy", "default")
     if strategy not in ("default", "full"):
@@ -271,9 +256,8 @@ def import_maira2(
             f"{tower.encoder.num_tokens} tokens at the image processor's size"
         )
     inner = backbone_prefix(tower)
-    cut = Dinov2Config.from_dict(  # the layers after the feature stage are never run
-        {k: v for k, v in bundle_config.vision.backbone.items() if k != "model_type"}
-    )
+    # the layers after the feature stage are never run
+    cut = typed_config(bundle_config.vision.backbone, "dinov2", config_path)
     weights = {
         inner + key: value
         for key, value in current_names(cut, tower_weights, source).items()
