@@ -373,9 +373,10 @@ def lookup_greedy_decode_batch(
         if not running:
             break
         room = min(max_new_tokens - len(generated[b]) - 1 for b in running)
-        width = max(0, min(lookup.draft_tokens, room))
-        proposals = [lookup.table.propose(generated[b], width) if active[b] else []
+        limit = max(0, min(lookup.draft_tokens, room))
+        proposals = [lookup.table.propose(generated[b], limit) if active[b] else []
                      for b in range(size)]
+        width = max(len(proposals[b]) for b in running)  # no columns nobody drafted into
         feed = torch.full((size, width + 1), pad_token_id, dtype=torch.long, device=device)
         for b in running:
             row = [generated[b][-1], *proposals[b]]
